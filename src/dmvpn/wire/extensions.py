@@ -1,0 +1,220 @@
+"""NHRP extensions (RFC 2332 5.3, Cisco authentication and NAT).
+
+Each extension is ``type`` (16 bits: compulsory bit 0x8000, type in the low 14
+bits), ``length`` (16 bits, of the value only) and the value. Values are not
+padded: Cisco sends a 9-byte authentication value followed directly by End.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar, TypeAlias
+
+from .cie import Cie, decode_cies
+from .errors import DecodeError, EncodeError
+from .nhrp_types import EXT_COMPULSORY, EXT_TYPE_MASK, ExtensionType
+
+_EXT = struct.Struct("!HH")
+_U32 = struct.Struct("!I")
+
+# Cisco's authentication type 1: a cleartext password of at most 8 bytes.
+AUTH_TYPE_CLEARTEXT = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndExtension:
+    """End of extensions: the last one; nothing may follow it."""
+
+    TYPE: ClassVar[int] = ExtensionType.END
+    compulsory: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponderAddressExtension:
+    """Empty in a request; one CIE describing the responder in a reply."""
+
+    TYPE: ClassVar[int] = ExtensionType.RESPONDER_ADDRESS
+    cies: tuple[Cie, ...] = ()
+    compulsory: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardTransitNhsExtension:
+    """Each NHS forwarding the request appends a CIE for itself."""
+
+    TYPE: ClassVar[int] = ExtensionType.FORWARD_TRANSIT_NHS
+    cies: tuple[Cie, ...] = ()
+    compulsory: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReverseTransitNhsExtension:
+    """Each NHS forwarding the reply appends a CIE for itself."""
+
+    TYPE: ClassVar[int] = ExtensionType.REVERSE_TRANSIT_NHS
+    cies: tuple[Cie, ...] = ()
+    compulsory: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthenticationExtension:
+    """Cisco layout: 32-bit authentication type, then the secret as is."""
+
+    TYPE: ClassVar[int] = ExtensionType.AUTHENTICATION
+    data: bytes = b""
+    auth_type: int = AUTH_TYPE_CLEARTEXT
+    compulsory: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VendorPrivateExtension:
+    TYPE: ClassVar[int] = ExtensionType.VENDOR_PRIVATE
+    oui: bytes = b"\x00\x00\x00"
+    data: bytes = b""
+    compulsory: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatAddressExtension:
+    """Cisco NAT address extension: zero or more CIEs.
+
+    In a Registration Request the spoke lists its NHS; in the reply the NHS
+    adds a CIE with the spoke's post-NAT NBMA address. Cisco sends it
+    non-compulsory.
+    """
+
+    TYPE: ClassVar[int] = ExtensionType.NAT_ADDRESS
+    cies: tuple[Cie, ...] = ()
+    compulsory: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnknownExtension:
+    """An extension this codec does not interpret, kept as bytes.
+
+    The engine answers a compulsory one with error 1 (unrecognized extension)
+    and forwards a non-compulsory one unchanged (RFC 2332 5.3).
+    """
+
+    type: int
+    data: bytes = b""
+    compulsory: bool = False
+
+    @property
+    def TYPE(self) -> int:  # noqa: N802 - same spelling as the known classes
+        return self.type
+
+
+Extension: TypeAlias = (
+    EndExtension
+    | ResponderAddressExtension
+    | ForwardTransitNhsExtension
+    | ReverseTransitNhsExtension
+    | AuthenticationExtension
+    | VendorPrivateExtension
+    | NatAddressExtension
+    | UnknownExtension
+)
+
+_CIE_EXTENSIONS: dict[
+    int,
+    type[ResponderAddressExtension]
+    | type[ForwardTransitNhsExtension]
+    | type[ReverseTransitNhsExtension]
+    | type[NatAddressExtension],
+] = {
+    ExtensionType.RESPONDER_ADDRESS: ResponderAddressExtension,
+    ExtensionType.FORWARD_TRANSIT_NHS: ForwardTransitNhsExtension,
+    ExtensionType.REVERSE_TRANSIT_NHS: ReverseTransitNhsExtension,
+    ExtensionType.NAT_ADDRESS: NatAddressExtension,
+}
+
+
+def encode_extensions(exts: tuple[Extension, ...], out: list[bytes]) -> None:
+    for ext in exts:
+        start = len(out)
+        out.append(b"")  # placeholder for the type/length header
+        if isinstance(ext, EndExtension):
+            pass
+        elif isinstance(
+            ext,
+            ResponderAddressExtension
+            | ForwardTransitNhsExtension
+            | ReverseTransitNhsExtension
+            | NatAddressExtension,
+        ):
+            for cie in ext.cies:
+                cie.encode_into(out)
+        elif isinstance(ext, AuthenticationExtension):
+            if not 0 <= ext.auth_type <= 0xFFFFFFFF:
+                raise EncodeError(f"authentication type {ext.auth_type} out of range")
+            out.append(_U32.pack(ext.auth_type))
+            out.append(ext.data)
+        elif isinstance(ext, VendorPrivateExtension):
+            if len(ext.oui) != 3:
+                raise EncodeError("vendor private extension OUI must be 3 bytes")
+            out.append(ext.oui)
+            out.append(ext.data)
+        else:
+            if not 0 <= ext.type <= EXT_TYPE_MASK:
+                raise EncodeError(f"extension type {ext.type} out of range")
+            out.append(ext.data)
+        length = sum(len(b) for b in out[start + 1 :])
+        if length > 0xFFFF:
+            raise EncodeError(f"extension type {ext.TYPE} is {length} bytes long")
+        out[start] = _EXT.pack(ext.TYPE | (EXT_COMPULSORY if ext.compulsory else 0), length)
+
+
+def decode_extensions(data: bytes, start: int, end: int) -> tuple[Extension, ...]:
+    """Decode the extensions in ``data[start:end]``; End must be the last."""
+    exts: list[Extension] = []
+    off = start
+    while off < end:
+        if end - off < 4:
+            raise DecodeError(f"truncated extension header: {end - off} bytes left", off)
+        raw_type, length = _EXT.unpack_from(data, off)
+        compulsory = bool(raw_type & EXT_COMPULSORY)
+        if raw_type & 0x4000:
+            # RFC 2332 5.3: bit 1 of the type field is reserved.
+            raise DecodeError(f"reserved bit set in extension type 0x{raw_type:04x}", off)
+        etype = raw_type & EXT_TYPE_MASK
+        vstart = off + 4
+        vend = vstart + length
+        if vend > end:
+            raise DecodeError(f"extension type {etype} length {length} overruns the packet", off + 2)
+        ext: Extension
+        if etype == ExtensionType.END:
+            if length:
+                raise DecodeError(f"End extension with length {length}", off + 2)
+            if vend != end:
+                raise DecodeError(f"{end - vend} bytes after the End extension", vend)
+            ext = EndExtension(compulsory=compulsory)
+        elif etype in _CIE_EXTENSIONS:
+            cls = _CIE_EXTENSIONS[etype]
+            try:
+                ext = cls(cies=decode_cies(data, vstart, vend), compulsory=compulsory)
+            except DecodeError:
+                if etype != ExtensionType.NAT_ADDRESS:
+                    raise
+                # RFC 2735 gives number 9 to Device Capabilities (8 bytes);
+                # a value that is not Cisco CIEs is kept, not fatal.
+                ext = UnknownExtension(type=etype, data=data[vstart:vend], compulsory=compulsory)
+        elif etype == ExtensionType.AUTHENTICATION:
+            if length < 4:
+                raise DecodeError(f"authentication extension of {length} bytes, 4 needed", off + 2)
+            (auth_type,) = _U32.unpack_from(data, vstart)
+            ext = AuthenticationExtension(
+                auth_type=auth_type, data=data[vstart + 4 : vend], compulsory=compulsory
+            )
+        elif etype == ExtensionType.VENDOR_PRIVATE:
+            if length < 3:
+                raise DecodeError(f"vendor private extension of {length} bytes, 3 needed", off + 2)
+            ext = VendorPrivateExtension(
+                oui=data[vstart : vstart + 3], data=data[vstart + 3 : vend], compulsory=compulsory
+            )
+        else:
+            ext = UnknownExtension(type=etype, data=data[vstart:vend], compulsory=compulsory)
+        exts.append(ext)
+        off = vend
+    return tuple(exts)
