@@ -1,0 +1,19 @@
+"""The `dmvpn` command."""
+
+from __future__ import annotations
+
+import click
+
+from dmvpn import __version__
+
+from .decode import decode_cmd, example_capture_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dmvpn")
+def main() -> None:
+    """dmvpn: Dynamic Multipoint VPN (mGRE + NHRP) for Linux."""
+
+
+main.add_command(decode_cmd)
+main.add_command(example_capture_cmd)

@@ -1,0 +1,1 @@
+"""`dmvpn decode`: find GRE and NHRP in captures and show them."""
