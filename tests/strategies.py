@@ -98,16 +98,31 @@ def extensions(cie: st.SearchStrategy[Cie], realistic: bool) -> st.SearchStrateg
     )
 
 
+def _echo(icmp_type: int, ident: int, seq: int, body: bytes) -> bytes:
+    from dmvpn.wire import internet_checksum
+
+    head = bytes([icmp_type, 0, 0, 0]) + ident.to_bytes(2, "big") + seq.to_bytes(2, "big")
+    csum = internet_checksum(head + body)
+    return head[:2] + csum.to_bytes(2, "big") + head[4:] + body
+
+
 def _embedded_ip(family: str) -> st.SearchStrategy[bytes]:
-    """A real IP packet cut to the header + 8 bytes, as Cisco sends it."""
+    """A real ping cut to the IP header + 8 bytes, as Cisco sends it (nhrpd
+    sends the whole packet: both kinds are drawn)."""
+    cut = st.sampled_from([True, False])
+    body = st.binary(min_size=0, max_size=32)
     if family == "4":
         return st.builds(
-            lambda s, d, p, body: IPv4Header(src=s, dst=d, protocol=p).encode(body)[:28],
-            ipv4, ipv4, st.sampled_from([1, 6, 17]), st.binary(min_size=8, max_size=40),
+            lambda s, d, i, q, b, c: IPv4Header(src=s, dst=d, protocol=1).encode(
+                _echo(8, i, q, b))[: 28 if c else None],
+            ipv4, ipv4, u16, u16, body, cut,
         )
+    # ICMPv6's checksum covers a pseudo-header; tshark only checks it when the
+    # packet is whole, so send the cut form for IPv6.
     return st.builds(
-        lambda s, d, p, body: IPv6Header(src=s, dst=d, next_header=p).encode(body)[:48],
-        ipv6, ipv6, st.sampled_from([6, 17, 58]), st.binary(min_size=8, max_size=40),
+        lambda s, d, i, q, b: IPv6Header(src=s, dst=d, next_header=58).encode(
+            _echo(128, i, q, b))[:48],
+        ipv6, ipv6, u16, u16, body,
     )
 
 
