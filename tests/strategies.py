@@ -62,8 +62,9 @@ def family_address(family: str, optional: bool = True) -> st.SearchStrategy[Addr
     return st.one_of(st.just(b""), addr) if optional else addr
 
 
-def cies(nbma: st.SearchStrategy[Address], proto: st.SearchStrategy[Address],
-         realistic: bool) -> st.SearchStrategy[Cie]:
+def cies(
+    nbma: st.SearchStrategy[Address], proto: st.SearchStrategy[Address], realistic: bool
+) -> st.SearchStrategy[Cie]:
     return st.builds(
         Cie,
         code=st.sampled_from([0, 4, 5, 11, 12, 13, 14]) if realistic else u8,
@@ -78,7 +79,9 @@ def cies(nbma: st.SearchStrategy[Address], proto: st.SearchStrategy[Address],
 _KNOWN_EXT = {int(t) for t in ExtensionType}
 
 
-def extensions(cie: st.SearchStrategy[Cie], realistic: bool) -> st.SearchStrategy[tuple[Extension, ...]]:
+def extensions(
+    cie: st.SearchStrategy[Cie], realistic: bool
+) -> st.SearchStrategy[tuple[Extension, ...]]:
     cie_list = st.lists(cie, max_size=3).map(tuple)
     one: st.SearchStrategy[Extension] = st.one_of(
         st.builds(ResponderAddressExtension, cies=cie_list, compulsory=st.booleans()),
@@ -113,22 +116,34 @@ def _embedded_ip(family: str) -> st.SearchStrategy[bytes]:
     body = st.binary(min_size=0, max_size=32)
     if family == "4":
         return st.builds(
-            lambda s, d, i, q, b, c: IPv4Header(src=s, dst=d, protocol=1).encode(
-                _echo(8, i, q, b))[: 28 if c else None],
-            ipv4, ipv4, u16, u16, body, cut,
+            lambda s, d, i, q, b, c: IPv4Header(src=s, dst=d, protocol=1).encode(_echo(8, i, q, b))[
+                : 28 if c else None
+            ],
+            ipv4,
+            ipv4,
+            u16,
+            u16,
+            body,
+            cut,
         )
     # ICMPv6's checksum covers a pseudo-header; tshark only checks it when the
     # packet is whole, so send the cut form for IPv6.
     return st.builds(
-        lambda s, d, i, q, b: IPv6Header(src=s, dst=d, next_header=58).encode(
-            _echo(128, i, q, b))[:48],
-        ipv6, ipv6, u16, u16, body,
+        lambda s, d, i, q, b: IPv6Header(src=s, dst=d, next_header=58).encode(_echo(128, i, q, b))[
+            :48
+        ],
+        ipv6,
+        ipv6,
+        u16,
+        u16,
+        body,
     )
 
 
 @st.composite
-def nhrp_packets(draw: st.DrawFn, realistic: bool = False,
-                 types: list[PacketType] | None = None) -> NhrpPacket:
+def nhrp_packets(
+    draw: st.DrawFn, realistic: bool = False, types: list[PacketType] | None = None
+) -> NhrpPacket:
     ptype = draw(st.sampled_from(types or list(PacketType)))
     if realistic:
         nbma_f = draw(st.sampled_from(["4", "6"]))

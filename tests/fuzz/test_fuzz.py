@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from dmvpn.decode.dissect import LinkType, dissect_frame
 from dmvpn.decode.examples import conversation
-from dmvpn.wire import DecodeError, NhrpPacket, decode_ethernet, decode_gre, decode_ipv4, decode_nhrp
+from dmvpn.wire import (
+    DecodeError,
+    NhrpPacket,
+    decode_ethernet,
+    decode_gre,
+    decode_ipv4,
+    decode_nhrp,
+)
 
 from ..strategies import nhrp_packets
 from ..vectors import nhrp_payloads
@@ -39,7 +46,11 @@ def _check_nhrp(data: bytes) -> bool:
 def _seeds(vectors: Path) -> list[bytes]:
     seeds = nhrp_payloads(vectors)
     for _, frame in conversation():
-        gre = decode_gre(decode_ipv4(decode_ethernet(frame).payload)[1]) if frame[12:14] == b"\x08\x00" else None
+        gre = (
+            decode_gre(decode_ipv4(decode_ethernet(frame).payload)[1])
+            if frame[12:14] == b"\x08\x00"
+            else None
+        )
         if gre is not None and gre.protocol == 0x2001:
             seeds.append(gre.payload)
     return seeds
@@ -72,7 +83,11 @@ def test_fuzz_frames_through_dissector(vectors: Path) -> None:
 
 def test_fuzz_gre_decoder() -> None:
     rng = random.Random(11)
-    seeds = [b"\x20\x00\x20\x01\x00\x00\x00\x64", b"\xb0\x00\x08\x00" + bytes(12), b"\x00\x00\x86\xdd"]
+    seeds = [
+        b"\x20\x00\x20\x01\x00\x00\x00\x64",
+        b"\xb0\x00\x08\x00" + bytes(12),
+        b"\x00\x00\x86\xdd",
+    ]
     for i in range(20_000):
         data = mutate(rng, seeds[i % len(seeds)] + rng.randbytes(8))
         try:
@@ -97,6 +112,7 @@ def test_random_bytes() -> None:
         data = rng.randbytes(rng.randrange(0, 120))
         _check_nhrp(data)
         try:
-            decode_nhrp(data, verify_checksum=False)
+            pkt = decode_nhrp(data, verify_checksum=False)
         except DecodeError:
-            pass
+            continue
+        assert decode_nhrp(pkt.encode()) == pkt

@@ -17,11 +17,19 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from dmvpn.decode.examples import conversation
 from dmvpn.decode.pcapfile import write_pcap
-from dmvpn.wire import AddressFamily, EthernetFrame, EtherType, GrePacket, IPv4Header, IPv6Header, NhrpPacket, PacketType
+from dmvpn.wire import (
+    AddressFamily,
+    EthernetFrame,
+    EtherType,
+    GrePacket,
+    IPv4Header,
+    IPv6Header,
+    NhrpPacket,
+    PacketType,
+)
 from dmvpn.wire.ip import PROTO_GRE
 
 from ..strategies import nhrp_packets
@@ -37,14 +45,18 @@ _PACKETS: list[NhrpPacket] = []
 def _frame(pkt: NhrpPacket, key: int | None) -> bytes:
     gre = GrePacket(0x2001, pkt.encode(), key=key).encode()
     if pkt.afn == AddressFamily.IPV6:
-        ip = IPv6Header(src=IPv6Address("2001:db8::1"), dst=IPv6Address("2001:db8::2"),
-                        next_header=PROTO_GRE).encode(gre)
+        ip = IPv6Header(
+            src=IPv6Address("2001:db8::1"), dst=IPv6Address("2001:db8::2"), next_header=PROTO_GRE
+        ).encode(gre)
         etype = EtherType.IPV6
     else:
-        ip = IPv4Header(src=IPv4Address("192.0.2.1"), dst=IPv4Address("192.0.2.2"),
-                        protocol=PROTO_GRE).encode(gre)
+        ip = IPv4Header(
+            src=IPv4Address("192.0.2.1"), dst=IPv4Address("192.0.2.2"), protocol=PROTO_GRE
+        ).encode(gre)
         etype = EtherType.IPV4
-    return EthernetFrame(b"\x02\x00\x00\x00\x00\x02", b"\x02\x00\x00\x00\x00\x01", etype, ip).encode()
+    return EthernetFrame(
+        b"\x02\x00\x00\x00\x00\x02", b"\x02\x00\x00\x00\x00\x01", etype, ip
+    ).encode()
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -54,8 +66,11 @@ def _collect(pkt: NhrpPacket) -> None:
 
 
 def _tshark_json(pcap: Path) -> list[dict]:  # type: ignore[type-arg]
+    # Cisco's authentication extension has no source address field; tell
+    # Wireshark so (its default expects RFC 2332's layout with one).
+    args = ["-T", "json", "-V", "-o", "nhrp.auth_ext_has_addr:FALSE"]
     out = subprocess.run(
-        [TSHARK or "tshark", "-r", str(pcap), "-T", "json", "-V", "-o", "nhrp.auth_ext_has_addr:FALSE"],
+        [TSHARK or "tshark", "-r", str(pcap), *args],
         capture_output=True, text=True, check=True, timeout=300,
     )  # fmt: skip
     return json.loads(out.stdout)  # type: ignore[no-any-return]

@@ -8,7 +8,7 @@ from dmvpn.wire import DecodeError, EncodeError, GrePacket, decode_gre
 def test_key_and_sequence_layout() -> None:
     pkt = GrePacket(0x2001, b"xyz", key=0x01020304, sequence=0x0A0B0C0D)
     data = pkt.encode()
-    assert data == bytes.fromhex("30002001" "01020304" "0a0b0c0d") + b"xyz"
+    assert data == bytes.fromhex("30002001010203040a0b0c0d") + b"xyz"
     assert decode_gre(data) == pkt
     assert pkt.header_length == 12
 

@@ -118,7 +118,7 @@ def test_various_gre_headers(vectors: Path) -> None:
 
 
 def test_gre_headers_reencode(vectors: Path) -> None:
-    from dmvpn.wire import decode_gre, decode_ethernet, decode_ipv4
+    from dmvpn.wire import decode_ethernet, decode_gre, decode_ipv4
 
     for path in sorted(vectors.glob("*.pcap*")):
         for rec in records(path):

@@ -53,8 +53,13 @@ def _mac(addr: IPv4Address | IPv6Address) -> bytes:
     return b"\x02\x00" + addr.packed[-4:]
 
 
-def _gre_frame(src: IPv4Address | IPv6Address, dst: IPv4Address | IPv6Address,
-               protocol: int, payload: bytes, key: int | None = KEY) -> bytes:
+def _gre_frame(
+    src: IPv4Address | IPv6Address,
+    dst: IPv4Address | IPv6Address,
+    protocol: int,
+    payload: bytes,
+    key: int | None = KEY,
+) -> bytes:
     gre = GrePacket(protocol, payload, key=key).encode()
     if isinstance(src, IPv4Address) and isinstance(dst, IPv4Address):
         ip = IPv4Header(src=src, dst=dst, protocol=PROTO_GRE, ttl=64).encode(gre)
@@ -81,8 +86,9 @@ def conversation() -> list[tuple[str, bytes]]:
     """(description, Ethernet frame) for each step of a phase 3 exchange."""
     steps: list[tuple[str, bytes]] = []
 
-    def nhrp(desc: str, src: IPv4Address | IPv6Address, dst: IPv4Address | IPv6Address,
-             pkt: NhrpPacket) -> None:
+    def nhrp(
+        desc: str, src: IPv4Address | IPv6Address, dst: IPv4Address | IPv6Address, pkt: NhrpPacket
+    ) -> None:
         steps.append((desc, _gre_frame(src, dst, EtherType.NHRP, pkt.encode())))
 
     hub_cie = Cie(prefix_length=32, mtu=MTU, holding_time=HOLD, nbma=HUB_NBMA, protocol=HUB_TUN)
@@ -127,16 +133,28 @@ def conversation() -> list[tuple[str, bytes]]:
     nhrp("hub accepts spoke2", HUB_NBMA, S2_NBMA, rep2)
     # 5-7: first data packet goes through the hub, which redirects the sender.
     ping = _ping(HOST1, HOST2)
-    steps.append(("host1 pings host2: spoke1 sends it to the hub",
-                  _gre_frame(S1_NBMA, HUB_NBMA, EtherType.IPV4, ping)))
-    steps.append(("the hub forwards it to spoke2",
-                  _gre_frame(HUB_NBMA, S2_NBMA, EtherType.IPV4, _ping(HOST1, HOST2, 62))))
+    steps.append(
+        (
+            "host1 pings host2: spoke1 sends it to the hub",
+            _gre_frame(S1_NBMA, HUB_NBMA, EtherType.IPV4, ping),
+        )
+    )
+    steps.append(
+        (
+            "the hub forwards it to spoke2",
+            _gre_frame(HUB_NBMA, S2_NBMA, EtherType.IPV4, _ping(HOST1, HOST2, 62)),
+        )
+    )
     redirect = NhrpPacket(
         type=PacketType.TRAFFIC_INDICATION, src_nbma=HUB_NBMA, src_proto=HUB_TUN,
         dst_proto=S1_TUN, contents=ping[:28], extensions=_ends(AUTH),
     )  # fmt: skip
-    nhrp("hub -> spoke1: Traffic Indication (redirect), IP header + 8 bytes",
-         HUB_NBMA, S1_NBMA, redirect)
+    nhrp(
+        "hub -> spoke1: Traffic Indication (redirect), IP header + 8 bytes",
+        HUB_NBMA,
+        S1_NBMA,
+        redirect,
+    )
     # 8-10: resolution, forwarded by the hub to the owner, answered directly.
     resq = NhrpPacket(
         type=PacketType.RESOLUTION_REQUEST, src_nbma=S1_NBMA, src_proto=S1_TUN,
@@ -166,17 +184,32 @@ def conversation() -> list[tuple[str, bytes]]:
                          ReverseTransitNhsExtension(), AUTH),
     )  # fmt: skip
     nhrp("spoke2 answers spoke1 directly with its /24", S2_NBMA, S1_NBMA, resp)
-    steps.append(("data now flows spoke to spoke",
-                  _gre_frame(S1_NBMA, S2_NBMA, EtherType.IPV4, _ping(HOST1, HOST2))))
+    steps.append(
+        (
+            "data now flows spoke to spoke",
+            _gre_frame(S1_NBMA, S2_NBMA, EtherType.IPV4, _ping(HOST1, HOST2)),
+        )
+    )
     # 12-13: spoke2 withdraws the binding it handed out.
     purge = NhrpPacket(
         type=PacketType.PURGE_REQUEST, src_nbma=S2_NBMA, src_proto=S2_TUN, dst_proto=S1_TUN,
         request_id=9, cies=(Cie(prefix_length=24, protocol=HOST2),), extensions=_ends(AUTH),
     )  # fmt: skip
     nhrp("spoke2 purges the binding for its LAN", S2_NBMA, S1_NBMA, purge)
-    nhrp("spoke1 confirms", S1_NBMA, S2_NBMA,
-         NhrpPacket(type=PacketType.PURGE_REPLY, src_nbma=S2_NBMA, src_proto=S2_TUN,
-                    dst_proto=S1_TUN, request_id=9, cies=purge.cies, extensions=_ends(AUTH)))
+    nhrp(
+        "spoke1 confirms",
+        S1_NBMA,
+        S2_NBMA,
+        NhrpPacket(
+            type=PacketType.PURGE_REPLY,
+            src_nbma=S2_NBMA,
+            src_proto=S2_TUN,
+            dst_proto=S1_TUN,
+            request_id=9,
+            cies=purge.cies,
+            extensions=_ends(AUTH),
+        ),
+    )
     # 14: an error, embedding the offending packet.
     bad = NhrpPacket(
         type=PacketType.REGISTRATION_REQUEST, src_nbma=IPv4Address("198.51.100.66"),
@@ -185,10 +218,20 @@ def conversation() -> list[tuple[str, bytes]]:
         extensions=_ends(AuthenticationExtension(data=b"wrong")),
     )  # fmt: skip
     nhrp("a registration with the wrong password...", IPv4Address("198.51.100.66"), HUB_NBMA, bad)
-    nhrp("...is refused with an Error Indication", HUB_NBMA, IPv4Address("198.51.100.66"),
-         NhrpPacket(type=PacketType.ERROR_INDICATION, src_nbma=HUB_NBMA, src_proto=HUB_TUN,
-                    dst_proto=IPv4Address("10.0.0.66"), error_code=ErrorCode.AUTHENTICATION_FAILURE,
-                    error_offset=0, contents=bad.encode()))
+    nhrp(
+        "...is refused with an Error Indication",
+        HUB_NBMA,
+        IPv4Address("198.51.100.66"),
+        NhrpPacket(
+            type=PacketType.ERROR_INDICATION,
+            src_nbma=HUB_NBMA,
+            src_proto=HUB_TUN,
+            dst_proto=IPv4Address("10.0.0.66"),
+            error_code=ErrorCode.AUTHENTICATION_FAILURE,
+            error_offset=0,
+            contents=bad.encode(),
+        ),
+    )
     # 16-17: IPv6 overlay over IPv4, and an IPv6 underlay; extensions of every kind.
     v6 = NhrpPacket(
         type=PacketType.RESOLUTION_REQUEST, protocol_type=ProtocolType.IPV6, src_nbma=S1_NBMA,
@@ -209,7 +252,17 @@ def conversation() -> list[tuple[str, bytes]]:
         extensions=_ends(ResponderAddressExtension()),
     )  # fmt: skip
     nhrp("a registration over an IPv6 underlay", s16, hub6, reg6)
-    nhrp("and a purge without reply (N), OpenNHRP's zero-CIE form", S1_NBMA, HUB_NBMA,
-         NhrpPacket(type=PacketType.PURGE_REQUEST, src_nbma=S1_NBMA, src_proto=S1_TUN,
-                    dst_proto=HUB_TUN, flags=PurgeFlag.N, request_id=1))
+    nhrp(
+        "and a purge without reply (N), OpenNHRP's zero-CIE form",
+        S1_NBMA,
+        HUB_NBMA,
+        NhrpPacket(
+            type=PacketType.PURGE_REQUEST,
+            src_nbma=S1_NBMA,
+            src_proto=S1_TUN,
+            dst_proto=HUB_TUN,
+            flags=PurgeFlag.N,
+            request_id=1,
+        ),
+    )
     return steps

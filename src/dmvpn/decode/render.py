@@ -237,7 +237,8 @@ def record_text(rec: GreRecord) -> str:
     elif rec.error_layer != "gre":
         head += " IP proto 54 (NHRP over IP)"
     if rec.error is not None:
-        return f"{head}\n  {rec.error_layer.upper() if rec.error_layer else ''} decode error: {rec.error}"
+        layer = (rec.error_layer or "").upper()
+        return f"{head}\n  {layer} decode error: {rec.error}"
     if rec.nhrp is None:
         return head
     size = len(rec.nhrp.encode())

@@ -102,7 +102,7 @@ class UnknownExtension:
     compulsory: bool = False
 
     @property
-    def TYPE(self) -> int:  # noqa: N802 - same spelling as the known classes
+    def TYPE(self) -> int:
         return self.type
 
 
@@ -182,7 +182,9 @@ def decode_extensions(data: bytes, start: int, end: int) -> tuple[Extension, ...
         vstart = off + 4
         vend = vstart + length
         if vend > end:
-            raise DecodeError(f"extension type {etype} length {length} overruns the packet", off + 2)
+            raise DecodeError(
+                f"extension type {etype} length {length} overruns the packet", off + 2
+            )
         ext: Extension
         if etype == ExtensionType.END:
             if length:

@@ -99,7 +99,9 @@ def decode_gre(data: bytes | memoryview, *, verify_checksum: bool = True) -> Gre
     key = sequence = None
     need = 4 + 4 * (has_c + bool(flags & FLAG_K) + bool(flags & FLAG_S))
     if n < need:
-        raise DecodeError(f"GRE header with flags 0x{flags:04x} needs {need} bytes, {n} available", 0)
+        raise DecodeError(
+            f"GRE header with flags 0x{flags:04x} needs {need} bytes, {n} available", 0
+        )
     if has_c:
         if internet_checksum(data) != 0 and verify_checksum:
             raise DecodeError("GRE checksum mismatch", 4)

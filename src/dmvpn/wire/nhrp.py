@@ -19,6 +19,7 @@ use stay at their defaults, which :meth:`NhrpPacket.encode` checks.
 
 from __future__ import annotations
 
+import builtins
 import struct
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ class NhrpPacket:
     def is_indication(self) -> bool:
         return self.type >= PacketType.ERROR_INDICATION
 
-    def extension(self, cls: type[Extension]) -> Extension | None:
+    def extension(self, cls: builtins.type[Extension]) -> Extension | None:
         """The first extension of class ``cls``, if any."""
         for ext in self.extensions:
             if type(ext) is cls:
@@ -155,8 +156,8 @@ def decode_nhrp(data: bytes, *, verify_checksum: bool = True) -> NhrpPacket:
     n = len(data)
     if n < FIXED_LEN + MANDATORY_LEN:
         raise DecodeError(f"NHRP packet needs at least 28 bytes, {n} available", 0)
-    (afn, pro, snap, hop, pktsz, _csum, extoff, version, optype, shtl, sstl) = (
-        _FIXED.unpack_from(data, 0)
+    (afn, pro, snap, hop, pktsz, _csum, extoff, version, optype, shtl, sstl) = _FIXED.unpack_from(
+        data, 0
     )
     if pktsz > n:
         raise DecodeError(f"ar$pktsz {pktsz} exceeds the {n} bytes available", 10)
