@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ._fast import fast_constructor
 from .errors import DecodeError, EncodeError
 from .nhrp_types import (
     TL_E164,
@@ -44,7 +45,7 @@ class Cie:
     nbma_e164: bool = False
     nbma_sub_e164: bool = False
 
-    def encode_into(self, out: list[bytes]) -> None:
+    def encode_into(self, out: bytearray) -> None:
         nbma = address_bytes(self.nbma)
         proto = address_bytes(self.protocol)
         sub = self.nbma_sub
@@ -53,24 +54,25 @@ class Cie:
         if len(proto) > 0xFF:
             raise EncodeError("CIE protocol address longer than 255 bytes")
         try:
-            out.append(
-                _CIE.pack(
-                    self.code,
-                    self.prefix_length,
-                    0,
-                    self.mtu,
-                    self.holding_time,
-                    len(nbma) | (TL_E164 if self.nbma_e164 else 0),
-                    len(sub) | (TL_E164 if self.nbma_sub_e164 else 0),
-                    len(proto),
-                    self.preference,
-                )
+            out += _CIE.pack(
+                self.code,
+                self.prefix_length,
+                0,
+                self.mtu,
+                self.holding_time,
+                len(nbma) | (TL_E164 if self.nbma_e164 else 0),
+                len(sub) | (TL_E164 if self.nbma_sub_e164 else 0),
+                len(proto),
+                self.preference,
             )
         except struct.error as exc:
             raise EncodeError(f"CIE field out of range: {exc}") from None
-        out.append(nbma)
-        out.append(sub)
-        out.append(proto)
+        out += nbma
+        out += sub
+        out += proto
+
+
+_make_cie = fast_constructor(Cie)
 
 
 def decode_cies(data: bytes, start: int, end: int) -> tuple[Cie, ...]:
@@ -91,19 +93,13 @@ def decode_cies(data: bytes, start: int, end: int) -> tuple[Cie, ...]:
         nxt = p + protolen
         if nxt > end:
             raise DecodeError(f"CIE addresses ({alen}+{slen}+{protolen} bytes) overrun", off)
+        # Field order of Cie: code, prefix_length, mtu, holding_time, nbma,
+        # nbma_sub, protocol, preference, nbma_e164, nbma_sub_e164.
         cies.append(
-            Cie(
-                code=code,
-                prefix_length=plen,
-                mtu=mtu,
-                holding_time=htime,
-                nbma=address_from_bytes(data[a:s]),
-                nbma_sub=data[s:p],
-                protocol=address_from_bytes(data[p:nxt]),
-                preference=pref,
-                nbma_e164=bool(atl & TL_E164),
-                nbma_sub_e164=bool(satl & TL_E164),
+            _make_cie(
+                code, plen, mtu, htime, address_from_bytes(data[a:s]), data[s:p],
+                address_from_bytes(data[p:nxt]), pref, bool(atl & TL_E164), bool(satl & TL_E164),
             )
-        )
+        )  # fmt: skip
         off = nxt
     return tuple(cies)

@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
+from ._fast import fast_constructor
 from .cie import Cie, decode_cies
 from .errors import DecodeError, EncodeError
 from .nhrp_types import EXT_COMPULSORY, EXT_TYPE_MASK, ExtensionType
@@ -131,39 +132,46 @@ _CIE_EXTENSIONS: dict[
 }
 
 
-def encode_extensions(exts: tuple[Extension, ...], out: list[bytes]) -> None:
+_CIE_EXTENSION_CLASSES = frozenset(_CIE_EXTENSIONS.values())
+
+
+def encode_extensions(exts: tuple[Extension, ...], out: bytearray) -> None:
     for ext in exts:
         start = len(out)
-        out.append(b"")  # placeholder for the type/length header
-        if isinstance(ext, EndExtension):
-            pass
-        elif isinstance(
-            ext,
-            ResponderAddressExtension
-            | ForwardTransitNhsExtension
-            | ReverseTransitNhsExtension
-            | NatAddressExtension,
-        ):
-            for cie in ext.cies:
+        out += b"\x00\x00\x00\x00"  # type and length, filled in below
+        if type(ext) in _CIE_EXTENSION_CLASSES:
+            for cie in ext.cies:  # type: ignore[union-attr]
                 cie.encode_into(out)
         elif isinstance(ext, AuthenticationExtension):
             if not 0 <= ext.auth_type <= 0xFFFFFFFF:
                 raise EncodeError(f"authentication type {ext.auth_type} out of range")
-            out.append(_U32.pack(ext.auth_type))
-            out.append(ext.data)
+            out += _U32.pack(ext.auth_type)
+            out += ext.data
         elif isinstance(ext, VendorPrivateExtension):
             if len(ext.oui) != 3:
                 raise EncodeError("vendor private extension OUI must be 3 bytes")
-            out.append(ext.oui)
-            out.append(ext.data)
-        else:
+            out += ext.oui
+            out += ext.data
+        elif isinstance(ext, UnknownExtension):
             if not 0 <= ext.type <= EXT_TYPE_MASK:
                 raise EncodeError(f"extension type {ext.type} out of range")
-            out.append(ext.data)
-        length = sum(len(b) for b in out[start + 1 :])
+            out += ext.data
+        length = len(out) - start - 4
         if length > 0xFFFF:
             raise EncodeError(f"extension type {ext.TYPE} is {length} bytes long")
-        out[start] = _EXT.pack(ext.TYPE | (EXT_COMPULSORY if ext.compulsory else 0), length)
+        _EXT.pack_into(out, start, ext.TYPE | (EXT_COMPULSORY if ext.compulsory else 0), length)
+
+
+# Plain ints on the hot path: an IntEnum attribute lookup costs ~70 ns.
+_END = int(ExtensionType.END)
+_AUTH = int(ExtensionType.AUTHENTICATION)
+_VENDOR = int(ExtensionType.VENDOR_PRIVATE)
+_NAT = int(ExtensionType.NAT_ADDRESS)
+_make_end = fast_constructor(EndExtension)
+_make_auth = fast_constructor(AuthenticationExtension)
+_make_vendor = fast_constructor(VendorPrivateExtension)
+_make_unknown = fast_constructor(UnknownExtension)
+_make_cie_ext = {t: fast_constructor(cls) for t, cls in _CIE_EXTENSIONS.items()}
 
 
 def decode_extensions(data: bytes, start: int, end: int) -> tuple[Extension, ...]:
@@ -174,7 +182,7 @@ def decode_extensions(data: bytes, start: int, end: int) -> tuple[Extension, ...
         if end - off < 4:
             raise DecodeError(f"truncated extension header: {end - off} bytes left", off)
         raw_type, length = _EXT.unpack_from(data, off)
-        compulsory = bool(raw_type & EXT_COMPULSORY)
+        compulsory = raw_type >= EXT_COMPULSORY
         if raw_type & 0x4000:
             # RFC 2332 5.3: bit 1 of the type field is reserved.
             raise DecodeError(f"reserved bit set in extension type 0x{raw_type:04x}", off)
@@ -185,38 +193,35 @@ def decode_extensions(data: bytes, start: int, end: int) -> tuple[Extension, ...
             raise DecodeError(
                 f"extension type {etype} length {length} overruns the packet", off + 2
             )
+        # Field order as declared in each class above.
         ext: Extension
-        if etype == ExtensionType.END:
+        make_cie_ext = _make_cie_ext.get(etype)
+        if make_cie_ext is not None:
+            try:
+                ext = make_cie_ext(decode_cies(data, vstart, vend) if length else (), compulsory)
+            except DecodeError:
+                if etype != _NAT:
+                    raise
+                # RFC 2735 gives number 9 to Device Capabilities (8 bytes);
+                # a value that is not Cisco CIEs is kept, not fatal.
+                ext = _make_unknown(etype, data[vstart:vend], compulsory)
+        elif etype == _END:
             if length:
                 raise DecodeError(f"End extension with length {length}", off + 2)
             if vend != end:
                 raise DecodeError(f"{end - vend} bytes after the End extension", vend)
-            ext = EndExtension(compulsory=compulsory)
-        elif etype in _CIE_EXTENSIONS:
-            cls = _CIE_EXTENSIONS[etype]
-            try:
-                ext = cls(cies=decode_cies(data, vstart, vend), compulsory=compulsory)
-            except DecodeError:
-                if etype != ExtensionType.NAT_ADDRESS:
-                    raise
-                # RFC 2735 gives number 9 to Device Capabilities (8 bytes);
-                # a value that is not Cisco CIEs is kept, not fatal.
-                ext = UnknownExtension(type=etype, data=data[vstart:vend], compulsory=compulsory)
-        elif etype == ExtensionType.AUTHENTICATION:
+            ext = _make_end(compulsory)
+        elif etype == _AUTH:
             if length < 4:
                 raise DecodeError(f"authentication extension of {length} bytes, 4 needed", off + 2)
             (auth_type,) = _U32.unpack_from(data, vstart)
-            ext = AuthenticationExtension(
-                auth_type=auth_type, data=data[vstart + 4 : vend], compulsory=compulsory
-            )
-        elif etype == ExtensionType.VENDOR_PRIVATE:
+            ext = _make_auth(data[vstart + 4 : vend], auth_type, compulsory)
+        elif etype == _VENDOR:
             if length < 3:
                 raise DecodeError(f"vendor private extension of {length} bytes, 3 needed", off + 2)
-            ext = VendorPrivateExtension(
-                oui=data[vstart : vstart + 3], data=data[vstart + 3 : vend], compulsory=compulsory
-            )
+            ext = _make_vendor(data[vstart : vstart + 3], data[vstart + 3 : vend], compulsory)
         else:
-            ext = UnknownExtension(type=etype, data=data[vstart:vend], compulsory=compulsory)
+            ext = _make_unknown(etype, data[vstart:vend], compulsory)
         exts.append(ext)
         off = vend
     return tuple(exts)
