@@ -79,7 +79,7 @@ def test_decode_rejects_a_file_that_is_not_a_capture(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pcap"
     junk.write_bytes(b"this is not a capture at all")
     res = CliRunner().invoke(main, ["decode", str(junk)])
-    assert res.exit_code == 1 and "not a pcap or pcapng file" in res.output
+    assert res.exit_code == 2 and "not a pcap or pcapng file" in res.output
 
 
 def test_example_capture_via_the_installed_command(tmp_path: Path) -> None:

@@ -14,6 +14,12 @@ from dmvpn.decode.pcapfile import CaptureError, read_capture, write_pcap
 from dmvpn.decode.render import record_json, record_text
 
 
+class Unreadable(click.ClickException):
+    """A capture that cannot be read: exit status 2, like a usage error."""
+
+    exit_code = 2
+
+
 @click.command("decode")
 @click.argument("capture", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, per line.")
@@ -27,9 +33,9 @@ def decode_cmd(capture: Path, as_json: bool, nhrp_only: bool) -> None:
     try:
         linktype, frames = read_capture(capture)
     except CaptureError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise Unreadable(str(exc)) from None
     if linktype not in LinkType.__members__.values():
-        raise click.ClickException(f"{capture}: link type {linktype} is not supported")
+        raise Unreadable(f"{capture}: link type {linktype} is not supported")
     bad = 0
     try:
         for number, (ts, frame) in enumerate(frames, 1):
@@ -43,7 +49,7 @@ def decode_cmd(capture: Path, as_json: bool, nhrp_only: bool) -> None:
             else:
                 click.echo(record_text(rec) + "\n")
     except CaptureError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise Unreadable(str(exc)) from None
     if bad:
         click.echo(f"{bad} packet(s) failed to decode or to round-trip", err=True)
         sys.exit(1)

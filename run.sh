@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up and run dmvpn on a fresh Debian 12 machine (as root).
+#   ./run.sh demo   install, then decode a DMVPN exchange built by dmvpn itself
+#   ./run.sh test   install everything the tests need, then lint, type-check, test
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${DMVPN_VENV:-.venv}
+
+apt_install() {
+    # Install Debian packages only when a command is missing.
+    local missing=()
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    export DEBIAN_FRONTEND=noninteractive
+    # tshark asks whether non-root users may capture: answer no, unattended.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+python_env() {
+    local extras=$1
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+}
+
+case "${1:-}" in
+demo)
+    python_env test
+    out=$(mktemp -d)/dmvpn-example.pcap
+    "$VENV/bin/dmvpn" example-capture --describe "$out"
+    echo
+    "$VENV/bin/dmvpn" decode --nhrp-only "$out"
+    ;;
+test)
+    apt_install tshark:tshark
+    python_env test
+    "$VENV/bin/ruff" check src tests bench
+    "$VENV/bin/ruff" format --check src tests bench
+    "$VENV/bin/mypy"
+    shift
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+*)
+    echo "usage: $0 demo | test [pytest args]" >&2
+    exit 2
+    ;;
+esac
