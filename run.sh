@@ -24,12 +24,12 @@ python_env() {
     local extras=$1
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+    "$VENV/bin/python" -m pip install -q -e ".${extras:+[$extras]}"
 }
 
 case "${1:-}" in
 demo)
-    python_env test
+    python_env ""
     out=$(mktemp -d)/dmvpn-example.pcap
     "$VENV/bin/dmvpn" example-capture --describe "$out"
     echo
