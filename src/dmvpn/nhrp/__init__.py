@@ -1,0 +1,43 @@
+"""The sans-IO NHRP engine (NHC and NHS) and its virtual-time simulator.
+
+Nothing here does I/O, reads a clock or starts a task: the caller feeds
+packets, data-plane events and ``now``, and drains outputs (see
+:mod:`dmvpn.nhrp.outputs`) and the next timer.
+"""
+
+from .cache import CacheEntry, EntryFlag, EntryType
+from .config import EngineConfig, NhsConfig, StaticMap
+from .engine import Engine
+from .outputs import (
+    BindingAdded,
+    BindingRemoved,
+    Event,
+    Output,
+    ProtectPeer,
+    SendPacket,
+    ShortcutAdded,
+    ShortcutRemoved,
+    UnprotectPeer,
+)
+from .routing import RoutingView, StaticRouting
+
+__all__ = [
+    "BindingAdded",
+    "BindingRemoved",
+    "CacheEntry",
+    "Engine",
+    "EngineConfig",
+    "EntryFlag",
+    "EntryType",
+    "Event",
+    "NhsConfig",
+    "Output",
+    "ProtectPeer",
+    "RoutingView",
+    "SendPacket",
+    "ShortcutAdded",
+    "ShortcutRemoved",
+    "StaticMap",
+    "StaticRouting",
+    "UnprotectPeer",
+]

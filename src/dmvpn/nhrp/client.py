@@ -1,0 +1,314 @@
+"""The NHC side: registering with NHSes (RFC 2332 5.2.3).
+
+Each NHS has a state: ``probing`` (request sent, no answer yet), ``up``
+(registered), ``down`` (retransmissions exhausted or refused; still retried
+with backoff), ``standby`` (a lower-priority NHS not needed while
+``max_nhs`` better ones are up). Lower priority numbers are preferred, as on
+Cisco. The spoke registers with the best ``max_nhs`` NHSes that are not down;
+when one fails the next takes its place, and when a better one answers again
+the worst is deregistered: fail over and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dmvpn.wire import (
+    Address,
+    Cie,
+    CieCode,
+    NatAddressExtension,
+    NhrpPacket,
+    PacketType,
+    PurgeFlag,
+    RegistrationFlag,
+    address_text,
+)
+
+from .cache import CacheEntry, EntryType, host_length
+from .config import NhsConfig
+from .core import Core
+from .packets import base, request_extensions
+
+
+@dataclass(slots=True)
+class NhsState:
+    index: int
+    config: NhsConfig
+    state: str = "standby"
+    request_id: int = 0  # of the registration in flight or last accepted
+    tries: int = 0
+    next_retry: float = 0.0
+    registered_until: float = 0.0
+    refresh_at: float = 0.0
+    up_since: float | None = None
+    last_error: str | None = None
+    # Our NBMA address as the NHS saw it (Cisco NAT extension in the reply).
+    public_nbma: Address | None = None
+    generation: int = 0  # bumps on every (re)schedule; stale timers are ignored
+
+    def view(self, now: float) -> dict[str, object]:
+        return {
+            "protocol": address_text(self.config.protocol),
+            "nbma": address_text(self.config.nbma),
+            "priority": self.config.priority,
+            "state": self.state,
+            "request_id": self.request_id,
+            "up_for": None if self.up_since is None else round(now - self.up_since, 1),
+            "expires_in": (round(self.registered_until - now, 1) if self.state == "up" else None),
+            "retries": self.tries,
+            "public_nbma": address_text(self.public_nbma) if self.public_nbma else None,
+            "last_error": self.last_error,
+        }
+
+
+class NhsClient:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        ordered = sorted(enumerate(core.config.nhs), key=lambda p: (p[1].priority, p[0]))
+        self.nhs = [NhsState(i, cfg) for i, cfg in ordered]
+        self.by_nbma = {s.config.nbma: s for s in self.nhs}
+        self.running = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, now: float) -> None:
+        self.running = True
+        for s in self.nhs:
+            # The NHS mapping is configuration (`ip nhrp nhs ... nbma ...`),
+            # so the data plane may use it before the first registration.
+            self.core.install(CacheEntry(s.config.protocol, EntryType.NHS, now, nbma=s.config.nbma))
+        self._rebalance(now)
+
+    def stop(self, now: float) -> None:
+        """Deregister: a Purge Request to each NHS we are registered with,
+        carrying the request ID of the registration it withdraws (Cisco
+        matches on it)."""
+        for s in self.nhs:
+            if s.state == "up":
+                self._purge(s, now)
+            s.state = "down"
+            s.generation += 1
+        self.running = False
+
+    def best_up(self) -> NhsState | None:
+        for s in self.nhs:
+            if s.state == "up":
+                return s
+        return None
+
+    def any_up(self) -> bool:
+        return self.best_up() is not None
+
+    # ------------------------------------------------------------ selection
+
+    def _wanted(self) -> list[NhsState]:
+        limit = self.core.config.max_nhs or len(self.nhs)
+        return [s for s in self.nhs if s.state != "down"][:limit]
+
+    def _rebalance(self, now: float) -> None:
+        if not self.running:
+            return
+        wanted = self._wanted()
+        for s in self.nhs:
+            if s in wanted and s.state == "standby":
+                self._register(s, now, new=True)
+            elif s not in wanted and s.state in ("up", "probing"):
+                # A better NHS is back: withdraw from this one.
+                if s.state == "up":
+                    self._purge(s, now)
+                s.state = "standby"
+                s.generation += 1
+                s.tries = 0
+                self.core.event(
+                    "nhs-standby",
+                    f"NHS {address_text(s.config.protocol)} on standby",
+                    nhs=address_text(s.config.protocol),
+                )
+
+    # ------------------------------------------------------------ registration
+
+    def _register(self, s: NhsState, now: float, *, new: bool) -> None:
+        core = self.core
+        cfg = core.config
+        if new:
+            s.request_id = core.new_request_id()
+            s.tries = 0
+        if s.state in ("standby",):
+            s.state = "probing"
+        flags = RegistrationFlag.U if cfg.registration_unique else RegistrationFlag(0)
+        if cfg.nat_extension:
+            flags |= RegistrationFlag.NAT
+        # Newer Cisco send the host length as the prefix of a unique
+        # registration (older ones and OpenNHRP 0xFF; hubs accept both).
+        cie = Cie(
+            prefix_length=host_length(cfg.protocol_address),
+            mtu=cfg.mtu,
+            holding_time=cfg.holding_time,
+        )
+        # Cisco NAT extension: a CIE for the NHS we register with.
+        nat = (
+            Cie(
+                prefix_length=host_length(cfg.protocol_address),
+                nbma=s.config.nbma,
+                protocol=s.config.protocol,
+            ),
+        )
+        pkt = base(
+            cfg,
+            core.nbma,
+            PacketType.REGISTRATION_REQUEST,
+            src_nbma=core.nbma,
+            src_proto=cfg.protocol_address,
+            dst_proto=s.config.protocol,
+            flags=flags,
+            request_id=s.request_id,
+            cies=(cie,),
+            extensions=request_extensions(cfg, nat),
+        )
+        core.send(s.config.nbma, pkt, now)
+        core.stats["registrations.sent"] += 1
+        # Retransmissions reuse the request ID (RFC 2332 5.2.3); nhrpd backs
+        # off 1 s doubling to 64 s.
+        wait = min(cfg.retry_initial * (2**s.tries), cfg.retry_max)
+        s.tries += 1
+        s.generation += 1
+        s.next_retry = now + wait
+        core.schedule(s.next_retry, ("nhs", s.index, s.generation))
+
+    def _purge(self, s: NhsState, now: float) -> None:
+        core = self.core
+        cfg = core.config
+        cie = Cie(
+            prefix_length=host_length(cfg.protocol_address),
+            mtu=cfg.mtu,
+            nbma=core.nbma,
+            protocol=cfg.protocol_address,
+        )
+        pkt = base(
+            cfg,
+            core.nbma,
+            PacketType.PURGE_REQUEST,
+            src_nbma=core.nbma,
+            src_proto=cfg.protocol_address,
+            dst_proto=s.config.protocol,
+            flags=PurgeFlag.N,
+            request_id=s.request_id,
+            cies=(cie,),
+            extensions=request_extensions(cfg),
+        )
+        core.send(s.config.nbma, pkt, now, budget=False)
+        core.event(
+            "deregistered",
+            f"purged our registration with NHS {address_text(s.config.protocol)}",
+            nhs=address_text(s.config.protocol),
+            request_id=s.request_id,
+        )
+
+    def on_timer(self, index: int, generation: int, now: float) -> None:
+        s = next((x for x in self.nhs if x.index == index), None)
+        if s is None or s.generation != generation or not self.running:
+            return
+        cfg = self.core.config
+        if s.state == "up" and now >= s.refresh_at and s.tries == 0:
+            # Refresh at a third of the holding time (RFC 2332 5.2.3): a new
+            # registration, so a new request ID.
+            self._register(s, now, new=True)
+            return
+        if s.state == "up" and now >= s.registered_until:
+            self._mark_down(s, now, "registration expired without a refresh answer")
+            return
+        if s.tries >= cfg.nhs_down_after and s.state != "down":
+            self._mark_down(s, now, f"no answer to {s.tries} registration requests")
+            self._register(s, now, new=False)
+            self._rebalance(now)
+            return
+        # Retransmit, same request ID.
+        self.core.stats["registrations.retransmitted"] += 1
+        self._register(s, now, new=False)
+
+    def _mark_down(self, s: NhsState, now: float, why: str) -> None:
+        was = s.state
+        s.state = "down"
+        s.up_since = None
+        s.last_error = why
+        if was != "down":
+            self.core.event(
+                "nhs-down",
+                f"NHS {address_text(s.config.protocol)} down: {why}",
+                nhs=address_text(s.config.protocol),
+                reason=why,
+            )
+
+    # ------------------------------------------------------------ replies
+
+    def on_registration_reply(self, pkt: NhrpPacket, now: float) -> bool:
+        """Handle a reply; False when it answers nothing we sent."""
+        s = next(
+            (
+                x
+                for x in self.nhs
+                if x.request_id == pkt.request_id and x.state in ("probing", "up", "down")
+            ),
+            None,
+        )
+        if s is None or pkt.src_proto != self.core.config.protocol_address:
+            return False
+        codes = [c.code for c in pkt.cies] or [CieCode.SUCCESS]
+        name = address_text(s.config.protocol)
+        if any(code != CieCode.SUCCESS for code in codes):
+            bad = next(code for code in codes if code != CieCode.SUCCESS)
+            why = f"registration refused with CIE code {bad}"
+            if bad == CieCode.UNIQUE_ADDRESS_REGISTERED:
+                why += " (unique address already registered)"
+            self._mark_down(s, now, why)
+            self.core.event("registration-refused", f"NHS {name}: {why}", nhs=name, code=int(bad))
+            # Try again later: the old binding expires on the NHS eventually
+            # (nhrpd waits 60-180 s after an error).
+            s.tries = self.core.config.nhs_down_after
+            s.generation += 1
+            s.next_retry = now + min(60.0, self.core.config.retry_max)
+            self.core.schedule(s.next_retry, ("nhs", s.index, s.generation))
+            self._rebalance(now)
+            return True
+        holding = min((c.holding_time for c in pkt.cies), default=self.core.config.holding_time)
+        holding = holding or self.core.config.holding_time
+        first = s.state != "up"
+        s.state = "up"
+        s.tries = 0
+        s.last_error = None
+        s.registered_until = now + holding
+        s.refresh_at = now + holding / 3
+        if first:
+            s.up_since = now
+        for ext in pkt.extensions:
+            if isinstance(ext, NatAddressExtension):
+                for cie in ext.cies:
+                    if cie.protocol == self.core.config.protocol_address and cie.nbma:
+                        s.public_nbma = cie.nbma if cie.nbma != self.core.nbma else None
+        s.generation += 1
+        self.core.schedule(s.refresh_at, ("nhs", s.index, s.generation))
+        if first:
+            self.core.stats["registrations.succeeded"] += 1
+            self.core.event(
+                "nhs-up",
+                f"registered with NHS {name}",
+                nhs=name,
+                holding_time=holding,
+                nat=address_text(s.public_nbma) if s.public_nbma else None,
+            )
+            self._rebalance(now)
+        return True
+
+    def on_error(self, src_nbma: Address, now: float) -> None:
+        """An NHS that answers with an Error Indication may have lost our
+        registration (a restart): register again at once."""
+        s = self.by_nbma.get(src_nbma)
+        if s is not None and s.state == "up":
+            self._register(s, now, new=True)
+
+    def nbma_changed(self, now: float) -> None:
+        """Our NBMA address changed (DHCP, failover link): register anew."""
+        for s in self.nhs:
+            if s.state != "standby":
+                self._register(s, now, new=True)

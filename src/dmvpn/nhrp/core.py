@@ -1,0 +1,159 @@
+"""State every part of the engine shares: config, cache, timers, outputs,
+counters, request IDs, the send budget, and binding bookkeeping."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable
+from typing import Any
+
+from dmvpn.wire import (
+    Address,
+    AuthenticationExtension,
+    NhrpPacket,
+    PacketType,
+    address_text,
+)
+
+from .cache import BOUND_TYPES, Cache, CacheEntry, EntryFlag
+from .config import EngineConfig
+from .outputs import (
+    BindingAdded,
+    BindingRemoved,
+    Event,
+    Output,
+    ProtectPeer,
+    SendPacket,
+    ShortcutAdded,
+    ShortcutRemoved,
+    UnprotectPeer,
+)
+from .ratelimit import TokenBucket
+from .routing import RoutingView, StaticRouting
+from .timers import Timers
+
+
+class Core:
+    def __init__(self, config: EngineConfig, routing: RoutingView | None) -> None:
+        self.config = config
+        self.routing: RoutingView = routing if routing is not None else StaticRouting()
+        self.nbma: Address = config.nbma_address
+        self.cache = Cache()
+        self.timers = Timers()
+        self.outputs: list[Output] = []
+        self.stats: Counter[str] = Counter()
+        self._request_id = config.request_id_start & 0xFFFFFFFF
+        self._budget = TokenBucket(config.max_send, config.max_send_interval)
+        self._peer_refs: dict[Address, int] = {}
+        self.events_enabled = True
+
+    # ------------------------------------------------------------ outputs
+
+    def event(self, kind: str, message: str, **details: Any) -> None:
+        self.stats[f"event.{kind}"] += 1
+        if self.events_enabled:
+            self.outputs.append(Event(kind, message, details))
+
+    def new_request_id(self) -> int:
+        rid = self._request_id
+        self._request_id = (rid + 1) & 0xFFFFFFFF or 1
+        return rid
+
+    def send(self, nbma: Address, packet: NhrpPacket, now: float, *, budget: bool = True) -> bool:
+        """Queue a packet; False (counted) when the max-send budget is spent."""
+        if budget and not self._budget.take(now):
+            self.stats["tx.rate_limited"] += 1
+            return False
+        data = packet.encode()
+        self.outputs.append(SendPacket(nbma, packet, data))
+        self.stats[f"tx.{packet.type.name.lower()}"] += 1
+        return True
+
+    def schedule(self, when: float, key: Hashable) -> None:
+        self.timers.schedule(when, key)
+
+    # ------------------------------------------------------------ auth
+
+    def auth_ok(self, packet: NhrpPacket) -> bool:
+        """RFC 2332 5.3.4 with Cisco's layout: type 1, cleartext password."""
+        secret = self.config.authentication
+        if secret is None:
+            return True
+        for ext in packet.extensions:
+            if isinstance(ext, AuthenticationExtension):
+                return ext.auth_type == 1 and ext.data == secret
+        return False
+
+    # ------------------------------------------------------------ bindings
+
+    def _ref_peer(self, nbma: Address) -> None:
+        n = self._peer_refs.get(nbma, 0)
+        self._peer_refs[nbma] = n + 1
+        if n == 0:
+            self.outputs.append(ProtectPeer(nbma))
+
+    def _unref_peer(self, nbma: Address) -> None:
+        n = self._peer_refs.get(nbma, 0)
+        if n <= 1:
+            self._peer_refs.pop(nbma, None)
+            if n == 1:
+                self.outputs.append(UnprotectPeer(nbma))
+        else:
+            self._peer_refs[nbma] = n - 1
+
+    def peers(self) -> dict[Address, int]:
+        return dict(self._peer_refs)
+
+    def _announce(self, entry: CacheEntry) -> None:
+        if entry.type not in BOUND_TYPES or entry.nbma is None:
+            return
+        if entry.is_host:
+            self._ref_peer(entry.nbma)
+            self.outputs.append(BindingAdded(entry.protocol, entry.nbma, entry.type.value))
+        elif entry.next_hop is not None:
+            self.outputs.append(ShortcutAdded(entry.prefix, entry.next_hop, entry.nbma))
+
+    def _withdraw(self, entry: CacheEntry) -> None:
+        if entry.type not in BOUND_TYPES or entry.nbma is None:
+            return
+        if entry.is_host:
+            self.outputs.append(BindingRemoved(entry.protocol, entry.nbma))
+            self._unref_peer(entry.nbma)
+        elif entry.next_hop is not None:
+            self.outputs.append(ShortcutRemoved(entry.prefix, entry.next_hop))
+
+    def install(self, entry: CacheEntry) -> CacheEntry | None:
+        """Put an entry in the cache and tell the host; returns the one replaced."""
+        old = self.cache.put(entry)
+        if old is not None:
+            same = (
+                old.type in BOUND_TYPES
+                and entry.type in BOUND_TYPES
+                and old.nbma == entry.nbma
+                and old.next_hop == entry.next_hop
+            )
+            if same:
+                # A refresh: no churn in the data plane. The old entry's
+                # purge list carries over.
+                entry.handed_out = old.handed_out
+                if old.flags & EntryFlag.USED:
+                    entry.last_used = old.last_used
+            else:
+                self._withdraw(old)
+                self._announce(entry)
+        else:
+            self._announce(entry)
+        if entry.expires is not None:
+            self.schedule(entry.expires, ("expire", entry.protocol, entry.prefix_length))
+        return old
+
+    def remove(self, entry: CacheEntry) -> None:
+        if self.cache.remove(entry):
+            self._withdraw(entry)
+
+    def describe(self, addr: Address | None) -> str:
+        return address_text(addr) if addr is not None else "-"
+
+
+def packet_name(packet: NhrpPacket) -> str:
+    return PacketType(packet.type).name.lower()

@@ -1,0 +1,338 @@
+"""One NHRP engine per DMVPN interface: the facade the daemon, the
+simulator, the fuzzers and the benchmarks drive.
+
+Inputs (each with ``now``): :meth:`start`, :meth:`stop`, :meth:`receive`
+(an NHRP packet and the NBMA address it came from), the data-plane events
+:meth:`next_hop_unbound`, :meth:`hairpin` and :meth:`binding_used`,
+:meth:`set_nbma`, and :meth:`handle_timer` when :meth:`get_timer` is due.
+Outputs: :meth:`pop_outputs` (packets to send, bindings, shortcut routes,
+IPsec protection, events). No entry point raises on any input.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from dmvpn.wire import (
+    Address,
+    AuthenticationExtension,
+    DecodeError,
+    ErrorCode,
+    NhrpPacket,
+    PacketType,
+    UnknownExtension,
+    address_text,
+    decode_nhrp,
+)
+
+from .cache import BOUND_TYPES, CacheEntry, EntryType, host_length
+from .client import NhsClient
+from .config import EngineConfig
+from .core import Core
+from .outputs import Output
+from .resolver import Resolver
+from .routing import RoutingView
+from .server import Server
+
+_EXT_HEADER = struct.Struct("!HH")
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, routing: RoutingView | None = None) -> None:
+        self.core = Core(config, routing)
+        self.client = NhsClient(self.core)
+        self.server = Server(self.core)
+        self.resolver = Resolver(self.core, self.client)
+        self.started = False
+
+    @property
+    def config(self) -> EngineConfig:
+        return self.core.config
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self.core.stats)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, now: float) -> None:
+        core = self.core
+        if self.started:
+            return
+        self.started = True
+        for m in core.config.static_maps:
+            core.install(CacheEntry(m.protocol, EntryType.STATIC, now, nbma=m.nbma))
+        core.cache.put(
+            CacheEntry(core.config.protocol_address, EntryType.LOCAL, now, nbma=core.nbma)
+        )
+        core.event(
+            "started",
+            f"engine for {address_text(core.config.protocol_address)} "
+            f"({'NHS' if core.config.server else 'NHC'}) started",
+        )
+        self.client.start(now)
+
+    def stop(self, now: float) -> None:
+        """Clean shutdown: deregister (purge) from NHSes, withdraw everything."""
+        if not self.started:
+            return
+        self.client.stop(now)
+        for entry in list(self.core.cache):
+            self.core.remove(entry)
+        self.started = False
+        self.core.event("stopped", "engine stopped")
+
+    def set_nbma(self, nbma: Address, now: float) -> None:
+        """Our NBMA address changed: re-register everywhere at once."""
+        if nbma == self.core.nbma:
+            return
+        old = self.core.nbma
+        self.core.nbma = nbma
+        self.core.event(
+            "nbma-changed",
+            f"NBMA address {address_text(old)} -> {address_text(nbma)}",
+            old=address_text(old),
+            new=address_text(nbma),
+        )
+        if self.started:
+            self.client.nbma_changed(now)
+
+    # ------------------------------------------------------------ outputs
+
+    def pop_outputs(self) -> list[Output]:
+        out = self.core.outputs
+        self.core.outputs = []
+        return out
+
+    def get_timer(self) -> float | None:
+        return self.core.timers.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        for key in self.core.timers.pop_due(now):
+            try:
+                self._fire(key, now)  # type: ignore[arg-type]
+            except Exception as exc:  # pragma: no cover - a bug, kept out of the host
+                self._internal_error("timer", exc)
+
+    def _fire(self, key: tuple[Any, ...], now: float) -> None:
+        kind = key[0]
+        if kind == "expire":
+            self._expire(key[1], key[2], now)
+        elif kind == "nhs":
+            self.client.on_timer(key[1], key[2], now)
+        elif kind == "res":
+            self.resolver.on_timer(key[1], key[2], now)
+        elif kind == "refresh":
+            self.resolver.on_refresh(key[1], key[2], key[3], now)
+
+    def _expire(self, protocol: Address, prefix_length: int, now: float) -> None:
+        core = self.core
+        if prefix_length == host_length(protocol):
+            entry = core.cache.host(protocol)
+        else:
+            entry = core.cache.lookup(protocol)
+            if entry is not None and entry.prefix_length != prefix_length:
+                entry = None
+        if entry is None or entry.expires is None or entry.expires > now:
+            return
+        core.remove(entry)
+        if entry.type == EntryType.DYNAMIC:
+            self.server.registration_gone(entry, now, "expired")
+        elif entry.type == EntryType.CACHED:
+            core.stats["cache.expired"] += 1
+            core.event(
+                "expired",
+                f"{address_text(entry.protocol)}/{entry.prefix_length} expired (idle)",
+                protocol=address_text(entry.protocol),
+            )
+
+    # ------------------------------------------------------------ data plane
+
+    def next_hop_unbound(self, next_hop: Address, now: float) -> None:
+        """The data plane has a packet for tunnel next hop ``next_hop`` with
+        no binding: phase 2 resolution (it sends via the hub meanwhile)."""
+        try:
+            self.resolver.resolve(next_hop, now, "next hop without binding")
+        except Exception as exc:  # pragma: no cover
+            self._internal_error("next_hop_unbound", exc)
+
+    def hairpin(self, packet: bytes, from_nbma: Address, now: float) -> None:
+        """A hub forwarded ``packet`` (an IP packet) that came in from the peer
+        at ``from_nbma`` back out of the DMVPN interface (phase 3)."""
+        try:
+            self.server.hairpin(packet, from_nbma, now)
+        except Exception as exc:  # pragma: no cover
+            self._internal_error("hairpin", exc)
+
+    def binding_used(self, addr: Address, now: float) -> None:
+        self.resolver.binding_used(addr, now)
+
+    # ------------------------------------------------------------ packets
+
+    def receive(self, data: bytes, src_nbma: Address, now: float) -> None:
+        core = self.core
+        core.stats["rx.packets"] += 1
+        try:
+            pkt = decode_nhrp(data)
+        except DecodeError as exc:
+            core.stats["rx.malformed"] += 1
+            core.event(
+                "malformed",
+                f"dropped malformed NHRP from {address_text(src_nbma)}: {exc}",
+                src=address_text(src_nbma),
+                reason=exc.reason,
+                offset=exc.offset,
+            )
+            return
+        try:
+            self._dispatch(pkt, data, src_nbma, now)
+        except Exception as exc:  # pragma: no cover - a bug, kept out of the host
+            self._internal_error("receive", exc)
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        self.core.stats["internal_errors"] += 1
+        self.core.event("internal-error", f"{where}: {type(exc).__name__}: {exc}")
+
+    def _dispatch(self, pkt: NhrpPacket, data: bytes, src_nbma: Address, now: float) -> None:
+        core = self.core
+        cfg = core.config
+        t = pkt.type
+        core.stats[f"rx.{t.name.lower()}"] += 1
+        if pkt.version != 1:
+            core.stats["rx.bad_version"] += 1
+            self.server.send_error(pkt, src_nbma, ErrorCode.PROTOCOL_ERROR, 16, now)
+            return
+        if pkt.hop_count == 0:
+            core.stats["rx.hop_count_zero"] += 1  # Cisco drops these too
+            return
+        if not core.auth_ok(pkt):
+            core.stats["rx.auth_failed"] += 1
+            core.event(
+                "auth-failure",
+                f"{t.name.replace('_', ' ').title()} from "
+                f"{address_text(src_nbma)} failed authentication",
+                src=address_text(src_nbma),
+                protocol=address_text(pkt.src_proto),
+            )
+            if cfg.auth_failure == "error":
+                self.server.send_error(
+                    pkt,
+                    src_nbma,
+                    ErrorCode.AUTHENTICATION_FAILURE,
+                    self._extension_offset(data, AuthenticationExtension, pkt),
+                    now,
+                )
+            return
+        for i, ext in enumerate(pkt.extensions):
+            if isinstance(ext, UnknownExtension) and ext.compulsory:
+                # RFC 2332 5.3: unrecognized compulsory extension -> error 1
+                # (nhrpd drops silently).
+                core.stats["rx.unknown_compulsory_extension"] += 1
+                self.server.send_error(
+                    pkt,
+                    src_nbma,
+                    ErrorCode.UNRECOGNIZED_EXTENSION,
+                    self._nth_extension_offset(data, i),
+                    now,
+                )
+                return
+        if t == PacketType.REGISTRATION_REQUEST:
+            self.server.on_registration_request(pkt, src_nbma, now)
+        elif t == PacketType.REGISTRATION_REPLY:
+            if not self.client.on_registration_reply(pkt, now):
+                core.stats["rx.unexpected_reply"] += 1
+        elif t == PacketType.RESOLUTION_REQUEST:
+            self.server.on_resolution_request(pkt, src_nbma, now)
+        elif t == PacketType.RESOLUTION_REPLY:
+            if not self.resolver.on_resolution_reply(pkt, src_nbma, now):
+                core.stats["rx.unexpected_reply"] += 1
+        elif t == PacketType.PURGE_REQUEST:
+            self._on_purge(pkt, src_nbma, now)
+        elif t == PacketType.PURGE_REPLY:
+            core.stats["rx.purge_reply"] += 1
+        elif t == PacketType.ERROR_INDICATION:
+            core.event(
+                "error-indication",
+                f"Error Indication code {pkt.error_code} from {address_text(src_nbma)}",
+                code=pkt.error_code,
+                src=address_text(src_nbma),
+            )
+            self.client.on_error(src_nbma, now)
+        elif t == PacketType.TRAFFIC_INDICATION:
+            self.resolver.on_traffic_indication(pkt, now)
+
+    def _on_purge(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
+        """RFC 2332 5.2.5: drop the bindings named by the CIEs, then answer
+        unless N is set. A registrant may purge its own registration; a
+        zero-CIE purge (OpenNHRP, sent right after it registers) drops what
+        we learned through resolution for the sender, never its registration."""
+        core = self.core
+        removed = 0
+        if pkt.cies:
+            for cie in pkt.cies:
+                target = cie.protocol or pkt.src_proto
+                entry = core.cache.lookup(target)
+                if entry is None:
+                    continue
+                if entry.type == EntryType.CACHED or (
+                    entry.type == EntryType.DYNAMIC
+                    and target == pkt.src_proto
+                    and entry.nbma == src_nbma
+                ):
+                    core.remove(entry)
+                    removed += 1
+                    if entry.type == EntryType.DYNAMIC:
+                        self.server.registration_gone(entry, now, "purged")
+        else:
+            for entry in list(core.cache):
+                if entry.type == EntryType.CACHED and (
+                    entry.next_hop == pkt.src_proto or entry.protocol == pkt.src_proto
+                ):
+                    core.remove(entry)
+                    removed += 1
+        core.stats["purge.entries_removed"] += removed
+        core.event(
+            "purged",
+            f"Purge Request from {address_text(src_nbma)}: "
+            f"{removed} entr{'y' if removed == 1 else 'ies'} removed",
+            src=address_text(src_nbma),
+            removed=removed,
+        )
+        self.server.purge_reply(pkt, src_nbma, now)
+
+    @staticmethod
+    def _nth_extension_offset(data: bytes, index: int) -> int:
+        off = int.from_bytes(data[14:16], "big")
+        for _ in range(index):
+            _, length = _EXT_HEADER.unpack_from(data, off)
+            off += 4 + length
+        return off
+
+    def _extension_offset(self, data: bytes, cls: type, pkt: NhrpPacket) -> int:
+        for i, ext in enumerate(pkt.extensions):
+            if isinstance(ext, cls):
+                return self._nth_extension_offset(data, i)
+        return 0
+
+    # ------------------------------------------------------------ views
+
+    def cache_view(self, now: float) -> list[dict[str, Any]]:
+        return sorted((e.view(now) for e in self.core.cache), key=lambda v: v["protocol"])
+
+    def nhs_view(self, now: float) -> list[dict[str, object]]:
+        return [s.view(now) for s in self.client.nhs]
+
+    def bound(self, addr: Address) -> Address | None:
+        """The NBMA address ``addr`` is bound to, if any (host entries)."""
+        entry = self.core.cache.host(addr)
+        if entry is not None and entry.type in BOUND_TYPES:
+            return entry.nbma
+        return None
+
+    def route(self, addr: Address) -> tuple[Address, Address] | None:
+        """(next hop, NBMA) of the shortcut route holding ``addr``, if any."""
+        entry = self.core.cache.lookup(addr)
+        if entry is None or entry.next_hop is None or entry.nbma is None:
+            return None
+        return entry.next_hop, entry.nbma

@@ -1,0 +1,144 @@
+"""Building the NHRP packets the engine sends (pure functions of config and input)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from dmvpn.wire import (
+    Address,
+    AddressFamily,
+    AuthenticationExtension,
+    Cie,
+    EndExtension,
+    Extension,
+    ForwardTransitNhsExtension,
+    NatAddressExtension,
+    NhrpPacket,
+    PacketType,
+    ProtocolType,
+    ResponderAddressExtension,
+    ReverseTransitNhsExtension,
+    UnknownExtension,
+)
+
+from .cache import host_length
+from .config import EngineConfig
+
+
+def afn_of(nbma: Address) -> int:
+    return AddressFamily.IPV4 if isinstance(nbma, IPv4Address | bytes) else AddressFamily.IPV6
+
+
+def protocol_type_of(addr: Address) -> int:
+    return ProtocolType.IPV4 if isinstance(addr, IPv4Address) else ProtocolType.IPV6
+
+
+def auth_extensions(config: EngineConfig) -> tuple[Extension, ...]:
+    # Cisco regenerates authentication at every hop, never copies it (frr
+    # issues 16371, 16466): always our own password, or none.
+    if config.authentication is None:
+        return ()
+    return (AuthenticationExtension(data=config.authentication),)
+
+
+def self_cie(
+    config: EngineConfig,
+    nbma: Address,
+    prefix_length: int | None = None,
+    holding: int | None = None,
+) -> Cie:
+    """A CIE describing this node (responder address, transit record, answers)."""
+    return Cie(
+        prefix_length=host_length(config.protocol_address)
+        if prefix_length is None
+        else prefix_length,
+        mtu=config.mtu,
+        holding_time=config.holding_time if holding is None else holding,
+        nbma=nbma,
+        protocol=config.protocol_address,
+    )
+
+
+def base(config: EngineConfig, nbma: Address, type: PacketType, **fields: object) -> NhrpPacket:
+    return NhrpPacket(
+        type=type,
+        afn=afn_of(nbma),
+        protocol_type=protocol_type_of(config.protocol_address),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def request_extensions(
+    config: EngineConfig, nat_cies: tuple[Cie, ...] | None = None
+) -> tuple[Extension, ...]:
+    """Cisco's order: responder address, forward and reverse transit NHS
+    records, authentication, Cisco NAT, End (as in the IOS captures)."""
+    exts: list[Extension] = [
+        ResponderAddressExtension(),
+        ForwardTransitNhsExtension(),
+        ReverseTransitNhsExtension(),
+        *auth_extensions(config),
+    ]
+    if nat_cies is not None and config.nat_extension:
+        exts.append(NatAddressExtension(cies=nat_cies))
+    exts.append(EndExtension())
+    return tuple(exts)
+
+
+def reply_extensions(
+    config: EngineConfig,
+    request: NhrpPacket,
+    responder: Cie,
+    *,
+    nat_cies: tuple[Cie, ...] | None = None,
+) -> tuple[Extension, ...]:
+    """The request's extensions, answered (RFC 2332 5.3): the responder
+    address filled in, transit records kept, authentication rebuilt, unknown
+    non-compulsory ones returned as they came."""
+    out: list[Extension] = []
+    seen_nat = False
+    for ext in request.extensions:
+        if isinstance(ext, ResponderAddressExtension):
+            out.append(ResponderAddressExtension(cies=(responder,), compulsory=ext.compulsory))
+        elif isinstance(ext, AuthenticationExtension | EndExtension):
+            continue
+        elif isinstance(ext, NatAddressExtension):
+            seen_nat = True
+            cies = ext.cies if nat_cies is None else nat_cies
+            out.append(NatAddressExtension(cies=cies, compulsory=ext.compulsory))
+        elif isinstance(ext, UnknownExtension) and ext.compulsory:
+            continue  # refused earlier with error 1; never reached
+        else:
+            out.append(ext)
+    if nat_cies is not None and not seen_nat and config.nat_extension:
+        out.append(NatAddressExtension(cies=nat_cies))
+    out.extend(auth_extensions(config))
+    out.append(EndExtension())
+    return tuple(out)
+
+
+def forwarded_extensions(
+    config: EngineConfig, request: NhrpPacket, me: Cie, extra_nat: Cie | None = None
+) -> tuple[Extension, ...]:
+    """A transit NHS appends itself to the Forward Transit NHS Record (RFC
+    2332 5.3.2) and rebuilds authentication."""
+    out: list[Extension] = []
+    recorded = False
+    for ext in request.extensions:
+        if isinstance(ext, ForwardTransitNhsExtension):
+            out.append(ForwardTransitNhsExtension(cies=(*ext.cies, me), compulsory=ext.compulsory))
+            recorded = True
+        elif isinstance(ext, AuthenticationExtension | EndExtension):
+            continue
+        elif isinstance(ext, NatAddressExtension) and extra_nat is not None:
+            out.append(NatAddressExtension(cies=(*ext.cies, extra_nat), compulsory=ext.compulsory))
+            extra_nat = None
+        else:
+            out.append(ext)
+    if not recorded:
+        out.append(ForwardTransitNhsExtension(cies=(me,)))
+    if extra_nat is not None and config.nat_extension:
+        out.append(NatAddressExtension(cies=(extra_nat,)))
+    out.extend(auth_extensions(config))
+    out.append(EndExtension())
+    return tuple(out)

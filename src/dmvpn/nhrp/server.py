@@ -1,0 +1,489 @@
+"""The NHS side: registrations, answering and forwarding Resolution
+Requests, and phase 3 redirects (Traffic Indications)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import ip_network
+
+from dmvpn.wire import (
+    Address,
+    Cie,
+    CieCode,
+    EndExtension,
+    ErrorCode,
+    ForwardTransitNhsExtension,
+    NatAddressExtension,
+    NhrpPacket,
+    PacketType,
+    PurgeFlag,
+    RegistrationFlag,
+    ResolutionFlag,
+    address_text,
+    decode_ip,
+)
+from dmvpn.wire.errors import DecodeError
+
+from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, host_length
+from .core import Core
+from .packets import (
+    auth_extensions,
+    base,
+    forwarded_extensions,
+    reply_extensions,
+    request_extensions,
+    self_cie,
+)
+from .ratelimit import PerKeyInterval
+from .routing import Network
+
+# Registrations may never displace configuration (nhrpd answers code 4).
+_PROTECTED = frozenset({EntryType.STATIC, EntryType.LOCAL, EntryType.NHS})
+
+
+class Server:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.redirects = PerKeyInterval(core.config.redirect_interval)
+        # Observed NBMA -> tunnel addresses registered from it (hairpin lookups).
+        self.by_nbma: dict[Address, set[Address]] = {}
+
+    # ------------------------------------------------------------ registration
+
+    def on_registration_request(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
+        core = self.core
+        cfg = core.config
+        if not cfg.server:
+            core.stats["rx.registration_not_server"] += 1
+            core.event(
+                "dropped",
+                "Registration Request received but this node is not an NHS",
+                src=address_text(pkt.src_proto),
+            )
+            return
+        claimed = pkt.src_nbma
+        # NAT: the claimed NBMA differs from where the packet came from; the
+        # binding uses the observed (post-NAT) address (Cisco NAT extension).
+        natted = bool(claimed) and claimed != src_nbma
+        unique = bool(pkt.flags & RegistrationFlag.U)
+        host = host_length(pkt.src_proto)
+        answers: list[Cie] = []
+        for cie in pkt.cies or (Cie(prefix_length=host, holding_time=cfg.holding_time),):
+            proto = cie.protocol if cie.protocol else pkt.src_proto
+            code = self._register(pkt, cie, proto, src_nbma, natted, unique, now)
+            answers.append(replace(cie, code=code))
+        nat_cies: tuple[Cie, ...] | None = None
+        request_nat = pkt.extension(NatAddressExtension)
+        if isinstance(request_nat, NatAddressExtension):
+            nat_cies = request_nat.cies
+            if natted:
+                nat_cies = (
+                    *nat_cies,
+                    Cie(prefix_length=host, mtu=cfg.mtu, nbma=src_nbma, protocol=pkt.src_proto),
+                )
+        reply = replace(
+            pkt,
+            type=PacketType.REGISTRATION_REPLY,
+            hop_count=255,
+            cies=tuple(answers),
+            extensions=reply_extensions(cfg, pkt, self_cie(cfg, core.nbma), nat_cies=nat_cies),
+        )
+        core.send(src_nbma, reply, now)
+
+    def _register(
+        self,
+        pkt: NhrpPacket,
+        cie: Cie,
+        proto: Address,
+        observed: Address,
+        natted: bool,
+        unique: bool,
+        now: float,
+    ) -> int:
+        core = self.core
+        cfg = core.config
+        host = host_length(proto) if proto else 32
+        # A unique registration carries prefix 0xFF (older Cisco, OpenNHRP) or
+        # the host length (newer Cisco); nhrpd also sends 0. Accept all three.
+        if cie.prefix_length not in (0, 0xFF, host):
+            core.stats["registrations.refused"] += 1
+            return CieCode.ADMINISTRATIVELY_PROHIBITED
+        existing = core.cache.host(proto)
+        if existing is not None and existing.type in _PROTECTED:
+            core.stats["registrations.refused"] += 1
+            return CieCode.ADMINISTRATIVELY_PROHIBITED
+        if (
+            existing is not None
+            and existing.type == EntryType.DYNAMIC
+            and existing.nbma != observed
+            and existing.flags & EntryFlag.UNIQUE
+            and (existing.expires or 0) > now
+        ):
+            # RFC 2332 5.2.4: a unique binding stands until it expires.
+            core.stats["registrations.refused_unique"] += 1
+            core.event(
+                "registration-refused",
+                f"{address_text(proto)} is uniquely registered from "
+                f"{core.describe(existing.nbma)}; refused {address_text(observed)} (code 14)",
+                protocol=address_text(proto),
+                nbma=address_text(observed),
+                code=14,
+            )
+            return CieCode.UNIQUE_ADDRESS_REGISTERED
+        holding = cie.holding_time or cfg.holding_time
+        flags = EntryFlag(0)
+        if unique:
+            flags |= EntryFlag.UNIQUE
+        if natted:
+            flags |= EntryFlag.NAT
+        entry = CacheEntry(
+            proto,
+            EntryType.DYNAMIC,
+            now,
+            nbma=observed,
+            claimed_nbma=pkt.src_nbma,
+            expires=now + holding,
+            flags=flags,
+            request_id=pkt.request_id,
+            holding_time=holding,
+            mtu=cie.mtu,
+        )
+        if existing is not None and existing.type == EntryType.DYNAMIC:
+            entry.created = existing.created if existing.nbma == observed else now
+        old = core.install(entry)
+        self.by_nbma.setdefault(observed, set()).add(proto)
+        if old is not None and old.nbma != observed:
+            if old.nbma is not None:
+                self._forget_nbma(old.nbma, proto)
+            self._purge_handed_out(old, now)
+            core.event(
+                "registration-replaced",
+                f"{address_text(proto)} moved from {core.describe(old.nbma)} to "
+                f"{address_text(observed)}",
+                protocol=address_text(proto),
+            )
+        if old is None or old.nbma != observed:
+            core.stats["registrations.accepted"] += 1
+            core.event(
+                "registered",
+                f"{address_text(proto)} registered from "
+                f"{address_text(observed)}" + (" (NAT)" if natted else ""),
+                protocol=address_text(proto),
+                nbma=address_text(observed),
+                claimed_nbma=address_text(pkt.src_nbma),
+                unique=unique,
+                holding_time=holding,
+            )
+        else:
+            core.stats["registrations.refreshed"] += 1
+        return CieCode.SUCCESS
+
+    def _forget_nbma(self, nbma: Address, proto: Address) -> None:
+        protos = self.by_nbma.get(nbma)
+        if protos is not None:
+            protos.discard(proto)
+            if not protos:
+                del self.by_nbma[nbma]
+
+    def registration_gone(self, entry: CacheEntry, now: float, why: str) -> None:
+        """A dynamic entry expired or was purged."""
+        if entry.nbma is not None:
+            self._forget_nbma(entry.nbma, entry.protocol)
+        self._purge_handed_out(entry, now)
+        self.core.stats[f"registrations.{why}"] += 1
+        self.core.event(
+            f"registration-{why}",
+            f"{address_text(entry.protocol)} ({self.core.describe(entry.nbma)}) {why}",
+            protocol=address_text(entry.protocol),
+        )
+
+    def _purge_handed_out(self, entry: CacheEntry, now: float) -> None:
+        """Tell everyone we gave the old binding to that it is void (RFC 2332 5.2.5)."""
+        if not entry.handed_out:
+            return
+        cfg = self.core.config
+        for nbma, proto in entry.handed_out:
+            cie = Cie(prefix_length=entry.prefix_length, protocol=entry.protocol)
+            pkt = base(
+                cfg,
+                self.core.nbma,
+                PacketType.PURGE_REQUEST,
+                src_nbma=self.core.nbma,
+                src_proto=cfg.protocol_address,
+                dst_proto=proto,
+                request_id=self.core.new_request_id(),
+                cies=(cie,),
+                extensions=request_extensions(cfg),
+            )
+            self.core.send(nbma, pkt, now)
+        entry.handed_out = None
+
+    # ------------------------------------------------------------ resolution
+
+    def on_resolution_request(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
+        core = self.core
+        cfg = core.config
+        target = pkt.dst_proto
+        if self._seen_myself(pkt):
+            # RFC 2332 5.3.2 + error code 3 (nhrpd drops silently, OpenNHRP
+            # sends code 2): our own CIE is already in the transit record.
+            core.stats["rx.loop_detected"] += 1
+            self.send_error(pkt, src_nbma, ErrorCode.LOOP_DETECTED, 0, now)
+            return
+        prefix = self._owned_prefix(target)
+        if prefix is not None:
+            self.answer_as_owner(pkt, src_nbma, prefix, now)
+            return
+        if not cfg.server:
+            # Only an NHS answers or forwards for others.
+            core.stats["rx.resolution_not_owner"] += 1
+            self._negative_reply(pkt, src_nbma, now)
+            return
+        entry = core.cache.host(target)
+        if entry is not None and entry.type in BOUND_TYPES and not cfg.redirect:
+            # Phase 2: the NHS answers from its registrations.
+            self._answer_from_cache(pkt, src_nbma, entry, now)
+            return
+        next_hop = target if entry is not None else core.routing.next_hop(target)
+        hop_entry = core.cache.host(next_hop) if next_hop is not None else None
+        if (
+            hop_entry is not None
+            and hop_entry.type in BOUND_TYPES
+            and hop_entry.nbma is not None
+            and hop_entry.nbma != src_nbma
+        ):
+            # Phase 3 (or a hierarchical NHS): hand it to the owner, who
+            # answers the requester directly.
+            self._forward(pkt, src_nbma, hop_entry.nbma, now)
+            return
+        core.stats["resolution.no_binding"] += 1
+        self._negative_reply(pkt, src_nbma, now)
+
+    def _owned_prefix(self, target: Address) -> Network | None:
+        if target == self.core.config.protocol_address:
+            return ip_network(f"{address_text(target)}/{host_length(target)}")
+        return self.core.routing.local_prefix(target)
+
+    def _seen_myself(self, pkt: NhrpPacket) -> bool:
+        me = self.core.config.protocol_address
+        for ext in pkt.extensions:
+            if isinstance(ext, ForwardTransitNhsExtension):
+                return any(c.protocol == me for c in ext.cies)
+        return False
+
+    def _requester_nbma(self, pkt: NhrpPacket, src_nbma: Address) -> Address:
+        """Where the requester really is: a NAT extension CIE for it (added by
+        its NHS), else the claimed address, else the packet's source."""
+        nat = pkt.extension(NatAddressExtension)
+        if isinstance(nat, NatAddressExtension):
+            for cie in reversed(nat.cies):
+                if cie.protocol == pkt.src_proto and cie.nbma:
+                    return cie.nbma
+        forwarded = any(
+            isinstance(e, ForwardTransitNhsExtension) and e.cies for e in pkt.extensions
+        )
+        if not forwarded:
+            return src_nbma
+        return pkt.src_nbma or src_nbma
+
+    def answer_as_owner(
+        self, pkt: NhrpPacket, src_nbma: Address, prefix: Network, now: float
+    ) -> None:
+        """We own the target: answer the requester directly with our prefix
+        (phase 3 responder; nhrpd: own NBMA and tunnel address in the CIE)."""
+        core = self.core
+        cfg = core.config
+        me = self_cie(cfg, core.nbma, prefix_length=prefix.prefixlen)
+        flags = (pkt.flags & (ResolutionFlag.Q | ResolutionFlag.S | ResolutionFlag.NAT)) | (
+            ResolutionFlag.A | ResolutionFlag.D
+        )
+        requester = self._requester_nbma(pkt, src_nbma)
+        reply = replace(
+            pkt,
+            type=PacketType.RESOLUTION_REPLY,
+            hop_count=255,
+            flags=flags,
+            cies=(me,),
+            extensions=reply_extensions(cfg, pkt, self_cie(cfg, core.nbma)),
+        )
+        core.send(requester, reply, now)
+        core.stats["resolution.answered_as_owner"] += 1
+        core.event(
+            "resolution-answered",
+            f"answered {address_text(pkt.src_proto)} for "
+            f"{address_text(pkt.dst_proto)} with {prefix}",
+            requester=address_text(pkt.src_proto),
+            prefix=str(prefix),
+        )
+        # The requester will send to us directly: keep its binding, so our
+        # answers go straight back over the same tunnel (seed notes).
+        existing = core.cache.host(pkt.src_proto)
+        if pkt.src_proto and (existing is None or existing.type not in BOUND_TYPES):
+            core.install(
+                CacheEntry(
+                    pkt.src_proto,
+                    EntryType.CACHED,
+                    now,
+                    nbma=requester,
+                    expires=now + cfg.holding_time,
+                    holding_time=cfg.holding_time,
+                )
+            )
+
+    def _answer_from_cache(
+        self, pkt: NhrpPacket, src_nbma: Address, entry: CacheEntry, now: float
+    ) -> None:
+        core = self.core
+        cfg = core.config
+        remaining = int((entry.expires - now) if entry.expires is not None else cfg.holding_time)
+        cie = Cie(
+            prefix_length=entry.prefix_length,
+            mtu=entry.mtu or cfg.mtu,
+            holding_time=max(1, min(remaining, 0xFFFF)),
+            nbma=entry.nbma or b"",
+            protocol=entry.protocol,
+        )
+        flags = pkt.flags | ResolutionFlag.A
+        reply = replace(
+            pkt,
+            type=PacketType.RESOLUTION_REPLY,
+            hop_count=255,
+            flags=flags,
+            cies=(cie,),
+            extensions=reply_extensions(cfg, pkt, self_cie(cfg, core.nbma)),
+        )
+        requester = self._requester_nbma(pkt, src_nbma)
+        core.send(requester, reply, now)
+        if entry.handed_out is None:
+            entry.handed_out = set()
+        entry.handed_out.add((requester, pkt.src_proto))
+        core.stats["resolution.answered_from_cache"] += 1
+
+    def _negative_reply(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
+        cfg = self.core.config
+        cie = Cie(
+            code=CieCode.NO_BINDING,
+            prefix_length=host_length(pkt.dst_proto),
+            protocol=pkt.dst_proto,
+        )
+        reply = replace(
+            pkt,
+            type=PacketType.RESOLUTION_REPLY,
+            hop_count=255,
+            cies=(cie,),
+            extensions=reply_extensions(cfg, pkt, self_cie(cfg, self.core.nbma)),
+        )
+        self.core.send(self._requester_nbma(pkt, src_nbma), reply, now)
+
+    def _forward(self, pkt: NhrpPacket, src_nbma: Address, to: Address, now: float) -> None:
+        core = self.core
+        cfg = core.config
+        if pkt.hop_count <= 1:
+            core.stats["rx.hop_count_exceeded"] += 1
+            self.send_error(pkt, src_nbma, ErrorCode.HOP_COUNT_EXCEEDED, 9, now)
+            return
+        extra_nat = None
+        reg = core.cache.host(pkt.src_proto)
+        if reg is not None and reg.flags & EntryFlag.NAT and reg.nbma is not None:
+            # Tell the responder where the NATed requester really is.
+            extra_nat = Cie(
+                prefix_length=host_length(pkt.src_proto), nbma=reg.nbma, protocol=pkt.src_proto
+            )
+        fwd = replace(
+            pkt,
+            hop_count=pkt.hop_count - 1,
+            extensions=forwarded_extensions(cfg, pkt, self_cie(cfg, core.nbma), extra_nat),
+        )
+        core.send(to, fwd, now)
+        core.stats["resolution.forwarded"] += 1
+        core.event(
+            "resolution-forwarded",
+            f"forwarded {address_text(pkt.src_proto)}'s request "
+            f"for {address_text(pkt.dst_proto)} to {address_text(to)}",
+            requester=address_text(pkt.src_proto),
+            target=address_text(pkt.dst_proto),
+            to=address_text(to),
+        )
+
+    # ------------------------------------------------------------ phase 3
+
+    def hairpin(self, packet: bytes, from_nbma: Address, now: float) -> None:
+        """We forwarded ``packet`` from the peer at ``from_nbma`` back out of
+        the DMVPN interface: redirect the sender (Traffic Indication)."""
+        core = self.core
+        cfg = core.config
+        if not cfg.redirect:
+            return
+        try:
+            header, _ = decode_ip(packet)
+        except DecodeError:
+            core.stats["redirect.bad_packet"] += 1
+            return
+        if not self.redirects.allow((from_nbma, header.dst), now):
+            core.stats["redirect.rate_limited"] += 1
+            return
+        # Cisco includes the IP header + 8 bytes; nhrpd the whole packet.
+        contents = packet[: header.header_length + 8]
+        exts = auth_extensions(cfg)
+        ti = base(
+            cfg,
+            core.nbma,
+            PacketType.TRAFFIC_INDICATION,
+            src_nbma=core.nbma,
+            src_proto=cfg.protocol_address,
+            # nhrpd puts the original packet's source here.
+            dst_proto=header.src,
+            contents=contents,
+            extensions=(*exts, EndExtension()) if exts else (),
+        )
+        if core.send(from_nbma, ti, now):
+            core.stats["redirect.sent"] += 1
+            core.event(
+                "redirect",
+                f"Traffic Indication to {address_text(from_nbma)}: "
+                f"{header.src} -> {header.dst} hairpinned",
+                to=address_text(from_nbma),
+                src=str(header.src),
+                dst=str(header.dst),
+            )
+
+    # ------------------------------------------------------------ errors
+
+    def send_error(
+        self, pkt: NhrpPacket, src_nbma: Address, code: int, offset: int, now: float
+    ) -> None:
+        """An Error Indication (RFC 2332 5.2.7): never in reply to an error;
+        hop count 255, as Cisco drops 0 (frr issue 951)."""
+        if pkt.type == PacketType.ERROR_INDICATION:
+            return
+        core = self.core
+        cfg = core.config
+        err = base(
+            cfg,
+            core.nbma,
+            PacketType.ERROR_INDICATION,
+            src_nbma=core.nbma,
+            src_proto=cfg.protocol_address,
+            dst_proto=pkt.src_proto,
+            error_code=code,
+            error_offset=offset,
+            contents=pkt.encode(),
+        )
+        core.send(src_nbma, err, now)
+        core.stats[f"tx.error.{code}"] += 1
+
+    # ------------------------------------------------------------ purge
+
+    def purge_reply(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
+        if pkt.flags & PurgeFlag.N:
+            return
+        cfg = self.core.config
+        reply = replace(
+            pkt,
+            type=PacketType.PURGE_REPLY,
+            hop_count=255,
+            extensions=reply_extensions(cfg, pkt, self_cie(cfg, self.core.nbma))
+            if pkt.extensions
+            else (),
+        )
+        self.core.send(src_nbma, reply, now)
