@@ -286,6 +286,7 @@ class NhsClient:
                 for cie in ext.cies:
                     if cie.protocol == self.core.config.protocol_address and cie.nbma:
                         s.public_nbma = cie.nbma if cie.nbma != self.core.nbma else None
+                        self.core.public_nbma = s.public_nbma
         s.generation += 1
         self.core.schedule(s.refresh_at, ("nhs", s.index, s.generation))
         if first:

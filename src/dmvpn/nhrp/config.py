@@ -67,8 +67,9 @@ class EngineConfig:
     retry_max: float = 64.0
     # Unanswered registration retransmissions before an NHS is declared down.
     nhs_down_after: int = 3
-    # Unanswered resolution requests before the target is negative.
-    resolution_retries: int = 3
+    # Resolution Requests sent (same request ID) before the target is
+    # negative: 1+2+4+8+16 s, about nhrpd's 30 s.
+    resolution_retries: int = 5
     # Cisco NAT extension and header flag 0x0002 in our requests.
     nat_extension: bool = True
     request_id_start: int = 1

@@ -38,6 +38,8 @@ class Core:
         self.config = config
         self.routing: RoutingView = routing if routing is not None else StaticRouting()
         self.nbma: Address = config.nbma_address
+        # Our NBMA address as an NHS saw it, when we are behind NAT.
+        self.public_nbma: Address | None = None
         self.cache = Cache()
         self.timers = Timers()
         self.outputs: list[Output] = []

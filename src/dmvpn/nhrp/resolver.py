@@ -164,10 +164,17 @@ class Resolver:
         plen = cie.prefix_length if 0 < cie.prefix_length < host else host
         nbma: Address = cie.nbma or src_nbma
         nat = pkt.extension(NatAddressExtension)
+        from_nat = False
         if isinstance(nat, NatAddressExtension):
             for c in nat.cies:
                 if c.protocol == next_hop and c.nbma:
                     nbma = c.nbma  # the responder is behind NAT
+                    from_nat = True
+        if not from_nat and src_nbma != nbma and src_nbma not in self.client.by_nbma:
+            # The answer came straight from the responder, from another
+            # address than it claims: NAT without the extension (nhrpd
+            # trusts the packet's source the same way).
+            nbma = src_nbma
         holding = cie.holding_time or cfg.holding_time
         flags = EntryFlag.AUTHORITATIVE if pkt.flags & ResolutionFlag.A else EntryFlag(0)
         if nbma != cie.nbma and cie.nbma:

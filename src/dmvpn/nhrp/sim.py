@@ -188,8 +188,9 @@ class SimNetwork:
         if node.wake != deadline:
             return  # superseded by an earlier wake-up
         node.wake = None
-        if node.alive:
-            node.engine.handle_timer(self.now)
+        if not node.alive:
+            return  # a dead node's timers stop; restart() starts a new engine
+        node.engine.handle_timer(self.now)
         self._after(node)
 
     # ------------------------------------------------------------ the underlay
@@ -342,7 +343,7 @@ def build_cloud(
     *, hubs: int = 1, spokes: int = 3, phase: int = 3, loss: float = 0.0, seed: int = 1,
     holding_time: int = 7200, unique: bool = True, events: bool = True,
     nat_spokes: frozenset[int] = frozenset(), latency: float = 0.005,
-    authentication: bytes | None = None,
+    authentication: bytes | None = None, max_nhs: int | None = None,
 ) -> SimNetwork:  # fmt: skip
     """Hubs hub1..hubH, spokes spoke1..spokeN with LAN 10.128.(i).0/24.
 
@@ -377,7 +378,7 @@ def build_cloud(
         public = spoke_nbma(i)
         cfg = EngineConfig(
             protocol_address=spoke_tunnel(i), nbma_address=private if i in nat_spokes else public,
-            nhs=nhs, holding_time=holding_time, registration_unique=unique,
+            nhs=nhs, max_nhs=max_nhs, holding_time=holding_time, registration_unique=unique,
             resolution=phase >= 2, shortcut=phase == 3, authentication=authentication,
             request_id_start=1 + (hubs + i) * 1_000_000 % 0xFFFFFFF,
         )  # fmt: skip
