@@ -7,6 +7,7 @@ import click
 from dmvpn import __version__
 
 from .decode import decode_cmd, example_capture_cmd
+from .sim import sim_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,3 +18,4 @@ def main() -> None:
 
 main.add_command(decode_cmd)
 main.add_command(example_capture_cmd)
+main.add_command(sim_cmd)

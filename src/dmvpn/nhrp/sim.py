@@ -437,8 +437,32 @@ def run_scenario(
                 if trace.delivered and not trace.via_hub and (x, y) not in first_direct:
                     first_direct[(x, y)] = net.now - start
         net.run_until(when + 0.5)
+    failure: dict[str, Any] | None = None
     if kill_hub_at is not None:
-        net.run_until(max(net.now, kill_hub_at + (restart_hub_after or 0) + 120))
+        failure = {"killed_at": kill_hub_at}
+        net.run_until(max(net.now, kill_hub_at + 0.001))
+        if restart_hub_after is not None:
+            back_at = kill_hub_at + restart_hub_after
+            failure["restarted_at"] = back_at
+
+            def on_hub1(name: str) -> bool:
+                # The hub's view: is this spoke in its registration table again?
+                hub = net.nodes["hub1"].engine
+                return hub.bound(net.nodes[name].tunnel) is not None
+
+            # Spokes notice at their next refresh (a third of the holding
+            # time) or when a retransmission finally gets through.
+            limit = back_at + holding_time + 300
+            net.run_until(max(net.now, back_at))
+            while net.now < limit and not all(on_hub1(n) for n in spoke_names):
+                net.run_until(net.now + 1.0)
+            failure["spokes_back_on_hub1"] = sum(1 for n in spoke_names if on_hub1(n))
+            failure["seconds_until_all_back"] = (
+                round(net.now - back_at, 3) if all(on_hub1(n) for n in spoke_names) else None
+            )
+        else:
+            net.run_until(net.now + 120)
+        failure["spokes_registered_somewhere"] = sum(1 for n in spoke_names if net.registered(n))
     registered = sum(1 for n in spoke_names if net.registered(n))
     return {
         "hubs": hubs,
@@ -464,6 +488,7 @@ def run_scenario(
             for k, v in sorted(net.stats.items())
             if k.startswith("nhrp_sent.")
         },
+        "hub_failure": failure,
         "virtual_seconds": round(net.now, 3),
         "wall_seconds": round(time.perf_counter() - wall, 3),
     }
