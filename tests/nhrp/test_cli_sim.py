@@ -13,8 +13,15 @@ def test_sim_json_has_the_documented_fields() -> None:
                                     "--holding-time", "60"])  # fmt: skip
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)
-    for key in ("registered_spokes", "seconds_until_all_registered", "shortcuts_formed",
-                "packets_via_hub", "packets_direct", "nhrp_messages_sent", "wall_seconds"):  # fmt: skip
+    for key in (
+        "registered_spokes",
+        "seconds_until_all_registered",
+        "shortcuts_formed",
+        "packets_via_hub",
+        "packets_direct",
+        "nhrp_messages_sent",
+        "wall_seconds",
+    ):
         assert key in r
     assert r["registered_spokes"] == 50 and r["shortcuts_formed"] == 50
     failure = r["hub_failure"]
