@@ -40,12 +40,19 @@ from dmvpn.nhrp.sim import run_scenario
     help="How long spoke pairs exchange one packet a second each way.",
 )
 @click.option("--holding-time", type=click.IntRange(3, 65535), default=7200, show_default=True)
+@click.option(
+    "--hub-max-send",
+    type=click.IntRange(1),
+    default=100_000,
+    show_default=True,
+    help="The hubs' `max-send`: NHRP packets per 10 s.",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sim_cmd(
     hubs: int, spokes: int, phase: int, loss: float, kill_hub_at: float | None,
-    restart_hub_after: float | None, traffic_seconds: int, holding_time: int, seed: int,
-    as_json: bool,
+    restart_hub_after: float | None, traffic_seconds: int, holding_time: int,
+    hub_max_send: int, seed: int, as_json: bool,
 ) -> None:  # fmt: skip
     """Every spoke registers; spokes 1-2, 3-4, ... send each other a packet
     a second; optionally hub1 fails. Deterministic for a given seed."""
@@ -54,7 +61,7 @@ def sim_cmd(
     result = run_scenario(
         hubs=hubs, spokes=spokes, phase=phase, loss=loss, seed=seed, kill_hub_at=kill_hub_at,
         restart_hub_after=restart_hub_after, traffic_seconds=traffic_seconds,
-        holding_time=holding_time,
+        holding_time=holding_time, hub_max_send=hub_max_send,
     )  # fmt: skip
     if as_json:
         click.echo(json.dumps(result))

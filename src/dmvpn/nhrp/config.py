@@ -56,7 +56,7 @@ class EngineConfig:
     auth_failure: Literal["error", "drop"] = "error"
     mtu: int = 1400  # advertised in CIEs (Cisco sends its tunnel MTU)
     # Cisco's `ip nhrp max-send`: everything the engine sends, per interval.
-    max_send: int = 10_000
+    max_send: int = 100_000
     max_send_interval: float = 10.0
     # Traffic Indications: at most one per (sender, destination) per interval.
     redirect_interval: float = 8.0
