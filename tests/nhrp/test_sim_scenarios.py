@@ -213,3 +213,22 @@ def test_hub_failure_in_scenario_with_two_hubs() -> None:
     r = run_scenario(hubs=2, spokes=4, phase=3, kill_hub_at=3.0, traffic_seconds=5)
     assert r["registered_spokes"] == 4
     assert r["packets_dropped"] == 0
+
+
+def test_hub_purges_a_binding_it_handed_out_when_it_changes() -> None:
+    net = build_cloud(spokes=2, phase=2, unique=False)
+    net.start()
+    _registered_all(net)
+    net.send_data("spoke1", _host(1))
+    net.run_until(net.now + 0.1)
+    assert net.nodes["spoke1"].bindings[spoke_tunnel(1)] == IPv4Address("198.18.0.2")
+    # spoke2 moves; the hub tells spoke1 (RFC 2332 5.2.5) and spoke1 drops
+    # the stale binding, so its next packet resolves again.
+    net.change_nbma("spoke2", IPv4Address("198.18.9.9"))
+    net.run_until(net.now + 0.1)
+    assert net.stats["nhrp_sent.purge_request"] == 1
+    assert spoke_tunnel(1) not in net.nodes["spoke1"].bindings
+    assert net.send_data("spoke1", _host(1)).via_hub
+    net.run_until(net.now + 0.1)
+    assert net.send_data("spoke1", _host(1)).path == ("spoke1", "spoke2")
+    assert net.nodes["spoke1"].bindings[spoke_tunnel(1)] == IPv4Address("198.18.9.9")
