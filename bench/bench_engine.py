@@ -12,7 +12,7 @@ Measured, each against a baseline taken in the same run (compare ratios):
    so decode, engine logic and encoding the reply are all included. Then the
    same spokes register again (new request IDs): the refresh path.
    Baseline: ``decode_nhrp`` of the same packets alone. Virtual time advances
-   1 ms per packet, the hub's default max-send refill rate (10,000 per 10 s),
+   1 ms per packet, well inside the default max-send refill (100,000 per 10 s),
    so no reply is rate limited. Target: at least 20,000 registrations/s.
 2. Memory. VmRSS of this process with every packet prebuilt but none fed
    (baseline), after the registrations (and after the refreshes); the delta

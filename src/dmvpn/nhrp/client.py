@@ -28,7 +28,7 @@ from dmvpn.wire import (
 from .cache import CacheEntry, EntryType, host_length
 from .config import NhsConfig
 from .core import Core
-from .packets import base, request_extensions
+from .packets import originate, request_cie, request_extensions
 
 
 @dataclass(slots=True)
@@ -141,11 +141,7 @@ class NhsClient:
             flags |= RegistrationFlag.NAT
         # Newer Cisco send the host length as the prefix of a unique
         # registration (older ones and OpenNHRP 0xFF; hubs accept both).
-        cie = Cie(
-            prefix_length=host_length(cfg.protocol_address),
-            mtu=cfg.mtu,
-            holding_time=cfg.holding_time,
-        )
+        cie = request_cie(cfg)
         # Cisco NAT extension: a CIE for the NHS we register with.
         nat = (
             Cie(
@@ -154,12 +150,10 @@ class NhsClient:
                 protocol=s.config.protocol,
             ),
         )
-        pkt = base(
+        pkt = originate(
             cfg,
             core.nbma,
             PacketType.REGISTRATION_REQUEST,
-            src_nbma=core.nbma,
-            src_proto=cfg.protocol_address,
             dst_proto=s.config.protocol,
             flags=flags,
             request_id=s.request_id,
@@ -185,12 +179,10 @@ class NhsClient:
             nbma=core.nbma,
             protocol=cfg.protocol_address,
         )
-        pkt = base(
+        pkt = originate(
             cfg,
             core.nbma,
             PacketType.PURGE_REQUEST,
-            src_nbma=core.nbma,
-            src_proto=cfg.protocol_address,
             dst_proto=s.config.protocol,
             flags=PurgeFlag.N,
             request_id=s.request_id,

@@ -68,6 +68,22 @@ def base(config: EngineConfig, nbma: Address, type: PacketType, **fields: object
     )
 
 
+def originate(
+    config: EngineConfig, nbma: Address, type: PacketType, **fields: object
+) -> NhrpPacket:
+    """A packet this node starts: we are its source (NBMA and protocol)."""
+    return base(config, nbma, type, src_nbma=nbma, src_proto=config.protocol_address, **fields)
+
+
+def request_cie(config: EngineConfig) -> Cie:
+    """The CIE of our own requests: host prefix, our MTU and holding time."""
+    return Cie(
+        prefix_length=host_length(config.protocol_address),
+        mtu=config.mtu,
+        holding_time=config.holding_time,
+    )
+
+
 def request_extensions(
     config: EngineConfig, nat_cies: tuple[Cie, ...] | None = None
 ) -> tuple[Extension, ...]:

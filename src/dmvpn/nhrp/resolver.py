@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from dmvpn.wire import (
     Address,
-    Cie,
     CieCode,
     NatAddressExtension,
     NhrpPacket,
@@ -22,7 +21,7 @@ from dmvpn.wire.errors import DecodeError
 from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, host_length
 from .client import NhsClient
 from .core import Core
-from .packets import base, request_extensions
+from .packets import originate, request_cie, request_extensions
 
 # Cisco's Resolution Request flags: "router auth src-stable nat".
 REQUEST_FLAGS = ResolutionFlag.Q | ResolutionFlag.A | ResolutionFlag.S | ResolutionFlag.NAT
@@ -86,17 +85,11 @@ class Resolver:
     def _send(self, p: Pending, now: float) -> None:
         core = self.core
         cfg = core.config
-        cie = Cie(
-            prefix_length=host_length(cfg.protocol_address),
-            mtu=cfg.mtu,
-            holding_time=cfg.holding_time,
-        )
-        pkt = base(
+        cie = request_cie(cfg)
+        pkt = originate(
             cfg,
             core.nbma,
             PacketType.RESOLUTION_REQUEST,
-            src_nbma=core.nbma,
-            src_proto=cfg.protocol_address,
             dst_proto=p.target,
             flags=REQUEST_FLAGS if cfg.nat_extension else REQUEST_FLAGS & ~ResolutionFlag.NAT,
             request_id=p.request_id,

@@ -28,8 +28,8 @@ from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, host_length
 from .core import Core
 from .packets import (
     auth_extensions,
-    base,
     forwarded_extensions,
+    originate,
     reply_extensions,
     request_extensions,
     self_cie,
@@ -206,12 +206,10 @@ class Server:
         cfg = self.core.config
         for nbma, proto in entry.handed_out:
             cie = Cie(prefix_length=entry.prefix_length, protocol=entry.protocol)
-            pkt = base(
+            pkt = originate(
                 cfg,
                 self.core.nbma,
                 PacketType.PURGE_REQUEST,
-                src_nbma=self.core.nbma,
-                src_proto=cfg.protocol_address,
                 dst_proto=proto,
                 request_id=self.core.new_request_id(),
                 cies=(cie,),
@@ -423,12 +421,10 @@ class Server:
         # Cisco includes the IP header + 8 bytes; nhrpd the whole packet.
         contents = packet[: header.header_length + 8]
         exts = auth_extensions(cfg)
-        ti = base(
+        ti = originate(
             cfg,
             core.nbma,
             PacketType.TRAFFIC_INDICATION,
-            src_nbma=core.nbma,
-            src_proto=cfg.protocol_address,
             # nhrpd puts the original packet's source here.
             dst_proto=header.src,
             contents=contents,
@@ -456,12 +452,10 @@ class Server:
             return
         core = self.core
         cfg = core.config
-        err = base(
+        err = originate(
             cfg,
             core.nbma,
             PacketType.ERROR_INDICATION,
-            src_nbma=core.nbma,
-            src_proto=cfg.protocol_address,
             dst_proto=pkt.src_proto,
             error_code=code,
             error_offset=offset,
