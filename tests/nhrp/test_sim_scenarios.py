@@ -232,3 +232,38 @@ def test_hub_purges_a_binding_it_handed_out_when_it_changes() -> None:
     net.run_until(net.now + 0.1)
     assert net.send_data("spoke1", _host(1)).path == ("spoke1", "spoke2")
     assert net.nodes["spoke1"].bindings[spoke_tunnel(1)] == IPv4Address("198.18.9.9")
+
+
+def test_hierarchical_hubs_shortcut_across_regions() -> None:
+    """Regional hubs register with a top hub (hub and NHC at once); a spoke
+    in one region builds a shortcut to a spoke in the other."""
+    from dmvpn.nhrp import EngineConfig, NhsConfig
+    from dmvpn.nhrp.sim import VIA_NHS
+
+    net = SimNetwork()
+    A = IPv4Address
+    top = A("10.0.0.1"), A("192.0.2.1")
+    regions = {"r1": (A("10.0.0.2"), A("192.0.2.2")), "r2": (A("10.0.0.3"), A("192.0.2.3"))}
+    net.add_node("top", EngineConfig(protocol_address=top[0], nbma_address=top[1], server=True,
+                                     redirect=True), is_hub=True)  # fmt: skip
+    for name, (tun, nbma) in regions.items():
+        node = net.add_node(name, EngineConfig(protocol_address=tun, nbma_address=nbma,
+                                               server=True, redirect=True,
+                                               nhs=(NhsConfig(*top),)), is_hub=True)  # fmt: skip
+        node.routing.routes.add("10.128.0.0/9", top[0])
+    spokes = {"spoke1": ("r1", 0), "spoke2": ("r2", 1)}
+    for name, (region, i) in spokes.items():
+        cfg = EngineConfig(protocol_address=spoke_tunnel(i), nbma_address=A("198.18.0.1") + i,
+                           nhs=(NhsConfig(*regions[region]),), shortcut=True)  # fmt: skip
+        node = net.add_node(name, cfg, lan=str(spoke_lan(i)))
+        node.routing.routes.add("10.128.0.0/9", VIA_NHS)
+        net.nodes[region].routing.routes.add(spoke_lan(i), spoke_tunnel(i))
+        net.nodes["top"].routing.routes.add(spoke_lan(i), regions[region][0])
+    net.start()
+    net.run_until(1.0)
+    assert all(net.registered(n) for n in ("r1", "r2", "spoke1", "spoke2"))
+    first = net.send_data("spoke1", _host(1))
+    assert first.path == ("spoke1", "r1", "top", "r2", "spoke2")
+    net.run_until(net.now + 0.5)
+    assert net.nodes["top"].engine.stats["resolution.forwarded"] == 1
+    assert net.send_data("spoke1", _host(1)).path == ("spoke1", "spoke2")
