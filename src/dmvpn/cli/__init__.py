@@ -6,6 +6,7 @@ import click
 
 from dmvpn import __version__
 
+from .check import check_cmd
 from .decode import decode_cmd, example_capture_cmd
 from .sim import sim_cmd
 
@@ -19,3 +20,4 @@ def main() -> None:
 main.add_command(decode_cmd)
 main.add_command(example_capture_cmd)
 main.add_command(sim_cmd)
+main.add_command(check_cmd)

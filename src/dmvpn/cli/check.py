@@ -1,0 +1,26 @@
+"""`dmvpn check FILE`: validate a node config without touching anything."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from dmvpn.config import ConfigError, load_config
+
+
+@click.command("check")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+def check_cmd(config: Path) -> None:
+    """Print every error in CONFIG with its path; exit 1 if there is any."""
+    try:
+        node = load_config(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"{config}: {problem}", err=True)
+        sys.exit(1)
+    for itf in node.interfaces:
+        role = "hub (NHS)" if itf.is_hub else f"spoke of {len(itf.nhrp.nhs)} NHS"
+        click.echo(f"{config}: ok: node {node.node}, {itf.name} {itf.address} "
+                   f"network-id {itf.nhrp.network_id}, {role}")  # fmt: skip
