@@ -1,0 +1,1 @@
+"""Data planes: how frames of the DMVPN interface meet GRE on the NBMA network."""

@@ -1,0 +1,204 @@
+"""The userspace mGRE forwarding logic, free of sockets and devices.
+
+The DMVPN interface is a TAP device: to the kernel a broadcast Ethernet
+segment. Every peer appears on it with a link-layer address derived from its
+NBMA address (02:00 + the four IPv4 bytes), so a frame's destination MAC
+names the NBMA address to send it to, with no per-packet table lookup beyond
+a dict. ARP for a tunnel address is answered from NHRP: the peer's MAC when
+the address is bound; the NHS's MAC while it is not (Cisco's temporary
+entry: traffic goes via the hub), and a gratuitous ARP moves the kernel's
+neighbour entry once the binding arrives. The I/O (TAP, raw GRE socket) is
+injected, so this runs the same in tests and in the daemon.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from dmvpn.wire import Address, ArpOp, ArpPacket, DecodeError, GrePacket, decode_arp, decode_gre
+
+ETH_IPV4 = b"\x08\x00"
+ETH_ARP = b"\x08\x06"
+BROADCAST = b"\xff" * 6
+GRE_NHRP = 0x2001
+GRE_IPV4 = 0x0800
+# Report a peer's use to the engine at most this often (seconds).
+USE_REPORT_INTERVAL = 1.0
+
+
+def nbma_mac(nbma: IPv4Address) -> bytes:
+    """The link-layer address a peer has on the TAP: locally administered,
+    unicast, and the NBMA address itself, so no table maps it back."""
+    return b"\x02\x00" + nbma.packed
+
+
+def mac_nbma(mac: bytes) -> IPv4Address | None:
+    if mac[:2] != b"\x02\x00":
+        return None
+    return IPv4Address(mac[2:])
+
+
+class EngineHooks(Protocol):
+    """What the forwarder tells the NHRP engine (all take ``now``)."""
+
+    def receive(self, data: bytes, src_nbma: Address, now: float) -> None: ...
+    def next_hop_unbound(self, next_hop: Address, now: float) -> None: ...
+    def hairpin(self, packet: bytes, from_nbma: Address, now: float) -> None: ...
+    def binding_used(self, addr: Address, now: float) -> None: ...
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        engine: EngineHooks,
+        tunnel_address: IPv4Address,
+        local_mac: bytes,
+        key: int | None,
+        send_gre: Callable[[IPv4Address, bytes], None],
+        write_tap: Callable[[bytes], None],
+        redirect: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.tunnel_address = tunnel_address
+        self.local_mac = local_mac
+        self.key = key
+        self.send_gre = send_gre
+        self.write_tap = write_tap
+        self.redirect = redirect
+        # protocol address -> NBMA, mirrored from the engine's bindings.
+        self.bindings: dict[Address, IPv4Address] = {}
+        self.nhs: list[IPv4Address] = []  # NHS NBMA addresses, preferred first
+        self.multicast: list[IPv4Address] = []  # the `map multicast` set, resolved
+        # Inner source address -> the peer it last came from (hub hairpin).
+        self._came_from: dict[IPv4Address, IPv4Address] = {}
+        self._last_use: dict[IPv4Address, float] = {}
+        self.stats: Counter[str] = Counter()
+        self._gre_header = GrePacket(GRE_IPV4, b"", key=key).encode()
+        self._gre_nhrp_header = GrePacket(GRE_NHRP, b"", key=key).encode()
+
+    # ------------------------------------------------------------ NHRP out
+
+    def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
+        self.send_gre(nbma, self._gre_nhrp_header + data)
+        self.stats["tx.nhrp"] += 1
+
+    # ------------------------------------------------------------ bindings
+
+    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+        self.bindings[protocol] = nbma
+        if isinstance(protocol, IPv4Address):
+            # Move the kernel's neighbour entry to the new link-layer address.
+            self.write_tap(self._arp_frame(ArpOp.REPLY, protocol, nbma_mac(nbma),
+                                           self.tunnel_address, BROADCAST))  # fmt: skip
+
+    def unbind(self, protocol: Address) -> None:
+        self.bindings.pop(protocol, None)
+
+    # ------------------------------------------------------------ TAP -> GRE
+
+    def from_tap(self, frame: bytes, now: float) -> None:
+        if len(frame) < 14:
+            self.stats["tap.runt"] += 1
+            return
+        dst = frame[:6]
+        etype = frame[12:14]
+        if etype == ETH_ARP:
+            self._arp_from_kernel(frame[14:], now)
+            return
+        if etype != ETH_IPV4:
+            self.stats["tap.unsupported_ethertype"] += 1
+            return
+        payload = frame[14:]
+        if dst[0] & 1:
+            # Broadcast/multicast (OSPF hellos, RIP): to the `map multicast` set.
+            data = self._gre_header + payload
+            for peer in self.multicast:
+                self.send_gre(peer, data)
+            self.stats["tx.multicast"] += 1
+            return
+        nbma = mac_nbma(dst)
+        if nbma is None:
+            self.stats["tap.unknown_mac"] += 1
+            return
+        if self.redirect and len(payload) >= 20:
+            came = self._came_from.get(IPv4Address(payload[12:16]))
+            if came is not None and came != nbma:
+                # Forwarded back out of the interface it came in on: the
+                # sender should talk to the destination directly (phase 3).
+                self.engine.hairpin(payload, came, now)
+        self.send_gre(nbma, self._gre_header + payload)
+        self.stats["tx.data"] += 1
+        last = self._last_use.get(nbma)
+        if last is None or now - last >= USE_REPORT_INTERVAL:
+            self._last_use[nbma] = now
+            if len(payload) >= 20:
+                self.engine.binding_used(IPv4Address(payload[16:20]), now)
+
+    def _arp_from_kernel(self, data: bytes, now: float) -> None:
+        try:
+            arp = decode_arp(data)
+        except DecodeError:
+            self.stats["tap.bad_arp"] += 1
+            return
+        if arp.op != ArpOp.REQUEST or arp.target_ip == self.tunnel_address:
+            return
+        nbma = self.bindings.get(arp.target_ip)
+        if nbma is None:
+            # Unbound: resolve, and send via the hub meanwhile.
+            self.engine.next_hop_unbound(arp.target_ip, now)
+            if not self.nhs:
+                self.stats["arp.unanswered"] += 1
+                return
+            nbma = self.nhs[0]
+            self.stats["arp.via_nhs"] += 1
+        else:
+            self.stats["arp.answered"] += 1
+        self.write_tap(self._arp_frame(ArpOp.REPLY, arp.target_ip, nbma_mac(nbma),
+                                       arp.sender_ip, arp.sender_mac))  # fmt: skip
+
+    def _arp_frame(self, op: int, sender_ip: IPv4Address, sender_mac: bytes,
+                   target_ip: IPv4Address, target_mac: bytes) -> bytes:  # fmt: skip
+        arp = ArpPacket(op, sender_mac, sender_ip, target_mac, target_ip).encode()
+        eth_dst = self.local_mac if target_mac == BROADCAST else target_mac
+        return eth_dst + sender_mac + ETH_ARP + arp
+
+    # ------------------------------------------------------------ GRE -> TAP
+
+    def from_gre(self, data: bytes, src: IPv4Address, now: float) -> None:
+        """``data`` is the GRE packet (outer IP header already removed)."""
+        try:
+            gre = decode_gre(data)
+        except DecodeError:
+            self.stats["rx.bad_gre"] += 1
+            return
+        if gre.key != self.key:
+            # Another cloud on the same NBMA address: not ours.
+            self.stats["rx.foreign_key"] += 1
+            return
+        if gre.protocol == GRE_NHRP:
+            self.stats["rx.nhrp"] += 1
+            self.engine.receive(gre.payload, src, now)
+            return
+        if gre.protocol != GRE_IPV4 or len(gre.payload) < 20:
+            self.stats["rx.unsupported"] += 1
+            return
+        inner = gre.payload
+        dst = inner[16:20]
+        if self.redirect:
+            self._came_from[IPv4Address(inner[12:16])] = src
+            if len(self._came_from) > 65536:
+                self._came_from.clear()
+        first = dst[0]
+        if first >= 224 or dst == b"\xff\xff\xff\xff":
+            # IPv4 multicast -> 01:00:5e + low 23 bits (RFC 1112); broadcast.
+            eth_dst = (
+                BROADCAST if first >= 240 else b"\x01\x00\x5e" + bytes([dst[1] & 0x7F]) + dst[2:]
+            )
+        else:
+            eth_dst = self.local_mac
+        self.write_tap(eth_dst + nbma_mac(src) + ETH_IPV4 + inner)
+        self.stats["rx.data"] += 1
