@@ -1,0 +1,1 @@
+"""The node daemon: config -> interfaces -> engine + data plane (+ IPsec later)."""

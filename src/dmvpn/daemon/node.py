@@ -1,0 +1,225 @@
+"""One process per node: every DMVPN interface of the config file gets a TAP
+device, a raw GRE socket, an NHRP engine and a forwarder, driven by asyncio.
+The engine decides; this module only carries its outputs out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from typing import Any, TextIO
+
+from pyroute2 import IPRoute
+
+from dmvpn.config import Interface, NodeConfig
+from dmvpn.dataplane.devices import GreSocket, Tap
+from dmvpn.dataplane.forwarding import Forwarder, nbma_mac
+from dmvpn.nhrp import (
+    BindingAdded,
+    BindingRemoved,
+    Engine,
+    Event,
+    ProtectPeer,
+    SendPacket,
+    ShortcutAdded,
+    ShortcutRemoved,
+    UnprotectPeer,
+)
+from dmvpn.wire import address_text
+
+from .routing import KernelRouting
+
+# Route protocol number for shortcut routes, so routing daemons leave them
+# alone (nhrpd's routes use zebra's 191; iproute2 shows ours as "177").
+RTPROT_DMVPN = 177
+# Drain at most this many packets per readiness callback, then yield.
+BATCH = 64
+
+
+class Logger:
+    """Structured logs: one JSON object per line."""
+
+    def __init__(self, node: str, out: TextIO = sys.stderr) -> None:
+        self.node = node
+        self.out = out
+
+    def __call__(self, kind: str, message: str, **details: Any) -> None:
+        record = {"ts": round(time.time(), 3), "node": self.node, "kind": kind,
+                  "message": message, **details}  # fmt: skip
+        self.out.write(json.dumps(record, default=str) + "\n")
+        self.out.flush()
+
+
+class InterfaceRuntime:
+    def __init__(self, cfg: Interface, ipr: IPRoute, log: Logger,
+                 loop: asyncio.AbstractEventLoop) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.ipr = ipr
+        self.log = log
+        self.loop = loop
+        self.tap = Tap(cfg.name)
+        self.gre = GreSocket(cfg.tunnel.source)
+        self.index: int = ipr.link_lookup(ifname=cfg.name)[0]
+        mac = nbma_mac(cfg.tunnel.source)
+        ipr.link("set", index=self.index, address=":".join(f"{b:02x}" for b in mac),
+                 mtu=cfg.mtu, state="up")  # fmt: skip
+        ipr.addr("replace", index=self.index, address=str(cfg.address.ip),
+                 prefixlen=cfg.address.network.prefixlen)  # fmt: skip
+        self.engine = Engine(cfg.engine_config(), KernelRouting(ipr, self.index))
+        self.forwarder = Forwarder(
+            engine=self.engine, tunnel_address=cfg.address.ip, local_mac=mac,
+            key=cfg.tunnel.key, send_gre=self.gre.send, write_tap=self.tap.write,
+            redirect=cfg.nhrp.redirect,
+        )  # fmt: skip
+        self.forwarder.nhs = [n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)]
+        self.dynamic: set[IPv4Address] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._update_multicast()
+
+    # ------------------------------------------------------------ plumbing
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def start(self) -> None:
+        self.loop.add_reader(self.tap.fd, self._on_tap)
+        self.loop.add_reader(self.gre.fileno(), self._on_gre)
+        self.engine.start(self.now())
+        self.apply()
+
+    def stop(self) -> None:
+        self.engine.stop(self.now())
+        self.apply()
+        self.loop.remove_reader(self.tap.fd)
+        self.loop.remove_reader(self.gre.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self.tap.close()  # the kernel removes the interface and its routes
+        self.gre.close()
+
+    def _on_tap(self) -> None:
+        now = self.now()
+        for _ in range(BATCH):
+            frame = self.tap.read()
+            if frame is None:
+                break
+            self.forwarder.from_tap(frame, now)
+        self.apply()
+
+    def _on_gre(self) -> None:
+        now = self.now()
+        for _ in range(BATCH):
+            got = self.gre.recv()
+            if got is None:
+                break
+            self.forwarder.from_gre(got[0], got[1], now)
+        self.apply()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.engine.handle_timer(self.now())
+        self.apply()
+
+    # ------------------------------------------------------------ outputs
+
+    def apply(self) -> None:
+        handlers: dict[type, Callable[[Any], None]] = {
+            SendPacket: self._send, BindingAdded: self._bind, BindingRemoved: self._unbind,
+            ShortcutAdded: self._shortcut, ShortcutRemoved: self._unshortcut,
+            ProtectPeer: self._protect, UnprotectPeer: self._protect, Event: self._event,
+        }  # fmt: skip
+        for out in self.engine.pop_outputs():
+            handlers[type(out)](out)
+        deadline = self.engine.get_timer()
+        if deadline is not None and deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _send(self, out: SendPacket) -> None:
+        if isinstance(out.nbma, IPv4Address):
+            self.forwarder.send_nhrp(out.nbma, out.data)
+
+    def _bind(self, out: BindingAdded) -> None:
+        if not isinstance(out.nbma, IPv4Address):
+            return
+        self.forwarder.bind(out.protocol, out.nbma)
+        if out.type == "dynamic":
+            self.dynamic.add(out.nbma)
+            self._update_multicast()
+
+    def _unbind(self, out: BindingRemoved) -> None:
+        self.forwarder.unbind(out.protocol)
+        if out.nbma in self.dynamic and out.nbma not in self.forwarder.bindings.values():
+            self.dynamic.discard(out.nbma)
+            self._update_multicast()
+
+    def _update_multicast(self) -> None:
+        targets: list[IPv4Address] = []
+        for item in self.cfg.nhrp.map_multicast:
+            if item == "dynamic":
+                targets += sorted(self.dynamic)
+            elif item == "nhs":
+                targets += self.forwarder.nhs
+            elif isinstance(item, IPv4Address):
+                targets.append(item)
+        self.forwarder.multicast = list(dict.fromkeys(targets))
+
+    def _shortcut(self, out: ShortcutAdded) -> None:
+        try:
+            self.ipr.route("replace", dst=str(out.prefix), gateway=address_text(out.next_hop),
+                           oif=self.index, proto=RTPROT_DMVPN)  # fmt: skip
+        except Exception as exc:
+            self.log("route-error", f"could not install shortcut {out.prefix}: {exc}")
+
+    def _unshortcut(self, out: ShortcutRemoved) -> None:
+        try:
+            self.ipr.route("del", dst=str(out.prefix), gateway=address_text(out.next_hop),
+                           oif=self.index, proto=RTPROT_DMVPN)  # fmt: skip
+        except Exception:
+            pass  # already gone (the interface went down, or an operator)
+
+    def _protect(self, out: ProtectPeer | UnprotectPeer) -> None:
+        # IPsec proxy instantiation comes with strongSwan (issue 6).
+        kind = "protect" if isinstance(out, ProtectPeer) else "unprotect"
+        self.log(kind, f"{kind} NBMA peer {address_text(out.nbma)} (no IPsec configured)",
+                 interface=self.cfg.name, nbma=address_text(out.nbma))  # fmt: skip
+
+    def _event(self, out: Event) -> None:
+        self.log(out.kind, out.message, interface=self.cfg.name, **out.details)
+
+
+class Node:
+    def __init__(self, config: NodeConfig, log: Logger | None = None) -> None:
+        self.config = config
+        self.log = log or Logger(config.node)
+        self.interfaces: list[InterfaceRuntime] = []
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        with IPRoute() as ipr:
+            try:
+                for itf in self.config.interfaces:
+                    rt = InterfaceRuntime(itf, ipr, self.log, loop)
+                    self.interfaces.append(rt)
+                for route in self.config.routes:
+                    ipr.route("replace", dst=str(route.prefix), gateway=str(route.via))
+                for rt in self.interfaces:
+                    rt.start()
+                self.log("running", f"node {self.config.node} up with "
+                         f"{len(self.interfaces)} interface(s)")  # fmt: skip
+                await stop.wait()
+                self.log("stopping", "deregistering and removing interfaces")
+            finally:
+                for rt in self.interfaces:
+                    rt.stop()

@@ -1,0 +1,383 @@
+"""What the lab builds: hubs, spokes and the LAN hosts behind them, and their addresses.
+
+The topology is data only (no I/O beyond reading its YAML file), so the
+addressing plan and the node configs it produces can be checked without root.
+`dmvpn.lab.netns.Lab` turns it into network namespaces.
+
+Addressing plan, by position in the hub and spoke lists (1-based), all only
+inside the lab's namespaces so that nothing leaks onto the host's networks:
+
+    underlay  172.30.0.0/24   hub N = .N,  spoke N = .(10+N)   (the NBMA addresses)
+    tunnel    10.0.0.0/24     hub N = .N,  spoke N = .(10+N)
+    LAN       spoke N: 192.168.N.0/24, the spoke at .1, its host (hostN) at .10
+
+Every address can be overridden per node; the result is checked for clashes
+before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypedDict
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from dmvpn.config import ConfigError
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "INET",
+    "TUNNEL_INTERFACE",
+    "HubSpec",
+    "NodeDescription",
+    "NodePlan",
+    "Nodes",
+    "Role",
+    "SpokeSpec",
+    "Topology",
+    "TopologyError",
+    "namespace_name",
+]
+
+Role = Literal["hub", "spoke", "host"]
+
+DEFAULT_PREFIX = "dmvpn-"
+# The namespace holding the underlay bridge: the lab's "internet".
+INET = "inet"
+# The DMVPN interface every router's node config declares.
+TUNNEL_INTERFACE = "dmvpn0"
+# Lower-case letters and digits, no dash: a namespace name is PREFIX + node and
+# prefixes end in "-", so a namespace always tells which lab it belongs to (see
+# netns.Lab.down). At most 13 characters: the bridge port is "v-" + name, and
+# Linux interface names have at most 15.
+NodeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,12}$")]
+
+
+def namespace_name(prefix: str, node: str) -> str:
+    """The network namespace of `node` in the lab with this prefix."""
+    return prefix + node
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors, as in node configs: a typo must not become a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSpec(_Strict):
+    """A hub (NHS); addresses left out follow the addressing plan."""
+
+    name: NodeName
+    nbma: IPv4Address | None = None  # underlay address
+    tunnel: IPv4Address | None = None  # tunnel (protocol) address
+
+
+class SpokeSpec(_Strict):
+    """A spoke and the LAN host behind it; addresses left out follow the plan."""
+
+    name: NodeName
+    nbma: IPv4Address | None = None
+    tunnel: IPv4Address | None = None
+    lan: IPv4Network | None = None  # the spoke takes .1, its host .10
+    host: NodeName | None = None  # default host<N> for spoke number N
+
+
+def _default_hubs() -> list[HubSpec]:
+    return [HubSpec(name="hub1")]
+
+
+def _default_spokes() -> list[SpokeSpec]:
+    return [SpokeSpec(name=f"spoke{n}") for n in (1, 2, 3)]
+
+
+class Nodes(_Strict):
+    hubs: Annotated[list[HubSpec], Field(min_length=1)] = Field(default_factory=_default_hubs)
+    spokes: list[SpokeSpec] = Field(default_factory=_default_spokes)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """One node with every address resolved (what `up()` builds)."""
+
+    name: str
+    role: Role
+    index: int  # 1-based position among the hubs or spokes; a host has its spoke's
+    nbma: IPv4Interface | None  # routers only
+    tunnel: IPv4Interface | None  # routers only
+    lan: IPv4Interface | None  # spokes and hosts: this node's LAN address
+    peer: str | None  # a spoke's host, a host's spoke
+
+
+class NodeDescription(TypedDict):
+    """One row of `lab status`: plain strings, ready for a table or JSON."""
+
+    name: str
+    role: Role
+    namespace: str
+    underlay: str | None
+    tunnel: str | None
+    lan: str | None
+
+
+class TopologyError(ConfigError):
+    """A topology file that cannot be used, with one line per problem (path: reason)."""
+
+
+class Topology(_Strict):
+    """The lab's YAML file. Everything has a default: `{}` is the default lab."""
+
+    phase: Literal[1, 2, 3] = 3
+    key: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 42  # GRE key
+    holdtime: Annotated[int, Field(ge=3, le=65535)] = 60
+    authentication: Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[ -~]+$")] | None = (
+        None
+    )
+    underlay_network: IPv4Network = IPv4Network("172.30.0.0/24")
+    tunnel_network: IPv4Network = IPv4Network("10.0.0.0/24")
+    # What phase 1 and 3 spokes route via hub1: every LAN must be inside it.
+    lan_summary: IPv4Network = IPv4Network("192.168.0.0/16")
+    nodes: Nodes = Field(default_factory=Nodes)
+
+    _plan: dict[str, NodePlan] = PrivateAttr(default_factory=dict)
+
+    # -- loading ------------------------------------------------------------
+
+    @classmethod
+    def default(cls) -> Topology:
+        """Phase 3, hub1, spoke1..spoke3, host1..host3."""
+        return cls()
+
+    @classmethod
+    def from_data(cls, data: Any, source: Path | str = "<topology>") -> Topology:
+        """Validate parsed YAML; every problem is reported with its field path."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise TopologyError(source, ["(top level): expected a mapping of settings"])
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise TopologyError(source, _problems(exc)) from None
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> Topology:
+        """The topology in `path`, or the default one when no file is given."""
+        if path is None:
+            return cls.default()
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise TopologyError(path, [f"cannot read: {exc.strerror}"]) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", exc)
+            raise TopologyError(path, [f"{where}not valid YAML ({problem})"]) from None
+        return cls.from_data(data, path)
+
+    # -- the addressing plan ------------------------------------------------
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Topology:
+        # Resolve once, here, so that a clash is a validation error with a path
+        # rather than an `ip` failure halfway through building the lab.
+        plan: dict[str, NodePlan] = {}
+        where: dict[str, str] = {}  # node name -> field path, for messages
+        used: dict[tuple[str, IPv4Address], str] = {}  # (kind, address) -> owner
+
+        def claim(path: str, name: str) -> None:
+            if name == INET:
+                raise ValueError(f"{path}: {INET!r} is reserved (the underlay namespace)")
+            if name in where:
+                raise ValueError(f"{path}: name {name!r} is already used by {where[name]}")
+            where[name] = path
+
+        def address(path: str, kind: str, net: IPv4Network, ip: IPv4Address) -> IPv4Interface:
+            if ip not in net or ip in (net.network_address, net.broadcast_address):
+                raise ValueError(f"{path} {ip} is not a host address of {net}")
+            if (kind, ip) in used:
+                raise ValueError(f"{path} {ip} is also the {kind} address of {used[kind, ip]}")
+            return IPv4Interface(f"{ip}/{net.prefixlen}")
+
+        def nth(net: IPv4Network, n: int, path: str) -> IPv4Address:
+            if n >= net.num_addresses:
+                raise ValueError(f"{path}: no address number {n} in {net} for the default plan")
+            return net[n]
+
+        routers: list[tuple[Role, int, HubSpec | SpokeSpec, str]] = [
+            ("hub", i, h, f"nodes.hubs.{i - 1}") for i, h in enumerate(self.nodes.hubs, 1)
+        ]
+        routers += [
+            ("spoke", i, s, f"nodes.spokes.{i - 1}") for i, s in enumerate(self.nodes.spokes, 1)
+        ]
+        lans: list[tuple[IPv4Network, str]] = []
+        for role, i, spec, path in routers:
+            claim(path + ".name", spec.name)
+            n = i if role == "hub" else 10 + i
+            nbma_ip = spec.nbma or nth(self.underlay_network, n, path + ".nbma")
+            tun_ip = spec.tunnel or nth(self.tunnel_network, n, path + ".tunnel")
+            nbma = address(path + ".nbma", "underlay", self.underlay_network, nbma_ip)
+            used["underlay", nbma_ip] = spec.name
+            tunnel = address(path + ".tunnel", "tunnel", self.tunnel_network, tun_ip)
+            used["tunnel", tun_ip] = spec.name
+            if not isinstance(spec, SpokeSpec):
+                plan[spec.name] = NodePlan(spec.name, role, i, nbma, tunnel, None, None)
+                continue
+            host = spec.host or f"host{i}"
+            if spec.lan is not None:
+                lan = spec.lan
+            elif i <= 255:
+                lan = IPv4Network(f"192.168.{i}.0/24")
+            else:
+                raise ValueError(f"{path}.lan: spoke {i} needs an explicit LAN")
+            if lan.num_addresses < 16:
+                raise ValueError(f"{path}.lan {lan} is too small (the host is at .10)")
+            if not lan.subnet_of(self.lan_summary):
+                raise ValueError(f"{path}.lan {lan} is outside lan_summary {self.lan_summary}")
+            for other, owner in lans:
+                if lan.overlaps(other):
+                    raise ValueError(f"{path}.lan {lan} overlaps {owner}'s LAN {other}")
+            for other in (self.underlay_network, self.tunnel_network):
+                if lan.overlaps(other):
+                    raise ValueError(f"{path}.lan {lan} overlaps {other}")
+            lans.append((lan, spec.name))
+            claim(path + ".host", host)
+            spoke_lan = IPv4Interface(f"{lan[1]}/{lan.prefixlen}")
+            host_lan = IPv4Interface(f"{lan[10]}/{lan.prefixlen}")
+            plan[spec.name] = NodePlan(spec.name, "spoke", i, nbma, tunnel, spoke_lan, host)
+            plan[host] = NodePlan(host, "host", i, None, None, host_lan, spec.name)
+        if self.underlay_network.overlaps(self.tunnel_network):
+            raise ValueError(
+                f"underlay_network {self.underlay_network} overlaps "
+                f"tunnel_network {self.tunnel_network}"
+            )
+        # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
+        order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
+        self._plan = {p.name: p for p in order}
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """Every node: hubs, spokes, then hosts."""
+        return list(self._plan)
+
+    @property
+    def hubs(self) -> list[NodePlan]:
+        return [p for p in self._plan.values() if p.role == "hub"]
+
+    @property
+    def spokes(self) -> list[NodePlan]:
+        return [p for p in self._plan.values() if p.role == "spoke"]
+
+    @property
+    def hosts(self) -> list[NodePlan]:
+        return [p for p in self._plan.values() if p.role == "host"]
+
+    @property
+    def routers(self) -> list[NodePlan]:
+        """The nodes that run dmvpn: hubs and spokes."""
+        return [p for p in self._plan.values() if p.role != "host"]
+
+    def plan(self, name: str) -> NodePlan:
+        try:
+            return self._plan[name]
+        except KeyError:
+            known = ", ".join(self._plan)
+            raise KeyError(f"no node {name!r} in the topology (nodes: {known})") from None
+
+    def role(self, name: str) -> Role:
+        return self.plan(name).role
+
+    # -- what each node runs ------------------------------------------------
+
+    def node_config(self, name: str) -> dict[str, Any]:
+        """The node YAML data (for `dmvpn.config.parse_config`) of a hub or spoke.
+
+        Plain strings, numbers and lists, so it can be dumped to YAML as is.
+        """
+        me = self.plan(name)
+        if me.nbma is None or me.tunnel is None:
+            raise ValueError(f"{name} is a LAN host: it runs no dmvpn node")
+        nhrp: dict[str, Any] = {"network_id": 1, "holdtime": self.holdtime}
+        routes: list[dict[str, str]] = []
+        if me.role == "hub":
+            nhrp["map_multicast"] = ["dynamic"]
+            nhrp["redirect"] = self.phase == 3
+            for spoke in self.spokes:
+                routes.append(_route(_lan_of(spoke), spoke))
+        else:
+            nhrp["nhs"] = [
+                {"address": str(_ip(h.tunnel)), "nbma": str(_ip(h.nbma)), "priority": h.index}
+                for h in self.hubs
+            ]
+            nhrp["map_multicast"] = ["nhs"]
+            nhrp["shortcut"] = self.phase == 3
+            nhrp["resolution"] = self.phase != 1
+            nhrp["registration_no_unique"] = True
+            if self.phase == 2:
+                # No summary: each LAN's next hop is its spoke, which the
+                # spoke resolves through the hub and then reaches directly.
+                for spoke in self.spokes:
+                    if spoke.name != name:
+                        routes.append(_route(_lan_of(spoke), spoke))
+            else:
+                # Phase 1: everything through the hub. Phase 3: the same
+                # summary, and the hub's redirect brings shortcuts.
+                hub1 = self.hubs[0]
+                routes.append({"prefix": str(self.lan_summary), "via": str(_ip(hub1.tunnel))})
+        if self.authentication is not None:
+            nhrp["authentication"] = self.authentication
+        return {
+            "node": name,
+            "interfaces": [
+                {
+                    "name": TUNNEL_INTERFACE,
+                    "address": str(me.tunnel),
+                    "tunnel": {"source": str(me.nbma.ip), "key": self.key},
+                    "nhrp": nhrp,
+                }
+            ],
+            "routes": routes,
+        }
+
+    def describe(self, prefix: str = DEFAULT_PREFIX) -> list[NodeDescription]:
+        """One row per node (hubs, spokes, hosts) for `lab status`."""
+        return [
+            NodeDescription(
+                name=p.name,
+                role=p.role,
+                namespace=namespace_name(prefix, p.name),
+                underlay=None if p.nbma is None else str(p.nbma),
+                tunnel=None if p.tunnel is None else str(p.tunnel),
+                lan=None if p.lan is None else str(p.lan),
+            )
+            for p in self._plan.values()
+        ]
+
+
+def _ip(addr: IPv4Interface | None) -> IPv4Address:
+    assert addr is not None  # routers always have both addresses
+    return addr.ip
+
+
+def _lan_of(spoke: NodePlan) -> IPv4Network:
+    assert spoke.lan is not None
+    return spoke.lan.network
+
+
+def _route(prefix: IPv4Network, via: NodePlan) -> dict[str, str]:
+    return {"prefix": str(prefix), "via": str(_ip(via.tunnel))}
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(f"{where}: {msg}")
+    return out
