@@ -36,7 +36,7 @@ demo)
     "$VENV/bin/dmvpn" decode --nhrp-only "$out"
     ;;
 test)
-    apt_install tshark:tshark
+    apt_install tshark:tshark ip:iproute2 ping:iputils-ping traceroute:traceroute
     python_env test
     "$VENV/bin/ruff" check src tests bench
     "$VENV/bin/ruff" format --check src tests bench

@@ -209,6 +209,11 @@ class Topology(_Strict):
                 raise ValueError(f"{path}: no address number {n} in {net} for the default plan")
             return net[n]
 
+        if self.underlay_network.overlaps(self.tunnel_network):
+            raise ValueError(
+                f"underlay_network {self.underlay_network} overlaps "
+                f"tunnel_network {self.tunnel_network}"
+            )
         routers: list[tuple[Role, int, HubSpec | SpokeSpec, str]] = [
             ("hub", i, h, f"nodes.hubs.{i - 1}") for i, h in enumerate(self.nodes.hubs, 1)
         ]
@@ -251,11 +256,6 @@ class Topology(_Strict):
             host_lan = IPv4Interface(f"{lan[10]}/{lan.prefixlen}")
             plan[spec.name] = NodePlan(spec.name, "spoke", i, nbma, tunnel, spoke_lan, host)
             plan[host] = NodePlan(host, "host", i, None, None, host_lan, spec.name)
-        if self.underlay_network.overlaps(self.tunnel_network):
-            raise ValueError(
-                f"underlay_network {self.underlay_network} overlaps "
-                f"tunnel_network {self.tunnel_network}"
-            )
         # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
         order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
         self._plan = {p.name: p for p in order}
@@ -377,7 +377,7 @@ def _route(prefix: IPv4Network, via: NodePlan) -> dict[str, str]:
 def _problems(exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        out.append(f"{where}: {msg}")
+        # Cross-field problems (empty loc) already start with their field path.
+        out.append(f"{'.'.join(str(p) for p in err['loc'])}: {msg}" if err["loc"] else msg)
     return out
