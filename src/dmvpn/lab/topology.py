@@ -54,6 +54,8 @@ TUNNEL_INTERFACE = "dmvpn0"
 # netns.Lab.down). At most 13 characters: the bridge port is "v-" + name, and
 # Linux interface names have at most 15.
 NodeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,12}$")]
+# Cisco's cleartext NHRP password: printable ASCII, at most 8 characters.
+Password = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[ -~]+$")]
 
 
 def namespace_name(prefix: str, node: str) -> str:
@@ -131,9 +133,7 @@ class Topology(_Strict):
     phase: Literal[1, 2, 3] = 3
     key: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 42  # GRE key
     holdtime: Annotated[int, Field(ge=3, le=65535)] = 60
-    authentication: Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[ -~]+$")] | None = (
-        None
-    )
+    authentication: Password | None = None
     underlay_network: IPv4Network = IPv4Network("172.30.0.0/24")
     tunnel_network: IPv4Network = IPv4Network("10.0.0.0/24")
     # What phase 1 and 3 spokes route via hub1: every LAN must be inside it.
