@@ -36,6 +36,7 @@ from .routing import KernelRouting
 # Route protocol number for shortcut routes, so routing daemons leave them
 # alone (nhrpd's routes use zebra's 191; iproute2 shows ours as "177").
 RTPROT_DMVPN = 177
+NUD_PERMANENT = 0x80
 # Drain at most this many packets per readiness callback, then yield.
 BATCH = 64
 
@@ -151,12 +152,27 @@ class InterfaceRuntime:
         if not isinstance(out.nbma, IPv4Address):
             return
         self.forwarder.bind(out.protocol, out.nbma)
+        if isinstance(out.protocol, IPv4Address) and out.protocol in self.cfg.address.network:
+            # Mirror the binding into the kernel's neighbour table (as nhrpd
+            # does on a GRE device): an ARP reply cannot move an entry the
+            # kernel updated less than locktime ago.
+            mac = ":".join(f"{b:02x}" for b in nbma_mac(out.nbma))
+            try:
+                self.ipr.neigh("replace", dst=str(out.protocol), lladdr=mac,
+                               ifindex=self.index, state=NUD_PERMANENT)  # fmt: skip
+            except Exception as exc:
+                self.log("neigh-error", f"could not bind {out.protocol}: {exc}")
         if out.type == "dynamic":
             self.dynamic.add(out.nbma)
             self._update_multicast()
 
     def _unbind(self, out: BindingRemoved) -> None:
         self.forwarder.unbind(out.protocol)
+        if isinstance(out.protocol, IPv4Address) and out.protocol in self.cfg.address.network:
+            try:
+                self.ipr.neigh("del", dst=str(out.protocol), ifindex=self.index)
+            except Exception:
+                pass  # not there (never bound in the kernel, or removed)
         if out.nbma in self.dynamic and out.nbma not in self.forwarder.bindings.values():
             self.dynamic.discard(out.nbma)
             self._update_multicast()
