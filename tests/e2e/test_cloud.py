@@ -139,3 +139,88 @@ def test_clean_stop_and_hub_restart(cloud_factory) -> None:  # type: ignore[no-u
                lambda: len(cloud.events("hub1", "registered")) >= 5, timeout=20)  # fmt: skip
     host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
     assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host2]).returncode == 0
+
+
+def test_multicast_from_the_hub_reaches_every_spoke(cloud_factory) -> None:  # type: ignore[no-untyped-def]
+    cloud: Cloud = cloud_factory(3)
+    for plan in cloud.topo.spokes:
+        cloud.sh(plan.name, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0")
+    # `map multicast dynamic` on the hub: one GRE copy per registered spoke.
+    out = cloud.sh("hub1", "ping", "-c", "2", "-W", "1", "-I", "dmvpn0", "224.0.0.1")
+    answered = {line.split()[3].rstrip(":") for line in out.splitlines() if " bytes from " in line}
+    assert answered >= {str(p.tunnel.ip) for p in cloud.topo.spokes}, out  # type: ignore[union-attr]
+
+
+def test_spoke_returns_with_a_new_nbma_address(cloud_factory) -> None:  # type: ignore[no-untyped-def]
+    cloud: Cloud = cloud_factory(3)
+    cloud.stop("spoke1")
+    old = str(cloud.topo.plan("spoke1").nbma)
+    new = "172.30.0.111"
+    cloud.sh("spoke1", "ip", "addr", "del", old, "dev", "nbma0")
+    cloud.sh("spoke1", "ip", "addr", "add", f"{new}/24", "dev", "nbma0")
+    config = cloud.topo.node_config("spoke1")
+    config["interfaces"][0]["tunnel"]["source"] = new
+    cloud.topo = cloud.topo  # the plan keeps the old address; the file gets the new one
+    path = cloud.logs / "spoke1.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(config, default=str))))
+    log = (cloud.logs / "spoke1.log").open("a")
+    cloud.procs["spoke1"] = cloud.lab.popen("spoke1", [DMVPN, "run", "-c", str(path)],
+                                            stdout=log, stderr=log)  # fmt: skip
+    # no-unique: the hub replaces the binding at once (RFC 2332 5.2.3).
+    cloud.wait("hub1 to rebind spoke1",
+               lambda: any(e.get("nbma") == new for e in cloud.events("hub1", "registered")))  # fmt: skip
+    host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+    assert (
+        cloud.lab.exec("host1", ["ping", "-c", "3", "-i", "0.2", "-W", "1", host2]).returncode == 0
+    )
+    time.sleep(0.5)
+    later = cloud.hops("host1", host2)
+    assert later[1] == str(cloud.topo.plan("spoke2").tunnel.ip), later  # type: ignore[union-attr]
+
+
+def test_bad_config_is_refused_and_changes_nothing(cloud_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cloud: Cloud = cloud_factory(3)
+    bad = tmp_path / "bad.yaml"
+    config = cloud.topo.node_config("spoke1")
+    config["interfaces"][0]["name"] = "dmvpn9"
+    config["interfaces"][0]["nhrp"]["holdtme"] = 5
+    bad.write_text(yaml.safe_dump(json.loads(json.dumps(config, default=str))))
+    res = cloud.lab.exec("spoke1", [DMVPN, "run", "-c", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "interfaces.0.nhrp.holdtme: Extra inputs are not permitted" in res.stderr
+    assert "refused; nothing was changed" in res.stderr
+    assert "dmvpn9" not in cloud.sh("spoke1", "ip", "link")
+
+
+def test_underlay_capture_decodes_cleanly(cloud_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    assert shutil.which("tshark"), "tshark is installed by ./run.sh test"
+    pcap = tmp_path / "underlay.pcap"
+    cloud: Cloud = cloud_factory(3, holdtime=12)
+    errors = (tmp_path / "tshark.err").open("w")
+    tshark = cloud.lab.popen("inet", ["tshark", "-q", "-i", "br0", "-w", str(pcap), "-f",
+                                      "ip proto 47"], stdout=errors, stderr=errors)  # fmt: skip
+    time.sleep(1.5)  # tshark needs a moment before it captures
+    host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+    cloud.lab.exec("host1", ["ping", "-c", "3", "-i", "0.3", "-W", "1", host2])
+    time.sleep(4.5)  # a registration refresh (holding time 12 s / 3)
+    tshark.terminate()
+    tshark.wait(timeout=10)
+    fields = subprocess.run(
+        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "gre.key", "-e", "nhrp.hdr.op.type",
+         "-o", "nhrp.auth_ext_has_addr:FALSE"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    rows = [line.split("\t") for line in fields if line.strip()]
+    assert rows and {r[0] for r in rows} == {"0x0000002a"}  # key 42 on every GRE packet
+    nhrp_types = {r[1] for r in rows if len(r) > 1 and r[1]}
+    assert {"3", "4", "8", "1", "2"} <= nhrp_types, nhrp_types
+    expert = subprocess.run(["tshark", "-r", str(pcap), "-q", "-z", "expert,warn"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "Malformed" not in expert and "NHRP" not in expert, expert
+    decoded = subprocess.run([DMVPN, "decode", "--json", "--nhrp-only", str(pcap)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert decoded.returncode == 0, decoded.stderr
+    recs = [json.loads(line) for line in decoded.stdout.splitlines()]
+    assert recs and all(r["roundtrip"] for r in recs)
