@@ -329,3 +329,16 @@ def test_bad_version_and_zero_hop_count(field: str) -> None:
         assert decode_nhrp(sent[0].data).error_code == ErrorCode.PROTOCOL_ERROR
     else:
         assert sent == [] and hub.stats["rx.hop_count_zero"] == 1
+
+
+def test_retune_keeps_state_and_takes_new_knobs() -> None:
+    hub, _ = _phase3_hub()
+    from dataclasses import replace as dc_replace
+
+    from dmvpn.wire import IPv4Header
+
+    hub.retune(dc_replace(hub.config, redirect=False, holding_time=60), 2.0)
+    assert hub.bound(A("10.0.0.11")) == A("198.51.100.11")  # registrations kept
+    pkt = IPv4Header(src=A("192.168.11.10"), dst=A("192.168.12.10"), protocol=1).encode(bytes(8))
+    hub.hairpin(pkt, A("198.51.100.11"), 3.0)
+    assert _sent(hub) == []  # redirect now off

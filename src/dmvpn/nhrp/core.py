@@ -45,7 +45,7 @@ class Core:
         self.outputs: list[Output] = []
         self.stats: Counter[str] = Counter()
         self._request_id = config.request_id_start & 0xFFFFFFFF
-        self._budget = TokenBucket(config.max_send, config.max_send_interval)
+        self.budget = TokenBucket(config.max_send, config.max_send_interval)
         self._peer_refs: dict[Address, int] = {}
         self.events_enabled = True
 
@@ -63,7 +63,7 @@ class Core:
 
     def send(self, nbma: Address, packet: NhrpPacket, now: float, *, budget: bool = True) -> bool:
         """Queue a packet; False (counted) when the max-send budget is spent."""
-        if budget and not self._budget.take(now):
+        if budget and not self.budget.take(now):
             self.stats["tx.rate_limited"] += 1
             return False
         data = packet.encode()

@@ -31,6 +31,7 @@ from .client import NhsClient
 from .config import EngineConfig
 from .core import Core
 from .outputs import Output
+from .ratelimit import TokenBucket
 from .resolver import Resolver
 from .routing import RoutingView
 from .server import Server
@@ -82,6 +83,17 @@ class Engine:
             self.core.remove(entry)
         self.started = False
         self.core.event("stopped", "engine stopped")
+
+    def retune(self, config: EngineConfig, now: float) -> None:
+        """Take new values for the knobs read at each use (SIGHUP): holding
+        time, redirect, shortcut, authentication, max-send... Bindings,
+        registrations and shortcuts stay; the next refresh carries them."""
+        core = self.core
+        core.config = config
+        core.budget = TokenBucket(config.max_send, config.max_send_interval)
+        self.server.redirects.interval = config.redirect_interval
+        core.event("retuned", "configuration reloaded", holding_time=config.holding_time,
+                   redirect=config.redirect, shortcut=config.shortcut)  # fmt: skip
 
     def set_nbma(self, nbma: Address, now: float) -> None:
         """Our NBMA address changed: re-register everywhere at once."""
