@@ -1,0 +1,136 @@
+"""The userspace data plane in the lab: throughput, added latency, and how
+fast a phase 3 shortcut takes over. Needs root (network namespaces).
+
+Measured in one run, each against a baseline in the same lab:
+
+1. TCP throughput, iperf3, host1 -> host2 across the spoke1-spoke2 shortcut
+   (GRE in userspace at both spokes), against iperf3 spoke1 -> spoke2 over
+   the plain underlay (veth + bridge, kernel only).
+2. Round-trip time, ping host1 -> host2 over the shortcut, against ping
+   spoke1 -> spoke2 on the underlay. The overlay path also crosses two LAN
+   veths and two routing hops, so the difference is an upper bound on what
+   the userspace data plane adds.
+3. Phase 3 switch-over: host1 pings host2 every 2 ms from a cold cloud; the
+   reply TTL tells the path (one less through the hub). Reported: time from
+   the first echo to the first direct reply, and echoes lost meanwhile;
+   against the underlay RTT.
+
+Run: sudo python bench/bench_lab.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dmvpn.lab.netns import Lab
+from dmvpn.lab.topology import Topology
+
+DMVPN = str(Path(sys.executable).with_name("dmvpn"))
+
+
+def start_cloud(lab: Lab, topo: Topology, workdir: Path) -> None:
+    for plan in topo.routers:
+        cfg = workdir / f"{plan.name}.yaml"
+        data = json.loads(json.dumps(topo.node_config(plan.name), default=str))
+        cfg.write_text(yaml.safe_dump(data))
+        log = (workdir / f"{plan.name}.log").open("w")
+        lab.popen(plan.name, [DMVPN, "run", "-c", str(cfg)], stdout=log, stderr=log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        logs = [(workdir / f"{p.name}.log").read_text() for p in topo.spokes]
+        if all('"nhs-up"' in text for text in logs):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("spokes did not register")
+
+
+def iperf(lab: Lab, server: str, client: str, address: str, seconds: float) -> float:
+    srv = lab.popen(server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.5)
+    try:
+        out = lab.exec(client, ["iperf3", "-c", address, "-t", str(seconds), "-J"],
+                       capture_output=True, text=True, check=True).stdout  # fmt: skip
+    finally:
+        srv.wait(timeout=10)
+    result: dict[str, Any] = json.loads(out)
+    return float(result["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def rtts(lab: Lab, node: str, address: str, count: int = 50) -> list[float]:
+    out = lab.exec(node, ["ping", "-c", str(count), "-i", "0.02", "-W", "1", address],
+                   capture_output=True, text=True).stdout  # fmt: skip
+    return [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
+
+
+def switch_over(lab: Lab, address: str) -> dict[str, Any]:
+    out = lab.exec("host1", ["ping", "-D", "-c", "1000", "-i", "0.002", "-W", "1", address],
+                   capture_output=True, text=True).stdout  # fmt: skip
+    replies = [(int(seq), int(ttl), float(ts)) for ts, seq, ttl in
+               re.findall(r"\[([\d.]+)\].*icmp_seq=(\d+) ttl=(\d+)", out)]  # fmt: skip
+    if not replies:
+        raise RuntimeError(f"no replies: {out[-500:]}")
+    direct_ttl = max(ttl for _, ttl, _ in replies)
+    first_ts = float(re.search(r"\[([\d.]+)\]", out).group(1))  # type: ignore[union-attr]
+    first_direct = next(r for r in replies if r[1] == direct_ttl)
+    via_hub = [r for r in replies if r[1] != direct_ttl]
+    seqs = {r[0] for r in replies}
+    lost_before_direct = sum(1 for s in range(1, first_direct[0]) if s not in seqs)
+    return {
+        "echoes_sent": 1000,
+        "replies": len(replies),
+        "replies_via_hub": len(via_hub),
+        "lost_before_direct": lost_before_direct,
+        "ms_to_direct": round((first_direct[2] - first_ts) * 1000, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_lab.py needs root (network namespaces)")
+    topo = Topology.from_data({"phase": 3})
+    lab = Lab(topo, prefix="dmvb-", state_path=Path(tempfile.mkdtemp()) / "lab.json")
+    workdir = Path(tempfile.mkdtemp(prefix="dmvpn-bench-"))
+    result: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                              "command": "python bench/bench_lab.py"}  # fmt: skip
+    lab.up()
+    try:
+        start_cloud(lab, topo, workdir)
+        host2 = str(topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+        spoke2_nbma = str(topo.plan("spoke2").nbma.ip)  # type: ignore[union-attr]
+        under = rtts(lab, "spoke1", spoke2_nbma)
+        result["switch_over"] = switch_over(lab, host2)
+        result["switch_over"]["underlay_rtt_ms"] = round(statistics.median(under), 3)
+        over = rtts(lab, "host1", host2)
+        result["rtt_ms"] = {
+            "underlay_median": round(statistics.median(under), 3),
+            "overlay_median": round(statistics.median(over), 3),
+            "added_us": round((statistics.median(over) - statistics.median(under)) * 1000, 1),
+        }
+        base = iperf(lab, "spoke2", "spoke1", spoke2_nbma, args.seconds)
+        overlay = iperf(lab, "host2", "host1", host2, args.seconds)
+        result["throughput_mbit"] = {"underlay": round(base), "overlay_shortcut": round(overlay),
+                                     "ratio": round(overlay / base, 4)}  # fmt: skip
+    finally:
+        lab.down()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
