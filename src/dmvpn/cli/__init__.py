@@ -8,6 +8,7 @@ from dmvpn import __version__
 
 from .check import check_cmd
 from .decode import decode_cmd, example_capture_cmd
+from .lab import lab_group
 from .run import run_cmd
 from .sim import sim_cmd
 
@@ -23,3 +24,4 @@ main.add_command(example_capture_cmd)
 main.add_command(sim_cmd)
 main.add_command(check_cmd)
 main.add_command(run_cmd)
+main.add_command(lab_group)

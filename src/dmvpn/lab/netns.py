@@ -21,7 +21,13 @@ The state file (JSON, /run/dmvpn-lab/<prefix>.json by default: /run is a tmpfs,
 so it disappears with the namespaces on reboot) records the topology, the
 namespaces and the processes registered with `register_pid()`, which `down()`
 stops by PID (checking the PID still names the same process) before deleting
-the namespaces.
+the namespaces. Any other process still inside one of the lab's namespaces
+(started by hand, or by a builder whose state file was lost) is stopped too,
+so that no process keeps a deleted namespace alive.
+
+Beside the state file, the run directory (/run/dmvpn-lab/<prefix>/ by default)
+holds what runs in the lab: node configs, JSON logs, management sockets (see
+`dmvpn.lab.runner`). `down()` removes it with the namespaces.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +128,15 @@ class Lab:
         self.prefix = prefix
         self.state_path = Path(state_path) if state_path else STATE_DIR / f"{prefix}.json"
         self.ip = ip
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the lab's daemons keep configs, logs and sockets (removed by `down()`).
+
+        The state file's path without ".json" (/run/dmvpn-lab/<prefix>/ by default).
+        """
+        path = self.state_path
+        return path.with_suffix("") if path.suffix == ".json" else path.with_name(path.name + ".d")
 
     @classmethod
     def attach(
@@ -237,7 +253,12 @@ class Lab:
         if state is not None:
             _stop_processes(_registered(state), timeout)
         recorded = [ns for ns in (state or {}).get("namespaces", []) if isinstance(ns, str)]
-        targets = list(dict.fromkeys([*recorded, *self.existing_namespaces()]))
+        existing = self.existing_namespaces()
+        targets = list(dict.fromkeys([*recorded, *existing]))
+        # Whatever else still runs inside: a process keeps a deleted namespace
+        # (and its interfaces) alive, invisible to `ip netns list`.
+        stray = [pid for ns in existing for pid in self._netns_pids(ns)]
+        _stop_processes([("", pid, start) for pid in stray if (start := _start_time(pid))], timeout)
         removed: list[str] = []
         failures: list[str] = []
         for ns in targets:
@@ -251,6 +272,7 @@ class Lab:
                     failures.append(str(exc))
         if failures:
             raise LabError("could not delete: " + "; ".join(failures))
+        shutil.rmtree(self.run_dir, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
         return removed
@@ -328,6 +350,14 @@ class Lab:
 
     def _ours(self, ns: str) -> bool:
         return ns.startswith(self.prefix) and bool(_NODE_PART.match(ns[len(self.prefix) :]))
+
+    def _netns_pids(self, ns: str) -> list[int]:
+        """The processes inside a namespace (none if it went away meanwhile)."""
+        try:
+            out = self._ip("netns", "pids", ns)
+        except CommandError:
+            return []
+        return [int(word) for word in out.split() if word.isdigit() and int(word) != os.getpid()]
 
     def _list_netns(self) -> list[str]:
         # Lines are "NAME" or "NAME (id: N)".

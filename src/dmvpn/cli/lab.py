@@ -1,0 +1,588 @@
+"""`dmvpn lab`: a whole DMVPN cloud in network namespaces on this machine.
+
+    dmvpn lab up [TOPOLOGY.yaml]    build it, start one daemon per router, wait for registration
+    dmvpn lab status [--json]       every node: role, addresses, daemon
+    dmvpn lab exec NODE -- CMD...   run a command inside a node (hub1, spoke2, host3, inet)
+    dmvpn lab show NODE ARGS...     `dmvpn show ARGS` against that node's daemon
+    dmvpn lab down                  remove everything the lab created (also after a crash)
+    dmvpn lab demo [--keep]         build the default cloud, show a shortcut forming, tear down
+
+Every subcommand takes `--prefix` (default "dmvpn-"): the namespaces are
+PREFIX + node, so labs with different prefixes live side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError
+from dmvpn.lab.runner import REGISTRATION_TIMEOUT, Runner, dmvpn_command
+
+__all__ = ["lab_group"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_NO_OPTIONS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+
+
+class _Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived while the lab was being built or shown."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _prefix_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        show_default=True,
+        help="Namespace prefix: labs with different prefixes are independent.",
+    )(f)
+
+
+@click.group("lab")
+def lab_group() -> None:
+    """A DMVPN cloud in network namespaces: an underlay "internet" bridge, hubs,
+    spokes and a LAN host behind each spoke, one `dmvpn run` per hub and spoke.
+
+    Needs root. Nothing outside the lab's own namespaces is touched.
+    """
+
+
+# -- up ------------------------------------------------------------------------
+
+
+@lab_group.command("up")
+@click.argument(
+    "topology",
+    required=False,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="[TOPOLOGY]",
+)
+@_prefix_option
+@click.option(
+    "--timeout",
+    default=REGISTRATION_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for every spoke to register.",
+)
+def up_cmd(topology: Path | None, prefix: str, timeout: float) -> None:
+    """Build the lab in TOPOLOGY (a YAML file; default: one hub, three spokes,
+    phase 3) and wait until every spoke has registered."""
+    _need_root()
+    topo = _load_topology(topology)
+    lab = _lab(topo, prefix)
+    with _cleanup_on_failure(lab) as built:
+        lab.up()
+        built.set()
+        click.echo(f"built lab {prefix!r}: {_summary(topo)}, {len(lab.namespaces)} namespaces")
+        runner = Runner(lab)
+        click.echo(f"starting dmvpn on {', '.join(runner.routers)} (logs in {lab.run_dir}/)")
+        runner.start()
+        took = runner.wait_registered(timeout)
+    click.echo(f"every spoke registered in {took:.1f} s\n")
+    _print_status(lab)
+    hosts = topo.hosts
+    px = "" if prefix == DEFAULT_PREFIX else f" --prefix {prefix}"
+    click.echo("\ntry:")
+    if len(hosts) >= 2 and hosts[1].lan is not None:
+        click.echo(f"  dmvpn lab exec{px} {hosts[0].name} -- ping -c 3 {hosts[1].lan.ip}")
+    if topo.spokes:
+        click.echo(f"  dmvpn lab show{px} {topo.spokes[0].name} dmvpn")
+    click.echo(f"  dmvpn lab down{px}")
+
+
+# -- down ----------------------------------------------------------------------
+
+
+@lab_group.command("down")
+@_prefix_option
+def down_cmd(prefix: str) -> None:
+    """Stop the lab's daemons and delete its namespaces, configs, logs and state.
+
+    Works from what is left after a crash: without a state file, the lab's
+    namespaces are found by their prefix.
+    """
+    _need_root()
+    lab = _lab(None, prefix)
+    try:
+        daemons = sum(len(s["pids"]) for s in Lab.attach(prefix).status())
+    except LabError:
+        daemons = 0  # no (usable) state file: down() still finds the namespaces
+    if not lab.exists():
+        click.echo(f"no lab with prefix {prefix!r}: nothing to take down")
+        return
+    removed = _down(lab)
+    click.echo(
+        f"lab {prefix!r} is down: stopped {daemons} daemon(s), deleted {len(removed)} "
+        "namespace(s) and the lab's files"
+    )
+
+
+# -- status --------------------------------------------------------------------
+
+
+@lab_group.command("status")
+@_prefix_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (keys are stable).")
+def status_cmd(prefix: str, as_json: bool) -> None:
+    """Every node with its role, namespace, addresses and daemon."""
+    lab = _attach(prefix)
+    if as_json:
+        click.echo(json.dumps(_status_data(lab), indent=2))
+    else:
+        _print_status(lab)
+
+
+def _status_data(lab: Lab) -> dict[str, Any]:
+    topo = lab.topology
+    runner = Runner(lab)
+    nodes = []
+    for row in lab.status():
+        node: dict[str, Any] = dict(row)
+        if row["role"] == "host":
+            node["daemon"] = None
+        else:
+            name = row["name"]
+            node["daemon"] = "running" if row["pids"] else "stopped"
+            node["config"] = str(runner.config_path(name))
+            node["log"] = str(runner.log_path(name))
+            node["socket"] = str(runner.socket_path(name))
+        nodes.append(node)
+    return {
+        "prefix": lab.prefix,
+        "phase": topo.phase,
+        "holdtime": topo.holdtime,
+        "key": topo.key,
+        "state_file": str(lab.state_path),
+        "run_dir": str(lab.run_dir),
+        "nodes": nodes,
+    }
+
+
+def _print_status(lab: Lab) -> None:
+    data = _status_data(lab)
+    click.echo(f"lab {lab.prefix!r}: {_summary(lab.topology)}")
+    rows = [["NODE", "ROLE", "NAMESPACE", "UNDERLAY", "TUNNEL", "LAN", "STATE"]]
+    for n in data["nodes"]:
+        if not n["up"]:
+            state = "namespace missing"
+        elif n["daemon"] is None:
+            state = "up"
+        elif n["pids"]:
+            state = f"dmvpn running (pid {n['pids'][0]})"
+        else:
+            state = "dmvpn stopped"
+        rows.append([n["name"], n["role"], n["namespace"], n["underlay"] or "-",
+                     n["tunnel"] or "-", n["lan"] or "-", state])  # fmt: skip
+    _table(rows)
+
+
+# -- exec and show -------------------------------------------------------------
+
+
+@lab_group.command("exec", context_settings=_NO_OPTIONS)
+@_prefix_option
+@click.argument("node")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(prefix: str, node: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside NODE's namespace (a hub, spoke, host, or "inet" for the
+    underlay bridge); exits with COMMAND's status. Options go before NODE:
+
+        dmvpn lab exec host1 -- ping -c 3 192.168.2.10
+    """
+    argv = _after_dashes(command)
+    if not argv:
+        raise click.UsageError("no COMMAND to run (dmvpn lab exec NODE -- COMMAND...)")
+    _need_root()
+    lab = _attach(prefix)
+    namespace = _namespace(lab, node)
+    sys.exit(_run_inside(lab, namespace, argv))
+
+
+@lab_group.command("show", context_settings=_NO_OPTIONS)
+@_prefix_option
+@click.argument("node")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def show_cmd(prefix: str, node: str, args: tuple[str, ...]) -> None:
+    """`dmvpn show ARGS` against the daemon of NODE (a hub or spoke), run inside
+    its namespace:
+
+        dmvpn lab show spoke1 dmvpn
+    """
+    _need_root()
+    lab = _attach(prefix)
+    namespace = _namespace(lab, node)
+    if node == INET or lab.topology.role(node) == "host":
+        raise click.ClickException(f"{node} runs no dmvpn daemon: show works on hubs and spokes")
+    if not _show_available():
+        raise click.ClickException(
+            "this dmvpn has no `show` command yet; try "
+            f"`dmvpn lab exec {node} -- ip neigh show dev dmvpn0` for the NHRP bindings"
+        )
+    args = tuple(_after_dashes(args))
+    socket = Runner(lab).socket_path(node)
+    sys.exit(
+        _run_inside(lab, namespace, [*dmvpn_command(), "show", *args, "--socket", str(socket)])
+    )
+
+
+def _after_dashes(args: Sequence[str]) -> list[str]:
+    # Click passes a "--" that follows NODE through (interspersed args are off).
+    return list(args[1:] if args[:1] == ("--",) or args[:1] == ["--"] else args)
+
+
+def _show_available() -> bool:
+    from dmvpn.cli import main  # here: dmvpn.cli imports this module
+
+    return isinstance(main, click.Group) and "show" in main.commands
+
+
+def _run_inside(lab: Lab, namespace: str, argv: list[str]) -> int:
+    """Run argv in the namespace with this terminal; its exit status (128+N if killed by N)."""
+    proc = subprocess.Popen([lab.ip, "netns", "exec", namespace, *argv])
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            continue  # the command got the Ctrl-C too: let it decide, then report it
+    return 128 - code if code < 0 else code
+
+
+# -- demo ----------------------------------------------------------------------
+
+
+@lab_group.command("demo")
+@_prefix_option
+@click.option("--keep", is_flag=True, help="Leave the lab up at the end (then `dmvpn lab down`).")
+def demo_cmd(prefix: str, keep: bool) -> None:
+    """Build the default cloud, send traffic from host1 to host2, and watch the
+    first packets go through the hub and the shortcut form (phase 3); then take
+    everything down again. Takes a few seconds."""
+    _need_root()
+    for tool in ("traceroute", "ping"):
+        if shutil.which(tool) is None:
+            raise click.ClickException(f"the demo needs {tool} (apt-get install {tool})")
+    lab = _lab(Topology.default(), prefix)
+    demo = _Demo(lab, steps=6 if keep else 7)
+    with _cleanup_on_failure(lab) as built:
+        demo.run(built.set)
+    if keep:
+        px = "" if prefix == DEFAULT_PREFIX else f" --prefix {prefix}"
+        click.echo(
+            f"\nThe lab is still up (--keep). Explore it:\n"
+            f"  dmvpn lab status{px}\n"
+            f"  dmvpn lab exec{px} host1 -- traceroute -n 192.168.3.10\n"
+            f"  dmvpn lab exec{px} spoke1 -- ip route show proto 177\n"
+            f"  dmvpn lab down{px}"
+        )
+    else:
+        demo.step("Tear down: stop the daemons (the spokes deregister), delete the namespaces")
+        removed = _down(lab)
+        demo.say(f"deleted {len(removed)} namespaces and the lab's files; nothing is left")
+    click.echo(f"\nDemo finished in {time.monotonic() - demo.started:.1f} s.")
+
+
+class _Demo:
+    def __init__(self, lab: Lab, steps: int) -> None:
+        self.steps = steps
+        self.lab = lab
+        self.topo = lab.topology
+        self.runner = Runner(lab)
+        self.started = time.monotonic()
+        self.number = 0
+        self.legend_shown = False
+        # Address -> "node interface", to name each traceroute hop.
+        self.names: dict[str, str] = {}
+        for p in self.topo.routers + self.topo.hosts:
+            lan = "eth0" if p.role == "host" else "lan0"
+            for addr, itf in ((p.nbma, "nbma0"), (p.tunnel, "dmvpn0"), (p.lan, lan)):
+                if addr is not None:
+                    self.names[str(addr.ip)] = f"{p.name} {itf}"
+
+    # -- output --
+
+    def step(self, title: str) -> None:
+        self.number += 1
+        click.echo(f"\n[{self.number}/{self.steps}] {title}")
+
+    def say(self, text: str) -> None:
+        for line in text.splitlines():
+            click.echo(f"      {line}".rstrip())
+
+    def sh(self, node: str, argv: Sequence[str], note: str = "", check: bool = True) -> str:
+        """Run argv in the node, print it like a terminal transcript, return its output."""
+        prompt = "$" if self.topo.role(node) == "host" else "#"
+        click.echo(f"  {node}{prompt} {shlex.join(argv)}" + (f"    ({note})" if note else ""))
+        res = self.lab.exec(node, argv, capture_output=True, text=True, timeout=30)
+        if check and res.returncode != 0:
+            raise LabError(f"`{shlex.join(argv)}` in {node} failed: {res.stderr.strip()}")
+        out = str(res.stdout)
+        self.say(out.rstrip() or "(nothing)")
+        return out
+
+    def traceroute(self, src: str, dst: str) -> list[str]:
+        # One probe at a time (-N 1): the destination answers once, not once per
+        # extra probe, so its ICMP rate limit never hides the last hop.
+        argv = ["traceroute", "-n", "-N", "1", "-q", "1", "-w", "1", "-m", "6", dst]
+        prompt = f"  {src}$ {shlex.join(argv)}"
+        click.echo(prompt)
+        res = self.lab.exec(src, argv, capture_output=True, text=True, timeout=30)
+        hops: list[str] = []
+        for line in res.stdout.splitlines():
+            m = re.match(r"\s*(\d+)\s+(\S+)\s*(.*)", line)
+            if m is None:
+                self.say(line)
+                continue
+            number, addr, rest = m.groups()
+            hops.append(addr)
+            self.say(f"{number:>2}  {addr:<15} {rest:<10}  {self.names.get(addr, '')}")
+        if res.returncode != 0:
+            raise LabError(f"traceroute from {src} failed: {res.stderr.strip()}")
+        return hops
+
+    def show_dmvpn(self, node: str, fallback_note: str) -> None:
+        if _show_available():
+            socket = str(self.runner.socket_path(node))
+            argv = [*dmvpn_command(), "show", "dmvpn", "--socket", socket]
+            click.echo(f"  {node}# dmvpn show dmvpn")
+            res = self.lab.exec(node, argv, capture_output=True, text=True, timeout=30)
+            if res.returncode == 0:
+                out = res.stdout.rstrip()
+                _, rule, table = out.partition("=" * 20)
+                if self.legend_shown and rule:
+                    # Once is enough: later tables start after the legend's rule.
+                    out = "(legend as above)\n" + table.lstrip("=").strip("\n")
+                self.legend_shown = True
+                self.say(out or "(nothing)")
+                return
+            self.say(f"(dmvpn show failed: {res.stderr.strip()}; the kernel's view instead)")
+        click.echo(f"  {node}# ip neigh show dev dmvpn0    ({fallback_note})")
+        argv = ["ip", "neigh", "show", "dev", "dmvpn0"]
+        res = self.lab.exec(node, argv, capture_output=True, text=True, timeout=30)
+        for line in res.stdout.splitlines():
+            # The userspace data plane's MAC for a peer is 02:00 + its NBMA address.
+            m = re.match(r"(\S+) lladdr 02:00((?::[0-9a-f]{2}){4})\b", line)
+            nbma = ".".join(str(int(b, 16)) for b in m.group(2)[1:].split(":")) if m else ""
+            peer = self.names.get(m.group(1), "").split(" ")[0] if m else ""
+            self.say(f"{line.rstrip():<50}" + (f"  NBMA {nbma} ({peer})" if m else ""))
+
+    # -- the story --
+
+    def run(self, built: Callable[[], None]) -> None:
+        topo, runner = self.topo, self.runner
+        hub = topo.plan("hub1")
+        spoke1, spoke2 = topo.plan("spoke1"), topo.plan("spoke2")
+        host1, host2 = topo.plan("host1"), topo.plan("host2")
+        assert hub.tunnel and spoke1.tunnel and spoke2.tunnel and host1.lan and host2.lan
+        hub_ip, spoke2_ip, host2_ip = str(hub.tunnel.ip), str(spoke2.tunnel.ip), str(host2.lan.ip)
+        click.echo(
+            f"dmvpn lab demo: a {_summary(topo)}, in network namespaces "
+            f"(prefix {self.lab.prefix!r})"
+        )
+
+        self.step('Build the cloud: an "internet" bridge, hub1, spoke1..3, a LAN host behind each')
+        self.lab.up()
+        built()
+        rows = [["NODE", "ROLE", "UNDERLAY (NBMA)", "TUNNEL", "LAN"]]
+        rows += [[d["name"], d["role"], d["underlay"] or "-", d["tunnel"] or "-", d["lan"] or "-"]
+                 for d in topo.describe(self.lab.prefix)]  # fmt: skip
+        _table(rows, indent=6)
+        runner.start()
+        self.say(f"started `dmvpn run` on {', '.join(runner.routers)} (logs: {self.lab.run_dir}/)")
+
+        self.step("Registration: each spoke tells hub1 its tunnel and NBMA addresses (NHRP)")
+        took = runner.wait_registered()
+        for e in sorted(runner.events("hub1", "registered"), key=lambda e: e["ts"]):
+            who = self.names.get(str(e.get("protocol")), "?").split()[0]
+            self.say(f"hub1: {e['message']}  ({who})")
+        self.say(f"all spokes registered {took:.1f} s after the daemons started")
+        self.show_dmvpn("hub1", "hub1's NHRP registrations, as neighbour entries")
+
+        self.step("host1 -> host2, first packets: spoke1 only has the summary route via hub1")
+        self.sh("spoke1", ["ip", "route", "show", "dev", "dmvpn0"], "the tunnel's routes")
+        since = time.time()
+        before = self.traceroute("host1", host2_ip)
+        if hub_ip not in before:
+            raise LabError(f"the first packets did not go through hub1 ({hub_ip}): {before}")
+        self.say(f"-> hop {before.index(hub_ip) + 1} is hub1 ({hub_ip}): spoke to hub to spoke")
+
+        self.step("Phase 3 at work: hub1 redirects, spoke1 resolves, spoke2 answers directly")
+        runner.wait_for(
+            "spoke1's shortcut route to host2's network",
+            lambda: spoke2_ip in self._shortcuts("spoke1"),
+            timeout=15,
+        )
+        # The replies from host2 bring spoke2 its own shortcut back to host1.
+        with contextlib.suppress(LabError):
+            runner.wait_for("", lambda: runner.events("spoke2", "shortcut") != [], timeout=2)
+        kinds = {"redirect", "resolution-sent", "resolution-forwarded", "resolution-answered",
+                 "resolved", "shortcut"}  # fmt: skip
+        story = [e for n in runner.routers for e in runner.events(n)
+                 if e.get("kind") in kinds and e.get("ts", 0) >= since - 1]  # fmt: skip
+        story.sort(key=lambda e: e["ts"])
+        t0 = story[0]["ts"] if story else since
+        for e in story:
+            self.say(f"{(e['ts'] - t0) * 1000:4.0f} ms  {e['node']:<7} {e['message']}")
+        self.sh("spoke1", ["ip", "route", "show", "proto", "177"], "NHRP shortcut routes")
+
+        self.step("host1 -> host2 again: straight from spoke1 to spoke2")
+        after = self.traceroute("host1", host2_ip)
+        if hub_ip in after or spoke2_ip not in after:
+            raise LabError(f"the path did not go direct to spoke2 ({spoke2_ip}): {after}")
+        self.say(f"-> hop {after.index(spoke2_ip) + 1} is spoke2 ({spoke2_ip}): hub1 is gone")
+        self.sh("host1", ["ping", "-c", "3", "-i", "0.2", "-W", "1", host2_ip])
+
+        self.step("What the spokes know now (NHRP bindings, both ways)")
+        self.show_dmvpn("spoke1", "NHRP bindings, as neighbour entries")
+        self.show_dmvpn("spoke2", "NHRP bindings, as neighbour entries")
+
+    def _shortcuts(self, node: str) -> str:
+        argv = ["ip", "route", "show", "proto", "177"]
+        return str(self.lab.exec(node, argv, capture_output=True, text=True, timeout=10).stdout)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _summary(topo: Topology) -> str:
+    hubs, spokes = len(topo.hubs), len(topo.spokes)
+    return (
+        f"phase {topo.phase} DMVPN, {hubs} hub{'s' * (hubs != 1)}, "
+        f"{spokes} spoke{'s' * (spokes != 1)}, holdtime {topo.holdtime} s"
+    )
+
+
+def _table(rows: list[list[str]], indent: int = 0) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        line = "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
+        click.echo(" " * indent + line.rstrip())
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise click.ClickException("dmvpn lab needs root (network namespaces, veth, bridge)")
+
+
+def _lab(topology: Topology | None, prefix: str) -> Lab:
+    try:
+        return Lab(topology, prefix=prefix)
+    except LabError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _attach(prefix: str) -> Lab:
+    _lab(None, prefix)  # a bad prefix is a usage error
+    try:
+        return Lab.attach(prefix)
+    except LabError as exc:
+        leftovers = Lab(prefix=prefix).existing_namespaces()
+        hint = (
+            f" (left over: {', '.join(leftovers)}; `dmvpn lab down` removes them)"
+            if leftovers
+            else " (`dmvpn lab up` builds one)"
+        )
+        raise click.ClickException(f"{exc}{hint}") from None
+
+
+def _namespace(lab: Lab, node: str) -> str:
+    try:
+        return lab.namespace(node)
+    except KeyError:
+        raise click.ClickException(
+            f"no node {node!r} in lab {lab.prefix!r} "
+            f"(nodes: {', '.join([*lab.topology.names, INET])})"
+        ) from None
+
+
+def _load_topology(path: Path | None) -> Topology:
+    try:
+        return Topology.load(path)
+    except TopologyError as exc:
+        for problem in exc.problems:
+            click.echo(f"{path}: {problem}", err=True)
+        raise click.ClickException(f"{path}: not a usable topology; nothing was built") from None
+
+
+def _down(lab: Lab) -> list[str]:
+    with _shielded():
+        try:
+            return lab.down()
+        except LabError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+class _Flag:
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+
+@contextlib.contextmanager
+def _cleanup_on_failure(lab: Lab) -> Iterator[_Flag]:
+    """Signals become exceptions; on any error after the lab was built, take it down.
+
+    The caller sets the flag once `lab.up()` succeeded: a refused `up()` (a lab
+    with this prefix exists) must not take the existing lab down.
+    """
+    built = _Flag()
+
+    def interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+        raise _Interrupted(signum)
+
+    # A signal the caller ignores (nohup, a background job) stays ignored.
+    watched = [s for s in _SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+    old = {s: signal.signal(s, interrupt) for s in watched}
+    try:
+        yield built
+    except BaseException as exc:
+        with _shielded():
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            if built.value:
+                what = "interrupted" if isinstance(exc, _Interrupted) else "failed"
+                click.echo(f"\n{what}: taking lab {lab.prefix!r} down", err=True)
+                try:
+                    lab.down()
+                except LabError as down_exc:
+                    click.echo(f"could not take the lab down: {down_exc}", err=True)
+        if isinstance(exc, _Interrupted):
+            sys.exit(128 + exc.signum)
+        if isinstance(exc, LabError):
+            raise click.ClickException(str(exc)) from None
+        raise
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """Ignore Ctrl-C and friends while the lab is being taken down (it takes seconds)."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
