@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up and run dmvpn on a fresh Debian 12 machine (as root).
-#   ./run.sh demo   install, then decode a DMVPN exchange built by dmvpn itself
+#   ./run.sh demo   install, then build a phase 3 cloud in network namespaces and watch it work
 #   ./run.sh test   install everything the tests need, then lint, type-check, test
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,11 +29,9 @@ python_env() {
 
 case "${1:-}" in
 demo)
+    apt_install ip:iproute2 ping:iputils-ping traceroute:traceroute
     python_env ""
-    out=$(mktemp -d)/dmvpn-example.pcap
-    "$VENV/bin/dmvpn" example-capture --describe "$out"
-    echo
-    "$VENV/bin/dmvpn" decode --nhrp-only "$out"
+    exec "$VENV/bin/dmvpn" lab demo
     ;;
 test)
     apt_install tshark:tshark ip:iproute2 ping:iputils-ping traceroute:traceroute
