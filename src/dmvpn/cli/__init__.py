@@ -10,6 +10,7 @@ from .check import check_cmd
 from .decode import decode_cmd, example_capture_cmd
 from .lab import lab_group
 from .run import run_cmd
+from .show import clear_group, events_cmd, show_group
 from .sim import sim_cmd
 
 
@@ -25,3 +26,6 @@ main.add_command(sim_cmd)
 main.add_command(check_cmd)
 main.add_command(run_cmd)
 main.add_command(lab_group)
+main.add_command(show_group)
+main.add_command(clear_group)
+main.add_command(events_cmd)

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from pyroute2 import IPRoute
 
+from dmvpn.api.server import ApiError, ApiServer, default_socket_path
 from dmvpn.config import Interface, NodeConfig
 from dmvpn.dataplane.devices import GreSocket, Tap
 from dmvpn.dataplane.forwarding import Forwarder, nbma_mac
@@ -78,6 +79,9 @@ class InterfaceRuntime:
         )  # fmt: skip
         self.forwarder.nhs = [n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)]
         self.dynamic: set[IPv4Address] = set()
+        # Called with (interface name, event) for every engine Event: the
+        # management API's /v1/events subscribers.
+        self.listeners: list[Callable[[str, Event], None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._update_multicast()
@@ -210,6 +214,8 @@ class InterfaceRuntime:
 
     def _event(self, out: Event) -> None:
         self.log(out.kind, out.message, interface=self.cfg.name, **out.details)
+        for listener in self.listeners:
+            listener(self.cfg.name, out)
 
 
 class Node:
@@ -223,19 +229,33 @@ class Node:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        with IPRoute() as ipr:
-            try:
-                for itf in self.config.interfaces:
-                    rt = InterfaceRuntime(itf, ipr, self.log, loop)
-                    self.interfaces.append(rt)
-                for route in self.config.routes:
-                    ipr.route("replace", dst=str(route.prefix), gateway=str(route.via))
-                for rt in self.interfaces:
-                    rt.start()
-                self.log("running", f"node {self.config.node} up with "
-                         f"{len(self.interfaces)} interface(s)")  # fmt: skip
-                await stop.wait()
-                self.log("stopping", "deregistering and removing interfaces")
-            finally:
-                for rt in self.interfaces:
-                    rt.stop()
+        # The management API first: a node name already running here is
+        # refused before any interface is touched.
+        api = ApiServer(self.config.node, self.interfaces,
+                        self.config.socket or default_socket_path(self.config.node))  # fmt: skip
+        try:
+            await api.start()
+        except ApiError as exc:
+            self.log("api-error", str(exc))
+            raise SystemExit(1) from None
+        self.log("api", f"management API on {api.path}", socket=str(api.path))
+        try:
+            with IPRoute() as ipr:
+                try:
+                    for itf in self.config.interfaces:
+                        rt = InterfaceRuntime(itf, ipr, self.log, loop)
+                        rt.listeners.append(api.publish)
+                        self.interfaces.append(rt)
+                    for route in self.config.routes:
+                        ipr.route("replace", dst=str(route.prefix), gateway=str(route.via))
+                    for rt in self.interfaces:
+                        rt.start()
+                    self.log("running", f"node {self.config.node} up with "
+                             f"{len(self.interfaces)} interface(s)")  # fmt: skip
+                    await stop.wait()
+                    self.log("stopping", "deregistering and removing interfaces")
+                finally:
+                    for rt in self.interfaces:
+                        rt.stop()
+        finally:
+            await api.stop()

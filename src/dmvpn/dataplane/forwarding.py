@@ -27,6 +27,10 @@ GRE_NHRP = 0x2001
 GRE_IPV4 = 0x0800
 # Report a peer's use to the engine at most this often (seconds).
 USE_REPORT_INTERVAL = 1.0
+# Per-peer counters kept for at most this many NBMA addresses (a flood of
+# spoofed sources must not grow memory without bound); the rest are counted
+# in stats["peers.untracked"].
+MAX_PEER_COUNTERS = 65536
 
 
 def nbma_mac(nbma: IPv4Address) -> bytes:
@@ -39,6 +43,21 @@ def mac_nbma(mac: bytes) -> IPv4Address | None:
     if mac[:2] != b"\x02\x00":
         return None
     return IPv4Address(mac[2:])
+
+
+class PeerCounters:
+    """GRE packets and bytes (GRE header + payload, as sent to or received
+    from the raw socket) exchanged with one NBMA peer: data and NHRP alike."""
+
+    __slots__ = ("last_use", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
+
+    def __init__(self) -> None:
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        # When data to this peer was last reported to the engine (binding_used).
+        self.last_use: float | None = None
 
 
 class EngineHooks(Protocol):
@@ -75,16 +94,29 @@ class Forwarder:
         self.multicast: list[IPv4Address] = []  # the `map multicast` set, resolved
         # Inner source address -> the peer it last came from (hub hairpin).
         self._came_from: dict[IPv4Address, IPv4Address] = {}
-        self._last_use: dict[IPv4Address, float] = {}
+        self._last_use: dict[IPv4Address, float] = {}  # peers beyond MAX_PEER_COUNTERS
         self.stats: Counter[str] = Counter()
+        self.peers: dict[IPv4Address, PeerCounters] = {}
         self._gre_header = GrePacket(GRE_IPV4, b"", key=key).encode()
         self._gre_nhrp_header = GrePacket(GRE_NHRP, b"", key=key).encode()
 
     # ------------------------------------------------------------ NHRP out
 
     def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
-        self.send_gre(nbma, self._gre_nhrp_header + data)
+        gre = self._gre_nhrp_header + data
+        self.send_gre(nbma, gre)
         self.stats["tx.nhrp"] += 1
+        peer = self.peers.get(nbma) or self._new_peer(nbma)
+        if peer is not None:
+            peer.tx_packets += 1
+            peer.tx_bytes += len(gre)
+
+    def _new_peer(self, nbma: IPv4Address) -> PeerCounters | None:
+        if len(self.peers) >= MAX_PEER_COUNTERS:
+            self.stats["peers.untracked"] += 1
+            return None
+        peer = self.peers[nbma] = PeerCounters()
+        return peer
 
     # ------------------------------------------------------------ bindings
 
@@ -116,8 +148,13 @@ class Forwarder:
         if dst[0] & 1:
             # Broadcast/multicast (OSPF hellos, RIP): to the `map multicast` set.
             data = self._gre_header + payload
-            for peer in self.multicast:
-                self.send_gre(peer, data)
+            size = len(data)
+            for target in self.multicast:
+                self.send_gre(target, data)
+                peer = self.peers.get(target) or self._new_peer(target)
+                if peer is not None:
+                    peer.tx_packets += 1
+                    peer.tx_bytes += size
             self.stats["tx.multicast"] += 1
             return
         nbma = mac_nbma(dst)
@@ -130,11 +167,23 @@ class Forwarder:
                 # Forwarded back out of the interface it came in on: the
                 # sender should talk to the destination directly (phase 3).
                 self.engine.hairpin(payload, came, now)
-        self.send_gre(nbma, self._gre_header + payload)
+        data = self._gre_header + payload
+        self.send_gre(nbma, data)
         self.stats["tx.data"] += 1
-        last = self._last_use.get(nbma)
+        # One dict lookup for the counters and the use report (hashing an
+        # IPv4Address is the dearest step here).
+        peer = self.peers.get(nbma) or self._new_peer(nbma)
+        if peer is not None:
+            peer.tx_packets += 1
+            peer.tx_bytes += len(data)
+            last = peer.last_use
+        else:
+            last = self._last_use.get(nbma)
         if last is None or now - last >= USE_REPORT_INTERVAL:
-            self._last_use[nbma] = now
+            if peer is not None:
+                peer.last_use = now
+            else:
+                self._last_use[nbma] = now
             if len(payload) >= 20:
                 self.engine.binding_used(IPv4Address(payload[16:20]), now)
 
@@ -179,6 +228,10 @@ class Forwarder:
             # Another cloud on the same NBMA address: not ours.
             self.stats["rx.foreign_key"] += 1
             return
+        peer = self.peers.get(src) or self._new_peer(src)
+        if peer is not None:
+            peer.rx_packets += 1
+            peer.rx_bytes += len(data)
         if gre.protocol == GRE_NHRP:
             self.stats["rx.nhrp"] += 1
             self.engine.receive(gre.payload, src, now)

@@ -262,7 +262,7 @@ class Engine:
         elif t == PacketType.PURGE_REQUEST:
             self._on_purge(pkt, src_nbma, now)
         elif t == PacketType.PURGE_REPLY:
-            core.stats["rx.purge_reply"] += 1
+            pass  # counted above; nothing waits for it (our purges set N or need no answer)
         elif t == PacketType.ERROR_INDICATION:
             core.event(
                 "error-indication",
