@@ -226,3 +226,29 @@ def test_underlay_capture_decodes_cleanly(cloud_factory, tmp_path: Path) -> None
     assert decoded.returncode == 0, decoded.stderr
     recs = [json.loads(line) for line in decoded.stdout.splitlines()]
     assert recs and all(r["roundtrip"] for r in recs)
+
+
+def test_sighup_applies_live_knobs_and_refuses_structural_changes(cloud_factory) -> None:  # type: ignore[no-untyped-def]
+    cloud: Cloud = cloud_factory(3)
+    path = cloud.logs / "hub1.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["interfaces"][0]["nhrp"]["redirect"] = False
+    path.write_text(yaml.safe_dump(config))
+    cloud.procs["hub1"].send_signal(1)
+    cloud.wait("hub1 to reload", lambda: cloud.events("hub1", "reloaded"))
+    host3 = str(cloud.topo.plan("host3").lan.ip)  # type: ignore[union-attr]
+    assert (
+        cloud.lab.exec("host1", ["ping", "-c", "3", "-i", "0.2", "-W", "1", host3]).returncode == 0
+    )
+    time.sleep(0.3)
+    assert not cloud.events("hub1", "redirect")  # redirect is off now: no shortcut
+    assert "proto 177" not in cloud.sh("spoke1", "ip", "route")
+    # A new GRE key would drop every tunnel: refused, with the reason.
+    config["interfaces"][0]["tunnel"]["key"] = 7
+    path.write_text(yaml.safe_dump(config))
+    cloud.procs["hub1"].send_signal(1)
+    cloud.wait("the refusal", lambda: cloud.events("hub1", "reload-refused"))
+    (refusal,) = cloud.events("hub1", "reload-refused")
+    assert "tunnel changed" in refusal["message"]
+    assert cloud.procs["hub1"].poll() is None
+    assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host3]).returncode == 0

@@ -31,4 +31,4 @@ def run_cmd(path: Path) -> None:
         sys.exit(1)
     from dmvpn.daemon.node import Node  # needs pyroute2 and root; only here
 
-    asyncio.run(Node(config).run())
+    asyncio.run(Node(config, path=path).run())

@@ -11,12 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any, TextIO
 
 from pyroute2 import IPRoute
 
 from dmvpn.api.server import ApiError, ApiServer, default_socket_path
-from dmvpn.config import Interface, NodeConfig
+from dmvpn.config import ConfigError, Interface, NodeConfig, load_config
 from dmvpn.dataplane.devices import GreSocket, Tap
 from dmvpn.dataplane.forwarding import Forwarder, nbma_mac
 from dmvpn.nhrp import (
@@ -32,6 +33,7 @@ from dmvpn.nhrp import (
 )
 from dmvpn.wire import address_text
 
+from .reload import plan_reload
 from .routing import KernelRouting
 
 # Route protocol number for shortcut routes, so routing daemons leave them
@@ -106,6 +108,14 @@ class InterfaceRuntime:
             self._timer.cancel()
         self.tap.close()  # the kernel removes the interface and its routes
         self.gre.close()
+
+    def retune(self, cfg: Interface) -> None:
+        """New values for the live knobs (SIGHUP); tunnels stay up."""
+        self.cfg = cfg
+        self.engine.retune(cfg.engine_config(), self.now())
+        self.forwarder.redirect = cfg.nhrp.redirect
+        self._update_multicast()
+        self.apply()
 
     def _on_tap(self) -> None:
         now = self.now()
@@ -219,16 +229,54 @@ class InterfaceRuntime:
 
 
 class Node:
-    def __init__(self, config: NodeConfig, log: Logger | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, log: Logger | None = None, path: Path | None = None
+    ) -> None:
         self.config = config
+        self.path = path  # the file SIGHUP reloads
         self.log = log or Logger(config.node)
         self.interfaces: list[InterfaceRuntime] = []
+        self._ipr: IPRoute | None = None
+
+    def reload(self) -> None:
+        """SIGHUP: apply what can change without dropping tunnels, or say
+        why not and keep running as before."""
+        if self.path is None or self._ipr is None:
+            return
+        try:
+            new = load_config(self.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                self.log("reload-refused", f"{self.path}: {problem}")
+            return
+        plan = plan_reload(self.config, new)
+        if not plan.ok:
+            for why in plan.refused:
+                self.log("reload-refused", why)
+            return
+        for route in plan.remove_routes:
+            try:
+                self._ipr.route("del", dst=str(route.prefix), gateway=str(route.via))
+            except Exception as exc:
+                self.log("route-error", f"could not remove {route.prefix}: {exc}")
+        for route in plan.add_routes:
+            try:
+                self._ipr.route("replace", dst=str(route.prefix), gateway=str(route.via))
+            except Exception as exc:
+                self.log("route-error", f"could not add {route.prefix}: {exc}")
+        for rt in self.interfaces:
+            if rt.cfg.name in plan.retune:
+                rt.retune(plan.retune[rt.cfg.name])
+        self.config = new
+        self.log("reloaded", f"{self.path}: applied ({len(plan.retune)} interface(s) retuned, "
+                 f"+{len(plan.add_routes)}/-{len(plan.remove_routes)} routes)")  # fmt: skip
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         # The management API first: a node name already running here is
         # refused before any interface is touched.
         api = ApiServer(self.config.node, self.interfaces,
@@ -241,6 +289,7 @@ class Node:
         self.log("api", f"management API on {api.path}", socket=str(api.path))
         try:
             with IPRoute() as ipr:
+                self._ipr = ipr
                 try:
                     for itf in self.config.interfaces:
                         rt = InterfaceRuntime(itf, ipr, self.log, loop)
