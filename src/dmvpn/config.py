@@ -167,19 +167,23 @@ def parse_config(data: Any, source: Path | str = "<config>") -> NodeConfig:
         raise ConfigError(source, _problems(exc)) from None
 
 
-def load_config(path: Path) -> NodeConfig:
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``, or ConfigError naming where it breaks."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(
-            path, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]
-        ) from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(path, [f"{where}not valid YAML ({problem})"]) from None
+
+
+def load_config(path: Path) -> NodeConfig:
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(path, ["(top level): expected a mapping of settings"])
     return parse_config(data, path)

@@ -10,6 +10,12 @@ import click
 from dmvpn.config import ConfigError, load_config
 
 
+def report(path: Path, exc: ConfigError) -> None:
+    """Every problem of a refused file, one line each, on stderr."""
+    for problem in exc.problems:
+        click.echo(f"{path}: {problem}", err=True)
+
+
 @click.command("check")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 def check_cmd(config: Path) -> None:
@@ -17,8 +23,7 @@ def check_cmd(config: Path) -> None:
     try:
         node = load_config(config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"{config}: {problem}", err=True)
+        report(config, exc)
         sys.exit(1)
     for itf in node.interfaces:
         role = "hub (NHS)" if itf.is_hub else f"spoke of {len(itf.nhrp.nhs)} NHS"

@@ -10,6 +10,8 @@ import click
 
 from dmvpn.config import ConfigError, load_config
 
+from .check import report
+
 
 @click.command("run")
 @click.option(
@@ -25,8 +27,7 @@ def run_cmd(path: Path) -> None:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"{path}: {problem}", err=True)
+        report(path, exc)
         click.echo(f"{path}: refused; nothing was changed", err=True)
         sys.exit(1)
     from dmvpn.daemon.node import Node  # needs pyroute2 and root; only here

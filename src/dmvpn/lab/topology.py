@@ -22,10 +22,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from dmvpn.config import ConfigError
+from dmvpn.config import ConfigError, read_yaml
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -168,16 +167,9 @@ class Topology(_Strict):
             return cls.default()
         path = Path(path)
         try:
-            text = path.read_text()
-        except OSError as exc:
-            raise TopologyError(path, [f"cannot read: {exc.strerror}"]) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(exc, "problem", exc)
-            raise TopologyError(path, [f"{where}not valid YAML ({problem})"]) from None
+            data = read_yaml(path)
+        except ConfigError as exc:
+            raise TopologyError(path, exc.problems) from None
         return cls.from_data(data, path)
 
     # -- the addressing plan ------------------------------------------------
