@@ -34,6 +34,11 @@ from dmvpn.nhrp import (
 from dmvpn.wire import address_text
 
 from .reload import plan_reload
+
+try:  # the optional C fast path (setup.py); pure Python without it
+    from dmvpn.dataplane import _fastpath  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - no compiler at install time
+    _fastpath = None
 from .routing import KernelRouting
 
 # Route protocol number for shortcut routes, so routing daemons leave them
@@ -79,6 +84,10 @@ class InterfaceRuntime:
             key=cfg.tunnel.key, send_gre=self.gre.send, write_tap=self.tap.write,
             redirect=cfg.nhrp.redirect,
         )  # fmt: skip
+        # The C fast path moves plain unicast IPv4; a hub with redirect must
+        # see every forwarded packet (hairpins), so it stays on Python.
+        self.fast = _fastpath if (_fastpath is not None and not cfg.nhrp.redirect) else None
+        self.key = cfg.tunnel.key if cfg.tunnel.key is not None else -1
         self.forwarder.nhs = [n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)]
         self.dynamic: set[IPv4Address] = set()
         # Called with (interface name, event) for every engine Event: the
@@ -114,25 +123,35 @@ class InterfaceRuntime:
         self.cfg = cfg
         self.engine.retune(cfg.engine_config(), self.now())
         self.forwarder.redirect = cfg.nhrp.redirect
+        self.fast = _fastpath if (_fastpath is not None and not cfg.nhrp.redirect) else None
         self._update_multicast()
         self.apply()
 
     def _on_tap(self) -> None:
         now = self.now()
-        for _ in range(BATCH):
-            frame = self.tap.read()
-            if frame is None:
-                break
-            self.forwarder.from_tap(frame, now)
+        if self.fast is not None:
+            peers, punted = self.fast.tap_to_gre(self.tap.fd, self.gre.fileno(), self.key, BATCH)
+            self.forwarder.fast_tap_result(peers, punted, now)
+        else:
+            for _ in range(BATCH):
+                frame = self.tap.read()
+                if frame is None:
+                    break
+                self.forwarder.from_tap(frame, now)
         self.apply()
 
     def _on_gre(self) -> None:
         now = self.now()
-        for _ in range(BATCH):
-            got = self.gre.recv()
-            if got is None:
-                break
-            self.forwarder.from_gre(got[0], got[1], now)
+        if self.fast is not None:
+            peers, punted = self.fast.gre_to_tap(self.gre.fileno(), self.tap.fd, self.key,
+                                                 self.forwarder.local_mac, BATCH)  # fmt: skip
+            self.forwarder.fast_gre_result(peers, punted, now)
+        else:
+            for _ in range(BATCH):
+                got = self.gre.recv()
+                if got is None:
+                    break
+                self.forwarder.from_gre(got[0], got[1], now)
         self.apply()
 
     def _on_timer(self) -> None:

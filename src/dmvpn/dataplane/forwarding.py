@@ -169,13 +169,19 @@ class Forwarder:
                 self.engine.hairpin(payload, came, now)
         data = self._gre_header + payload
         self.send_gre(nbma, data)
-        self.stats["tx.data"] += 1
+        self._sent_data(nbma, 1, len(data), payload[16:20], now)
+
+    def _sent_data(self, nbma: IPv4Address, packets: int, size: int, dst: bytes,
+                   now: float) -> None:  # fmt: skip
+        """Count data sent to a peer and, at most once a second per peer,
+        tell the engine the binding is in use (shortcut refresh)."""
+        self.stats["tx.data"] += packets
         # One dict lookup for the counters and the use report (hashing an
         # IPv4Address is the dearest step here).
         peer = self.peers.get(nbma) or self._new_peer(nbma)
         if peer is not None:
-            peer.tx_packets += 1
-            peer.tx_bytes += len(data)
+            peer.tx_packets += packets
+            peer.tx_bytes += size
             last = peer.last_use
         else:
             last = self._last_use.get(nbma)
@@ -184,8 +190,33 @@ class Forwarder:
                 peer.last_use = now
             else:
                 self._last_use[nbma] = now
-            if len(payload) >= 20:
-                self.engine.binding_used(IPv4Address(payload[16:20]), now)
+            if len(dst) == 4:
+                self.engine.binding_used(IPv4Address(dst), now)
+
+    # ------------------------------------------------------------ C fast path
+
+    def fast_tap_result(self, peers: list[tuple[bytes, int, int, bytes]],
+                        punted: list[bytes], now: float) -> None:  # fmt: skip
+        """Account for what `_fastpath.tap_to_gre` forwarded, and handle
+        what it left to us (ARP, multicast, anything not plain unicast IPv4)."""
+        for nbma, packets, size, dst in peers:
+            if packets:
+                self._sent_data(IPv4Address(nbma), packets, size, dst, now)
+        for frame in punted:
+            self.from_tap(frame, now)
+
+    def fast_gre_result(self, peers: list[tuple[bytes, int, int, bytes]],
+                        punted: list[tuple[bytes, bytes]], now: float) -> None:  # fmt: skip
+        """The same for `_fastpath.gre_to_tap` (NHRP, other keys, multicast...)."""
+        for nbma, packets, size, _dst in peers:
+            self.stats["rx.data"] += packets
+            src = IPv4Address(nbma)
+            peer = self.peers.get(src) or self._new_peer(src)
+            if peer is not None:
+                peer.rx_packets += packets
+                peer.rx_bytes += size
+        for gre, src4 in punted:
+            self.from_gre(gre, IPv4Address(src4), now)
 
     def _arp_from_kernel(self, data: bytes, now: float) -> None:
         try:
