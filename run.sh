@@ -34,7 +34,7 @@ demo)
     exec "$VENV/bin/dmvpn" lab demo
     ;;
 test)
-    apt_install tshark:tshark ip:iproute2 ping:iputils-ping traceroute:traceroute
+    apt_install tshark:tshark ip:iproute2 ping:iputils-ping traceroute:traceroute gcc:gcc iperf3:iperf3
     python_env test
     "$VENV/bin/ruff" check src tests bench
     "$VENV/bin/ruff" format --check src tests bench
