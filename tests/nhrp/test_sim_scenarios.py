@@ -190,6 +190,11 @@ def test_spoke_behind_nat() -> None:
         net.run_until(net.now + 0.1)
         assert net.send_data(f"spoke{a + 1}", _host(b)).path == (f"spoke{a + 1}", f"spoke{b + 1}")
     assert net.stats["nhrp_unroutable"] == 0
+    # spoke1 told spoke2 its public address in the NAT extension of its answer.
+    assert net.nodes["spoke2"].engine.stats["resolution.nat_extension"] == 1
+    entry = net.nodes["spoke2"].engine.core.cache.host(spoke_tunnel(0))
+    assert entry is not None and entry.nbma == IPv4Address("198.18.0.1")
+    assert entry.claimed_nbma == IPv4Address("172.16.0.1")
 
 
 def test_twenty_percent_loss_still_converges() -> None:

@@ -163,6 +163,7 @@ class Resolver:
                 if c.protocol == next_hop and c.nbma:
                     nbma = c.nbma  # the responder is behind NAT
                     from_nat = True
+                    core.stats["resolution.nat_extension"] += 1
         if not from_nat and src_nbma != nbma and src_nbma not in self.client.by_nbma:
             # The answer came straight from the responder, from another
             # address than it claims: NAT without the extension (nhrpd

@@ -297,15 +297,15 @@ class Server:
         flags = (pkt.flags & (ResolutionFlag.Q | ResolutionFlag.S | ResolutionFlag.NAT)) | (
             ResolutionFlag.A | ResolutionFlag.D
         )
-        requester = self._requester_nbma(pkt, src_nbma)
-        reply = pkt.evolve(
-            type=PacketType.RESOLUTION_REPLY,
-            hop_count=255,
-            flags=flags,
-            cies=(me,),
-            extensions=reply_extensions(cfg, pkt, self_cie(cfg, core.nbma)),
-        )
-        core.send(requester, reply, now)
+        # Behind NAT, say where we really are (nhrpd fills the NAT extension
+        # of its answer the same way); the requester prefers it.
+        nat_cies = None
+        if core.public_nbma is not None:
+            nat_cies = (
+                Cie(prefix_length=host_length(cfg.protocol_address), mtu=cfg.mtu,
+                    nbma=core.public_nbma, protocol=cfg.protocol_address),
+            )  # fmt: skip
+        requester = self._reply(pkt, src_nbma, (me,), flags, now, nat_cies)
         core.stats["resolution.answered_as_owner"] += 1
         core.event(
             "resolution-answered",
@@ -343,34 +343,39 @@ class Server:
             protocol=entry.protocol,
         )
         flags = pkt.flags | ResolutionFlag.A
-        reply = pkt.evolve(
-            type=PacketType.RESOLUTION_REPLY,
-            hop_count=255,
-            flags=flags,
-            cies=(cie,),
-            extensions=reply_extensions(cfg, pkt, self_cie(cfg, core.nbma)),
-        )
-        requester = self._requester_nbma(pkt, src_nbma)
-        core.send(requester, reply, now)
+        requester = self._reply(pkt, src_nbma, (cie,), flags, now)
         if entry.handed_out is None:
             entry.handed_out = set()
         entry.handed_out.add((requester, pkt.src_proto))
         core.stats["resolution.answered_from_cache"] += 1
 
     def _negative_reply(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
-        cfg = self.core.config
         cie = Cie(
             code=CieCode.NO_BINDING,
             prefix_length=host_length(pkt.dst_proto),
             protocol=pkt.dst_proto,
         )
+        self._reply(pkt, src_nbma, (cie,), pkt.flags, now)
+
+    def _reply(
+        self,
+        pkt: NhrpPacket,
+        src_nbma: Address,
+        cies: tuple[Cie, ...],
+        flags: int,
+        now: float,
+        nat_cies: tuple[Cie, ...] | None = None,
+    ) -> Address:
+        """Answer a Resolution Request (hop count 255, our responder CIE,
+        extensions answered); returns where the answer went."""
+        cfg = self.core.config
         reply = pkt.evolve(
-            type=PacketType.RESOLUTION_REPLY,
-            hop_count=255,
-            cies=(cie,),
-            extensions=reply_extensions(cfg, pkt, self_cie(cfg, self.core.nbma)),
-        )
-        self.core.send(self._requester_nbma(pkt, src_nbma), reply, now)
+            type=PacketType.RESOLUTION_REPLY, hop_count=255, flags=flags, cies=cies,
+            extensions=reply_extensions(cfg, pkt, self_cie(cfg, self.core.nbma), nat_cies=nat_cies),
+        )  # fmt: skip
+        requester = self._requester_nbma(pkt, src_nbma)
+        self.core.send(requester, reply, now)
+        return requester
 
     def _forward(self, pkt: NhrpPacket, src_nbma: Address, to: Address, now: float) -> None:
         core = self.core
