@@ -196,6 +196,8 @@ def test_show_clear_events_and_metrics_on_a_running_cloud(cloud: Cloud) -> None:
     assert routes.startswith(f"192.168.2.0/24 via {spoke2} dev dmvpn0")
 
     # /metrics: per-peer traffic, messages by type, cache entries, NHS state.
+    # Per-peer totals come from the C pump every 0.1 s: let one batch arrive.
+    time.sleep(0.3)
     m = c.metrics("spoke1")
     assert 'dmvpn_node_info{node="spoke1",version="0.1.0"} 1.0' in m
     assert 'dmvpn_nhrp_nhs_up{interface="dmvpn0",nbma="172.30.0.1",nhs="10.0.0.1"} 1.0' in m

@@ -1,11 +1,15 @@
-"""The C fast path against real sockets on loopback (needs root for raw
-sockets; CI runs as root). A SOCK_SEQPACKET pair stands in for the TAP:
-one read, one frame, like the TAP device."""
+"""The C pump against real sockets on loopback (raw sockets need root; CI
+runs as root). A SOCK_SEQPACKET pair stands in for the TAP: one read, one
+frame, like the TAP device."""
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
+import threading
+from collections.abc import Iterator
+from ipaddress import IPv4Address as A
 
 import pytest
 
@@ -21,59 +25,81 @@ except ImportError:
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need root")
 
-from ipaddress import IPv4Address as A  # noqa: E402
-
-LOCAL_MAC = b"\x02\x00\x7f\x00\x00\x01"
+LOCAL_MAC = b"\x02\x00\x7f\x00\x00\x02"
 
 
 def _raw(addr: str) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
     s.bind((addr, 0))
-    s.settimeout(1.0)
+    s.settimeout(2.0)
     return s
 
 
-def test_tap_to_gre_forwards_unicast_and_punts_the_rest() -> None:
+@pytest.fixture
+def pump() -> Iterator[dict[str, socket.socket]]:
+    """A pump for the node at 127.0.0.2 (key 42), its 'TAP' and punt sockets,
+    and a peer at 127.0.0.1."""
     tap, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     tap.setblocking(False)
-    out, peer = _raw("127.0.0.1"), _raw("127.0.0.2")
-    try:
-        inner = IPv4Header(src=A("192.168.1.10"), dst=A("192.168.2.10"), protocol=1).encode(
-            b"x" * 30
-        )
-        kernel.send(nbma_mac(A("127.0.0.2")) + LOCAL_MAC + b"\x08\x00" + inner)
-        arp = b"\xff" * 6 + LOCAL_MAC + b"\x08\x06" + bytes(28)
-        kernel.send(arp)
-        peers, punted = fastpath.tap_to_gre(tap.fileno(), out.fileno(), 42, 64)
-        assert punted == [arp]
-        ((nbma, packets, size, dst),) = peers
-        assert (nbma, packets, size, dst) == (A("127.0.0.2").packed, 1, 8 + len(inner),
-                                             A("192.168.2.10").packed)  # fmt: skip
-        data = peer.recv(65535)
-        gre = decode_gre(data[(data[0] & 15) * 4 :])
-        assert (gre.key, gre.protocol, gre.payload) == (42, 0x0800, inner)
-    finally:
-        for s in (tap, kernel, out, peer):
-            s.close()
-
-
-def test_gre_to_tap_writes_frames_and_punts_nhrp_and_foreign_keys() -> None:
-    tap, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    kernel.settimeout(1.0)
-    sender, me = _raw("127.0.0.1"), _raw("127.0.0.2")
+    kernel.settimeout(2.0)
+    punt_r, punt_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    punt_r.settimeout(2.0)
+    me, peer = _raw("127.0.0.2"), _raw("127.0.0.1")
     me.setblocking(False)
+    stop_r, stop_w = os.pipe()
+    args = (tap.fileno(), me.fileno(), 42, LOCAL_MAC, punt_w.fileno(), stop_r)
+    thread = threading.Thread(target=fastpath.pump, args=args, daemon=True)
+    thread.start()
     try:
-        inner = IPv4Header(src=A("192.168.2.10"), dst=A("192.168.1.10"), protocol=1).encode(
-            b"y" * 20
-        )
-        nhrp = GrePacket(0x2001, b"nhrp!", key=42).encode()
-        foreign = GrePacket(0x0800, inner, key=7).encode()
-        for gre in (GrePacket(0x0800, inner, key=42).encode(), nhrp, foreign):
-            sender.sendto(gre, ("127.0.0.2", 0))
-        peers, punted = fastpath.gre_to_tap(me.fileno(), tap.fileno(), 42, LOCAL_MAC, 64)
-        assert kernel.recv(65535) == LOCAL_MAC + nbma_mac(A("127.0.0.1")) + b"\x08\x00" + inner
-        assert [p[0] for p in peers] == [A("127.0.0.1").packed]
-        assert punted == [(nhrp, A("127.0.0.1").packed), (foreign, A("127.0.0.1").packed)]
+        yield {"kernel": kernel, "punt": punt_r, "peer": peer}
     finally:
-        for s in (tap, kernel, sender, me):
+        os.write(stop_w, b"x")
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        for s in (tap, kernel, punt_r, punt_w, me, peer):
             s.close()
+        os.close(stop_r)
+        os.close(stop_w)
+
+
+def _ip(src: str, dst: str, body: bytes) -> bytes:
+    return IPv4Header(src=A(src), dst=A(dst), protocol=1).encode(body)
+
+
+def _next(punt: socket.socket, tag: bytes) -> bytes:
+    while True:
+        msg = punt.recv(70000)
+        if msg[:1] == tag:
+            return msg
+
+
+def test_unicast_goes_straight_through_the_rest_is_punted(pump: dict[str, socket.socket]) -> None:
+    kernel, punt, peer = pump["kernel"], pump["punt"], pump["peer"]
+    inner = _ip("192.168.1.10", "192.168.2.10", b"x" * 30)
+    kernel.send(nbma_mac(A("127.0.0.1")) + LOCAL_MAC + b"\x08\x00" + inner)
+    data = peer.recv(65535)
+    gre = decode_gre(data[(data[0] & 15) * 4 :])
+    assert (gre.key, gre.protocol, gre.payload) == (42, 0x0800, inner)
+    arp = b"\xff" * 6 + LOCAL_MAC + b"\x08\x06" + bytes(28)
+    kernel.send(arp)
+    assert _next(punt, b"T") == b"T" + arp
+    # GRE in: plain IPv4 becomes a frame; NHRP and a foreign key are punted.
+    back = _ip("192.168.2.10", "192.168.1.10", b"y" * 20)
+    nhrp = GrePacket(0x2001, b"nhrp!", key=42).encode()
+    foreign = GrePacket(0x0800, back, key=7).encode()
+    for packet in (GrePacket(0x0800, back, key=42).encode(), nhrp, foreign):
+        peer.sendto(packet, ("127.0.0.2", 0))
+    assert kernel.recv(65535) == LOCAL_MAC + nbma_mac(A("127.0.0.1")) + b"\x08\x00" + back
+    assert _next(punt, b"G") == b"G" + A("127.0.0.1").packed + nhrp
+    assert _next(punt, b"G") == b"G" + A("127.0.0.1").packed + foreign
+    # Per-peer totals arrive within 0.1 s.
+    stats = _next(punt, b"S")
+    nbma, (txp, txb, rxp, rxb), dst = stats[1:5], struct.unpack("=4Q", stats[5:37]), stats[37:41]
+    assert (nbma, txp, txb, rxp, rxb) == (
+        A("127.0.0.1").packed,
+        1,
+        8 + len(inner),
+        1,
+        8 + len(back),
+    )
+    assert dst == A("192.168.2.10").packed

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
+import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
@@ -18,7 +22,7 @@ from pyroute2 import IPRoute
 
 from dmvpn.api.server import ApiError, ApiServer, default_socket_path
 from dmvpn.config import ConfigError, Interface, NodeConfig, load_config
-from dmvpn.dataplane.devices import GreSocket, Tap
+from dmvpn.dataplane.devices import MAX_FRAME, GreSocket, Tap
 from dmvpn.dataplane.forwarding import Forwarder, nbma_mac
 from dmvpn.nhrp import (
     BindingAdded,
@@ -45,6 +49,8 @@ from .routing import KernelRouting
 # alone (nhrpd's routes use zebra's 191; iproute2 shows ours as "177").
 RTPROT_DMVPN = 177
 NUD_PERMANENT = 0x80
+# Per-peer totals from the C pump: tx packets, tx bytes, rx packets, rx bytes.
+_TOTALS = struct.Struct("=4Q")
 # Drain at most this many packets per readiness callback, then yield.
 BATCH = 64
 
@@ -88,6 +94,7 @@ class InterfaceRuntime:
         # see every forwarded packet (hairpins), so it stays on Python.
         self.fast = _fastpath if (_fastpath is not None and not cfg.nhrp.redirect) else None
         self.key = cfg.tunnel.key if cfg.tunnel.key is not None else -1
+        self._pump: threading.Thread | None = None
         self.forwarder.nhs = [n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)]
         self.dynamic: set[IPv4Address] = set()
         # Called with (interface name, event) for every engine Event: the
@@ -103,61 +110,113 @@ class InterfaceRuntime:
         return self.loop.time()
 
     def start(self) -> None:
-        self.loop.add_reader(self.tap.fd, self._on_tap)
-        self.loop.add_reader(self.gre.fileno(), self._on_gre)
+        self._start_io()
         self.engine.start(self.now())
         self.apply()
 
     def stop(self) -> None:
         self.engine.stop(self.now())
         self.apply()
-        self.loop.remove_reader(self.tap.fd)
-        self.loop.remove_reader(self.gre.fileno())
+        self._stop_io()
         if self._timer is not None:
             self._timer.cancel()
         self.tap.close()  # the kernel removes the interface and its routes
         self.gre.close()
 
-    def retune(self, cfg: Interface) -> None:
-        """New values for the live knobs (SIGHUP); tunnels stay up."""
-        self.cfg = cfg
-        self.engine.retune(cfg.engine_config(), self.now())
-        self.forwarder.redirect = cfg.nhrp.redirect
-        self.fast = _fastpath if (_fastpath is not None and not cfg.nhrp.redirect) else None
-        self._update_multicast()
+    # ------------------------------------------------------------ packet I/O
+
+    def _start_io(self) -> None:
+        """The C pump on a thread of its own when built (and not a redirecting
+        hub, which must see every forwarded packet); else asyncio readers."""
+        if self.fast is not None:
+            self._punt_r, punt_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._punt_w = punt_w
+            self._punt_r.setblocking(False)
+            self._stop_r, self._stop_w = os.pipe()
+            args = (self.tap.fd, self.gre.fileno(), self.key, self.forwarder.local_mac,
+                    punt_w.fileno(), self._stop_r)  # fmt: skip
+            self._pump = threading.Thread(target=self.fast.pump, args=args, daemon=True,
+                                          name=f"pump-{self.cfg.name}")  # fmt: skip
+            self._pump.start()
+            self.loop.add_reader(self._punt_r.fileno(), self._on_punt)
+        else:
+            self.loop.add_reader(self.tap.fd, self._on_tap)
+            self.loop.add_reader(self.gre.fileno(), self._on_gre)
+
+    def _stop_io(self) -> None:
+        if self._pump is not None:
+            os.write(self._stop_w, b"x")
+            self._pump.join(timeout=5)
+            self.loop.remove_reader(self._punt_r.fileno())
+            self._on_punt()  # what the pump handed over last (its final totals)
+            for fd in (self._stop_r, self._stop_w):
+                os.close(fd)
+            self._punt_r.close()
+            self._punt_w.close()
+            self._pump = None
+        else:
+            self.loop.remove_reader(self.tap.fd)
+            self.loop.remove_reader(self.gre.fileno())
+
+    def _on_punt(self) -> None:
+        """What the C pump leaves to Python: 'T' frames from the TAP, 'G'
+        GRE packets (with their source), 'S' per-peer totals."""
+        now = self.now()
+        fw = self.forwarder
+        for _ in range(BATCH):
+            try:
+                msg = self._punt_r.recv(MAX_FRAME + 8)
+            except (BlockingIOError, OSError):
+                break
+            tag = msg[:1]
+            if tag == b"T":
+                fw.from_tap(msg[1:], now)
+            elif tag == b"G":
+                fw.from_gre(msg[5:], IPv4Address(msg[1:5]), now)
+            elif tag == b"S":
+                for off in range(1, len(msg) - 39, 40):
+                    nbma = msg[off : off + 4]
+                    txp, txb, rxp, rxb = _TOTALS.unpack_from(msg, off + 4)
+                    dst = msg[off + 36 : off + 40]
+                    fw.fast_tap_result([(nbma, txp, txb, dst)], [], now)
+                    fw.fast_gre_result([(nbma, rxp, rxb, dst)], [], now)
         self.apply()
 
     def _on_tap(self) -> None:
         now = self.now()
-        if self.fast is not None:
-            peers, punted = self.fast.tap_to_gre(self.tap.fd, self.gre.fileno(), self.key, BATCH)
-            self.forwarder.fast_tap_result(peers, punted, now)
-        else:
-            for _ in range(BATCH):
-                frame = self.tap.read()
-                if frame is None:
-                    break
-                self.forwarder.from_tap(frame, now)
+        for _ in range(BATCH):
+            frame = self.tap.read()
+            if frame is None:
+                break
+            self.forwarder.from_tap(frame, now)
         self.apply()
 
     def _on_gre(self) -> None:
         now = self.now()
-        if self.fast is not None:
-            peers, punted = self.fast.gre_to_tap(self.gre.fileno(), self.tap.fd, self.key,
-                                                 self.forwarder.local_mac, BATCH)  # fmt: skip
-            self.forwarder.fast_gre_result(peers, punted, now)
-        else:
-            for _ in range(BATCH):
-                got = self.gre.recv()
-                if got is None:
-                    break
-                self.forwarder.from_gre(got[0], got[1], now)
+        for _ in range(BATCH):
+            got = self.gre.recv()
+            if got is None:
+                break
+            self.forwarder.from_gre(got[0], got[1], now)
         self.apply()
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
         self.engine.handle_timer(self.now())
+        self.apply()
+
+    def retune(self, cfg: Interface) -> None:
+        """New values for the live knobs (SIGHUP); tunnels stay up."""
+        self.cfg = cfg
+        self.engine.retune(cfg.engine_config(), self.now())
+        self.forwarder.redirect = cfg.nhrp.redirect
+        fast = _fastpath if (_fastpath is not None and not cfg.nhrp.redirect) else None
+        if (fast is None) != (self.fast is None):
+            self._stop_io()  # a hub that starts redirecting must see every packet
+            self.fast = fast
+            self._start_io()
+        self._update_multicast()
         self.apply()
 
     # ------------------------------------------------------------ outputs

@@ -2,10 +2,10 @@
  *
  * Python keeps every decision (NHRP, ARP, multicast, hub hairpins, counters
  * per peer); this only moves plain unicast IPv4 between the TAP device and
- * the raw GRE socket, in batches, without copying: a frame is read with room
- * in front for the GRE header, and the destination MAC (02:00 + NBMA IPv4
- * address, see forwarding.py) is the NBMA address to send to. Anything else
- * is handed back to Python ("punted") untouched.
+ * the raw GRE socket, on a thread of its own without the GIL, and without
+ * copying: a frame is read with room in front for the GRE header, and the
+ * destination MAC (02:00 + NBMA IPv4 address, see forwarding.py) is the NBMA
+ * address to send to. Anything else is handed to Python ("punted").
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -15,194 +15,179 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <poll.h>
+#include <time.h>
 
 #define BUF 65600
-#define HEADROOM 8 /* GRE with key is 8 bytes; Ethernet is 14: room to spare */
 
-static unsigned char buf[BUF + 64];
-
-/* Per-peer totals of one call, so Python keeps its per-peer counters and
- * use reports exact. A batch touching more peers than this stops early. */
-#define MAXPEERS 8
+/* pump(tap_fd, sock_fd, key or -1, local_mac, punt_fd, stop_fd): the data
+ * plane loop on a thread of its own, without the GIL. Plain unicast IPv4
+ * goes straight through both ways; everything else is passed to Python over
+ * punt_fd (a SOCK_SEQPACKET socket) as one message: 'T' + frame (from the
+ * TAP) or 'G' + source IPv4 (4) + GRE packet (from the socket). Per-peer
+ * totals go the same way every 0.1 s as 'S' + records of nbma (4), tx
+ * packets, tx bytes, rx packets, rx bytes (4 x uint64) and the last inner
+ * destination sent to that peer (4). Returns when stop_fd is readable. */
+#define PUMP_PEERS 256
 typedef struct {
     unsigned char nbma[4];
-    long packets, octets;
-    unsigned char last_dst[4];
-} peerstat;
-static peerstat ps[MAXPEERS];
-static int nps;
+    uint64_t txp, txb, rxp, rxb;
+    unsigned char dst[4];
+    int used;
+} pstat;
+static pstat pt[PUMP_PEERS];
+static int npt;
+static unsigned char pbuf[BUF + 64];
+static unsigned char rbuf[BUF + 64];
+static unsigned char sbuf[1 + PUMP_PEERS * 40];
 
-static peerstat *peer(const unsigned char *nbma) {
-    for (int i = 0; i < nps; i++)
-        if (memcmp(ps[i].nbma, nbma, 4) == 0) return &ps[i];
-    if (nps == MAXPEERS) return NULL;
-    peerstat *p = &ps[nps++];
+static pstat *pfind(const unsigned char *nbma) {
+    for (int i = 0; i < npt; i++)
+        if (memcmp(pt[i].nbma, nbma, 4) == 0) return &pt[i];
+    if (npt == PUMP_PEERS) return NULL;
+    pstat *p = &pt[npt++];
+    memset(p, 0, sizeof(*p));
     memcpy(p->nbma, nbma, 4);
-    p->packets = p->octets = 0;
-    memset(p->last_dst, 0, 4);
     return p;
 }
 
-static PyObject *peer_list(void) {
-    PyObject *out = PyList_New(0);
-    if (!out) return NULL;
-    for (int i = 0; i < nps; i++) {
-        PyObject *t = Py_BuildValue("y#lly#", (const char *)ps[i].nbma, (Py_ssize_t)4,
-                                    ps[i].packets, ps[i].octets,
-                                    (const char *)ps[i].last_dst, (Py_ssize_t)4);
-        if (!t || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(t);
+static void flush_stats(int punt) {
+    size_t off = 1;
+    sbuf[0] = 'S';
+    for (int i = 0; i < npt; i++) {
+        if (!pt[i].used) continue;
+        memcpy(sbuf + off, pt[i].nbma, 4);
+        uint64_t v[4] = {pt[i].txp, pt[i].txb, pt[i].rxp, pt[i].rxb};
+        memcpy(sbuf + off + 4, v, 32);
+        memcpy(sbuf + off + 36, pt[i].dst, 4);
+        off += 40;
+        pt[i].txp = pt[i].txb = pt[i].rxp = pt[i].rxb = 0;
+        pt[i].used = 0;
     }
-    return out;
+    if (off > 1) (void)!send(punt, sbuf, off, MSG_DONTWAIT);
 }
 
-/* tap_to_gre(tap_fd, sock_fd, key or -1, max) -> (peers, punted)
- * peers: [(nbma4, packets, bytes, last_inner_dst4)]; punted: frames for Python. */
-static PyObject *tap_to_gre(PyObject *self, PyObject *args) {
-    int tap, sock, max;
-    long long key;
-    if (!PyArg_ParseTuple(args, "iiLi", &tap, &sock, &key, &max)) return NULL;
-    PyObject *punted = PyList_New(0);
-    if (!punted) return NULL;
-    nps = 0;
+static double mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void pump_loop(int tap, int sock, long long key, const char *mac, int punt, int stop) {
     int ghl = key >= 0 ? 8 : 4;
-    for (int i = 0; i < max; i++) {
-        unsigned char *frame = buf + 16;
-        ssize_t n;
-        Py_BEGIN_ALLOW_THREADS
-        n = read(tap, frame, BUF);
-        Py_END_ALLOW_THREADS
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
-            Py_DECREF(punted);
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        peerstat *p = NULL;
-        if (n >= 34 && frame[0] == 0x02 && frame[1] == 0x00 && frame[12] == 0x08 &&
-            frame[13] == 0x00 && (p = peer(frame + 2)) != NULL) {
-            unsigned char *gre = frame + 14 - ghl;
-            gre[0] = key >= 0 ? 0x20 : 0x00;
-            gre[1] = 0x00;
-            gre[2] = 0x08;
-            gre[3] = 0x00;
-            if (key >= 0) {
-                uint32_t k = htonl((uint32_t)key);
-                memcpy(gre + 4, &k, 4);
+    struct pollfd fds[3] = {{tap, POLLIN, 0}, {sock, POLLIN, 0}, {stop, POLLIN, 0}};
+    double next_flush = mono() + 0.1;
+    npt = 0;
+    for (;;) {
+        int r = poll(fds, 3, 500);
+        if (r < 0 && errno != EINTR) break;
+        if (fds[2].revents) break;
+        if (fds[0].revents & POLLIN) {
+            for (int i = 0; i < 64; i++) {
+                unsigned char *frame = pbuf + 16;
+                ssize_t n = read(tap, frame, BUF);
+                if (n < 0) break;
+                pstat *p = NULL;
+                if (n >= 34 && frame[0] == 0x02 && frame[1] == 0x00 && frame[12] == 0x08 &&
+                    frame[13] == 0x00 && (p = pfind(frame + 2)) != NULL) {
+                    unsigned char *gre = frame + 14 - ghl;
+                    gre[0] = key >= 0 ? 0x20 : 0x00;
+                    gre[1] = 0x00;
+                    gre[2] = 0x08;
+                    gre[3] = 0x00;
+                    if (key >= 0) {
+                        uint32_t k = htonl((uint32_t)key);
+                        memcpy(gre + 4, &k, 4);
+                    }
+                    struct sockaddr_in to = {0};
+                    to.sin_family = AF_INET;
+                    memcpy(&to.sin_addr, frame + 2, 4);
+                    ssize_t len = n - 14 + ghl;
+                    if (sendto(sock, gre, len, 0, (struct sockaddr *)&to, sizeof(to)) >= 0) {
+                        p->txp++;
+                        p->txb += len;
+                        memcpy(p->dst, frame + 30, 4);
+                        p->used = 1;
+                    }
+                    continue;
+                }
+                frame[-1] = 'T';
+                (void)!send(punt, frame - 1, n + 1, MSG_DONTWAIT);
             }
-            struct sockaddr_in to = {0};
-            to.sin_family = AF_INET;
-            memcpy(&to.sin_addr, frame + 2, 4);
-            memcpy(p->last_dst, frame + 14 + 16, 4);
-            ssize_t len = n - 14 + ghl;
-            ssize_t r;
-            Py_BEGIN_ALLOW_THREADS
-            r = sendto(sock, gre, len, 0, (struct sockaddr *)&to, sizeof(to));
-            Py_END_ALLOW_THREADS
-            if (r >= 0) {
-                p->packets++;
-                p->octets += len;
+        }
+        if (fds[1].revents & POLLIN) {
+            for (int i = 0; i < 64; i++) {
+                struct sockaddr_in from;
+                socklen_t fl = sizeof(from);
+                unsigned char *b = rbuf + 8;
+                ssize_t n = recvfrom(sock, b, BUF, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+                if (n < 0) break;
+                if (n < 24) continue;
+                int ihl = (b[0] & 0x0f) * 4;
+                if (ihl < 20 || n < ihl + 4) continue;
+                unsigned char *gre = b + ihl;
+                int plain = n >= ihl + ghl + 20 && gre[1] == 0x00 && gre[2] == 0x08 &&
+                            gre[3] == 0x00 && gre[0] == (key >= 0 ? 0x20 : 0x00);
+                if (plain && key >= 0) {
+                    uint32_t k;
+                    memcpy(&k, gre + 4, 4);
+                    plain = ntohl(k) == (uint32_t)key;
+                }
+                unsigned char *inner = gre + ghl;
+                pstat *p = NULL;
+                if (plain && inner[16] < 224 && (inner[0] >> 4) == 4 &&
+                    (p = pfind((const unsigned char *)&from.sin_addr)) != NULL) {
+                    unsigned char *eth = inner - 14;
+                    memcpy(eth, mac, 6);
+                    eth[6] = 0x02;
+                    eth[7] = 0x00;
+                    memcpy(eth + 8, &from.sin_addr, 4);
+                    eth[12] = 0x08;
+                    eth[13] = 0x00;
+                    (void)!write(tap, eth, n - ihl - ghl + 14);
+                    p->rxp++;
+                    p->rxb += n - ihl;
+                    p->used = 1;
+                    continue;
+                }
+                /* 'G' + src + GRE, written in front of the GRE packet. */
+                unsigned char *msg = gre - 5;
+                msg[0] = 'G';
+                memcpy(msg + 1, &from.sin_addr, 4);
+                (void)!send(punt, msg, n - ihl + 5, MSG_DONTWAIT);
             }
-            continue;
         }
-        PyObject *b = PyBytes_FromStringAndSize((const char *)frame, n);
-        if (!b || PyList_Append(punted, b) < 0) {
-            Py_XDECREF(b);
-            Py_DECREF(punted);
-            return NULL;
+        double now = mono();
+        if (now >= next_flush) {
+            flush_stats(punt);
+            next_flush = now + 0.1;
         }
-        Py_DECREF(b);
     }
-    PyObject *peers = peer_list();
-    if (!peers) {
-        Py_DECREF(punted);
-        return NULL;
-    }
-    return Py_BuildValue("NN", peers, punted);
+    flush_stats(punt);
 }
 
-/* gre_to_tap(sock_fd, tap_fd, key or -1, local_mac, max) -> (peers, punted)
- * peers as above (bytes: GRE header + payload); punted: [(gre_bytes, src4)]. */
-static PyObject *gre_to_tap(PyObject *self, PyObject *args) {
-    int sock, tap, max;
+static PyObject *pump(PyObject *self, PyObject *args) {
+    (void)self;
+    int tap, sock, punt, stop;
     long long key;
     const char *mac;
     Py_ssize_t maclen;
-    if (!PyArg_ParseTuple(args, "iiLy#i", &sock, &tap, &key, &mac, &maclen, &max)) return NULL;
+    if (!PyArg_ParseTuple(args, "iiLy#ii", &tap, &sock, &key, &mac, &maclen, &punt, &stop))
+        return NULL;
     if (maclen != 6) {
         PyErr_SetString(PyExc_ValueError, "local_mac must be 6 bytes");
         return NULL;
     }
-    PyObject *punted = PyList_New(0);
-    if (!punted) return NULL;
-    nps = 0;
-    for (int i = 0; i < max; i++) {
-        struct sockaddr_in from;
-        socklen_t fl = sizeof(from);
-        ssize_t n;
-        Py_BEGIN_ALLOW_THREADS
-        n = recvfrom(sock, buf, BUF, 0, (struct sockaddr *)&from, &fl);
-        Py_END_ALLOW_THREADS
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
-            Py_DECREF(punted);
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        if (n < 20) continue;
-        int ihl = (buf[0] & 0x0f) * 4;
-        if (ihl < 20 || n < ihl + 4) continue;
-        unsigned char *gre = buf + ihl;
-        int ghl = key >= 0 ? 8 : 4;
-        int plain = n >= ihl + ghl + 20 && gre[1] == 0x00 && gre[2] == 0x08 && gre[3] == 0x00 &&
-                    gre[0] == (key >= 0 ? 0x20 : 0x00);
-        if (plain && key >= 0) {
-            uint32_t k;
-            memcpy(&k, gre + 4, 4);
-            plain = ntohl(k) == (uint32_t)key;
-        }
-        unsigned char *inner = gre + ghl;
-        peerstat *p = NULL;
-        if (plain && inner[16] < 224 && (inner[0] >> 4) == 4 &&
-            (p = peer((const unsigned char *)&from.sin_addr)) != NULL) {
-            unsigned char *eth = inner - 14;
-            memcpy(eth, mac, 6);
-            eth[6] = 0x02;
-            eth[7] = 0x00;
-            memcpy(eth + 8, &from.sin_addr, 4);
-            eth[12] = 0x08;
-            eth[13] = 0x00;
-            ssize_t len = n - ihl - ghl + 14;
-            Py_BEGIN_ALLOW_THREADS
-            (void)!write(tap, eth, len);
-            Py_END_ALLOW_THREADS
-            p->packets++;
-            p->octets += n - ihl;
-            memcpy(p->last_dst, inner + 16, 4);
-            continue;
-        }
-        PyObject *item = Py_BuildValue("y#y#", gre, (Py_ssize_t)(n - ihl),
-                                       (const char *)&from.sin_addr, (Py_ssize_t)4);
-        if (!item || PyList_Append(punted, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(punted);
-            return NULL;
-        }
-        Py_DECREF(item);
-    }
-    PyObject *peers = peer_list();
-    if (!peers) {
-        Py_DECREF(punted);
-        return NULL;
-    }
-    return Py_BuildValue("NN", peers, punted);
+    char m[6];
+    memcpy(m, mac, 6);
+    Py_BEGIN_ALLOW_THREADS
+    pump_loop(tap, sock, key, m, punt, stop);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
-    {"tap_to_gre", tap_to_gre, METH_VARARGS, "Forward unicast IPv4 frames from the TAP as GRE."},
-    {"gre_to_tap", gre_to_tap, METH_VARARGS, "Write plain GRE/IPv4 from the socket into the TAP."},
+    {"pump", pump, METH_VARARGS, "Run the data plane loop until stop_fd is readable (no GIL)."},
     {NULL, NULL, 0, NULL},
 };
 
