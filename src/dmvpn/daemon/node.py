@@ -84,6 +84,12 @@ class InterfaceRuntime:
                  mtu=cfg.mtu, state="up")  # fmt: skip
         ipr.addr("replace", index=self.index, address=str(cfg.address.ip),
                  prefixlen=cfg.address.network.prefixlen)  # fmt: skip
+        # The overlay is IPv4 for now: keep the kernel's IPv6 chatter (router
+        # solicitations, MLD) off the cloud.
+        try:
+            Path(f"/proc/sys/net/ipv6/conf/{cfg.name}/disable_ipv6").write_text("1")
+        except OSError:
+            pass  # IPv6 compiled out or sysctl read-only: harmless
         self.engine = Engine(cfg.engine_config(), KernelRouting(ipr, self.index))
         self.forwarder = Forwarder(
             engine=self.engine, tunnel_address=cfg.address.ip, local_mac=mac,
