@@ -34,7 +34,8 @@ demo)
     exec "$VENV/bin/dmvpn" lab demo
     ;;
 test)
-    apt_install tshark:tshark ip:iproute2 ping:iputils-ping traceroute:traceroute gcc:gcc iperf3:iperf3
+    apt_install tshark:tshark ip:iproute2 ping:iputils-ping traceroute:traceroute gcc:gcc \
+        iperf3:iperf3 linux.uml:user-mode-linux modprobe:kmod vtysh:frr
     python_env test
     "$VENV/bin/ruff" check src tests bench
     "$VENV/bin/ruff" format --check src tests bench

@@ -33,7 +33,7 @@ mkdir -p /run/frr; chown frr:frr /run/frr /run/frr-conf; chmod 644 /run/frr-conf
 for i in $(seq 50); do [ -S /run/frr/zserv.api ] && break; sleep 0.1; done
 /usr/lib/frr/nhrpd -d -f /run/frr-conf/nhrpd.conf -i /run/frr/nhrpd.pid -z /run/frr/zserv.api --vty_socket /run/frr -A 127.0.0.1
 echo "=== daemons started $(date +%T)"
-for i in 1 2 3 4 5 6; do
+for i in $(seq ${ROUNDS:-6}); do
   sleep 4
   echo "=== round $i $(date +%T)"
   vtysh --vty_socket /run/frr -c 'show ip nhrp nhs' -c 'show ip nhrp cache' -c 'show dmvpn'
