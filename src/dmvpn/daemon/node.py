@@ -36,6 +36,7 @@ from dmvpn.nhrp import (
     UnprotectPeer,
 )
 from dmvpn.wire import address_text
+from dmvpn.wire.ethernet import mac_text
 
 from .reload import plan_reload
 
@@ -80,7 +81,7 @@ class InterfaceRuntime:
         self.gre = GreSocket(cfg.tunnel.source)
         self.index: int = ipr.link_lookup(ifname=cfg.name)[0]
         mac = nbma_mac(cfg.tunnel.source)
-        ipr.link("set", index=self.index, address=":".join(f"{b:02x}" for b in mac),
+        ipr.link("set", index=self.index, address=mac_text(mac),
                  mtu=cfg.mtu, state="up")  # fmt: skip
         ipr.addr("replace", index=self.index, address=str(cfg.address.ip),
                  prefixlen=cfg.address.network.prefixlen)  # fmt: skip
@@ -254,7 +255,7 @@ class InterfaceRuntime:
             # Mirror the binding into the kernel's neighbour table (as nhrpd
             # does on a GRE device): an ARP reply cannot move an entry the
             # kernel updated less than locktime ago.
-            mac = ":".join(f"{b:02x}" for b in nbma_mac(out.nbma))
+            mac = mac_text(nbma_mac(out.nbma))
             try:
                 self.ipr.neigh("replace", dst=str(out.protocol), lladdr=mac,
                                ifindex=self.index, state=NUD_PERMANENT)  # fmt: skip

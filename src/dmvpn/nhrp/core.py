@@ -11,7 +11,6 @@ from dmvpn.wire import (
     Address,
     AuthenticationExtension,
     NhrpPacket,
-    PacketType,
     address_text,
 )
 
@@ -103,9 +102,6 @@ class Core:
         else:
             self._peer_refs[nbma] = n - 1
 
-    def peers(self) -> dict[Address, int]:
-        return dict(self._peer_refs)
-
     def _announce(self, entry: CacheEntry) -> None:
         if entry.type not in BOUND_TYPES or entry.nbma is None:
             return
@@ -155,7 +151,3 @@ class Core:
 
     def describe(self, addr: Address | None) -> str:
         return address_text(addr) if addr is not None else "-"
-
-
-def packet_name(packet: NhrpPacket) -> str:
-    return PacketType(packet.type).name.lower()
