@@ -33,28 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dmvpn.lab.netns import Lab
+from dmvpn.lab.runner import Runner
 from dmvpn.lab.topology import Topology
-
-DMVPN = str(Path(sys.executable).with_name("dmvpn"))
-
-
-def start_cloud(lab: Lab, topo: Topology, workdir: Path) -> None:
-    for plan in topo.routers:
-        cfg = workdir / f"{plan.name}.yaml"
-        data = json.loads(json.dumps(topo.node_config(plan.name), default=str))
-        cfg.write_text(yaml.safe_dump(data))
-        log = (workdir / f"{plan.name}.log").open("w")
-        lab.popen(plan.name, [DMVPN, "run", "-c", str(cfg)], stdout=log, stderr=log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        logs = [(workdir / f"{p.name}.log").read_text() for p in topo.spokes]
-        if all('"nhs-up"' in text for text in logs):
-            return
-        time.sleep(0.1)
-    raise RuntimeError("spokes did not register")
 
 
 def iperf(lab: Lab, server: str, client: str, address: str, seconds: float) -> float:
@@ -106,12 +87,13 @@ def main() -> None:
         sys.exit("bench_lab.py needs root (network namespaces)")
     topo = Topology.from_data({"phase": 3})
     lab = Lab(topo, prefix="dmvb-", state_path=Path(tempfile.mkdtemp()) / "lab.json")
-    workdir = Path(tempfile.mkdtemp(prefix="dmvpn-bench-"))
     result: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                               "command": "python bench/bench_lab.py"}  # fmt: skip
     lab.up()
     try:
-        start_cloud(lab, topo, workdir)
+        runner = Runner(lab)
+        runner.start()
+        runner.wait_registered()
         host2 = str(topo.plan("host2").lan.ip)  # type: ignore[union-attr]
         spoke2_nbma = str(topo.plan("spoke2").nbma.ip)  # type: ignore[union-attr]
         under = rtts(lab, "spoke1", spoke2_nbma)
