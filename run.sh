@@ -8,9 +8,14 @@ VENV=${DMVPN_VENV:-.venv}
 
 apt_install() {
     # Install Debian packages only when a command is missing.
-    local missing=()
+    # Each argument is COMMAND:PACKAGE[,PACKAGE...]; the packages are installed
+    # when COMMAND is not found (a path is tested as a file).
+    local missing=() pair cmd
     for pair in "$@"; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+        cmd=${pair%%:*}
+        if [[ $cmd == /* ]]; then [ -x "$cmd" ] && continue; else command -v "$cmd" >/dev/null 2>&1 && continue; fi
+        IFS=, read -r -a pkgs <<<"${pair#*:}"
+        missing+=("${pkgs[@]}")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     export DEBIAN_FRONTEND=noninteractive
@@ -35,7 +40,8 @@ demo)
     ;;
 test)
     apt_install tshark:tshark ip:iproute2 ping:iputils-ping traceroute:traceroute gcc:gcc \
-        iperf3:iperf3 linux.uml:user-mode-linux modprobe:kmod vtysh:frr
+        iperf3:iperf3 linux.uml:user-mode-linux modprobe:kmod vtysh:frr \
+        /usr/lib/ipsec/charon:strongswan-charon,strongswan-swanctl,libcharon-extra-plugins,libstrongswan-extra-plugins,libstrongswan-standard-plugins
     python_env test
     "$VENV/bin/ruff" check src tests bench
     "$VENV/bin/ruff" format --check src tests bench
