@@ -191,6 +191,44 @@ def test_phase3_hub_forwards_to_the_owner_recording_itself() -> None:
     assert [c.protocol for c in transit.cies] == [A("10.0.0.1")]
 
 
+def test_hub_passes_on_a_reply_sent_back_through_it() -> None:
+    # nhrpd, answering a request forwarded by the hub, routes its Resolution
+    # Reply to the requester via the hub (seen with FRR 8.4 in UML).
+    from dmvpn.wire import Cie, ReverseTransitNhsExtension
+
+    hub, _ = _phase3_hub()
+    reply = NhrpPacket(
+        type=PacketType.RESOLUTION_REPLY,
+        src_nbma=A("198.51.100.11"),
+        src_proto=A("10.0.0.11"),
+        dst_proto=A("192.168.12.10"),
+        request_id=5,
+        hop_count=255,
+        cies=(Cie(prefix_length=24, nbma=A("198.51.100.12"), protocol=A("10.0.0.12")),),
+        extensions=(
+            ForwardTransitNhsExtension(cies=(Cie(protocol=A("10.0.0.1"), nbma=A("192.0.2.1")),)),
+            ReverseTransitNhsExtension(),
+            EndExtension(),
+        ),
+    )
+    hub.receive(reply.encode(), A("198.51.100.12"), 1.0)
+    (send,) = _sent(hub)
+    assert send.nbma == A("198.51.100.11")  # the requester's registration
+    fwd = decode_nhrp(send.data)
+    assert fwd.type == PacketType.RESOLUTION_REPLY and fwd.hop_count == 254
+    assert fwd.cies == reply.cies and fwd.request_id == 5
+    reverse = fwd.extension(ReverseTransitNhsExtension)
+    assert isinstance(reverse, ReverseTransitNhsExtension)
+    assert [c.protocol for c in reverse.cies] == [A("10.0.0.1")]
+    # Already through us once: a loop, dropped.
+    hub.receive(fwd.encode(), A("198.51.100.12"), 1.0)
+    assert _sent(hub) == [] and hub.stats["rx.loop_detected"] == 1
+    # For nobody registered here: dropped, counted.
+    stray = replace(reply, src_proto=A("10.0.0.99"))
+    hub.receive(stray.encode(), A("198.51.100.12"), 1.0)
+    assert _sent(hub) == [] and hub.stats["resolution.reply_no_binding"] == 1
+
+
 def test_hop_count_exceeded_and_loop_detected() -> None:
     hub, _ = _phase3_hub()
     hub.receive(_resolution(hop_count=1).encode(), A("198.51.100.11"), 1.0)

@@ -257,7 +257,11 @@ class Engine:
         elif t == PacketType.RESOLUTION_REQUEST:
             self.server.on_resolution_request(pkt, src_nbma, now)
         elif t == PacketType.RESOLUTION_REPLY:
-            if not self.resolver.on_resolution_reply(pkt, src_nbma, now):
+            if pkt.src_proto != cfg.protocol_address and cfg.server:
+                # An answer to someone else's request, sent back through us
+                # (nhrpd routes its replies via the NHS): RFC 2332 5.3.3.
+                self.server.forward_reply(pkt, src_nbma, now)
+            elif not self.resolver.on_resolution_reply(pkt, src_nbma, now):
                 core.stats["rx.unexpected_reply"] += 1
         elif t == PacketType.PURGE_REQUEST:
             self._on_purge(pkt, src_nbma, now)

@@ -8,10 +8,12 @@ from ipaddress import ip_network
 
 from dmvpn.wire import (
     Address,
+    AuthenticationExtension,
     Cie,
     CieCode,
     EndExtension,
     ErrorCode,
+    Extension,
     ForwardTransitNhsExtension,
     NatAddressExtension,
     NhrpPacket,
@@ -19,6 +21,7 @@ from dmvpn.wire import (
     PurgeFlag,
     RegistrationFlag,
     ResolutionFlag,
+    ReverseTransitNhsExtension,
     address_text,
     decode_ip,
 )
@@ -404,6 +407,55 @@ class Server:
             requester=address_text(pkt.src_proto),
             target=address_text(pkt.dst_proto),
             to=address_text(to),
+        )
+
+    def forward_reply(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
+        """A Resolution Reply for a requester registered with us, in transit:
+        pass it on, recorded in the Reverse Transit NHS Record (RFC 2332
+        5.3.3). nhrpd sends its replies along its route to the requester,
+        which on a spoke is via the NHS."""
+        core = self.core
+        cfg = core.config
+        requester = core.cache.host(pkt.src_proto)
+        if requester is None or requester.type not in BOUND_TYPES or requester.nbma is None:
+            core.stats["resolution.reply_no_binding"] += 1
+            return
+        me = self_cie(cfg, core.nbma)
+        reverse = pkt.extension(ReverseTransitNhsExtension)
+        if isinstance(reverse, ReverseTransitNhsExtension) and any(
+            c.protocol == cfg.protocol_address for c in reverse.cies
+        ):
+            core.stats["rx.loop_detected"] += 1
+            return
+        if pkt.hop_count <= 1 or requester.nbma == src_nbma:
+            core.stats["rx.hop_count_exceeded"] += 1
+            return
+        exts: list[Extension] = []
+        recorded = False
+        for ext in pkt.extensions:
+            if isinstance(ext, ReverseTransitNhsExtension):
+                exts.append(
+                    ReverseTransitNhsExtension(cies=(*ext.cies, me), compulsory=ext.compulsory)
+                )
+                recorded = True
+            elif isinstance(ext, AuthenticationExtension | EndExtension):
+                continue
+            else:
+                exts.append(ext)
+        if not recorded:
+            exts.append(ReverseTransitNhsExtension(cies=(me,)))
+        exts.extend(auth_extensions(cfg))
+        exts.append(EndExtension())
+        fwd = pkt.evolve(hop_count=pkt.hop_count - 1, extensions=tuple(exts))
+        core.send(requester.nbma, fwd, now)
+        core.stats["resolution.reply_forwarded"] += 1
+        core.event(
+            "resolution-reply-forwarded",
+            f"forwarded the answer for {address_text(pkt.dst_proto)} to "
+            f"{address_text(pkt.src_proto)} at {address_text(requester.nbma)}",
+            requester=address_text(pkt.src_proto),
+            target=address_text(pkt.dst_proto),
+            to=address_text(requester.nbma),
         )
 
     # ------------------------------------------------------------ phase 3
