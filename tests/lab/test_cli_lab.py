@@ -186,13 +186,16 @@ def test_netns_status_table(cloud: dict[str, Any]) -> None:
     assert res.returncode == 0
     lines = res.stdout.splitlines()
     assert lines[0] == f"lab '{PREFIX}': phase 3 DMVPN, 1 hub, 3 spokes, holdtime 60 s"
-    assert lines[1].split() == ["NODE", "ROLE", "NAMESPACE", "UNDERLAY", "TUNNEL", "LAN", "STATE"]
+    assert lines[1].split() == [
+        "NODE", "ROLE", "KIND", "NAMESPACE", "UNDERLAY", "TUNNEL", "LAN", "STATE"
+    ]  # fmt: skip
     by_node = {line.split()[0]: line.split() for line in lines[2:]}
-    assert by_node["hub1"][:6] == ["hub1", "hub", PREFIX + "hub1", "172.30.0.1/24",
+    assert by_node["hub1"][:7] == ["hub1", "hub", "dmvpn", PREFIX + "hub1", "172.30.0.1/24",
                                    "10.0.0.1/24", "-"]  # fmt: skip
-    assert by_node["spoke2"][3:7] == ["172.30.0.12/24", "10.0.0.12/24", "192.168.2.1/24", "dmvpn"]
-    assert by_node["spoke2"][7] == "running"
-    assert by_node["host3"][1:] == ["host", PREFIX + "host3", "-", "-", "192.168.3.10/24", "up"]
+    assert by_node["spoke2"][4:8] == ["172.30.0.12/24", "10.0.0.12/24", "192.168.2.1/24", "dmvpn"]
+    assert by_node["spoke2"][8] == "running"
+    assert by_node["host3"][1:] == ["host", "-", PREFIX + "host3", "-", "-", "192.168.3.10/24",
+                                    "up"]  # fmt: skip
 
 
 def test_netns_exec(cloud: dict[str, Any]) -> None:

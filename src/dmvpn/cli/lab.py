@@ -2,7 +2,8 @@
 
     dmvpn lab up [TOPOLOGY.yaml]    build it, start one daemon per router, wait for registration
     dmvpn lab status [--json]       every node: role, addresses, daemon
-    dmvpn lab exec NODE -- CMD...   run a command inside a node (hub1, spoke2, host3, inet)
+    dmvpn lab exec NODE -- CMD...   run a command inside a node (hub1, spoke2, host3, inet;
+                                    on an frr node, inside its UML guest)
     dmvpn lab show NODE ARGS...     `dmvpn show ARGS` against that node's daemon
     dmvpn lab down                  remove everything the lab created (also after a crash)
     dmvpn lab demo [--keep]         build the default cloud, show a shortcut forming, tear down
@@ -31,7 +32,9 @@ from typing import Any, NoReturn
 import click
 
 from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError
+from dmvpn.lab.frrconf import vtysh_command
 from dmvpn.lab.runner import REGISTRATION_TIMEOUT, Runner, dmvpn_command
+from dmvpn.lab.uml import UmlNodes, wait_registered
 
 __all__ = ["lab_group"]
 
@@ -93,10 +96,17 @@ def up_cmd(topology: Path | None, prefix: str, timeout: float) -> None:
         lab.up()
         built.set()
         click.echo(f"built lab {prefix!r}: {_summary(topo)}, {len(lab.namespaces)} namespaces")
-        runner = Runner(lab)
-        click.echo(f"starting dmvpn on {', '.join(runner.routers)} (logs in {lab.run_dir}/)")
-        runner.start()
-        took = runner.wait_registered(timeout)
+        runner, uml = Runner(lab), UmlNodes(lab)
+        if uml.nodes:
+            # Booted first and in parallel: a guest takes seconds, a daemon less.
+            click.echo(f"booting User-Mode Linux with FRR nhrpd on {', '.join(uml.nodes)}")
+            uml.start()
+        if runner.routers:
+            click.echo(f"starting dmvpn on {', '.join(runner.routers)} (logs in {lab.run_dir}/)")
+            runner.start()
+        if uml.nodes:
+            click.echo(f"nhrpd running on {', '.join(uml.nodes)} in {uml.wait_ready():.1f} s")
+        took = wait_registered(runner, uml, timeout)
     click.echo(f"every spoke registered in {took:.1f} s\n")
     _print_status(lab)
     hosts = topo.hosts
@@ -153,12 +163,18 @@ def status_cmd(prefix: str, as_json: bool) -> None:
 
 def _status_data(lab: Lab) -> dict[str, Any]:
     topo = lab.topology
-    runner = Runner(lab)
+    runner, uml = Runner(lab), UmlNodes(lab)
     nodes = []
     for row in lab.status():
         node: dict[str, Any] = dict(row)
         if row["role"] == "host":
             node["daemon"] = None
+        elif row["kind"] == "frr":
+            # FRR zebra + nhrpd in a User-Mode Linux guest.
+            node["daemon"] = "running" if row["pids"] else "stopped"
+            node["config"] = str(uml.dir(row["name"]) / "nhrpd.conf")
+            node["log"] = str(uml.dir(row["name"]) / "console.log")
+            node["socket"] = None
         else:
             name = row["name"]
             node["daemon"] = "running" if row["pids"] else "stopped"
@@ -180,17 +196,18 @@ def _status_data(lab: Lab) -> dict[str, Any]:
 def _print_status(lab: Lab) -> None:
     data = _status_data(lab)
     click.echo(f"lab {lab.prefix!r}: {_summary(lab.topology)}")
-    rows = [["NODE", "ROLE", "NAMESPACE", "UNDERLAY", "TUNNEL", "LAN", "STATE"]]
+    rows = [["NODE", "ROLE", "KIND", "NAMESPACE", "UNDERLAY", "TUNNEL", "LAN", "STATE"]]
     for n in data["nodes"]:
         if not n["up"]:
             state = "namespace missing"
         elif n["daemon"] is None:
             state = "up"
-        elif n["pids"]:
-            state = f"dmvpn running (pid {n['pids'][0]})"
         else:
-            state = "dmvpn stopped"
-        rows.append([n["name"], n["role"], n["namespace"], n["underlay"] or "-",
+            what = "FRR nhrpd in UML" if n["kind"] == "frr" else "dmvpn"
+            running = f"running (pid {n['pids'][0]})" if n["pids"] else "stopped"
+            state = f"{what} {running}"
+        kind = "-" if n["role"] == "host" else n["kind"]
+        rows.append([n["name"], n["role"], kind, n["namespace"], n["underlay"] or "-",
                      n["tunnel"] or "-", n["lan"] or "-", state])  # fmt: skip
     _table(rows)
 
@@ -214,7 +231,19 @@ def exec_cmd(prefix: str, node: str, command: tuple[str, ...]) -> None:
     _need_root()
     lab = _attach(prefix)
     namespace = _namespace(lab, node)
+    if node != INET and lab.topology.plan(node).kind == "frr":
+        # The namespace only bridges: the router is the guest.
+        sys.exit(_run_in_guest(lab, node, shlex.join(argv)))
     sys.exit(_run_inside(lab, namespace, argv))
+
+
+def _run_in_guest(lab: Lab, node: str, script: str) -> int:
+    try:
+        res = UmlNodes(lab).run(node, script, timeout=120)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(res.output, nl=False)
+    return res.returncode
 
 
 @lab_group.command("show", context_settings=_NO_OPTIONS)
@@ -226,12 +255,23 @@ def show_cmd(prefix: str, node: str, args: tuple[str, ...]) -> None:
     its namespace:
 
         dmvpn lab show spoke1 dmvpn
+
+    On an frr node, the matching vtysh command runs in its guest: `nhrp` is
+    `show ip nhrp cache`, `nhrp nhs`, `nhrp shortcut`, `dmvpn` likewise,
+    `--json` adds `json`; nhrpd's own (`ip nhrp cache`) pass through.
     """
     _need_root()
     lab = _attach(prefix)
     namespace = _namespace(lab, node)
     if node == INET or lab.topology.role(node) == "host":
         raise click.ClickException(f"{node} runs no dmvpn daemon: show works on hubs and spokes")
+    if lab.topology.plan(node).kind == "frr":
+        # nhrpd's own words for the same views (`show ip nhrp cache` for `nhrp`...).
+        try:
+            command = vtysh_command(tuple(_after_dashes(args)))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        sys.exit(_run_in_guest(lab, node, f"vtysh --vty_socket /run/frr -c {shlex.quote(command)}"))
     if not _show_available():
         raise click.ClickException(
             "this dmvpn has no `show` command yet; try "

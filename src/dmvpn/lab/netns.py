@@ -7,6 +7,11 @@ Layout (names for the default prefix "dmvpn-"):
     dmvpn-spoke1   nbma0 as above, lan0 (veth to host1, LAN .1), forwarding on
     dmvpn-host1    eth0 (LAN .10), default route via spoke1
 
+An frr router's namespace holds no address: it bridges nbma0 to the tap
+"tapn" (bridge "brn") and, on a spoke, lan0 to "tapl" (bridge "brl"); the
+User-Mode Linux guest that owns the router's addresses opens those taps
+(`dmvpn.lab.uml`), and `down()` stops it by PID like any registered process.
+
 Nothing is created outside the lab's namespaces: each veth is created inside a
 lab namespace with its peer placed straight into the other one, so the host's
 own interfaces, addresses and routes are never touched and two labs with
@@ -55,6 +60,8 @@ from .topology import DEFAULT_PREFIX, INET, NodeDescription, Topology, namespace
 
 __all__ = [
     "BRIDGE",
+    "FRR_LAN_TAP",
+    "FRR_NBMA_TAP",
     "LAN_HOST_INTERFACE",
     "LAN_INTERFACE",
     "NBMA_INTERFACE",
@@ -70,6 +77,10 @@ BRIDGE = "br0"  # in the inet namespace
 NBMA_INTERFACE = "nbma0"  # a router's underlay interface
 LAN_INTERFACE = "lan0"  # a spoke's LAN interface
 LAN_HOST_INTERFACE = "eth0"  # the host's end of it
+# An frr node's namespace bridges each of its links to a tap: the UML guest's
+# NICs vec0 (underlay) and vec1 (LAN).
+FRR_NBMA_BRIDGE, FRR_NBMA_TAP = "brn", "tapn"
+FRR_LAN_BRIDGE, FRR_LAN_TAP = "brl", "tapl"
 STATE_VERSION = 1
 
 # Ends in "-" (see the module docstring); short, because it is part of every
@@ -219,6 +230,10 @@ class Lab:
             self._ip("-n", inet, "link", "add", port, "type", "veth",
                      "peer", "name", NBMA_INTERFACE, "netns", ns)  # fmt: skip
             self._ip("-n", inet, "link", "set", port, "master", BRIDGE, "up")
+            if router.kind == "frr":
+                # The guest owns the addresses: the namespace only bridges.
+                self._bridge_tap(ns, FRR_NBMA_BRIDGE, NBMA_INTERFACE, FRR_NBMA_TAP)
+                continue
             self._ip("-n", ns, "addr", "add", str(router.nbma), "dev", NBMA_INTERFACE)
             self._ip("-n", ns, "link", "set", NBMA_INTERFACE, "up")
             self._run(
@@ -232,11 +247,26 @@ class Lab:
             ns, host_ns = self.namespace(spoke.name), self.namespace(host.name)
             self._ip("-n", ns, "link", "add", LAN_INTERFACE, "type", "veth",
                      "peer", "name", LAN_HOST_INTERFACE, "netns", host_ns)  # fmt: skip
-            self._ip("-n", ns, "addr", "add", str(spoke.lan), "dev", LAN_INTERFACE)
-            self._ip("-n", ns, "link", "set", LAN_INTERFACE, "up")
+            if spoke.kind == "frr":
+                self._bridge_tap(ns, FRR_LAN_BRIDGE, LAN_INTERFACE, FRR_LAN_TAP)
+            else:
+                self._ip("-n", ns, "addr", "add", str(spoke.lan), "dev", LAN_INTERFACE)
+                self._ip("-n", ns, "link", "set", LAN_INTERFACE, "up")
             self._ip("-n", host_ns, "addr", "add", str(host.lan), "dev", LAN_HOST_INTERFACE)
             self._ip("-n", host_ns, "link", "set", LAN_HOST_INTERFACE, "up")
             self._ip("-n", host_ns, "route", "add", "default", "via", str(spoke.lan.ip))
+
+    def _bridge_tap(self, ns: str, bridge: str, port: str, tap: str) -> None:
+        """An frr node's namespace: `port` and a tap for the UML guest on one bridge.
+
+        The tap is made inside the namespace because UML opens it by name in
+        its own namespace (and silently makes a new, unattached one if absent).
+        """
+        self._ip("-n", ns, "link", "add", bridge, "type", "bridge")
+        self._ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap")
+        for link in (port, tap):
+            self._ip("-n", ns, "link", "set", link, "master", bridge, "up")
+        self._ip("-n", ns, "link", "set", bridge, "up")
 
     # -- down ---------------------------------------------------------------
 

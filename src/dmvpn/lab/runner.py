@@ -75,7 +75,7 @@ class Runner:
 
     @property
     def routers(self) -> list[str]:
-        return [p.name for p in self.lab.topology.routers]
+        return [p.name for p in self.lab.topology.dmvpn_routers]
 
     # -- starting -------------------------------------------------------------
 
@@ -179,8 +179,9 @@ class Runner:
         return hubs <= up
 
     def wait_registered(self, timeout: float = REGISTRATION_TIMEOUT) -> float:
-        """Wait until every spoke has registered with every hub; the seconds it took."""
-        spokes = [p.name for p in self.lab.topology.spokes]
+        """Wait until every dmvpn spoke has registered with every hub; the seconds
+        it took (frr spokes: `dmvpn.lab.uml.wait_registered`)."""
+        spokes = [p.name for p in self.lab.topology.spokes if p.kind == "dmvpn"]
         return self.wait_for(
             "every spoke to register with every hub",
             lambda: all(self.registered(s) for s in spokes),

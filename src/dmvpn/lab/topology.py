@@ -31,6 +31,7 @@ __all__ = [
     "INET",
     "TUNNEL_INTERFACE",
     "HubSpec",
+    "Kind",
     "NodeDescription",
     "NodePlan",
     "Nodes",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 Role = Literal["hub", "spoke", "host"]
+# What runs on a router: our daemon in a namespace, or FRR's zebra + nhrpd on a
+# real kernel mGRE inside User-Mode Linux (dmvpn.lab.uml), for interop.
+Kind = Literal["dmvpn", "frr"]
 
 DEFAULT_PREFIX = "dmvpn-"
 # The namespace holding the underlay bridge: the lab's "internet".
@@ -71,6 +75,7 @@ class HubSpec(_Strict):
     """A hub (NHS); addresses left out follow the addressing plan."""
 
     name: NodeName
+    kind: Kind = "dmvpn"
     nbma: IPv4Address | None = None  # underlay address
     tunnel: IPv4Address | None = None  # tunnel (protocol) address
 
@@ -79,10 +84,14 @@ class SpokeSpec(_Strict):
     """A spoke and the LAN host behind it; addresses left out follow the plan."""
 
     name: NodeName
+    kind: Kind = "dmvpn"
     nbma: IPv4Address | None = None
     tunnel: IPv4Address | None = None
     lan: IPv4Network | None = None  # the spoke takes .1, its host .10
     host: NodeName | None = None  # default host<N> for spoke number N
+    # Cisco's `ip nhrp registration no-unique`; off = unique registrations,
+    # which a hub refuses (code 14) to move to another NBMA until they expire.
+    registration_no_unique: bool = True
 
 
 def _default_hubs() -> list[HubSpec]:
@@ -109,6 +118,8 @@ class NodePlan:
     tunnel: IPv4Interface | None  # routers only
     lan: IPv4Interface | None  # spokes and hosts: this node's LAN address
     peer: str | None  # a spoke's host, a host's spoke
+    kind: Kind = "dmvpn"  # hosts are plain namespaces: always "dmvpn"
+    registration_no_unique: bool = True  # spokes only
 
 
 class NodeDescription(TypedDict):
@@ -116,6 +127,7 @@ class NodeDescription(TypedDict):
 
     name: str
     role: Role
+    kind: Kind
     namespace: str
     underlay: str | None
     tunnel: str | None
@@ -223,7 +235,9 @@ class Topology(_Strict):
             tunnel = address(path + ".tunnel", "tunnel", self.tunnel_network, tun_ip)
             used["tunnel", tun_ip] = spec.name
             if not isinstance(spec, SpokeSpec):
-                plan[spec.name] = NodePlan(spec.name, role, i, nbma, tunnel, None, None)
+                plan[spec.name] = NodePlan(
+                    spec.name, role, i, nbma, tunnel, None, None, kind=spec.kind
+                )
                 continue
             host = spec.host or f"host{i}"
             if spec.lan is not None:
@@ -246,7 +260,17 @@ class Topology(_Strict):
             claim(path + ".host", host)
             spoke_lan = IPv4Interface(f"{lan[1]}/{lan.prefixlen}")
             host_lan = IPv4Interface(f"{lan[10]}/{lan.prefixlen}")
-            plan[spec.name] = NodePlan(spec.name, "spoke", i, nbma, tunnel, spoke_lan, host)
+            plan[spec.name] = NodePlan(
+                spec.name,
+                "spoke",
+                i,
+                nbma,
+                tunnel,
+                spoke_lan,
+                host,
+                kind=spec.kind,
+                registration_no_unique=spec.registration_no_unique,
+            )
             plan[host] = NodePlan(host, "host", i, None, None, host_lan, spec.name)
         # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
         order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
@@ -272,8 +296,18 @@ class Topology(_Strict):
 
     @property
     def routers(self) -> list[NodePlan]:
-        """The nodes that run dmvpn: hubs and spokes."""
+        """The routers, of either kind: hubs and spokes."""
         return [p for p in self._plan.values() if p.role != "host"]
+
+    @property
+    def dmvpn_routers(self) -> list[NodePlan]:
+        """The routers that run `dmvpn run` in their namespace."""
+        return [p for p in self.routers if p.kind == "dmvpn"]
+
+    @property
+    def frr_routers(self) -> list[NodePlan]:
+        """The routers that run FRR nhrpd in User-Mode Linux."""
+        return [p for p in self.routers if p.kind == "frr"]
 
     def plan(self, name: str) -> NodePlan:
         try:
@@ -310,7 +344,7 @@ class Topology(_Strict):
             nhrp["map_multicast"] = ["nhs"]
             nhrp["shortcut"] = self.phase == 3
             nhrp["resolution"] = self.phase != 1
-            nhrp["registration_no_unique"] = True
+            nhrp["registration_no_unique"] = me.registration_no_unique
             if self.phase == 2:
                 # No summary: each LAN's next hop is its spoke, which the
                 # spoke resolves through the hub and then reaches directly.
@@ -343,6 +377,7 @@ class Topology(_Strict):
             NodeDescription(
                 name=p.name,
                 role=p.role,
+                kind=p.kind,
                 namespace=namespace_name(prefix, p.name),
                 underlay=None if p.nbma is None else str(p.nbma),
                 tunnel=None if p.tunnel is None else str(p.tunnel),
