@@ -8,6 +8,7 @@ path; the daemon refuses a file with any.
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -124,12 +125,136 @@ class Route(_Strict):
     via: IPv4Address
 
 
+# strongSwan proposal keywords (swanctl.conf "proposals"): algorithms joined
+# by dashes, e.g. aes256gcm16-prfsha384-x25519.
+Proposal = Annotated[str, Field(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$", max_length=200)]
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: object) -> object:
+    """strongSwan-style durations (``90``, ``30s``, ``10m``, ``4h``, ``1d``) to seconds."""
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m is None:
+            raise ValueError(f"{value!r} is not a duration (a number of seconds, or 30s/10m/4h/1d)")
+        return int(m.group(1)) * _UNIT[m.group(2)]
+    return value
+
+
+class IpsecIdentity(_Strict):
+    """Who may claim which protocol addresses (identity binding): the peer's
+    IKE identity as strongSwan authenticated it, and its tunnel addresses."""
+
+    identity: Annotated[str, Field(min_length=1, max_length=255)]
+    addresses: Annotated[list[IPv4Network], Field(min_length=1)]
+
+
+class Ipsec(_Strict):
+    """IPsec proxy instantiation through strongSwan's charon (over VICI):
+    one child SA for GRE between our NBMA address and each peer's, brought up
+    when NHRP first needs the peer and torn down after its last binding goes."""
+
+    # `managed`: dmvpn runs a private charon for this node (own
+    # strongswan.conf, VICI socket and /run). `external`: an existing charon
+    # at `vici_socket`, configured for kernel-libipsec by its operator.
+    charon: Literal["managed", "external"] = "managed"
+    vici_socket: Path | None = None
+    # Where a managed charon keeps its files (default: a fresh directory
+    # under /run, removed on exit).
+    run_dir: Path | None = None
+    # Authentication: a pre-shared key, or certificates (PEM files).
+    psk: Annotated[str, Field(min_length=16, max_length=256)] | None = None
+    ca: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    # Our IKE identity. Default: the NBMA address with a PSK; with
+    # certificates the first interface's tunnel address, which must then be
+    # an IP address in the certificate's subjectAltName.
+    identity: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    ike_proposals: Annotated[list[Proposal], Field(min_length=1)] = ["aes256gcm16-prfsha384-x25519"]
+    esp_proposals: Annotated[list[Proposal], Field(min_length=1)] = ["aes256gcm16-x25519"]
+    # The userspace data plane (kernel-libipsec) does tunnel mode only
+    # (transport mode answers NO_PROPOSAL_CHOSEN, real-peers.md); transport
+    # is for the later kernel ESP data plane.
+    mode: Literal["tunnel", "transport"] = "tunnel"
+    ike_lifetime: Annotated[int, Field(ge=300, le=86400 * 7)] = 14400
+    child_lifetime: Annotated[int, Field(ge=120, le=86400)] = 3600
+    dpd_delay: Annotated[int, Field(ge=1, le=3600)] = 10
+    # A peer's SA stays this long after its last binding went (a binding
+    # that comes back at once reuses it).
+    idle_timeout: Annotated[int, Field(ge=0, le=86400)] = 10
+    # The device kernel-libipsec creates; GRE is sent and received only
+    # through it, so nothing leaves or enters in clear text.
+    device: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")] = "ipsec0"
+    # Identity binding: accept an NHRP registration or resolution answer
+    # only from the peer whose IKE identity may claim the address. Default:
+    # on with certificates, off with a PSK (everyone shares one key).
+    identity_binding: bool | None = None
+    identities: list[IpsecIdentity] = []
+
+    _durations = field_validator(
+        "ike_lifetime", "child_lifetime", "dpd_delay", "idle_timeout", mode="before"
+    )(_seconds)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Ipsec:
+        certs = [self.ca, self.certificate, self.private_key]
+        if self.psk is not None and any(c is not None for c in certs):
+            raise ValueError("choose one authentication: psk, or ca + certificate + private_key")
+        if self.psk is None and not all(c is not None for c in certs):
+            missing = [n for n, c in zip(("ca", "certificate", "private_key"), certs, strict=True)
+                       if c is None]  # fmt: skip
+            if len(missing) == 3:
+                raise ValueError("needs authentication: psk, or ca + certificate + private_key")
+            raise ValueError(f"certificate authentication also needs {', '.join(missing)}")
+        if self.charon == "external" and self.vici_socket is None:
+            raise ValueError("charon: external needs vici_socket (the running charon's socket)")
+        if self.charon == "external" and self.run_dir is not None:
+            raise ValueError("run_dir is only for charon: managed")
+        if self.mode == "transport":
+            raise ValueError(
+                "mode: transport needs kernel ESP; the userspace data plane "
+                "(kernel-libipsec) does tunnel mode only"
+            )
+        if self.ike_lifetime <= self.child_lifetime:
+            raise ValueError("ike_lifetime must be longer than child_lifetime")
+        return self
+
+    @property
+    def uses_certificates(self) -> bool:
+        return self.psk is None
+
+    @property
+    def binding_on(self) -> bool:
+        return (
+            self.identity_binding if self.identity_binding is not None else self.uses_certificates
+        )
+
+    def read_credentials(self) -> dict[str, bytes]:
+        """The certificate files' contents; ConfigError naming a missing one."""
+        out: dict[str, bytes] = {}
+        problems = []
+        for name in ("ca", "certificate", "private_key"):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            try:
+                out[name] = Path(path).read_bytes()
+            except OSError as exc:
+                problems.append(f"ipsec.{name}: cannot read {path}: {exc.strerror}")
+        if problems:
+            raise ConfigError("ipsec", problems)
+        return out
+
+
 class NodeConfig(_Strict):
     node: Annotated[str, Field(min_length=1, max_length=64)]
     interfaces: Annotated[list[Interface], Field(min_length=1)]
     routes: list[Route] = []
     # Where the management API listens (a UNIX socket).
     socket: Path | None = None
+    ipsec: Ipsec | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> NodeConfig:
@@ -139,7 +264,23 @@ class NodeConfig(_Strict):
         ids = [i.nhrp.network_id for i in self.interfaces]
         if len(set(ids)) != len(ids):
             raise ValueError("each interface needs its own nhrp.network_id")
+        if self.ipsec is not None:
+            sources = [i.tunnel.source for i in self.interfaces]
+            if len(set(sources)) != len(sources):
+                # One GRE child SA per pair of NBMA addresses: two interfaces
+                # on one source could not tell their peers' SAs apart.
+                raise ValueError("with ipsec, each interface needs its own tunnel.source")
         return self
+
+    def ipsec_identity(self) -> str | None:
+        """Our IKE identity (see Ipsec.identity)."""
+        if self.ipsec is None:
+            return None
+        if self.ipsec.identity is not None:
+            return self.ipsec.identity
+        if self.ipsec.uses_certificates:
+            return str(self.interfaces[0].address.ip)
+        return None  # strongSwan's default: the IKE address
 
 
 class ConfigError(Exception):
@@ -186,4 +327,20 @@ def load_config(path: Path) -> NodeConfig:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(path, ["(top level): expected a mapping of settings"])
-    return parse_config(data, path)
+    config = parse_config(data, path)
+    if config.ipsec is not None:
+        # Certificate paths are relative to the file naming them; unreadable
+        # ones refuse the file now, before anything changes.
+        base = Path(path).parent
+        moved = {}
+        for name in ("ca", "certificate", "private_key"):
+            given = getattr(config.ipsec, name)
+            if given is not None and not given.is_absolute():
+                moved[name] = base / given
+        if moved:
+            config = config.model_copy(update={"ipsec": config.ipsec.model_copy(update=moved)})
+        try:
+            config.ipsec.read_credentials()  # type: ignore[union-attr]
+        except ConfigError as exc:
+            raise ConfigError(path, exc.problems) from None
+    return config

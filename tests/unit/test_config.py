@@ -89,3 +89,88 @@ def test_dmvpn_check(tmp_path: Path) -> None:
     assert f"{bad}: interfaces.0.nhrp.holdtme: Extra inputs are not permitted" in res.output
     missing = CliRunner().invoke(main, ["check", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 1 and "cannot read: No such file or directory" in missing.output
+
+
+IPSEC_BASE = """\
+node: spoke1
+interfaces:
+  - name: dmvpn0
+    address: 10.0.0.11/24
+    tunnel: {source: 198.51.100.11}
+    nhrp:
+      network_id: 1
+      nhs:
+        - {address: 10.0.0.1, nbma: 192.0.2.1}
+"""
+
+
+def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(IPSEC_BASE + "ipsec:\n  psk: a-long-shared-secret\n  idle_timeout: 2m\n")
+    sec = load_config(path).ipsec
+    assert sec is not None and not sec.uses_certificates
+    assert sec.ike_proposals == ["aes256gcm16-prfsha384-x25519"]
+    assert sec.esp_proposals == ["aes256gcm16-x25519"]
+    assert (sec.mode, sec.charon, sec.idle_timeout, sec.binding_on) == ("tunnel", "managed",
+                                                                         120, False)  # fmt: skip
+    res = CliRunner().invoke(main, ["check", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "ipsec pre-shared key, charon managed, tunnel mode" in res.output
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("{}", "ipsec: needs authentication: psk, or ca + certificate + private_key"),
+        ("{psk: short}", "ipsec.psk: String should have at least 16 characters"),
+        ("{psk: a-long-shared-secret, ca: ca.pem}",
+         "ipsec: choose one authentication: psk, or ca + certificate + private_key"),
+        ("{ca: ca.pem}", "ipsec: certificate authentication also needs certificate, private_key"),
+        ("{psk: a-long-shared-secret, mode: transport}",
+         "ipsec: mode: transport needs kernel ESP; the userspace data plane (kernel-libipsec) "
+         "does tunnel mode only"),
+        ("{psk: a-long-shared-secret, charon: external}",
+         "ipsec: charon: external needs vici_socket (the running charon's socket)"),
+        ("{psk: a-long-shared-secret, dpd_delay: 10q}",
+         "ipsec.dpd_delay: '10q' is not a duration (a number of seconds, or 30s/10m/4h/1d)"),
+        ("{psk: a-long-shared-secret, ike_proposals: ['aes256 gcm']}",
+         "ipsec.ike_proposals.0: String should match pattern"),
+        ("{psk: a-long-shared-secret, ike_lifetime: 1h, child_lifetime: 2h}",
+         "ipsec: ike_lifetime must be longer than child_lifetime"),
+        ("{psk: a-long-shared-secret, pks: x}", "ipsec.pks: Extra inputs are not permitted"),
+    ],
+)  # fmt: skip
+def test_bad_ipsec_sections_name_field_and_reason(tmp_path: Path, section: str,
+                                                  expected: str) -> None:  # fmt: skip
+    problems = _problems(tmp_path, IPSEC_BASE + f"ipsec: {section}\n")
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_ipsec_certificates_are_read_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("CA")
+    (tmp_path / "node.pem").write_text("CERT")
+    section = "ipsec: {ca: ca.pem, certificate: node.pem, private_key: node.key}\n"
+    problems = _problems(tmp_path, IPSEC_BASE + section)
+    assert problems == [f"ipsec.private_key: cannot read {tmp_path / 'node.key'}: "
+                        "No such file or directory"]  # fmt: skip
+    (tmp_path / "node.key").write_text("KEY")
+    path = tmp_path / "node.yaml"
+    config = load_config(path)
+    assert config.ipsec is not None and config.ipsec.binding_on  # default with certificates
+    assert config.ipsec.read_credentials() == {"ca": b"CA", "certificate": b"CERT",
+                                               "private_key": b"KEY"}  # fmt: skip
+    assert config.ipsec_identity() == "10.0.0.11"  # the tunnel address, from the cert's SAN
+
+
+def test_ipsec_needs_one_tunnel_source_per_interface() -> None:
+    from dmvpn.config import parse_config
+
+    itf = {"address": "10.0.0.11/24", "tunnel": {"source": "198.51.100.11"}}
+    data = {"node": "n", "ipsec": {"psk": "a-long-shared-secret"}, "interfaces": [
+        dict(itf, name="a", nhrp={"network_id": 1}),
+        dict(itf, name="b", address="10.0.1.11/24", nhrp={"network_id": 2})]}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.problems == [
+        "(top level): with ipsec, each interface needs its own tunnel.source"
+    ]

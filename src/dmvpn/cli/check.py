@@ -29,3 +29,9 @@ def check_cmd(config: Path) -> None:
         role = "hub (NHS)" if itf.is_hub else f"spoke of {len(itf.nhrp.nhs)} NHS"
         click.echo(f"{config}: ok: node {node.node}, {itf.name} {itf.address} "
                    f"network-id {itf.nhrp.network_id}, {role}")  # fmt: skip
+    if node.ipsec is not None:
+        sec = node.ipsec
+        auth = "certificates" if sec.uses_certificates else "pre-shared key"
+        click.echo(f"{config}: ok: ipsec {auth}, charon {sec.charon}, {sec.mode} mode, "
+                   f"IKE {' '.join(sec.ike_proposals)}, ESP {' '.join(sec.esp_proposals)}, "
+                   f"identity binding {'on' if sec.binding_on else 'off'}")  # fmt: skip
