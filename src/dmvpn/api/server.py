@@ -5,6 +5,7 @@
     GET  /v1/nhrp/nhs        show nhrp nhs
     GET  /v1/nhrp/shortcut   show nhrp shortcut
     GET  /v1/nhrp/traffic    show nhrp traffic
+    GET  /v1/ipsec           show ipsec (charon, and the SA to each NBMA peer)
     POST /v1/nhrp/clear      clear nhrp ({"interface": ..., "scope": "all"|"shortcut"})
     GET  /v1/events          engine events as they happen, one JSON object a line
     GET  /metrics            Prometheus text format
@@ -62,6 +63,12 @@ def default_socket_path(node: str) -> Path:
 
 class ApiError(Exception):
     """The API cannot start (the socket is held by a running daemon, ...)."""
+
+
+class IpsecLike(Protocol):
+    """What the server needs of the daemon's IpsecManager."""
+
+    def view(self) -> dict[str, Any]: ...
 
 
 class _InterfaceConfig(Protocol):
@@ -137,6 +144,8 @@ class ApiServer:
         self.path = Path(path) if path is not None else default_socket_path(node)
         self._clock = clock
         self._subscribers: set[_Subscriber] = set()
+        # Set by the daemon when the node config has an `ipsec` section.
+        self.ipsec: IpsecLike | None = None
         self._runner: web.AppRunner | None = None
         self._inode: int | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -150,6 +159,7 @@ class ApiServer:
                 web.get("/v1/nhrp/nhs", self._nhs),
                 web.get("/v1/nhrp/shortcut", self._shortcut),
                 web.get("/v1/nhrp/traffic", self._traffic),
+                web.get("/v1/ipsec", self._ipsec),
                 web.post("/v1/nhrp/clear", self._clear),
                 web.get("/v1/events", self._events),
                 web.get("/metrics", self._metrics),
@@ -262,6 +272,7 @@ class ApiServer:
                     "GET /v1/nhrp/nhs",
                     "GET /v1/nhrp/shortcut",
                     "GET /v1/nhrp/traffic",
+                    "GET /v1/ipsec",
                     "POST /v1/nhrp/clear",
                     "GET /v1/events",
                     "GET /metrics",
@@ -298,6 +309,17 @@ class ApiServer:
         if isinstance(ifaces, web.Response):
             return ifaces
         return _json(views.traffic_view(self.node, ifaces))
+
+    async def _ipsec(self, request: web.Request) -> web.Response:
+        if self.ipsec is None:
+            return _json({"node": self.node, "enabled": False, "peers": []})
+        held = {}
+        for rt in self.interfaces:
+            stats = getattr(rt, "ipsec_stats", None)
+            if stats is not None:
+                held[rt.cfg.name] = dict(stats)
+        return _json({"node": self.node, "enabled": True, **self.ipsec.view(),
+                      "interfaces": held})  # fmt: skip
 
     async def _clear(self, request: web.Request) -> web.Response:
         body: Any = {}

@@ -346,6 +346,59 @@ def render_traffic(data: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def render_ipsec(data: dict[str, Any]) -> str:
+    """`show ipsec`: charon, then the SA to each NBMA peer (like
+    `show crypto session detail`, one block per peer)."""
+    if not data.get("enabled"):
+        return f"{data['node']}: IPsec is not configured (no `ipsec` section)\n"
+    c = data["charon"]
+    where = f"pid {c['pid']}" if c["pid"] else c["mode"]
+    out = [f"charon: {c['version'] or '?'} ({where}), VICI {c['vici_socket']}, "
+           f"{'ready' if c['ready'] else 'NOT READY'}, restarts {c['restarts']}\n",
+           f"authentication: {data['authentication']}, identity "
+           f"{data['identity'] or '(IKE address)'}, identity binding "
+           f"{'on' if data['identity_binding'] else 'off'}\n"]  # fmt: skip
+    if not data["peers"]:
+        out.append("no IPsec peers\n")
+    for p in data["peers"]:
+        out.append(
+            f"\nPeer {p['remote']} (from {p['local']}): {p['state'].upper()} for "
+            f"{p['for']:.0f}s, {p['bindings']} binding(s), "
+            f"{'initiated here' if p['initiated'] else 'initiated by the peer'}\n"
+        )
+        if p["last_error"]:
+            retry = f", retry in {p['retry_in']:.0f}s" if p["retry_in"] is not None else ""
+            out.append(f"  last error: {p['last_error']} ({p['failures']} failures{retry})\n")
+        if p["idle_for"] is not None and p["bindings"] == 0:
+            out.append(f"  idle for {p['idle_for']:.0f}s (torn down when idle long enough)\n")
+        ike, child = p["ike"], p["child"]
+        if ike:
+            out.append(f"  IKE SA: {ike['state']}, {ike['local_id']} <-> {ike['remote_id']}, "
+                       f"{ike['encryption']}/{ike['prf']}/{ike['dh_group']}, age {ike['age']}s, "
+                       f"rekey in {ike['rekey_in']}s\n")  # fmt: skip
+        if child:
+            ts = f"{','.join(child['local_ts'] or [])} === {','.join(child['remote_ts'] or [])}"
+            out.append(
+                f"  Child SA: {child['state']} {child['mode']}"
+                f"{' UDP-encap' if child['encap'] else ''}, {child['encryption']}, "
+                f"SPIs {child['spi_in']}_i {child['spi_out']}_o, age {child['age']}s\n"
+                f"    {ts}\n"
+                f"    in  {child['packets_in']} pkts {_bytes(child['bytes_in'])}, "
+                f"out {child['packets_out']} pkts {_bytes(child['bytes_out'])}\n"
+            )
+    return "".join(out)
+
+
 def render_event(e: dict[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
     where = f"{e['interface']} " if e.get("interface") else ""
@@ -409,6 +462,16 @@ def show_traffic_cmd(ctx: click.Context, /, **given: Any) -> None:
     opts = _settings(ctx, **given)
     data = _client(opts).request("GET", "/v1/nhrp/traffic" + _query(opts))
     _emit(data, opts["as_json"], render_traffic)
+
+
+@show_group.command("ipsec")
+@_common
+@click.pass_context
+def show_ipsec_cmd(ctx: click.Context, /, **given: Any) -> None:
+    """IPsec: charon, and per NBMA peer its IKE and child SA (state,
+    identities, algorithms, packets and bytes, age)."""
+    opts = _settings(ctx, **given)
+    _emit(_client(opts).request("GET", "/v1/ipsec"), opts["as_json"], render_ipsec)
 
 
 @click.group("clear")

@@ -13,8 +13,9 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,6 +25,8 @@ from dmvpn.api.server import ApiError, ApiServer, default_socket_path
 from dmvpn.config import ConfigError, Interface, NodeConfig, load_config
 from dmvpn.dataplane.devices import MAX_FRAME, GreSocket, Tap
 from dmvpn.dataplane.forwarding import Forwarder, nbma_mac
+from dmvpn.ipsec import IpsecManager, PeerSa
+from dmvpn.ipsec.charon import CharonError
 from dmvpn.nhrp import (
     BindingAdded,
     BindingRemoved,
@@ -54,6 +57,8 @@ NUD_PERMANENT = 0x80
 _TOTALS = struct.Struct("=4Q")
 # Drain at most this many packets per readiness callback, then yield.
 BATCH = 64
+# NHRP packets held per peer while its SA comes up (oldest dropped beyond).
+HELD_PER_PEER = 16
 
 
 class Logger:
@@ -72,12 +77,25 @@ class Logger:
 
 class InterfaceRuntime:
     def __init__(self, cfg: Interface, ipr: IPRoute, log: Logger,
-                 loop: asyncio.AbstractEventLoop) -> None:  # fmt: skip
+                 loop: asyncio.AbstractEventLoop,
+                 ipsec: IpsecManager | None = None) -> None:  # fmt: skip
         self.cfg = cfg
+        # IPsec proxy instantiation (docs/IPSEC.md): with a manager, nothing
+        # is sent to a peer, and no binding to it is used for data, before
+        # its SA is up. What waits is kept here.
+        self.ipsec = ipsec
+        self.held: dict[IPv4Address, deque[bytes]] = {}
+        self.pending_binds: dict[object, BindingAdded] = {}
+        self.pending_shortcuts: dict[IPv4Network | IPv6Network, ShortcutAdded] = {}
+        self.applied_binds: dict[object, BindingAdded] = {}
+        self.applied_shortcuts: dict[IPv4Network | IPv6Network, ShortcutAdded] = {}
+        self.ipsec_stats: dict[str, int] = {"held": 0, "held_dropped": 0, "deferred": 0}
         self.ipr = ipr
         self.log = log
         self.loop = loop
-        self.tap = Tap(cfg.name)
+        # A TAP with a virtio_net_hdr lets the C pump take TSO/checksum
+        # offloads (devices.py); only worth it where the pump will run.
+        self.tap = Tap(cfg.name, vnet_hdr=_fastpath is not None and not cfg.nhrp.redirect)
         self.gre = GreSocket(cfg.tunnel.source)
         self.index: int = ipr.link_lookup(ifname=cfg.name)[0]
         mac = nbma_mac(cfg.tunnel.source)
@@ -117,6 +135,8 @@ class InterfaceRuntime:
         return self.loop.time()
 
     def start(self) -> None:
+        if self.ipsec is not None:
+            self.bind_device()
         self._start_io()
         self.engine.start(self.now())
         self.apply()
@@ -130,6 +150,52 @@ class InterfaceRuntime:
         self.tap.close()  # the kernel removes the interface and its routes
         self.gre.close()
 
+    # ------------------------------------------------------------ IPsec
+
+    def bind_device(self) -> None:
+        """GRE only through kernel-libipsec's TUN device: what we send to a
+        peer without an SA dies there (no policy), and cleartext GRE arriving
+        on the underlay never reaches this socket."""
+        assert self.ipsec is not None
+        device = self.ipsec.cfg.device
+        try:
+            self.gre.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                     device.encode())  # fmt: skip
+        except OSError as exc:
+            raise CharonError(f"cannot bind GRE to {device} (kernel-libipsec's device): "
+                              f"{exc.strerror}") from None  # fmt: skip
+
+    def _sa_up(self, nbma: IPv4Address) -> bool:
+        return self.ipsec is None or self.ipsec.is_up(self.cfg.tunnel.source, nbma)
+
+    def ipsec_up(self, peer: PeerSa) -> None:
+        """The SA to peer.remote is up: send what waited, use its bindings."""
+        nbma = peer.remote
+        for data in self.held.pop(nbma, ()):
+            self.forwarder.send_nhrp(nbma, data)
+        for key, out in list(self.pending_binds.items()):
+            if out.nbma == nbma:
+                del self.pending_binds[key]
+                self._bind(out)
+        for prefix, sc in list(self.pending_shortcuts.items()):
+            if sc.nbma == nbma:
+                del self.pending_shortcuts[prefix]
+                self._shortcut(sc)
+        self.apply()
+
+    def ipsec_down(self, peer: PeerSa) -> None:
+        """The SA went: its bindings wait again (data goes via the hub)."""
+        nbma = peer.remote
+        for prefix, sc in list(self.applied_shortcuts.items()):
+            if sc.nbma == nbma:
+                self._unshortcut(ShortcutRemoved(sc.prefix, sc.next_hop))
+                self.pending_shortcuts[prefix] = sc
+        for key, out in list(self.applied_binds.items()):
+            if out.nbma == nbma:
+                self._unbind(BindingRemoved(out.protocol, out.nbma))
+                self.pending_binds[key] = out
+        self.apply()
+
     # ------------------------------------------------------------ packet I/O
 
     def _start_io(self) -> None:
@@ -141,10 +207,12 @@ class InterfaceRuntime:
             self._punt_r.setblocking(False)
             self._stop_r, self._stop_w = os.pipe()
             args = (self.tap.fd, self.gre.fileno(), self.key, self.forwarder.local_mac,
-                    punt_w.fileno(), self._stop_r)  # fmt: skip
+                    punt_w.fileno(), self._stop_r, self.tap.vnet_hdr)  # fmt: skip
             self._pump = threading.Thread(target=self.fast.pump, args=args, daemon=True,
                                           name=f"pump-{self.cfg.name}")  # fmt: skip
             self._pump.start()
+            if self.tap.vnet_hdr:
+                self.tap.set_offloads(True)
             self.loop.add_reader(self._punt_r.fileno(), self._on_punt)
         else:
             self.loop.add_reader(self.tap.fd, self._on_tap)
@@ -152,6 +220,8 @@ class InterfaceRuntime:
 
     def _stop_io(self) -> None:
         if self._pump is not None:
+            if self.tap.vnet_hdr:
+                self.tap.set_offloads(False)  # the Python path takes ordinary frames only
             os.write(self._stop_w, b"x")
             self._pump.join(timeout=5)
             self.loop.remove_reader(self._punt_r.fileno())
@@ -244,12 +314,30 @@ class InterfaceRuntime:
             self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _send(self, out: SendPacket) -> None:
-        if isinstance(out.nbma, IPv4Address):
-            self.forwarder.send_nhrp(out.nbma, out.data)
+        if not isinstance(out.nbma, IPv4Address):
+            return
+        if not self._sa_up(out.nbma):
+            assert self.ipsec is not None
+            self.ipsec.touch(self.cfg.tunnel.source, out.nbma)
+            queue = self.held.setdefault(out.nbma, deque(maxlen=HELD_PER_PEER))
+            if len(queue) == HELD_PER_PEER:
+                self.ipsec_stats["held_dropped"] += 1
+            queue.append(out.data)
+            self.ipsec_stats["held"] += 1
+            return
+        self.forwarder.send_nhrp(out.nbma, out.data)
 
     def _bind(self, out: BindingAdded) -> None:
         if not isinstance(out.nbma, IPv4Address):
             return
+        if not self._sa_up(out.nbma):
+            # Proxy instantiation: the binding is used for data only once
+            # the SA is up; until then traffic keeps going via the hub.
+            self.pending_binds[out.protocol] = out
+            self.ipsec_stats["deferred"] += 1
+            return
+        if self.ipsec is not None:
+            self.applied_binds[out.protocol] = out
         self.forwarder.bind(out.protocol, out.nbma)
         if isinstance(out.protocol, IPv4Address) and out.protocol in self.cfg.address.network:
             # Mirror the binding into the kernel's neighbour table (as nhrpd
@@ -266,6 +354,9 @@ class InterfaceRuntime:
             self._update_multicast()
 
     def _unbind(self, out: BindingRemoved) -> None:
+        if self.pending_binds.pop(out.protocol, None) is not None:
+            return  # never used for data
+        self.applied_binds.pop(out.protocol, None)
         self.forwarder.unbind(out.protocol)
         if isinstance(out.protocol, IPv4Address) and out.protocol in self.cfg.address.network:
             try:
@@ -288,6 +379,12 @@ class InterfaceRuntime:
         self.forwarder.multicast = list(dict.fromkeys(targets))
 
     def _shortcut(self, out: ShortcutAdded) -> None:
+        if isinstance(out.nbma, IPv4Address) and not self._sa_up(out.nbma):
+            self.pending_shortcuts[out.prefix] = out
+            self.ipsec_stats["deferred"] += 1
+            return
+        if self.ipsec is not None:
+            self.applied_shortcuts[out.prefix] = out
         try:
             self.ipr.route("replace", dst=str(out.prefix), gateway=address_text(out.next_hop),
                            oif=self.index, proto=RTPROT_DMVPN)  # fmt: skip
@@ -295,6 +392,9 @@ class InterfaceRuntime:
             self.log("route-error", f"could not install shortcut {out.prefix}: {exc}")
 
     def _unshortcut(self, out: ShortcutRemoved) -> None:
+        if self.pending_shortcuts.pop(out.prefix, None) is not None:
+            return
+        self.applied_shortcuts.pop(out.prefix, None)
         try:
             self.ipr.route("del", dst=str(out.prefix), gateway=address_text(out.next_hop),
                            oif=self.index, proto=RTPROT_DMVPN)  # fmt: skip
@@ -302,10 +402,12 @@ class InterfaceRuntime:
             pass  # already gone (the interface went down, or an operator)
 
     def _protect(self, out: ProtectPeer | UnprotectPeer) -> None:
-        # IPsec proxy instantiation comes with strongSwan (issue 6).
-        kind = "protect" if isinstance(out, ProtectPeer) else "unprotect"
-        self.log(kind, f"{kind} NBMA peer {address_text(out.nbma)} (no IPsec configured)",
-                 interface=self.cfg.name, nbma=address_text(out.nbma))  # fmt: skip
+        if self.ipsec is None or not isinstance(out.nbma, IPv4Address):
+            return  # no IPsec: bindings are used at once
+        if isinstance(out, ProtectPeer):
+            self.ipsec.want(self.cfg.tunnel.source, out.nbma)
+        else:
+            self.ipsec.release(self.cfg.tunnel.source, out.nbma)
 
     def _event(self, out: Event) -> None:
         self.log(out.kind, out.message, interface=self.cfg.name, **out.details)
@@ -322,6 +424,27 @@ class Node:
         self.log = log or Logger(config.node)
         self.interfaces: list[InterfaceRuntime] = []
         self._ipr: IPRoute | None = None
+        self.ipsec: IpsecManager | None = None
+
+    def _by_source(self, local: IPv4Address) -> InterfaceRuntime | None:
+        return next((rt for rt in self.interfaces if rt.cfg.tunnel.source == local), None)
+
+    def _ipsec_up(self, peer: PeerSa) -> None:
+        rt = self._by_source(peer.local)
+        if rt is not None:
+            rt.ipsec_up(peer)
+
+    def _ipsec_down(self, peer: PeerSa) -> None:
+        rt = self._by_source(peer.local)
+        if rt is not None:
+            rt.ipsec_down(peer)
+
+    def _ipsec_restarted(self) -> None:
+        for rt in self.interfaces:
+            try:
+                rt.bind_device()
+            except CharonError as exc:
+                self.log("ipsec-error", str(exc), interface=rt.cfg.name)
 
     def reload(self) -> None:
         """SIGHUP: apply what can change without dropping tunnels, or say
@@ -372,12 +495,28 @@ class Node:
             self.log("api-error", str(exc))
             raise SystemExit(1) from None
         self.log("api", f"management API on {api.path}", socket=str(api.path))
+        if self.config.ipsec is not None:
+            try:
+                self.ipsec = IpsecManager(
+                    self.config.ipsec, self.config.node, self.config.ipsec_identity(),
+                    [i.tunnel.source for i in self.config.interfaces], self.log,
+                    on_up=self._ipsec_up, on_down=self._ipsec_down,
+                    on_restart=self._ipsec_restarted,
+                )  # fmt: skip
+                api.ipsec = self.ipsec
+                await self.ipsec.start()
+            except (CharonError, ConfigError) as exc:
+                self.log("ipsec-error", f"IPsec unavailable, not starting: {exc}")
+                if self.ipsec is not None:
+                    await self.ipsec.stop()
+                await api.stop()
+                raise SystemExit(1) from None
         try:
             with IPRoute() as ipr:
                 self._ipr = ipr
                 try:
                     for itf in self.config.interfaces:
-                        rt = InterfaceRuntime(itf, ipr, self.log, loop)
+                        rt = InterfaceRuntime(itf, ipr, self.log, loop, self.ipsec)
                         rt.listeners.append(api.publish)
                         self.interfaces.append(rt)
                     for route in self.config.routes:
@@ -392,4 +531,8 @@ class Node:
                     for rt in self.interfaces:
                         rt.stop()
         finally:
+            if self.ipsec is not None:
+                # The purges just sent still have to pass charon's userspace ESP.
+                await asyncio.sleep(0.2)
+                await self.ipsec.stop()
             await api.stop()

@@ -43,6 +43,10 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
         plan.refused.append(f"node name changed ({old.node} -> {new.node}): restart the daemon")
     if old.socket != new.socket:
         plan.refused.append("socket changed: restart the daemon")
+    if old.ipsec != new.ipsec:
+        # Credentials and proposals are loaded into charon at start; changing
+        # them live would leave SAs made under the old ones.
+        plan.refused.append("ipsec changed: restart the daemon to apply it")
     old_itfs = {i.name: i for i in old.interfaces}
     new_itfs = {i.name: i for i in new.interfaces}
     for name in sorted(old_itfs.keys() - new_itfs.keys()):

@@ -1,0 +1,114 @@
+"""A private charon per node: its own strongswan.conf, VICI socket and /run.
+
+charon hard-codes /var/run/charon.pid, so each instance runs in a mount
+namespace of its own with the run directory bind-mounted on /run
+(real-peers.md). It is tied to the daemon: it gets SIGTERM if the daemon
+dies (PR_SET_PDEATHSIG), so a killed daemon leaves no charon behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shlex
+import shutil
+import signal
+import socket
+import tempfile
+from pathlib import Path
+
+from .settings import strongswan_conf
+
+CHARON = "/usr/lib/ipsec/charon"
+PR_SET_PDEATHSIG = 1
+
+
+class CharonError(Exception):
+    pass
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class ManagedCharon:
+    def __init__(self, node: str, run_dir: Path | None, device_mtu: int = 1400) -> None:
+        self.own_dir = run_dir is None
+        self.dir = run_dir or Path(tempfile.mkdtemp(prefix=f"dmvpn-{node}-ipsec-", dir="/run"))
+        self.vici_socket = self.dir / "charon.vici"
+        self.log_path = self.dir / "charon.log"
+        self.conf = self.dir / "strongswan.conf"
+        self.device_mtu = device_mtu
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+
+    async def start(self, timeout: float = 10.0) -> None:
+        if not Path(CHARON).exists():
+            raise CharonError(f"{CHARON} not found (install strongswan-charon)")
+        (self.dir / "run").mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(strongswan_conf(self.dir, self.vici_socket, self.log_path,
+                                             self.device_mtu))  # fmt: skip
+        self.vici_socket.unlink(missing_ok=True)
+        (self.dir / "run" / "charon.pid").unlink(missing_ok=True)
+        script = (f"mount --make-rprivate / && mount --bind {shlex.quote(str(self.dir / 'run'))} "
+                  f"/run && exec {CHARON}")  # fmt: skip
+        env = dict(os.environ, STRONGSWAN_CONF=str(self.conf))
+        out = (self.dir / "charon.out").open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                "unshare", "--mount", "sh", "-c", script, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=out, stderr=out, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        finally:
+            out.close()
+        self.starts += 1
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.proc.returncode is not None:
+                raise CharonError(f"charon exited at start with status {self.proc.returncode} "
+                                  f"(see {self.dir / 'charon.out'})")  # fmt: skip
+            if self._socket_ready():
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                await self.stop()
+                raise CharonError(f"charon's VICI socket {self.vici_socket} not ready "
+                                  f"after {timeout:.0f} s")  # fmt: skip
+            await asyncio.sleep(0.05)
+
+    def _socket_ready(self) -> bool:
+        if not self.vici_socket.exists():
+            return False
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(str(self.vici_socket))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    async def wait(self) -> int:
+        """Until charon exits; its status."""
+        assert self.proc is not None
+        return await self.proc.wait()
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    def cleanup(self) -> None:
+        if self.own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
