@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -169,3 +170,82 @@ def test_phase3_sas_on_demand_and_no_cleartext(ipsec_factory, tmp_path: Path) ->
         assert proto == "17" and port in {"500", "4500"}, (src, dst, proto, port)
     assert not [r for r in rows if r[2] in {"47", "54", "50"}]
     assert {(s1_nbma, s2_nbma), (s2_nbma, s1_nbma)} & {(r[0], r[1]) for r in rows}
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_phases_1_and_2_over_ipsec(ipsec_factory, phase: int) -> None:  # type: ignore[no-untyped-def]
+    cloud: IpsecCloud = ipsec_factory(phase)
+    hub = str(cloud.topo.plan("hub1").tunnel.ip)  # type: ignore[union-attr]
+    spoke2 = str(cloud.topo.plan("spoke2").tunnel.ip)  # type: ignore[union-attr]
+    host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+    hub_nbma = str(cloud.topo.plan("hub1").nbma.ip)  # type: ignore[union-attr]
+    s2_nbma = str(cloud.topo.plan("spoke2").nbma.ip)  # type: ignore[union-attr]
+    first = cloud.hops("host1", host2)
+    assert first[1] == hub and first[-1] == host2, first
+    if phase == 1:
+        time.sleep(1.0)
+        later = cloud.hops("host1", host2)
+        assert later[1] == hub, later  # never direct
+        assert set(cloud.ipsec_peers("spoke1")) == {hub_nbma}
+    else:
+        cloud.wait(
+            "the spoke-to-spoke SA",
+            lambda: cloud.ipsec_peers("spoke1").get(s2_nbma, {}).get("state") == "up",
+        )
+        cloud.wait("the direct path", lambda: cloud.hops("host1", host2)[1] == spoke2)
+    ping = ["ping", "-c", "3", "-i", "0.2", "-W", "1", host2]
+    assert cloud.lab.exec("host1", ping).returncode == 0
+
+
+def test_wrong_psk_is_refused_and_disturbs_nothing(ipsec_factory) -> None:  # type: ignore[no-untyped-def]
+    cloud: IpsecCloud = ipsec_factory(3, per_node={"spoke3": {"psk": "not-the-cloud-secret"}},
+                                      wait=False)  # fmt: skip
+    cloud.wait(
+        "spoke1 and spoke2 to register",
+        lambda: all(cloud.events(s, "nhs-up") for s in ("spoke1", "spoke2")),
+    )
+    cloud.wait("spoke3's IPsec failure", lambda: cloud.events("spoke3", "ipsec-failed"))
+    (failure, *_) = cloud.events("spoke3", "ipsec-failed")
+    hub_nbma = str(cloud.topo.plan("hub1").nbma.ip)  # type: ignore[union-attr]
+    assert failure["remote"] == hub_nbma
+    assert "AUTHENTICATION_FAILED" in failure["message"], failure
+    time.sleep(2)
+    assert not cloud.events("spoke3", "nhs-up")
+    registered = {e["protocol"] for e in cloud.events("hub1", "registered")}
+    assert str(cloud.topo.plan("spoke3").tunnel.ip) not in registered  # type: ignore[union-attr]
+    peer = cloud.ipsec_peers("spoke3")[hub_nbma]
+    assert peer["state"] == "failed" and "AUTHENTICATION_FAILED" in peer["last_error"]
+    # The rest of the cloud works.
+    host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+    assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host2]).returncode == 0
+
+
+def test_killed_charon_is_restarted_and_the_spoke_comes_back(ipsec_factory) -> None:  # type: ignore[no-untyped-def]
+    cloud: IpsecCloud = ipsec_factory(3, holdtime=15)
+    pid = cloud.show("spoke1", "ipsec")["charon"]["pid"]
+    assert pid
+    os.kill(pid, signal.SIGKILL)  # the charon the spoke1 daemon started
+    cloud.wait("spoke1 to notice", lambda: cloud.events("spoke1", "ipsec-charon-died"))
+    cloud.wait("charon restarted", lambda: len(cloud.events("spoke1", "ipsec-ready")) >= 2)
+    new = cloud.show("spoke1", "ipsec")["charon"]
+    assert new["pid"] != pid and new["restarts"] == 1
+    hub_nbma = str(cloud.topo.plan("hub1").nbma.ip)  # type: ignore[union-attr]
+    cloud.wait(
+        "the SA to the hub again",
+        lambda: cloud.ipsec_peers("spoke1").get(hub_nbma, {}).get("state") == "up",
+    )
+
+    def nhs() -> dict[str, Any]:
+        (entry,) = cloud.show("spoke1", "nhrp", "nhs")["nhs"]
+        return entry  # type: ignore[no-any-return]
+
+    before = nhs()["request_id"]
+    # The next refresh (holding time / 3) goes over the new SA and is answered.
+    cloud.wait(
+        "spoke1 to refresh its registration",
+        lambda: nhs()["request_id"] > before and nhs()["expires_in"] > 12,
+        timeout=15,
+    )
+    assert nhs()["state"] == "up" and not cloud.events("spoke1", "nhs-down")
+    host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+    assert cloud.lab.exec("host1", ["ping", "-c", "3", "-W", "1", host2]).returncode == 0
