@@ -150,6 +150,11 @@ class Topology(_Strict):
     # What phase 1 and 3 spokes route via hub1: every LAN must be inside it.
     lan_summary: IPv4Network = IPv4Network("192.168.0.0/16")
     nodes: Nodes = Field(default_factory=Nodes)
+    # The root directory the frr nodes' User-Mode Linux guests boot from: the
+    # host's / by default (Debian 12: FRR 8.4), or a Debian root with a newer
+    # FRR (`dmvpn.lab.frrroot`: Debian 13, FRR 10.3, which has NHRP
+    # authentication).
+    frr_root: Annotated[str, Field(pattern=r"^/")] = "/"
 
     _plan: dict[str, NodePlan] = PrivateAttr(default_factory=dict)
 

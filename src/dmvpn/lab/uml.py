@@ -14,8 +14,8 @@ else it uses sits in its directory in the lab's run directory, which
     <node>.frr/uml/          UML's uml_dir and TMPDIR
 
 The guest's root is a hostfs: the host's / (Debian 12, FRR 8.4) by default,
-or a directory holding another Debian (`root=`, e.g. one made by
-`dmvpn.lab.frrroot` with a newer FRR). The control channel is a directory
+or a directory holding another Debian (the topology's `frr_root`, e.g. one
+made by `dmvpn.lab.frrroot` with a newer FRR). The control channel is a directory
 rather than a console or network, so it needs no pty and no address.
 """
 
@@ -55,9 +55,9 @@ class GuestResult:
 class UmlNodes:
     """Boots, talks to and stops the frr routers of one lab."""
 
-    def __init__(self, lab: Lab, root: Path | str = "/") -> None:
+    def __init__(self, lab: Lab, root: Path | str | None = None) -> None:
         self.lab = lab
-        self.root = Path(root)
+        self.root = Path(root if root is not None else lab.topology.frr_root)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._ids = itertools.count(1)
 
@@ -113,8 +113,11 @@ class UmlNodes:
         # Another root: the script must be inside it.
         target = self.root / "usr/local/sbin/dmvpn-uml-init"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(INIT, target)
-        target.chmod(0o755)
+        # Renamed into place: another lab may be booting from this root.
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.copyfile(INIT, tmp)
+        tmp.chmod(0o755)
+        tmp.rename(target)
         return Path("/usr/local/sbin/dmvpn-uml-init")
 
     def ready(self, node: str) -> bool:
@@ -202,6 +205,18 @@ class UmlNodes:
     def show(self, node: str, args: list[str] | tuple[str, ...]) -> str:
         """`dmvpn show ARGS` as nhrpd's matching vtysh command (ValueError if none)."""
         return self.vtysh(node, vtysh_command(args))
+
+    def stop_nhrpd(self, node: str) -> None:
+        """Kill nhrpd without a word (SIGKILL): the peer simply vanishes."""
+        res = self.run(node, "kill -9 $(cat /run/frr/nhrpd.pid) && rm -f /run/frr/nhrpd.vty")
+        if res.returncode != 0:
+            raise LabError(f"could not stop nhrpd on {node}: {res.output.strip()}")
+
+    def start_nhrpd(self, node: str) -> None:
+        """Start nhrpd again (after `stop_nhrpd`), with the same configuration."""
+        res = self.run(node, "sh /run/frr/start-nhrpd && test -S /run/frr/nhrpd.vty")
+        if res.returncode != 0:
+            raise LabError(f"could not start nhrpd on {node}: {res.output.strip()}")
 
     def registered(self, spoke: str) -> bool:
         """True once the frr spoke's registration with every hub was answered."""

@@ -28,9 +28,14 @@ chown -R frr:frr /run/frr
     --vty_socket /run/frr -A 127.0.0.1
 # nhrpd retries zebra only after 10 s: start it once zserv listens.
 for i in $(seq 100); do [ -S /run/frr/zserv.api ] && break; sleep 0.1; done
+# Also kept as a script, so the host can restart nhrpd (dmvpn.lab.uml).
+cat >/run/frr/start-nhrpd <<'EOS'
+rm -f /run/frr/nhrpd.vty
 /usr/lib/frr/nhrpd -d -f /run/frr/nhrpd.conf -i /run/frr/nhrpd.pid -z /run/frr/zserv.api \
     --vty_socket /run/frr -A 127.0.0.1
 for i in $(seq 100); do [ -S /run/frr/nhrpd.vty ] && break; sleep 0.1; done
+EOS
+sh /run/frr/start-nhrpd
 echo "=== nhrpd $(cat /run/frr/nhrpd.pid) started $(date +%T)"
 mkdir -p /run/out/ctl
 touch /run/out/ready

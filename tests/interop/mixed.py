@@ -1,0 +1,205 @@
+"""A mixed cloud for the interop tests: dmvpn nodes in namespaces and FRR nhrpd
+nodes in User-Mode Linux (`kind: frr`), with the underlay captured throughout.
+
+One cloud per test module (booting guests costs seconds); each module's last
+test checks the capture (issue 5, case 6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmvpn.lab import Lab, Topology
+from dmvpn.lab.runner import Runner
+from dmvpn.lab.uml import UmlNodes, nhs_in_cache, wait_registered
+
+DMVPN = str(Path(sys.executable).with_name("dmvpn"))
+
+
+class Cloud:
+    def __init__(self, lab: Lab, runner: Runner, uml: UmlNodes, pcap: Path) -> None:
+        self.lab, self.runner, self.uml, self.pcap = lab, runner, uml, pcap
+        self.topo = lab.topology
+        self.capture: subprocess.Popen[bytes] | None = None
+
+    def kind(self, node: str) -> str:
+        return self.topo.plan(node).kind
+
+    def tunnel(self, node: str) -> str:
+        addr = self.topo.plan(node).tunnel
+        assert addr is not None
+        return str(addr.ip)
+
+    def nbma(self, node: str) -> str:
+        addr = self.topo.plan(node).nbma
+        assert addr is not None
+        return str(addr.ip)
+
+    def lan_ip(self, node: str) -> str:
+        addr = self.topo.plan(node).lan
+        assert addr is not None
+        return str(addr.ip)
+
+    def wait(self, what: str, check: Callable[[], object], timeout: float = 30) -> float:
+        start = time.monotonic()
+        while not check():
+            if time.monotonic() - start > timeout:
+                pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(0.3)
+        return time.monotonic() - start
+
+    # -- what the routers say ---------------------------------------------------
+
+    def vtysh(self, node: str, command: str) -> str:
+        return self.uml.vtysh(node, command)
+
+    def dmvpn_show(self, node: str, *args: str) -> Any:
+        """`dmvpn show ARGS --json` against a dmvpn node's daemon."""
+        sock = str(self.runner.socket_path(node))
+        res = self.lab.exec(node, [DMVPN, "show", *args, "--json", "--socket", sock],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    def cache(self, node: str) -> dict[str, dict[str, Any]]:
+        """ "address/length" -> entry, from our `show nhrp`."""
+        return {e["protocol"]: e for e in self.dmvpn_show(node, "nhrp")["entries"]}
+
+    def nhrpd_cache(self, node: str) -> dict[str, tuple[str, str]]:
+        """nhrpd's `show ip nhrp cache`: protocol -> (type, NBMA)."""
+        rows: dict[str, tuple[str, str]] = {}
+        for line in self.vtysh(node, "show ip nhrp cache").splitlines()[1:]:
+            w = line.split()
+            if len(w) >= 4:
+                rows[w[2]] = (w[1], w[3])
+        return rows
+
+    def nhrpd_shortcuts(self, node: str) -> dict[str, str]:
+        """nhrpd's `show ip nhrp shortcut`: prefix -> via, for completed shortcuts."""
+        rows = {}
+        for line in self.vtysh(node, "show ip nhrp shortcut").splitlines()[1:]:
+            w = line.split()
+            if len(w) >= 3 and w[0] != "incomplete":
+                rows[w[1]] = w[2]
+        return rows
+
+    def nhs_up(self, node: str) -> set[str]:
+        return nhs_in_cache(self.vtysh(node, "show ip nhrp cache"))
+
+    def _sh(self, node: str, command: str) -> str:
+        if self.kind(node) == "frr":
+            return self.uml.run(node, command).output
+        return str(self.lab.exec(node, ["sh", "-c", command], capture_output=True,
+                                 text=True).stdout)  # fmt: skip
+
+    def tunnel_nbma(self, node: str, dst: str) -> str:
+        """The NBMA address the node's kernel sends packets for dst to: its
+        route's next hop (nhrpd also installs host routes without one), then
+        that neighbour's link-layer address (kernel mGRE: the NBMA address;
+        our TAP: 02:00 + the NBMA address)."""
+        route = self._sh(node, f"ip route get {dst}")
+        m = re.search(r"via (\S+)", route)
+        hop = m.group(1) if m else dst
+        neigh = self._sh(node, f"ip neigh show {hop}")
+        m = re.search(r"lladdr (\S+)", neigh)
+        assert m, f"{node}: no neighbour for {hop} ({route.strip()}; {neigh.strip()})"
+        lladdr = m.group(1)
+        if lladdr.startswith("02:00:"):
+            return ".".join(str(int(b, 16)) for b in lladdr.split(":")[2:])
+        return lladdr
+
+    def shortcut_route(self, node: str, prefix: str) -> str | None:
+        """A dmvpn node's NHRP shortcut route (protocol 177) for prefix: its next hop."""
+        out = self.lab.exec(node, ["ip", "route", "show", "proto", "177", prefix],
+                            capture_output=True, text=True).stdout  # fmt: skip
+        m = re.search(r"via (\S+)", out)
+        return m.group(1) if m else None
+
+    def nhrpd_log(self, node: str) -> str:
+        return self.uml.run(node, "cat /run/frr/nhrpd.log").output
+
+    def ping(self, host: str, dst: str, count: int = 3) -> bool:
+        res = self.lab.exec(host, ["ping", "-c", str(count), "-i", "0.3", "-W", "1", dst],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+        return res.returncode == 0
+
+    # -- the capture (case 6) ---------------------------------------------------
+
+    def start_capture(self) -> None:
+        errors = (self.pcap.parent / "dumpcap.err").open("w")
+        self.capture = self.lab.popen(
+            "inet", ["dumpcap", "-q", "-i", "br0", "-f", "ip proto 47", "-w", str(self.pcap)],
+            stdout=errors, stderr=errors,
+        )  # fmt: skip
+        self.wait("the capture to start", lambda: self.pcap.exists() and self.pcap.stat().st_size)
+
+    def stop_capture(self) -> None:
+        if self.capture is not None and self.capture.poll() is None:
+            self.capture.terminate()
+            self.capture.wait(timeout=10)
+
+    def check_capture(self) -> dict[str, set[str]]:
+        """Every NHRP packet decodes and re-encodes exactly (ours) and dissects
+        cleanly (tshark); returns NBMA source -> NHRP types sent."""
+        self.stop_capture()
+        decoded = subprocess.run([DMVPN, "decode", "--json", "--nhrp-only", str(self.pcap)],
+                                 capture_output=True, text=True)  # fmt: skip
+        assert decoded.returncode == 0, decoded.stderr[-2000:]
+        recs = [json.loads(line) for line in decoded.stdout.splitlines()]
+        assert recs, "no NHRP captured"
+        bad = [r for r in recs if r["error"] or not r["roundtrip"]]
+        assert not bad, bad[:3]
+        expert = subprocess.run(
+            ["tshark", "-r", str(self.pcap), "-q", "-o", "nhrp.auth_ext_has_addr:FALSE",
+             "-z", "expert,warn"], capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert "Malformed" not in expert and "NHRP" not in expert, expert
+        count = subprocess.run(
+            ["tshark", "-r", str(self.pcap), "-Y", "nhrp", "-T", "fields", "-e", "frame.number"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert len(count) == len(recs)  # tshark sees every NHRP packet we do
+        senders: dict[str, set[str]] = {}
+        for r in recs:
+            senders.setdefault(r["outer_src"], set()).add(r["nhrp"]["type"])
+        return senders
+
+
+@contextmanager
+def mixed_cloud(topology: dict[str, Any], prefix: str, tmp: Path) -> Iterator[Cloud]:
+    for tool in ("linux.uml", "vtysh", "dumpcap", "tshark"):
+        assert shutil.which(tool), f"{tool} missing: ./run.sh test installs it"
+    lab = Lab(Topology.from_data(topology), prefix=prefix)
+    lab.up()
+    try:
+        runner, uml = Runner(lab), UmlNodes(lab)
+        cloud = Cloud(lab, runner, uml, tmp / "underlay.pcapng")
+        cloud.start_capture()
+        uml.start()  # the guests boot while our daemons start
+        runner.start()
+        uml.wait_ready()
+        wait_registered(runner, uml, timeout=60)
+        yield cloud
+    finally:
+        try:
+            if "cloud" in locals():
+                cloud.stop_capture()
+                keep = os.environ.get("DMVPN_INTEROP_KEEP")
+                if keep:  # for a post-mortem: the guests' logs and the capture
+                    shutil.copytree(lab.run_dir, Path(keep) / prefix, dirs_exist_ok=True,
+                                    ignore=shutil.ignore_patterns("*.sock", "uml"))  # fmt: skip
+                    shutil.copy(cloud.pcap, Path(keep) / prefix)
+        finally:
+            lab.down()
