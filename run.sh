@@ -40,7 +40,7 @@ demo)
     ;;
 test)
     apt_install tshark:tshark ip:iproute2 ping:iputils-ping traceroute:traceroute gcc:gcc \
-        iperf3:iperf3 linux.uml:user-mode-linux modprobe:kmod vtysh:frr \
+        iperf3:iperf3 linux.uml:user-mode-linux modprobe:kmod vtysh:frr openssl:openssl \
         iptables-legacy:iptables debootstrap:debootstrap \
         /usr/lib/ipsec/charon:strongswan-charon,strongswan-swanctl,libcharon-extra-plugins,libstrongswan-extra-plugins,libstrongswan-standard-plugins
     python_env test

@@ -20,6 +20,7 @@ import yaml
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.topology import Topology
 
+from ..ipsec.certs import make_ca, make_cert
 from .test_cloud import DMVPN, Cloud
 
 pytestmark = pytest.mark.skipif(
@@ -34,9 +35,12 @@ class IpsecCloud(Cloud):
                  ipsec: dict[str, dict[str, Any]]) -> None:  # fmt: skip
         super().__init__(lab, topo, logs)
         self.ipsec = ipsec  # node -> its `ipsec` section
+        self.interface_overrides: dict[str, dict[str, Any]] = {}
 
     def start(self, node: str) -> None:
         config = json.loads(json.dumps(self.topo.node_config(node), default=str))
+        for key, value in self.interface_overrides.get(node, {}).items():
+            config["interfaces"][0][key] = value
         config["ipsec"] = dict(self.ipsec[node], run_dir=str(self.logs / f"{node}-charon"))
         config["socket"] = str(self.logs / f"{node}.sock")
         cfg = self.logs / f"{node}.yaml"
@@ -59,9 +63,11 @@ def ipsec_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     labs: list[Lab] = []
 
     def make(phase: int, holdtime: int = 60, ipsec: dict[str, Any] | None = None,
-             per_node: dict[str, dict[str, Any]] | None = None,
-             wait: bool = True) -> IpsecCloud:  # fmt: skip
-        topo = Topology.from_data({"phase": phase, "holdtime": holdtime})
+             per_node: dict[str, dict[str, Any]] | None = None, wait: bool = True,
+             spokes: int = 3,
+             overrides: dict[str, dict[str, Any]] | None = None) -> IpsecCloud:  # fmt: skip
+        nodes = {"spokes": [{"name": f"spoke{n}"} for n in range(1, spokes + 1)]}
+        topo = Topology.from_data({"phase": phase, "holdtime": holdtime, "nodes": nodes})
         lab = Lab(topo, prefix=f"dmi{os.getpid() % 100000}-",
                   state_path=tmp_path / "lab.json")  # fmt: skip
         labs.append(lab)
@@ -69,6 +75,7 @@ def ipsec_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
         base = ipsec or {"psk": PSK, "idle_timeout": 2}
         sections = {p.name: dict(base, **(per_node or {}).get(p.name, {})) for p in topo.routers}
         cloud = IpsecCloud(lab, topo, tmp_path, sections)
+        cloud.interface_overrides = overrides or {}
         for plan in topo.routers:
             cloud.start(plan.name)
         if wait:
@@ -249,3 +256,55 @@ def test_killed_charon_is_restarted_and_the_spoke_comes_back(ipsec_factory) -> N
     assert nhs()["state"] == "up" and not cloud.events("spoke1", "nhs-down")
     host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
     assert cloud.lab.exec("host1", ["ping", "-c", "3", "-W", "1", host2]).returncode == 0
+
+
+def test_certificates_identity_binding_and_an_untrusted_ca(ipsec_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """spoke1 and spoke2: good certificates (phase 3 works, the direct answer
+    passes identity binding). spoke3: a valid certificate for 10.0.0.13 but
+    configured with spoke2's address 10.0.0.12: refused, spoke2 keeps it.
+    spoke4: a certificate from a CA nobody trusts: no SA, no registration."""
+    ca = make_ca(tmp_path / "pki")
+    rogue = make_ca(tmp_path / "rogue", "rogue")
+    per_node: dict[str, dict[str, Any]] = {}
+    for name, ip, issuer in (("hub1", "10.0.0.1", ca), ("spoke1", "10.0.0.11", ca),
+                             ("spoke2", "10.0.0.12", ca), ("spoke3", "10.0.0.13", ca),
+                             ("spoke4", "10.0.0.14", rogue)):  # fmt: skip
+        cert, key = make_cert(issuer, name, ip)
+        per_node[name] = {"ca": str(ca.cert), "certificate": str(cert), "private_key": str(key),
+                          "identity": ip}  # fmt: skip
+    cloud: IpsecCloud = ipsec_factory(
+        3, ipsec={"idle_timeout": 2}, per_node=per_node, wait=False, spokes=4,
+        overrides={"spoke3": {"address": "10.0.0.12/24"}},
+    )  # fmt: skip
+    cloud.wait(
+        "spoke1 and spoke2 to register",
+        lambda: all(cloud.events(s, "nhs-up") for s in ("spoke1", "spoke2")),
+    )
+    cloud.wait(
+        "the hub to refuse spoke3's claim",
+        lambda: cloud.events("hub1", "identity-refused"),
+        timeout=20,
+    )
+    (refusal, *_) = cloud.events("hub1", "identity-refused")
+    assert refusal["message"] == ("registration for 10.0.0.12 from 172.30.0.13 refused: its IPsec "
+                                  "identity may claim 10.0.0.13/32")  # fmt: skip
+    cloud.wait("spoke4's IPsec failure", lambda: cloud.events("spoke4", "ipsec-failed"))
+    (failure, *_) = cloud.events("spoke4", "ipsec-failed")
+    assert "AUTHENTICATION_FAILED" in failure["message"], failure
+    time.sleep(1)
+    assert not cloud.events("spoke3", "nhs-up") and not cloud.events("spoke4", "nhs-up")
+    # spoke2 keeps its address at the hub; nothing is bound to spoke3 or spoke4.
+    hub_cache = {e["protocol"]: e for e in cloud.show("hub1", "nhrp")["entries"]}
+    assert hub_cache["10.0.0.12/32"]["nbma"] == "172.30.0.12"
+    assert "10.0.0.14/32" not in hub_cache
+    traffic = cloud.show("hub1", "ipsec")
+    assert traffic["identity_binding"] and traffic["authentication"] == "certificate"
+    hub_peers = {p["remote"]: p for p in traffic["peers"]}
+    assert hub_peers["172.30.0.11"]["ike"]["remote_id"] == "10.0.0.11"
+    # Phase 3 between the good spokes, over a certificate-authenticated SA.
+    host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+    spoke2 = str(cloud.topo.plan("spoke2").tunnel.ip)  # type: ignore[union-attr]
+    cloud.hops("host1", host2)
+    cloud.wait("the direct path", lambda: cloud.hops("host1", host2)[1] == spoke2)
+    assert cloud.ipsec_peers("spoke1")["172.30.0.12"]["ike"]["remote_id"] == "10.0.0.12"
+    assert not cloud.events("spoke1", "identity-refused")

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,6 +32,7 @@ from dmvpn.nhrp import (
     BindingAdded,
     BindingRemoved,
     Engine,
+    EngineConfig,
     Event,
     ProtectPeer,
     SendPacket,
@@ -38,7 +40,7 @@ from dmvpn.nhrp import (
     ShortcutRemoved,
     UnprotectPeer,
 )
-from dmvpn.wire import address_text
+from dmvpn.wire import Address, address_text
 from dmvpn.wire.ethernet import mac_text
 
 from .reload import plan_reload
@@ -109,7 +111,7 @@ class InterfaceRuntime:
             Path(f"/proc/sys/net/ipv6/conf/{cfg.name}/disable_ipv6").write_text("1")
         except OSError:
             pass  # IPv6 compiled out or sysctl read-only: harmless
-        self.engine = Engine(cfg.engine_config(), KernelRouting(ipr, self.index))
+        self.engine = Engine(self._engine_config(cfg), KernelRouting(ipr, self.index))
         self.forwarder = Forwarder(
             engine=self.engine, tunnel_address=cfg.address.ip, local_mac=mac,
             key=cfg.tunnel.key, send_gre=self.gre.send, write_tap=self.tap.write,
@@ -121,6 +123,11 @@ class InterfaceRuntime:
         self.key = cfg.tunnel.key if cfg.tunnel.key is not None else -1
         self._pump: threading.Thread | None = None
         self.forwarder.nhs = [n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)]
+        # NHRP from a peer whose identity is not known yet waits for it
+        # (identity binding): the SA exists, the manager just has not read it.
+        self.inbound: dict[IPv4Address, deque[tuple[bytes, float]]] = {}
+        if ipsec is not None and ipsec.cfg.binding_on:
+            self.forwarder.engine = _IdentityGate(self)
         self.dynamic: set[IPv4Address] = set()
         # Called with (interface name, event) for every engine Event: the
         # management API's /v1/events subscribers.
@@ -152,6 +159,12 @@ class InterfaceRuntime:
 
     # ------------------------------------------------------------ IPsec
 
+    def _engine_config(self, cfg: Interface) -> EngineConfig:
+        ec = cfg.engine_config()
+        if self.ipsec is not None and self.ipsec.cfg.binding_on:
+            ec = replace(ec, identity_binding=True)
+        return ec
+
     def bind_device(self) -> None:
         """GRE only through kernel-libipsec's TUN device: what we send to a
         peer without an SA dies there (no policy), and cleartext GRE arriving
@@ -171,6 +184,11 @@ class InterfaceRuntime:
     def ipsec_up(self, peer: PeerSa) -> None:
         """The SA to peer.remote is up: send what waited, use its bindings."""
         nbma = peer.remote
+        assert self.ipsec is not None
+        self.engine.set_claims(nbma, self.ipsec.claims(peer))
+        now = self.now()
+        for data, _ in self.inbound.pop(nbma, ()):
+            self.engine.receive(data, nbma, now)
         for data in self.held.pop(nbma, ()):
             self.forwarder.send_nhrp(nbma, data)
         for key, out in list(self.pending_binds.items()):
@@ -186,6 +204,7 @@ class InterfaceRuntime:
     def ipsec_down(self, peer: PeerSa) -> None:
         """The SA went: its bindings wait again (data goes via the hub)."""
         nbma = peer.remote
+        self.engine.set_claims(nbma, None)
         for prefix, sc in list(self.applied_shortcuts.items()):
             if sc.nbma == nbma:
                 self._unshortcut(ShortcutRemoved(sc.prefix, sc.next_hop))
@@ -286,7 +305,7 @@ class InterfaceRuntime:
     def retune(self, cfg: Interface) -> None:
         """New values for the live knobs (SIGHUP); tunnels stay up."""
         self.cfg = cfg
-        self.engine.retune(cfg.engine_config(), self.now())
+        self.engine.retune(self._engine_config(cfg), self.now())
         self.forwarder.redirect = cfg.nhrp.redirect
         fast = _fastpath if (_fastpath is not None and not cfg.nhrp.redirect) else None
         if (fast is None) != (self.fast is None):
@@ -413,6 +432,36 @@ class InterfaceRuntime:
         self.log(out.kind, out.message, interface=self.cfg.name, **out.details)
         for listener in self.listeners:
             listener(self.cfg.name, out)
+
+
+class _IdentityGate:
+    """Between the forwarder and the engine under identity binding: NHRP
+    from a peer whose IPsec identity the daemon has not read yet waits
+    (briefly: the packet came through the SA, so it exists) instead of being
+    refused for want of an identity."""
+
+    def __init__(self, rt: InterfaceRuntime) -> None:
+        self.rt = rt
+        self.engine = rt.engine
+
+    def receive(self, data: bytes, src_nbma: Address, now: float) -> None:
+        rt = self.rt
+        if isinstance(src_nbma, IPv4Address) and not rt._sa_up(src_nbma):
+            assert rt.ipsec is not None
+            rt.ipsec.touch(rt.cfg.tunnel.source, src_nbma)
+            queue = rt.inbound.setdefault(src_nbma, deque(maxlen=HELD_PER_PEER))
+            queue.append((data, now))
+            return
+        self.engine.receive(data, src_nbma, now)
+
+    def next_hop_unbound(self, next_hop: Address, now: float) -> None:
+        self.engine.next_hop_unbound(next_hop, now)
+
+    def hairpin(self, packet: bytes, from_nbma: Address, now: float) -> None:
+        self.engine.hairpin(packet, from_nbma, now)
+
+    def binding_used(self, addr: Address, now: float) -> None:
+        self.engine.binding_used(addr, now)
 
 
 class Node:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -468,6 +468,25 @@ class IpsecManager:
                  local=str(peer.local), remote=str(peer.remote))  # fmt: skip
         if was_up:
             self.on_down(peer)
+
+    # ------------------------------------------------------------ identity binding
+
+    def claims(self, peer: PeerSa) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The protocol addresses the peer's authenticated identity may claim:
+        the config's `identities` table, else the identity itself when it is
+        an IP address (a certificate's subjectAltName, which strongSwan
+        checked against the identity)."""
+        remote_id = (peer.sa or {}).get("remote-id")
+        if not remote_id:
+            return ()
+        for entry in self.cfg.identities:
+            if entry.identity == remote_id:
+                return tuple(entry.addresses)
+        try:
+            addr = ip_address(remote_id)
+        except ValueError:
+            return ()
+        return (IPv4Network(addr) if addr.version == 4 else IPv6Network(addr),)
 
     # ------------------------------------------------------------ views
 

@@ -73,6 +73,10 @@ class EngineConfig:
     # Cisco NAT extension and header flag 0x0002 in our requests.
     nat_extension: bool = True
     request_id_start: int = 1
+    # Identity binding (IPsec): a registration, or a resolution answer not
+    # from one of our NHSes, is accepted only from an NBMA peer whose
+    # authenticated identity may claim the protocol address (set_claims).
+    identity_binding: bool = False
 
     def __post_init__(self) -> None:
         if self.holding_time < 3 or self.holding_time > 0xFFFF:

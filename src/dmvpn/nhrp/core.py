@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from dmvpn.wire import (
@@ -47,6 +48,8 @@ class Core:
         self.budget = TokenBucket(config.max_send, config.max_send_interval)
         self._peer_refs: dict[Address, int] = {}
         self.events_enabled = True
+        # NBMA peer -> the protocol addresses its IPsec identity may claim.
+        self.claims: dict[Address, tuple[IPv4Network | IPv6Network, ...]] = {}
 
     # ------------------------------------------------------------ outputs
 
@@ -84,6 +87,31 @@ class Core:
             if isinstance(ext, AuthenticationExtension):
                 return ext.auth_type == 1 and ext.data == secret
         return False
+
+    # ------------------------------------------------------------ identity binding
+
+    def may_claim(self, nbma: Address, protocol: Address) -> bool:
+        """Whether the peer at ``nbma`` may bind ``protocol`` (always, without
+        identity binding)."""
+        if not self.config.identity_binding:
+            return True
+        if not isinstance(protocol, IPv4Address | IPv6Address):
+            return False
+        nets = self.claims.get(nbma, ())
+        return any(n.version == protocol.version and protocol in n for n in nets)
+
+    def refuse_claim(self, what: str, protocol: Address, nbma: Address) -> None:
+        self.stats["identity.refused"] += 1
+        nets = self.claims.get(nbma)
+        allowed = ", ".join(str(n) for n in nets) if nets else "no address (identity unknown)"
+        self.event(
+            "identity-refused",
+            f"{what} for {self.describe(protocol)} from {self.describe(nbma)} refused: its "
+            f"IPsec identity may claim {allowed}",
+            protocol=self.describe(protocol),
+            nbma=self.describe(nbma),
+            what=what,
+        )
 
     # ------------------------------------------------------------ bindings
 

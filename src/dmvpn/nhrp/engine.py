@@ -12,6 +12,7 @@ IPsec protection, events). No entry point raises on any input.
 from __future__ import annotations
 
 import struct
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from dmvpn.wire import (
@@ -83,6 +84,16 @@ class Engine:
             self.core.remove(entry)
         self.started = False
         self.core.event("stopped", "engine stopped")
+
+    def set_claims(
+        self, nbma: Address, networks: tuple[IPv4Network | IPv6Network, ...] | None
+    ) -> None:
+        """What the peer at ``nbma`` may claim (identity binding): the
+        networks its authenticated IPsec identity covers; None forgets it."""
+        if networks is None:
+            self.core.claims.pop(nbma, None)
+        else:
+            self.core.claims[nbma] = networks
 
     def retune(self, config: EngineConfig, now: float) -> None:
         """Take new values for the knobs read at each use (SIGHUP): holding

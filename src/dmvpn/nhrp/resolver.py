@@ -153,6 +153,13 @@ class Resolver:
             self._negative(p.target, now, f"answered with CIE code {code}")
             return True
         next_hop = cie.protocol or pkt.dst_proto
+        if src_nbma not in self.client.by_nbma and not core.may_claim(src_nbma, next_hop):
+            # Identity binding: an answer straight from a peer binds only
+            # what that peer's identity may claim (our NHSes answer from
+            # registrations they checked themselves).
+            core.refuse_claim("resolution reply", next_hop, src_nbma)
+            self._negative(p.target, now, "answer refused by identity binding")
+            return True
         host = host_length(pkt.dst_proto)
         plen = cie.prefix_length if 0 < cie.prefix_length < host else host
         nbma: Address = cie.nbma or src_nbma

@@ -110,6 +110,12 @@ class Server:
         if cie.prefix_length not in (0, 0xFF, host):
             core.stats["registrations.refused"] += 1
             return CieCode.ADMINISTRATIVELY_PROHIBITED
+        if not core.may_claim(observed, proto):
+            # Identity binding: a member of the cloud must not take over
+            # another's address with its own valid credentials.
+            core.stats["registrations.refused"] += 1
+            core.refuse_claim("registration", proto, observed)
+            return CieCode.ADMINISTRATIVELY_PROHIBITED
         existing = core.cache.host(proto)
         if existing is not None and existing.type in _PROTECTED:
             core.stats["registrations.refused"] += 1
