@@ -198,6 +198,8 @@ def mixed_cloud(topology: dict[str, Any], prefix: str, tmp: Path) -> Iterator[Cl
                 cloud.stop_capture()
                 keep = os.environ.get("DMVPN_INTEROP_KEEP")
                 if keep:  # for a post-mortem: the guests' logs and the capture
+                    for node in uml.nodes:
+                        uml.run(node, "cp /run/frr/*.log /run/out/")
                     shutil.copytree(lab.run_dir, Path(keep) / prefix, dirs_exist_ok=True,
                                     ignore=shutil.ignore_patterns("*.sock", "uml"))  # fmt: skip
                     shutil.copy(cloud.pcap, Path(keep) / prefix)
