@@ -146,6 +146,12 @@ def test_phase3_sas_on_demand_and_no_cleartext(ipsec_factory, tmp_path: Path) ->
                    lambda: "proto 177" in cloud.sh("spoke1", "ip", "route"))  # fmt: skip
         later = cloud.hops("host1", host2)
         assert later[1] == spoke2 and hub not in later, later
+        shown = cloud.sh("spoke1", DMVPN, "show", "dmvpn", "--socket",
+                         str(cloud.logs / "spoke1.sock"))  # fmt: skip
+        assert shown.count("IPsec: UP") == 2, shown  # the hub and spoke2
+        text = cloud.sh("spoke1", DMVPN, "show", "ipsec", "--socket",
+                        str(cloud.logs / "spoke1.sock"))  # fmt: skip
+        assert f"Peer {s2_nbma} (from {s1_nbma}): UP" in text, text
         assert cloud.lab.exec("host1", ["ping", "-c", "3", "-i", "0.2", "-W", "1",
                                         host2]).returncode == 0  # fmt: skip
         # Counters come from charon (read every 2 s): the pings went over the SA.

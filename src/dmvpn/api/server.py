@@ -284,7 +284,17 @@ class ApiServer:
         ifaces = self._selected(request)
         if isinstance(ifaces, web.Response):
             return ifaces
-        return _json(views.dmvpn_view(self.node, ifaces, self.now()))
+        data = views.dmvpn_view(self.node, ifaces, self.now())
+        if self.ipsec is not None:
+            # Each peer's SA, as `show dmvpn detail` shows its crypto session.
+            sas = {(p["local"], p["remote"]): p for p in self.ipsec.view()["peers"]}
+            for itf in data["interfaces"]:
+                for peer in itf["peers"]:
+                    sa = sas.get((itf["nbma_address"], peer["nbma"]))
+                    peer["ipsec"] = None if sa is None else {
+                        "state": sa["state"], "for": sa["for"], "last_error": sa["last_error"],
+                    }  # fmt: skip
+        return _json(data)
 
     async def _nhrp(self, request: web.Request) -> web.Response:
         ifaces = self._selected(request)

@@ -249,6 +249,15 @@ def render_dmvpn(data: dict[str, Any]) -> str:
                         e["attrb"],
                     )
                 )
+            if "ipsec" in peer:
+                sa = peer["ipsec"]
+                if sa is None:
+                    text = "none"
+                else:
+                    text = f"{sa['state'].upper()} for {sa['for']:.0f}s"
+                    if sa["last_error"]:
+                        text += f" ({sa['last_error']})"
+                out.append(f"{'':>6} IPsec: {text}\n")
         out.append("\n")
     return "".join(out)
 
