@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,6 +229,26 @@ def test_wrong_psk_is_refused_and_disturbs_nothing(ipsec_factory) -> None:  # ty
     assert str(cloud.topo.plan("spoke3").tunnel.ip) not in registered  # type: ignore[union-attr]
     peer = cloud.ipsec_peers("spoke3")[hub_nbma]
     assert peer["state"] == "failed" and "AUTHENTICATION_FAILED" in peer["last_error"]
+    # Without an SA, spoke3 tries cleartext: a real Registration Request in
+    # GRE straight to the hub's NBMA address. The hub's GRE socket only
+    # listens on kernel-libipsec's device: nothing is registered.
+    inject = (
+        "import socket; from ipaddress import IPv4Address as A;"
+        "from dmvpn.nhrp import Engine, EngineConfig, NhsConfig, SendPacket;"
+        "from dmvpn.wire import GrePacket;"
+        "e = Engine(EngineConfig(protocol_address=A('10.0.0.13'), nbma_address=A('172.30.0.13'),"
+        " nhs=(NhsConfig(A('10.0.0.1'), A('172.30.0.1')),), registration_unique=False));"
+        "e.start(0.0); (reg,) = [o for o in e.pop_outputs() if isinstance(o, SendPacket)];"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47);"
+        "[s.sendto(GrePacket(0x2001, reg.data, key=42).encode(), ('172.30.0.1', 0))"
+        " for _ in range(5)]"
+    )  # fmt: skip
+    sent = cloud.lab.exec("spoke3", [sys.executable, "-c", inject], capture_output=True,
+                          text=True)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    time.sleep(1.0)
+    registered = {e["protocol"] for e in cloud.events("hub1", "registered")}
+    assert "10.0.0.13" not in registered
     # The rest of the cloud works.
     host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
     assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host2]).returncode == 0
