@@ -61,6 +61,23 @@ def test_error_indication_layout_and_contents() -> None:
     assert decode_nhrp(back.contents) == inner
 
 
+def test_nhrpd_error_indication_reencodes_exactly() -> None:
+    # FRR nhrpd 10.3 refusing a registration with the wrong password (seen in
+    # the interop lab): flags 0x0002 of the offending packet in ar$unused,
+    # its own peer's NBMA as source NBMA, the packet in error cut short.
+    data = bytes.fromhex(
+        "0001080000000000000000 50c0a6000001070400 040400020 00b0000ac1e000c0a0000020a00000c"
+        "000108000000000000ff006a9ad5003401030400040400020000 0002ac1e000c0a00000c0a000002"
+        .replace(" ", "")
+    )  # fmt: skip
+    pkt = decode_nhrp(data)
+    assert pkt.type == PacketType.ERROR_INDICATION and pkt.error_code == 11
+    assert pkt.indication_unused == 2 and len(pkt.contents) == 40
+    assert pkt.encode() == data
+    with pytest.raises(EncodeError, match="carries no error"):
+        NhrpPacket(type=PacketType.PURGE_REQUEST, indication_unused=1).encode()
+
+
 def test_traffic_indication_contents_end_at_extoff() -> None:
     embedded = bytes.fromhex("4500001c0000400040010000c0a80b0ac0a80c0a") + bytes(8)
     ti = NhrpPacket(

@@ -82,6 +82,10 @@ class NhrpPacket:
     extensions: tuple[Extension, ...] = ()
     src_nbma_e164: bool = False
     src_nbma_sub_e164: bool = False
+    # Types 7 and 8: the first ar$unused field as received. RFC 2332 says
+    # zero; nhrpd 10.3 leaves the offending packet's flags there. Kept so
+    # that such a packet re-encodes byte for byte.
+    indication_unused: int = 0
 
     @property
     def is_indication(self) -> bool:
@@ -124,7 +128,13 @@ class NhrpPacket:
         out += dproto
         try:
             if t <= _PURGE_REPLY:
-                if self.contents or self.error_code or self.error_offset or self.traffic_code:
+                if (
+                    self.contents
+                    or self.error_code
+                    or self.error_offset
+                    or self.traffic_code
+                    or self.indication_unused
+                ):
                     raise EncodeError(f"{t.name} carries no error, traffic code or contents")
                 _MANDATORY.pack_into(
                     out, FIXED_LEN, len(sproto), len(dproto), self.flags, self.request_id
@@ -142,7 +152,9 @@ class NhrpPacket:
                     if self.error_code or self.error_offset:
                         raise EncodeError("a Traffic Indication has no error code or offset")
                     fields = (self.traffic_code, 0)
-                _INDICATION.pack_into(out, FIXED_LEN, len(sproto), len(dproto), 0, *fields)
+                _INDICATION.pack_into(
+                    out, FIXED_LEN, len(sproto), len(dproto), self.indication_unused, *fields
+                )
                 out += self.contents
             extoff = 0
             if self.extensions:
@@ -204,9 +216,9 @@ def decode_nhrp(data: bytes, *, verify_checksum: bool = True) -> NhrpPacket:
     mandatory = optype <= _PURGE_REPLY
     if mandatory:
         sprotolen, dprotolen, flags, reqid = _MANDATORY.unpack_from(data, FIXED_LEN)
-        code = offset_or_unused = 0
+        code = offset_or_unused = unused = 0
     else:
-        sprotolen, dprotolen, _unused, code, offset_or_unused = _INDICATION.unpack_from(
+        sprotolen, dprotolen, unused, code, offset_or_unused = _INDICATION.unpack_from(
             data, FIXED_LEN
         )
         flags = reqid = 0
@@ -238,5 +250,5 @@ def decode_nhrp(data: bytes, *, verify_checksum: bool = True) -> NhrpPacket:
         flags, reqid, cies,
         code if is_error else 0, offset_or_unused if is_error else 0,
         code if optype == _TRAFFIC else 0,
-        contents, exts, bool(shtl & TL_E164), bool(sstl & TL_E164),
+        contents, exts, bool(shtl & TL_E164), bool(sstl & TL_E164), unused,
     )  # fmt: skip
