@@ -174,3 +174,20 @@ def test_ipsec_needs_one_tunnel_source_per_interface() -> None:
     assert info.value.problems == [
         "(top level): with ipsec, each interface needs its own tunnel.source"
     ]
+
+
+def test_ipsec_example_names_its_missing_pki(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copy(EXAMPLES / "spoke-ipsec.yaml", tmp_path / "spoke.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "spoke.yaml")
+    assert f"ipsec.ca: cannot read {tmp_path / 'pki' / 'ca.pem'}: No such file or directory" in (
+        info.value.problems
+    )
+    (tmp_path / "pki").mkdir()
+    for name in ("ca.pem", "spoke1.pem", "spoke1.key"):
+        (tmp_path / "pki" / name).write_text("PEM")
+    config = load_config(tmp_path / "spoke.yaml")
+    assert config.ipsec is not None and config.ipsec.binding_on
+    assert config.ipsec.idle_timeout == 10 and config.ipsec.ike_lifetime == 14400
