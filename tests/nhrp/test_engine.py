@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dmvpn.nhrp import Engine, EngineConfig, NhsConfig, SendPacket, StaticRouting
-from dmvpn.nhrp.outputs import BindingAdded, BindingRemoved, ProtectPeer, UnprotectPeer
+from dmvpn.nhrp.outputs import BindingAdded, BindingRemoved, Event, ProtectPeer, UnprotectPeer
 from dmvpn.wire import (
     AuthenticationExtension,
     CieCode,
@@ -367,6 +367,29 @@ def test_bad_version_and_zero_hop_count(field: str) -> None:
         assert decode_nhrp(sent[0].data).error_code == ErrorCode.PROTOCOL_ERROR
     else:
         assert sent == [] and hub.stats["rx.hop_count_zero"] == 1
+
+
+def test_error_indication_with_hop_count_zero_is_read() -> None:
+    # nhrpd (10.3) refuses with hop count 0 and no extensions: we log it,
+    # and with a password configured its missing authentication is named.
+    err = NhrpPacket(
+        type=PacketType.ERROR_INDICATION,
+        hop_count=0,
+        src_nbma=A("192.0.2.9"),
+        src_proto=A("10.0.0.2"),
+        dst_proto=A("155.1.0.5"),
+        error_code=ErrorCode.AUTHENTICATION_FAILURE,
+        indication_unused=2,
+    )
+    open_hub = _cisco_hub(password=None)
+    open_hub.receive(err.encode(), A("192.0.2.2"), 0.0)
+    events = [o for o in open_hub.pop_outputs() if isinstance(o, Event)]
+    assert [e.message for e in events] == ["Error Indication code 11 from 192.0.2.2"]
+    assert "rx.hop_count_zero" not in open_hub.stats
+    with_password = _cisco_hub()
+    with_password.receive(err.encode(), A("192.0.2.2"), 0.0)
+    events = [o for o in with_password.pop_outputs() if isinstance(o, Event)]
+    assert [e.message for e in events] == ["Error Indication from 192.0.2.2 failed authentication"]
 
 
 def test_retune_keeps_state_and_takes_new_knobs() -> None:

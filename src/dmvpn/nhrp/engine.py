@@ -226,9 +226,11 @@ class Engine:
             core.stats["rx.bad_version"] += 1
             self.server.send_error(pkt, src_nbma, ErrorCode.PROTOCOL_ERROR, 16, now)
             return
-        if pkt.hop_count == 0:
+        if pkt.hop_count == 0 and t != PacketType.ERROR_INDICATION:
             core.stats["rx.hop_count_zero"] += 1  # Cisco drops these too
             return
+        # nhrpd sends its Error Indications with hop count 0; one is never
+        # forwarded, so it is read (and authenticated) like any other.
         if not core.auth_ok(pkt):
             core.stats["rx.auth_failed"] += 1
             core.event(
