@@ -97,8 +97,10 @@ def test_bulk_tcp_over_a_shortcut_is_intact_and_offloaded(cloud: tuple[Lab, Topo
     rx = lab.popen("host2", [sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
     try:
         assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
-        sent = lab.exec("host1", [sys.executable, "-c", SENDER, host2], capture_output=True,
-                        text=True, timeout=120, check=True).stdout.split()  # fmt: skip
+        done = lab.exec("host1", [sys.executable, "-c", SENDER, host2], capture_output=True,
+                        text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, f"sender failed: {done.stderr[-2000:]}"
+        sent = done.stdout.split()
         got = rx.stdout.readline().split()
     finally:
         rx.kill()

@@ -34,6 +34,7 @@
 #define VH 10            /* struct virtio_net_hdr: TUNSETVNETHDRSZ's default */
 #define GRO_MAX 62000    /* merged IP packets stay below the 16-bit total length */
 #define PUMP_PEERS 256
+#define TXQ 64           /* GRE packets handed to one sendmmsg() */
 #define TAP_BATCH 64    /* reads per wake-up (each may be a 64 KB super-segment) */
 #define SOCK_BATCH 128  /* packets per wake-up: the more, the longer the GRO runs */
 
@@ -63,7 +64,13 @@ typedef struct {
     uint32_t gnext;
     uint16_t gmss;
     unsigned char tbuf[HEAD + BUF]; /* from the TAP (vnet header at HEAD - VH) */
-    unsigned char seg[HEAD + BUF];  /* one piece of a super-segment */
+    /* The pieces of a super-segment, sent together with sendmmsg(). */
+    struct mmsghdr q[TXQ];
+    struct iovec qiov[TXQ];
+    struct sockaddr_in qto[TXQ];
+    pstat *qpeer[TXQ];
+    int nq;
+    unsigned char seg[2 * BUF];
     unsigned char rbuf[HEAD + BUF]; /* from the socket */
     unsigned char gro[VH + BUF];
     unsigned char sbuf[1 + PUMP_PEERS * 40];
@@ -142,7 +149,23 @@ static double mono(void) {
 /* One ordinary frame (checksums complete, at most the MTU; HEAD bytes of
  * headroom): GRE to the peer its destination MAC names, or to Python. The
  * GRE header is written over the tail of the Ethernet header (no copy). */
-static void tap_frame(pump_t *P, unsigned char *frame, size_t n) {
+static void tx_flush(pump_t *P) {
+    int i = 0;
+    while (i < P->nq) {
+        int r = sendmmsg(P->sock, P->q + i, P->nq - i, 0);
+        if (r <= 0) { i++; continue; } /* this one is dropped, as sendto() would */
+        for (int k = i; k < i + r; k++) {
+            pstat *p = P->qpeer[k];
+            p->txp++;
+            p->txb += P->qiov[k].iov_len;
+            p->used = 1;
+        }
+        i += r;
+    }
+    P->nq = 0;
+}
+
+static void tap_frame(pump_t *P, unsigned char *frame, size_t n, int batch) {
     pstat *p = NULL;
     if (n >= 34 && frame[0] == 0x02 && frame[1] == 0x00 && frame[12] == 0x08 &&
         frame[13] == 0x00 && (p = pfind(P, frame + 2)) != NULL) {
@@ -157,6 +180,19 @@ static void tap_frame(pump_t *P, unsigned char *frame, size_t n) {
         to.sin_family = AF_INET;
         memcpy(&to.sin_addr, frame + 2, 4);
         size_t len = n - 14 + ghl;
+        if (batch) {
+            /* The packet stays where it is until tx_flush(). */
+            int k = P->nq++;
+            P->qto[k] = to;
+            P->qiov[k] = (struct iovec){gre, len};
+            P->q[k].msg_hdr = (struct msghdr){.msg_name = &P->qto[k],
+                                              .msg_namelen = sizeof(to),
+                                              .msg_iov = &P->qiov[k],
+                                              .msg_iovlen = 1};
+            P->qpeer[k] = p;
+            memcpy(p->dst, frame + 30, 4);
+            return;
+        }
         if (sendto(P->sock, gre, len, 0, (struct sockaddr *)&to, sizeof(to)) >= 0) {
             p->txp++;
             p->txb += len;
@@ -185,11 +221,16 @@ static void tap_tso(pump_t *P, const unsigned char *frame, size_t n, size_t mss)
     uint32_t seq0 = get32(ip0 + ihl + 4);
     uint16_t id0 = get16(ip0 + 4);
     unsigned char flags = ip0[ihl + 13];
-    size_t off = 0;
+    size_t off = 0, at = 0;
     for (unsigned i = 0;; i++) {
         size_t len = plen - off < mss ? plen - off : mss;
         int last = off + len >= plen;
-        unsigned char *s = P->seg + HEAD;
+        if (P->nq == TXQ || at + HEAD + hl + len > sizeof(P->seg)) {
+            tx_flush(P);
+            at = 0;
+        }
+        unsigned char *s = P->seg + at + HEAD;
+        at += (HEAD + hl + len + 63) & ~(size_t)63;
         memcpy(s, frame, hl);
         memcpy(s + hl, frame + hl + off, len);
         unsigned char *ip = s + 14, *t = s + 14 + ihl;
@@ -201,10 +242,11 @@ static void tap_tso(pump_t *P, const unsigned char *frame, size_t n, size_t mss)
         t[16] = t[17] = 0;
         uint16_t c = (uint16_t)~fold(sum16(pseudo(ip, thl + len), t, thl + len));
         memcpy(t + 16, &c, 2);
-        tap_frame(P, s, hl + len);
+        tap_frame(P, s, hl + len, 1);
         off += len;
         if (last) break;
     }
+    tx_flush(P);
 }
 
 /* A frame read from the TAP, behind its virtio_net_hdr when the TAP has one. */
@@ -227,7 +269,7 @@ static void tap_in(pump_t *P, unsigned char *frame, size_t n) {
             memcpy(frame + st + of, &c, 2);
         }
     }
-    tap_frame(P, frame, n);
+    tap_frame(P, frame, n, 0);
 }
 
 /* ------------------------------------------------------------ GRE -> TAP */
