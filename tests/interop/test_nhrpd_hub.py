@@ -8,6 +8,7 @@ through NFLOG): dmvpn spokes and an nhrpd spoke (cases 2, 3, 5, 6).
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -128,6 +129,20 @@ def test_a_vanished_dmvpn_spoke_expires_from_nhrpd_on_time(cloud: Cloud) -> None
     # costs a vtysh round trip (~1-2 s).
     assert HOLDTIME * 2 / 3 - 2 <= gone <= HOLDTIME + 4, gone
     assert "10.0.0.11" in cloud.nhrpd_cache("hub1")
+
+
+def test_nhrpd_ignores_our_spokes_purge_on_sigterm(cloud: Cloud) -> None:
+    # SIGTERM: our spoke purges its registration (RFC 2332 5.2.5) before it
+    # goes. nhrpd receives the Purge Request but never acts on one (a
+    # deviation, docs/INTEROP.md): the binding stays until it expires, as
+    # for a spoke that vanished.
+    assert "10.0.0.11" in cloud.nhrpd_cache("hub1")
+    os.kill(cloud.runner.running()["spoke1"], signal.SIGTERM)
+    cloud.wait("our spoke to purge", lambda: cloud.runner.events("spoke1", "deregistered"))
+    seen = "Recv Purge-Request(5) 10.0.0.11 -> 10.0.0.1"
+    cloud.wait("nhrpd to receive the purge", lambda: seen in cloud.nhrpd_log("hub1"))
+    time.sleep(2)
+    assert cloud.nhrpd_cache("hub1").get("10.0.0.11") == ("dynamic", "172.30.0.11")
 
 
 def test_every_nhrp_packet_on_the_underlay_decodes(cloud: Cloud) -> None:
