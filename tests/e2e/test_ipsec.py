@@ -159,6 +159,17 @@ def test_phase3_sas_on_demand_and_no_cleartext(ipsec_factory, tmp_path: Path) ->
         cloud.wait("ESP counters on the direct SA",
                    lambda: (cloud.ipsec_peers("spoke1")[s2_nbma]["child"] or {})
                    .get("packets_out", 0) >= 3)  # fmt: skip
+        # Both spokes may have initiated at once (each answered the other's
+        # resolution): one IKE SA per pair remains.
+        vici = f"unix://{cloud.logs / 'spoke1-charon' / 'charon.vici'}"
+
+        def ike_sas_to_spoke2() -> int:
+            out = subprocess.run(["swanctl", "--list-sas", "--uri", vici], capture_output=True,
+                                 text=True, check=True).stdout  # fmt: skip
+            return sum(1 for line in out.splitlines() if f"@ {s2_nbma}[" in line)
+
+        cloud.wait("a single IKE SA between the spokes", lambda: ike_sas_to_spoke2() == 1)
+        assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host2]).returncode == 0
         # The shortcut expires without traffic (holding time 10 s), then the
         # SA goes after its idle time (2 s).
         cloud.wait("the spoke-to-spoke SA to be torn down",

@@ -212,6 +212,16 @@ class IpsecManager:
             return False, lines
         return True, lines
 
+    def _terminate_ike(self, ike_id: str | None) -> None:
+        if ike_id is None:
+            return
+        v = self._session()
+        try:
+            for _ in v.terminate({"ike-id": ike_id, "timeout": 2000}):
+                pass
+        except vici.exception.CommandException:
+            pass  # already gone
+
     def _terminate(self, remote: IPv4Address, ike_id: str | None) -> None:
         v = self._session()
         if ike_id is not None:
@@ -318,8 +328,8 @@ class IpsecManager:
         """Something must be sent to this peer (an NHRP answer, say) though
         no binding needs it: bring the SA up; it goes when idle."""
         peer = self._peer(local, remote)
-        if peer.refs == 0 and peer.idle_since is None:
-            peer.idle_since = time.time()
+        if peer.refs == 0:
+            peer.idle_since = time.time()  # idle counts from the last use
 
     def release(self, local: IPv4Address, remote: IPv4Address) -> None:
         """The last binding to this peer went (UnprotectPeer)."""
@@ -395,7 +405,8 @@ class IpsecManager:
         if peer.refs > 0 or peer.idle_since is not None:
             peer.task = asyncio.create_task(self._connect(peer))
 
-    def _find(self, sas: list[dict[str, Any]], peer: PeerSa) -> dict[str, Any] | None:
+    def _matches(self, sas: list[dict[str, Any]], peer: PeerSa) -> list[dict[str, Any]]:
+        out = []
         for sa in sas:
             if sa.get("remote-host") != str(peer.remote) or sa.get("state") != "ESTABLISHED":
                 continue
@@ -403,8 +414,14 @@ class IpsecManager:
                 continue
             children = sa.get("child-sas", {}).values()
             if any(c.get("name") == CHILD and c.get("state") == "INSTALLED" for c in children):
-                return sa
-        return None
+                out.append(sa)
+        return out
+
+    def _find(self, sas: list[dict[str, Any]], peer: PeerSa) -> dict[str, Any] | None:
+        """The SA to the peer; of two (both sides initiated at once), the one
+        carrying the traffic."""
+        found = self._matches(sas, peer)
+        return max(found, key=_traffic) if found else None
 
     def _mark_up(self, peer: PeerSa, sa: dict[str, Any], *, initiated: bool,
                  took: float | None = None) -> None:  # fmt: skip
@@ -429,7 +446,17 @@ class IpsecManager:
                 continue
             now = time.time()
             for key, peer in list(self.peers.items()):
-                found = self._find(sas, peer)
+                matches = self._matches(sas, peer)
+                mine = [sa for sa in matches if sa.get("initiator") == "yes"]
+                if len(matches) > 1 and peer.local > peer.remote and len(mine) < len(matches):
+                    # Both sides initiated at once (an owner answering a
+                    # resolution while the requester answers the other way):
+                    # the higher address drops the SAs it initiated, the
+                    # lower keeps its own, so exactly one remains.
+                    for sa in mine:
+                        await self._drop_duplicate(peer, sa)
+                    matches = [sa for sa in matches if sa not in mine]
+                found = max(matches, key=_traffic) if matches else None
                 if peer.state == "up" and found is None:
                     self.stats["lost"] += 1
                     peer.state, peer.sa, peer.since = "connecting", None, now
@@ -452,6 +479,15 @@ class IpsecManager:
                 if (peer.refs == 0 and peer.idle_since is not None
                         and now - peer.idle_since >= self.cfg.idle_timeout):  # fmt: skip
                     await self._tear_down(peer)
+
+    async def _drop_duplicate(self, peer: PeerSa, sa: dict[str, Any]) -> None:
+        try:
+            await self._call(self._terminate_ike, sa.get("uniqueid"))
+        except (OSError, vici.exception.CommandException):
+            return
+        self.log("ipsec-duplicate",
+                 f"IPsec to {peer.remote}: dropped a duplicate IKE SA (both sides initiated)",
+                 local=str(peer.local), remote=str(peer.remote))  # fmt: skip
 
     async def _tear_down(self, peer: PeerSa) -> None:
         del self.peers[(peer.local, peer.remote)]
@@ -507,6 +543,13 @@ class IpsecManager:
             "stats": dict(self.stats),
             "peers": [p.view(now) for _, p in sorted(self.peers.items(), key=lambda kv: kv[0])],
         }
+
+
+def _traffic(sa: dict[str, Any]) -> int:
+    total = 0
+    for child in sa.get("child-sas", {}).values():
+        total += (_int(child.get("packets-in")) or 0) + (_int(child.get("packets-out")) or 0)
+    return total
 
 
 def _reason(lines: list[str]) -> str:
