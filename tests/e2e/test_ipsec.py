@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from dmvpn.ipsec.charon import CHARON
+from dmvpn.ipsec.settings import strongswan_conf
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.topology import Topology
 
@@ -42,7 +44,9 @@ class IpsecCloud(Cloud):
         config = json.loads(json.dumps(self.topo.node_config(node), default=str))
         for key, value in self.interface_overrides.get(node, {}).items():
             config["interfaces"][0][key] = value
-        config["ipsec"] = dict(self.ipsec[node], run_dir=str(self.logs / f"{node}-charon"))
+        config["ipsec"] = dict(self.ipsec[node])
+        if config["ipsec"].get("charon") != "external":
+            config["ipsec"]["run_dir"] = str(self.logs / f"{node}-charon")
         config["socket"] = str(self.logs / f"{node}.sock")
         cfg = self.logs / f"{node}.yaml"
         cfg.write_text(yaml.safe_dump(config))
@@ -65,8 +69,8 @@ def ipsec_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
 
     def make(phase: int, holdtime: int = 60, ipsec: dict[str, Any] | None = None,
              per_node: dict[str, dict[str, Any]] | None = None, wait: bool = True,
-             spokes: int = 3,
-             overrides: dict[str, dict[str, Any]] | None = None) -> IpsecCloud:  # fmt: skip
+             spokes: int = 3, overrides: dict[str, dict[str, Any]] | None = None,
+             external: tuple[str, ...] = ()) -> IpsecCloud:  # fmt: skip
         nodes = {"spokes": [{"name": f"spoke{n}"} for n in range(1, spokes + 1)]}
         topo = Topology.from_data({"phase": phase, "holdtime": holdtime, "nodes": nodes})
         lab = Lab(topo, prefix=f"dmi{os.getpid() % 100000}-",
@@ -75,6 +79,9 @@ def ipsec_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
         lab.up()
         base = ipsec or {"psk": PSK, "idle_timeout": 2}
         sections = {p.name: dict(base, **(per_node or {}).get(p.name, {})) for p in topo.routers}
+        for node in external:
+            sock = _external_charon(lab, node, tmp_path)
+            sections[node].update(charon="external", vici_socket=str(sock))
         cloud = IpsecCloud(lab, topo, tmp_path, sections)
         cloud.interface_overrides = overrides or {}
         for plan in topo.routers:
@@ -90,6 +97,25 @@ def ipsec_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     finally:
         for lab in labs:
             lab.down()
+
+
+def _external_charon(lab: Lab, node: str, tmp: Path) -> Path:
+    """A charon the operator runs (not the daemon): in the node's namespace,
+    with its own /run, configured for kernel-libipsec."""
+    work = tmp / f"{node}-external"
+    (work / "run").mkdir(parents=True)
+    sock = work / "charon.vici"
+    (work / "strongswan.conf").write_text(strongswan_conf(work, sock, work / "charon.log"))
+    script = f"mount --make-rprivate / && mount --bind {work / 'run'} /run && exec {CHARON}"
+    out = (work / "charon.out").open("w")
+    lab.popen(node, ["unshare", "--mount", "sh", "-c", script], stdout=out, stderr=out,
+              env=dict(os.environ, STRONGSWAN_CONF=str(work / "strongswan.conf")))  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert time.monotonic() < deadline, (work / "charon.out").read_text()
+        time.sleep(0.05)
+    time.sleep(0.2)
+    return sock
 
 
 def _capture(cloud: Cloud, pcap: Path) -> subprocess.Popen:  # type: ignore[type-arg]
@@ -346,3 +372,28 @@ def test_certificates_identity_binding_and_an_untrusted_ca(ipsec_factory, tmp_pa
     cloud.wait("the direct path", lambda: cloud.hops("host1", host2)[1] == spoke2)
     assert cloud.ipsec_peers("spoke1")["172.30.0.12"]["ike"]["remote_id"] == "10.0.0.12"
     assert not cloud.events("spoke1", "identity-refused")
+
+
+def test_external_charon(ipsec_factory) -> None:  # type: ignore[no-untyped-def]
+    """spoke1 uses a charon it did not start (`charon: external`): the daemon
+    loads its connections into it, brings SAs up and leaves it running."""
+    cloud: IpsecCloud = ipsec_factory(2, spokes=2, external=("spoke1",))
+    view = cloud.show("spoke1", "ipsec")
+    assert view["charon"]["mode"] == "external" and view["charon"]["pid"] is None
+    hub_nbma = str(cloud.topo.plan("hub1").nbma.ip)  # type: ignore[union-attr]
+    s2_nbma = str(cloud.topo.plan("spoke2").nbma.ip)  # type: ignore[union-attr]
+    assert cloud.ipsec_peers("spoke1")[hub_nbma]["state"] == "up"
+    host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+    cloud.hops("host1", host2)
+    cloud.wait(
+        "the spoke-to-spoke SA",
+        lambda: cloud.ipsec_peers("spoke1").get(s2_nbma, {}).get("state") == "up",
+    )
+    assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host2]).returncode == 0
+    # Stopping the daemon takes down what it brought up, not the charon.
+    cloud.stop("spoke1")
+    vici = f"unix://{cloud.logs / 'spoke1-external' / 'charon.vici'}"
+    out = subprocess.run(["swanctl", "--list-sas", "--uri", vici], capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr  # still running
+    assert "ESTABLISHED" not in out.stdout, out.stdout
