@@ -13,6 +13,10 @@ inside the lab's namespaces so that nothing leaks onto the host's networks:
 
 Every address can be overridden per node; the result is checked for clashes
 before anything is built.
+
+A hub or spoke is `kind: dmvpn` (our daemon, the default) or `kind: frr`:
+FRR's nhrpd on a kernel mGRE in User-Mode Linux, configured from the same
+settings (`dmvpn.lab.frrconf`, `dmvpn.lab.uml`), for interop.
 """
 
 from __future__ import annotations
