@@ -68,3 +68,31 @@ def test_without_identity_binding_claims_do_not_matter(vectors: Path) -> None:
     hub.set_claims(SPOKE_NBMA, (IPv4Network("155.1.0.2/32"),))
     code, _ = _register(hub, vectors)
     assert code == CieCode.SUCCESS
+
+
+def _phase3(claim: str) -> tuple[object, Engine]:
+    from dataclasses import replace
+
+    from dmvpn.nhrp.sim import build_cloud, spoke_lan, spoke_nbma
+
+    net = build_cloud(spokes=2, phase=3)
+    spoke1 = net.nodes["spoke1"].engine
+    spoke1.core.config = replace(spoke1.core.config, identity_binding=True)
+    spoke1.set_claims(spoke_nbma(1), (IPv4Network(claim),))  # what spoke2's identity covers
+    net.start()
+    net.run_until(5.0)
+    host2 = spoke_lan(1).network_address + 10
+    assert net.send_data("spoke1", host2).path == ("spoke1", "hub1", "spoke2")
+    net.run_until(net.now + 0.1)
+    return net.send_data("spoke1", host2).path, spoke1
+
+
+def test_a_direct_resolution_answer_binds_only_what_its_sender_may_claim() -> None:
+    # spoke2 (10.0.1.2) answers spoke1 straight from its NBMA address.
+    path, spoke1 = _phase3("10.0.1.2/32")
+    assert path == ("spoke1", "spoke2") and spoke1.stats.get("identity.refused", 0) == 0
+    path, spoke1 = _phase3("10.0.1.9/32")  # its identity covers another address
+    assert path == ("spoke1", "hub1", "spoke2")
+    assert spoke1.stats["identity.refused"] == 1
+    # The registration with the hub (our NHS) is not subject to it: still up.
+    assert [s.state for s in spoke1.client.nhs] == ["up"]
