@@ -161,7 +161,7 @@ class Ipsec(_Strict):
     charon: Literal["managed", "external"] = "managed"
     vici_socket: Path | None = None
     # Where a managed charon keeps its files (default: a fresh directory
-    # under /run, removed on exit).
+    # under /var/lib/dmvpn/ipsec, removed on exit).
     run_dir: Path | None = None
     # Authentication: a pre-shared key, or certificates (PEM files).
     psk: Annotated[str, Field(min_length=16, max_length=256)] | None = None
@@ -212,6 +212,9 @@ class Ipsec(_Strict):
             raise ValueError("charon: external needs vici_socket (the running charon's socket)")
         if self.charon == "external" and self.run_dir is not None:
             raise ValueError("run_dir is only for charon: managed")
+        if self.run_dir is not None and Path("/run") in (self.run_dir, *self.run_dir.parents):
+            # charon gets its own /run (a bind mount), which would hide it.
+            raise ValueError("run_dir must not be under /run (charon's own /run hides it)")
         if self.mode == "transport":
             raise ValueError(
                 "mode: transport needs kernel ESP; the userspace data plane "

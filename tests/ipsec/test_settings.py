@@ -76,3 +76,21 @@ def test_reload_refuses_an_ipsec_change() -> None:
     plan = plan_reload(old, new)
     assert plan.refused == ["ipsec changed: restart the daemon to apply it"]
     assert plan_reload(old, old).ok
+
+
+def test_lab_topology_turns_ipsec_on_for_every_dmvpn_router() -> None:
+    import pytest
+
+    from dmvpn.lab.topology import Topology, TopologyError
+
+    topo = Topology.from_data({"ipsec_psk": "lab-psk-0123456789"})
+    for plan in topo.routers:
+        config = parse_config(topo.node_config(plan.name))
+        assert config.ipsec is not None and config.ipsec.psk == "lab-psk-0123456789"
+    assert "ipsec" not in Topology.from_data({}).node_config("spoke1")
+    with pytest.raises(TopologyError) as info:
+        Topology.from_data({"ipsec_psk": "lab-psk-0123456789",
+                            "nodes": {"hubs": [{"name": "hub1", "kind": "frr"}]}})  # fmt: skip
+    assert info.value.problems == [
+        "ipsec_psk: frr nodes run no strongSwan in the lab; use ipsec_psk with dmvpn nodes only"
+    ]

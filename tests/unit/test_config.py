@@ -138,6 +138,8 @@ def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
         ("{psk: a-long-shared-secret, ike_lifetime: 1h, child_lifetime: 2h}",
          "ipsec: ike_lifetime must be longer than child_lifetime"),
         ("{psk: a-long-shared-secret, pks: x}", "ipsec.pks: Extra inputs are not permitted"),
+        ("{psk: a-long-shared-secret, run_dir: /run/dmvpn/x}",
+         "ipsec: run_dir must not be under /run (charon's own /run hides it)"),
     ],
 )  # fmt: skip
 def test_bad_ipsec_sections_name_field_and_reason(tmp_path: Path, section: str,

@@ -21,6 +21,8 @@ from pathlib import Path
 from .settings import strongswan_conf
 
 CHARON = "/usr/lib/ipsec/charon"
+# Where managed charons keep their files unless the config says `run_dir`.
+STATE_DIR = Path("/var/lib/dmvpn/ipsec")
 PR_SET_PDEATHSIG = 1
 
 
@@ -36,7 +38,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class ManagedCharon:
     def __init__(self, node: str, run_dir: Path | None, device_mtu: int = 1400) -> None:
         self.own_dir = run_dir is None
-        self.dir = run_dir or Path(tempfile.mkdtemp(prefix=f"dmvpn-{node}-ipsec-", dir="/run"))
+        if run_dir is None:
+            # Not under /run: charon's own /run is mounted over it there.
+            STATE_DIR.mkdir(parents=True, exist_ok=True)
+            run_dir = Path(tempfile.mkdtemp(prefix=f"{node}-", dir=STATE_DIR))
+        self.dir = run_dir
         self.vici_socket = self.dir / "charon.vici"
         self.log_path = self.dir / "charon.log"
         self.conf = self.dir / "strongswan.conf"

@@ -149,6 +149,9 @@ class Topology(_Strict):
     key: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 42  # GRE key
     holdtime: Annotated[int, Field(ge=3, le=65535)] = 60
     authentication: Password | None = None
+    # IPsec on every dmvpn router: a pre-shared key for the whole cloud
+    # (docs/IPSEC.md); each router runs a private strongSwan charon.
+    ipsec_psk: Annotated[str, Field(min_length=16, max_length=256)] | None = None
     underlay_network: IPv4Network = IPv4Network("172.30.0.0/24")
     tunnel_network: IPv4Network = IPv4Network("10.0.0.0/24")
     # What phase 1 and 3 spokes route via hub1: every LAN must be inside it.
@@ -284,6 +287,9 @@ class Topology(_Strict):
         # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
         order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
         self._plan = {p.name: p for p in order}
+        if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
+            raise ValueError("ipsec_psk: frr nodes run no strongSwan in the lab; "
+                             "use ipsec_psk with dmvpn nodes only")  # fmt: skip
         return self
 
     @property
@@ -378,6 +384,7 @@ class Topology(_Strict):
                 }
             ],
             "routes": routes,
+            **({"ipsec": {"psk": self.ipsec_psk}} if self.ipsec_psk is not None else {}),
         }
 
     def describe(self, prefix: str = DEFAULT_PREFIX) -> list[NodeDescription]:
