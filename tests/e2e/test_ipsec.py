@@ -397,3 +397,24 @@ def test_external_charon(ipsec_factory) -> None:  # type: ignore[no-untyped-def]
                          text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr  # still running
     assert "ESTABLISHED" not in out.stdout, out.stdout
+
+
+def test_hub_restart_brings_every_spoke_back_over_new_sas(ipsec_factory) -> None:  # type: ignore[no-untyped-def]
+    cloud: IpsecCloud = ipsec_factory(3, holdtime=12)
+    hub_nbma = str(cloud.topo.plan("hub1").nbma.ip)  # type: ignore[union-attr]
+    cloud.stop("hub1")  # its charon says DELETE to every spoke on the way out
+    cloud.wait("spoke1 to see its SA go", lambda: cloud.events("spoke1", "ipsec-down"))
+    before = len(cloud.events("hub1", "registered"))
+    cloud.start("hub1")
+    cloud.wait(
+        "every spoke to register again",
+        lambda: len(cloud.events("hub1", "registered")) >= before + 3,
+        timeout=30,
+    )
+    for spoke in ("spoke1", "spoke2", "spoke3"):
+        cloud.wait(
+            f"{spoke}'s SA to the hub",
+            lambda s=spoke: cloud.ipsec_peers(s).get(hub_nbma, {}).get("state") == "up",
+        )
+    host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+    assert cloud.lab.exec("host1", ["ping", "-c", "3", "-W", "1", host2]).returncode == 0
