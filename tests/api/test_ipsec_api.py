@@ -100,3 +100,14 @@ def test_show_ipsec_without_ipsec(spoke1: Served) -> None:
     spoke1.server.ipsec = None
     out = _cli(show_group, "ipsec", "--socket", str(spoke1.server.path))
     assert "spoke1: IPsec is not configured (no `ipsec` section)" in out.output
+
+
+def test_ipsec_metrics(spoke1: Served) -> None:
+    from dmvpn.cli.show import ApiClient
+
+    text = ApiClient(spoke1.server.path).text("/metrics")
+    assert 'dmvpn_ipsec_peers{state="up"} 1.0' in text
+    assert 'dmvpn_ipsec_peers{state="failed"} 1.0' in text
+    assert 'dmvpn_ipsec_sas_total{result="initiated"} 1.0' in text
+    assert "dmvpn_ipsec_charon_restarts_total 1.0" in text
+    assert "dmvpn_nhrp_identity_refused_total" in text

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dmvpn.dataplane.forwarding import Forwarder
@@ -108,7 +108,31 @@ class _NodeCollector(Collector):
             "dmvpn_api_event_subscribers", "Clients following /v1/events (dmvpn events)"
         )
         subscribers.add_metric([], s.subscribers)
-        return [*views.metric_families(s.node, s.ifaces(), s.now()), subscribers]
+        return [*views.metric_families(s.node, s.ifaces(), s.now()), subscribers,
+                *self._ipsec()]  # fmt: skip
+
+    def _ipsec(self) -> list[Metric]:
+        if self.server.ipsec is None:
+            return []
+        view = self.server.ipsec.view()
+        peers = GaugeMetricFamily("dmvpn_ipsec_peers", "IPsec peers (SAs wanted or up) by state",
+                                  labels=["state"])  # fmt: skip
+        states: dict[str, int] = {"connecting": 0, "up": 0, "failed": 0}
+        for p in view["peers"]:
+            states[p["state"]] = states.get(p["state"], 0) + 1
+        for state, n in sorted(states.items()):
+            peers.add_metric([state], n)
+        sas = CounterMetricFamily(
+            "dmvpn_ipsec_sas", "IPsec SAs: initiated/failed (attempts), torn_down (idle), "
+            "lost (went down while wanted)", labels=["result"],
+        )  # fmt: skip
+        for result, n in sorted(view["stats"].items()):
+            sas.add_metric([result], n)
+        restarts = CounterMetricFamily(
+            "dmvpn_ipsec_charon_restarts", "Times the managed charon died and was restarted"
+        )
+        restarts.add_metric([], view["charon"]["restarts"])
+        return [peers, sas, restarts]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

@@ -414,6 +414,10 @@ _SINGLE_COUNTERS: dict[str, tuple[str, str]] = {
     "shortcuts.installed": ("dmvpn_nhrp_shortcuts_installed", "Shortcut routes installed"),
     "cache.expired": ("dmvpn_nhrp_cache_expired", "Resolved entries expired while idle"),
     "purge.entries_removed": ("dmvpn_nhrp_purge_entries_removed", "Entries removed by purges"),
+    "identity.refused": (
+        "dmvpn_nhrp_identity_refused",
+        "Registrations and direct resolution answers refused by IPsec identity binding",
+    ),
 }
 
 
