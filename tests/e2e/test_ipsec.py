@@ -39,6 +39,7 @@ class IpsecCloud(Cloud):
         super().__init__(lab, topo, logs)
         self.ipsec = ipsec  # node -> its `ipsec` section
         self.interface_overrides: dict[str, dict[str, Any]] = {}
+        self.capture: subprocess.Popen[bytes] | None = None
 
     def start(self, node: str) -> None:
         config = json.loads(json.dumps(self.topo.node_config(node), default=str))
@@ -70,7 +71,8 @@ def ipsec_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     def make(phase: int, holdtime: int = 60, ipsec: dict[str, Any] | None = None,
              per_node: dict[str, dict[str, Any]] | None = None, wait: bool = True,
              spokes: int = 3, overrides: dict[str, dict[str, Any]] | None = None,
-             external: tuple[str, ...] = ()) -> IpsecCloud:  # fmt: skip
+             external: tuple[str, ...] = (),
+             capture: Path | None = None) -> IpsecCloud:  # fmt: skip
         nodes = {"spokes": [{"name": f"spoke{n}"} for n in range(1, spokes + 1)]}
         topo = Topology.from_data({"phase": phase, "holdtime": holdtime, "nodes": nodes})
         lab = Lab(topo, prefix=f"dmi{os.getpid() % 100000}-",
@@ -84,6 +86,8 @@ def ipsec_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
             sections[node].update(charon="external", vici_socket=str(sock))
         cloud = IpsecCloud(lab, topo, tmp_path, sections)
         cloud.interface_overrides = overrides or {}
+        if capture is not None:
+            cloud.capture = _capture(cloud, capture)
         for plan in topo.routers:
             cloud.start(plan.name)
         if wait:
@@ -116,6 +120,26 @@ def _external_charon(lab: Lab, node: str, tmp: Path) -> Path:
         time.sleep(0.05)
     time.sleep(0.2)
     return sock
+
+
+def _only_ike_and_esp(cloud: Cloud, pcap: Path) -> list[tuple[str, str, str, str]]:
+    """The capture's IPv4 packets, checked: IKE and ESP in UDP between NBMA
+    addresses, no GRE, NHRP or plain ESP."""
+    rows = _protocols(pcap)
+    nbma = {str(p.nbma.ip) for p in cloud.topo.routers}  # type: ignore[union-attr]
+    assert rows
+    for src, dst, proto, port in rows:
+        if proto == "1,17":
+            # An ICMP error quoting IKE: a spoke's first IKE_SA_INIT reached
+            # the hub before the hub's charon listened (port unreachable).
+            src, dst = src.split(",")[0], dst.split(",")[0]
+            assert port in {"500", "4500"}, (src, dst, proto, port)
+            continue
+        assert src in nbma and dst in nbma, (src, dst, proto)
+        # IKE (UDP 500, then 4500) and ESP in UDP 4500: nothing else.
+        assert proto == "17" and port in {"500", "4500"}, (src, dst, proto, port)
+    assert not [r for r in rows if r[2] in {"47", "54", "50"}]
+    return rows
 
 
 def _capture(cloud: Cloud, pcap: Path) -> subprocess.Popen:  # type: ignore[type-arg]
@@ -206,26 +230,14 @@ def test_phase3_sas_on_demand_and_no_cleartext(ipsec_factory, tmp_path: Path) ->
     finally:
         tshark.terminate()
         tshark.wait(timeout=10)
-    rows = _protocols(pcap)
-    nbma = {str(p.nbma.ip) for p in cloud.topo.routers}  # type: ignore[union-attr]
-    assert rows
-    for src, dst, proto, port in rows:
-        if proto == "1,17":
-            # An ICMP error quoting IKE: a spoke's first IKE_SA_INIT reached
-            # the hub before the hub's charon listened (port unreachable).
-            src, dst = src.split(",")[0], dst.split(",")[0]
-            assert port in {"500", "4500"}, (src, dst, proto, port)
-            continue
-        assert src in nbma and dst in nbma, (src, dst, proto)
-        # IKE (UDP 500, then 4500) and ESP in UDP 4500: nothing else.
-        assert proto == "17" and port in {"500", "4500"}, (src, dst, proto, port)
-    assert not [r for r in rows if r[2] in {"47", "54", "50"}]
+    rows = _only_ike_and_esp(cloud, pcap)
     assert {(s1_nbma, s2_nbma), (s2_nbma, s1_nbma)} & {(r[0], r[1]) for r in rows}
 
 
 @pytest.mark.parametrize("phase", [1, 2])
-def test_phases_1_and_2_over_ipsec(ipsec_factory, phase: int) -> None:  # type: ignore[no-untyped-def]
-    cloud: IpsecCloud = ipsec_factory(phase)
+def test_phases_1_and_2_over_ipsec(ipsec_factory, phase: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pcap = tmp_path / "underlay.pcap"
+    cloud: IpsecCloud = ipsec_factory(phase, capture=pcap)
     hub = str(cloud.topo.plan("hub1").tunnel.ip)  # type: ignore[union-attr]
     spoke2 = str(cloud.topo.plan("spoke2").tunnel.ip)  # type: ignore[union-attr]
     host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
@@ -246,6 +258,13 @@ def test_phases_1_and_2_over_ipsec(ipsec_factory, phase: int) -> None:  # type: 
         cloud.wait("the direct path", lambda: cloud.hops("host1", host2)[1] == spoke2)
     ping = ["ping", "-c", "3", "-i", "0.2", "-W", "1", host2]
     assert cloud.lab.exec("host1", ping).returncode == 0
+    assert cloud.capture is not None
+    cloud.capture.terminate()
+    cloud.capture.wait(timeout=10)
+    rows = _only_ike_and_esp(cloud, pcap)
+    s1_nbma = str(cloud.topo.plan("spoke1").nbma.ip)  # type: ignore[union-attr]
+    direct = {(r[0], r[1]) for r in rows} & {(s1_nbma, s2_nbma)}
+    assert bool(direct) == (phase == 2)  # spoke to spoke only in phase 2
 
 
 def test_wrong_psk_is_refused_and_disturbs_nothing(ipsec_factory) -> None:  # type: ignore[no-untyped-def]
