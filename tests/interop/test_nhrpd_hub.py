@@ -7,8 +7,10 @@ through NFLOG): dmvpn spokes and an nhrpd spoke (cases 2, 3, 5, 6).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 
@@ -129,6 +131,50 @@ def test_a_vanished_dmvpn_spoke_expires_from_nhrpd_on_time(cloud: Cloud) -> None
     # costs a vtysh round trip (~1-2 s).
     assert HOLDTIME * 2 / 3 - 2 <= gone <= HOLDTIME + 4, gone
     assert "10.0.0.11" in cloud.nhrpd_cache("hub1")
+
+
+# Sent from spoke2's namespace (its daemon gone) with a raw GRE socket: two
+# Resolution Requests nhrpd's hub should refuse, and what comes back.
+_PROBE = r"""
+import json, select, socket, sys, time
+from ipaddress import IPv4Address as A
+from dmvpn.wire import (Cie, EndExtension, ForwardTransitNhsExtension, GrePacket, NhrpPacket,
+                        PacketType, UnknownExtension, decode_gre, decode_nhrp)
+def request(rid, *exts):
+    return NhrpPacket(type=PacketType.RESOLUTION_REQUEST, src_nbma=A("172.30.0.12"),
+                      src_proto=A("10.0.0.12"), dst_proto=A("192.168.1.10"), request_id=rid,
+                      cies=(Cie(prefix_length=32),), extensions=(*exts, EndExtension()))
+unknown = UnknownExtension(type=0x1234, data=b"probe", compulsory=True)
+looped = ForwardTransitNhsExtension(cies=(Cie(protocol=A("10.0.0.1"), nbma=A("172.30.0.1")),))
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+answers = {}
+for rid, ext in ((101, unknown), (102, looped)):
+    gre = GrePacket(protocol=0x2001, payload=request(rid, ext).encode(), key=42)
+    sock.sendto(gre.encode(), ("172.30.0.1", 0))
+    got, end = [], time.monotonic() + 3
+    while (left := end - time.monotonic()) > 0:
+        if not select.select([sock], [], [], left)[0]:
+            continue
+        data, (src, _) = sock.recvfrom(65535)
+        pkt = decode_nhrp(decode_gre(data[(data[0] & 15) * 4:]).payload)
+        got.append({"from": src, "type": pkt.type.name, "error_code": pkt.error_code})
+    answers[rid] = got
+print(json.dumps(answers))
+"""
+
+
+def test_nhrpd_drops_an_unknown_compulsory_extension_and_misses_a_loop(cloud: Cloud) -> None:
+    # RFC 2332 5.3: an unrecognized compulsory extension gets Error Indication
+    # code 1; 5.3.2: a request whose Forward Transit NHS record already holds
+    # this NHS is a loop (code 3). dmvpn does both (tests/nhrp). nhrpd 8.4,
+    # met on the wire: drops the first silently, and forwards the second to
+    # the owner (our spoke1), who answers it.
+    res = cloud.lab.exec("spoke2", [sys.executable, "-c", _PROBE], capture_output=True,
+                         text=True, timeout=30)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    answers = json.loads(res.stdout)
+    assert answers["101"] == []
+    assert answers["102"] == [{"from": "172.30.0.11", "type": "RESOLUTION_REPLY", "error_code": 0}]
 
 
 def test_nhrpd_ignores_our_spokes_purge_on_sigterm(cloud: Cloud) -> None:
