@@ -392,6 +392,44 @@ def test_error_indication_with_hop_count_zero_is_read() -> None:
     assert [e.message for e in events] == ["Error Indication from 192.0.2.2 failed authentication"]
 
 
+def test_error_indications_from_an_nhs_cause_one_reregistration_not_a_storm() -> None:
+    # An NHS may have lost our registration (a restart): one registration at
+    # once. An NHS that answers every one with an Error Indication (nhrpd
+    # with a password we do not send) gets no more than one per retry_max.
+    spoke = Engine(
+        EngineConfig(
+            protocol_address=A("10.0.0.11"),
+            nbma_address=A("198.51.100.11"),
+            nhs=(NhsConfig(A("10.0.0.1"), A("192.0.2.1")),),
+        )
+    )
+    hub = Engine(EngineConfig(protocol_address=A("10.0.0.1"), nbma_address=A("192.0.2.1"),
+                              server=True))  # fmt: skip
+    spoke.start(0.0)
+    hub.start(0.0)
+    hub.pop_outputs()
+    for send in _sent(spoke):
+        hub.receive(send.data, A("198.51.100.11"), 0.0)
+    for send in _sent(hub):
+        spoke.receive(send.data, A("192.0.2.1"), 0.0)
+    assert spoke.nhs_view(0.0)[0]["state"] == "up"
+    err = NhrpPacket(
+        type=PacketType.ERROR_INDICATION,
+        hop_count=0,
+        src_nbma=A("192.0.2.1"),
+        src_proto=A("10.0.0.1"),
+        dst_proto=A("10.0.0.11"),
+        error_code=ErrorCode.AUTHENTICATION_FAILURE,
+    ).encode()
+    sent = []
+    for i in range(100):  # a thousand a second, as two disagreeing nhrpd exchange
+        spoke.receive(err, A("192.0.2.1"), 1.0 + i / 1000)
+        sent += [s for s in _sent(spoke) if s.packet.type == PacketType.REGISTRATION_REQUEST]
+    assert len(sent) == 1
+    spoke.receive(err, A("192.0.2.1"), 1.0 + spoke.config.retry_max)
+    assert [s.packet.type for s in _sent(spoke)] == [PacketType.REGISTRATION_REQUEST]
+
+
 def test_retune_keeps_state_and_takes_new_knobs() -> None:
     hub, _ = _phase3_hub()
     from dataclasses import replace as dc_replace

@@ -46,6 +46,7 @@ class NhsState:
     # Our NBMA address as the NHS saw it (Cisco NAT extension in the reply).
     public_nbma: Address | None = None
     generation: int = 0  # bumps on every (re)schedule; stale timers are ignored
+    error_quiet_until: float = 0.0  # no re-registration on an Error Indication before
 
     def view(self, now: float) -> dict[str, object]:
         return {
@@ -297,7 +298,11 @@ class NhsClient:
         """An NHS that answers with an Error Indication may have lost our
         registration (a restart): register again at once."""
         s = self.by_nbma.get(src_nbma)
-        if s is not None and s.state == "up":
+        if s is not None and s.state == "up" and now >= s.error_quiet_until:
+            # Once per retry_max: an NHS that answers every registration
+            # with an Error Indication (nhrpd, on a password it cannot
+            # check) must not make this a registration/error storm.
+            s.error_quiet_until = now + self.core.config.retry_max
             self._register(s, now, new=True)
 
     def nbma_changed(self, now: float) -> None:
