@@ -10,7 +10,12 @@ Measured in one run, each against a baseline in the same lab:
    spoke1 -> spoke2 on the underlay. The overlay path also crosses two LAN
    veths and two routing hops, so the difference is an upper bound on what
    the userspace data plane adds.
-3. Phase 3 switch-over: host1 pings host2 every 2 ms from a cold cloud; the
+3. CPU cost at a fixed rate (iperf3 -b, so it does not depend on how much
+   CPU the machine's other users leave): CPU seconds per GB moved, counted
+   for the two iperf3 processes and both spoke daemons (pump threads; the
+   kernel's packet work mostly runs in their context), against the two
+   iperf3 processes alone on the underlay at the same rate.
+4. Phase 3 switch-over: host1 pings host2 every 2 ms from a cold cloud; the
    reply TTL tells the path (one less through the hub). Reported: time from
    the first echo to the first direct reply, and echoes lost meanwhile;
    against the underlay RTT.
@@ -56,6 +61,37 @@ def iperf(lab: Lab, server: str, client: str, address: str, seconds: float) -> f
     return float(result["end"]["sum_received"]["bits_per_second"]) / 1e6
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a running process, all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _reap(proc: subprocess.Popen[Any]) -> float:
+    """Wait for a child; its CPU seconds (`ip netns exec` execs in place)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_per_gb(lab: Lab, server: str, client: str, address: str, mbit: int,
+               seconds: float, daemons: list[int]) -> float:  # fmt: skip
+    """CPU seconds per GB received, at a fixed rate, of the iperf3 client
+    and server and the given daemon processes."""
+    before = sum(_cpu(pid) for pid in daemons)
+    srv = lab.popen(server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.5)
+    cli = lab.popen(client, ["iperf3", "-c", address, "-b", f"{mbit}M", "-t", str(seconds), "-J"],
+                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert cli.stdout is not None
+    out = cli.stdout.read()
+    cpu = _reap(cli) + _reap(srv)
+    cpu += sum(_cpu(pid) for pid in daemons) - before
+    received = float(json.loads(out)["end"]["sum_received"]["bytes"])
+    return cpu / (received / 1e9)
+
+
 def rtts(lab: Lab, node: str, address: str, count: int = 50) -> list[float]:
     out = lab.exec(node, ["ping", "-c", str(count), "-i", "0.02", "-W", "1", address],
                    capture_output=True, text=True).stdout  # fmt: skip
@@ -83,6 +119,9 @@ def switch_over(lab: Lab, address: str) -> dict[str, Any]:
         "ms_to_direct": round((first_direct[2] - first_ts) * 1000, 2),
     }
 
+
+# The fixed rate for the CPU cost: below what both variants reach under load.
+RATE = 400
 
 # `dmvpn` with every TAP opened without a virtio_net_hdr (no offloads).
 NO_OFFLOADS = """
@@ -139,6 +178,13 @@ def measure(dmvpn: list[str], seconds: float) -> dict[str, Any]:
         overlay = iperf(lab, "host2", "host1", host2, seconds)
         result["throughput_mbit"] = {"underlay": round(base), "overlay_shortcut": round(overlay),
                                      "ratio": round(overlay / base, 4)}  # fmt: skip
+        daemons = [runner.procs[n].pid for n in ("spoke1", "spoke2")]
+        under_cpu = cpu_per_gb(lab, "spoke2", "spoke1", spoke2_nbma, RATE, seconds, [])
+        over_cpu = cpu_per_gb(lab, "host2", "host1", host2, RATE, seconds, daemons)
+        result["cpu_s_per_gb_at_fixed_rate"] = {
+            "rate_mbit": RATE, "underlay": round(under_cpu, 2),
+            "overlay_shortcut": round(over_cpu, 2), "ratio": round(over_cpu / under_cpu, 1),
+        }  # fmt: skip
     finally:
         lab.down()
     return result
