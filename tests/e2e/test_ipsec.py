@@ -129,6 +129,8 @@ def _only_ike_and_esp(cloud: Cloud, pcap: Path) -> list[tuple[str, str, str, str
     nbma = {str(p.nbma.ip) for p in cloud.topo.routers}  # type: ignore[union-attr]
     assert rows
     for src, dst, proto, port in rows:
+        if proto == "2" and dst.startswith("224."):
+            continue  # IGMP from the lab's bridge ports joining groups: not ours
         if proto == "1,17":
             # An ICMP error quoting IKE: a spoke's first IKE_SA_INIT reached
             # the hub before the hub's charon listened (port unreachable).

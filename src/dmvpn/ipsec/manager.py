@@ -222,14 +222,21 @@ class IpsecManager:
         except vici.exception.CommandException:
             pass  # already gone
 
-    def _terminate(self, remote: IPv4Address, ike_id: str | None) -> None:
+    def _terminate(self, local: IPv4Address, remote: IPv4Address) -> None:
+        """Every IKE SA between the two addresses (there may be two when both
+        sides initiated), then our connection to the peer."""
         v = self._session()
-        if ike_id is not None:
-            try:
-                for _ in v.terminate({"ike-id": ike_id, "timeout": 2000}):
-                    pass
-            except vici.exception.CommandException:
-                pass  # already gone
+        listed = list(v.list_sas())  # a streamed reply: read it all before the next command
+        for entry in listed:
+            for sa in entry.values():
+                sa = _text(sa)
+                if sa.get("remote-host") != str(remote) or sa.get("local-host") != str(local):
+                    continue
+                try:
+                    for _ in v.terminate({"ike-id": sa.get("uniqueid"), "timeout": 2000}):
+                        pass
+                except vici.exception.CommandException:
+                    pass  # already gone
         try:
             v.unload_conn({"name": conn_name(remote)})
         except vici.exception.CommandException:
@@ -264,9 +271,8 @@ class IpsecManager:
         else:
             # An external charon keeps running: take down what we brought up.
             for peer in list(self.peers.values()):
-                ike_id = peer.sa.get("uniqueid") if peer.sa else None
                 try:
-                    await asyncio.wait_for(self._call(self._terminate, peer.remote, ike_id), 3)
+                    await asyncio.wait_for(self._call(self._terminate, peer.local, peer.remote), 3)
                 except (OSError, TimeoutError, vici.exception.CommandException):
                     pass
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -493,10 +499,9 @@ class IpsecManager:
         del self.peers[(peer.local, peer.remote)]
         if peer.task is not None:
             peer.task.cancel()
-        ike_id = peer.sa.get("uniqueid") if peer.sa else None
         was_up = peer.state == "up"
         try:
-            await self._call(self._terminate, peer.remote, ike_id)
+            await self._call(self._terminate, peer.local, peer.remote)
         except (OSError, vici.exception.CommandException):
             pass
         self.stats["torn_down"] += 1
