@@ -228,9 +228,16 @@ def test_different_flows_and_gaps_are_not_merged(rig: Rig) -> None:
     other[20:22] = struct.pack("!H", 40001)  # another source port: another flow
     other[36:38] = struct.pack("!H", 0xFFFF - csum(pseudo(SRC, DST, 132) + bytes(other[20:36])
                                                    + bytes(2) + bytes(other[38:])))  # fmt: skip
-    for seg in (a1, gap, bytes(other)):
+    # The next segment of that flow, but with a corrupt IP header checksum:
+    # passed on as it is (the receiver drops it), not merged and repaired.
+    bad_ip = bytearray(tcp_segment(500, b"d" * 100))
+    bad_ip[20:22] = struct.pack("!H", 40001)
+    bad_ip[36:38] = struct.pack("!H", 0xFFFF - csum(pseudo(SRC, DST, 132) + bytes(bad_ip[20:36])
+                                                    + bytes(2) + bytes(bad_ip[38:])))  # fmt: skip
+    bad_ip[10] ^= 0x01
+    for seg in (a1, gap, bytes(other), bytes(bad_ip)):
         rig.peer.sendto(GrePacket(0x0800, seg, key=KEY).encode(), ("127.0.0.2", 0))
     rig.start()
-    frames = _frames(rig.kernel, 300)
-    assert [f[14:] for _, f in frames] == [a1, gap, bytes(other)]
+    frames = _frames(rig.kernel, 400)
+    assert [f[14:] for _, f in frames] == [a1, gap, bytes(other), bytes(bad_ip)]
     assert all(h == (0, 0, 0, 0, 0, 0) for h, _ in frames)

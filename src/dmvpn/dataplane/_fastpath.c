@@ -319,6 +319,7 @@ static int gro_add(pump_t *P, pstat *p, const unsigned char *in, size_t n) {
     if (n < 41 || in[0] != 0x45 || in[9] != 6 || get16(in + 2) != n ||
         (get16(in + 6) & 0x3fff) != 0)
         return 0; /* options, not TCP, padded, or a fragment */
+    if (fold(sum16(0, in, 20)) != 0xffff) return 0; /* a corrupt IP header stays as it is */
     const unsigned char *t = in + 20;
     int thl = (t[12] >> 4) * 4;
     if (thl < 20 || (size_t)20 + thl >= n || (t[13] & ~TCP_PSH) != TCP_ACK) return 0;
