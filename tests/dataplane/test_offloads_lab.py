@@ -115,7 +115,10 @@ def test_bulk_tcp_over_a_shortcut_is_intact_and_offloaded(cloud: tuple[Lab, Topo
     rx_packets = after["spoke2"]["rx_packets"] - before["spoke2"]["rx_packets"]
     assert tx >= SIZE and rx_bytes >= SIZE
     assert tx / tx_packets > 4 * 1414, f"TSO: {tx} bytes in {tx_packets} frames"
-    assert rx_bytes / rx_packets > 4 * 1414, f"GRO: {rx_bytes} bytes in {rx_packets} frames"
+    # GRO merges what one wake-up finds queued: fewer segments when the
+    # receiving pump keeps up (5,400-11,700 bytes per frame seen), so only
+    # "clearly merged" is asserted.
+    assert rx_bytes / rx_packets > 2 * 1414, f"GRO: {rx_bytes} bytes in {rx_packets} frames"
     # ...while the underlay carried ordinary GRE: nothing fragmented.
     assert {n: _frag_creates(lab, n) for n in frags} == frags
     assert re.fullmatch(r"[0-9a-f]{64}", got[1])
