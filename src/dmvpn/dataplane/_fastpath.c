@@ -12,7 +12,7 @@
  * the underlay only ever carries ordinary MTU-sized GRE. The other way,
  * consecutive in-order segments of one TCP flow read from the socket in one
  * batch are merged (GRO) into one super-packet written with a virtio_net_hdr,
- * so the kernel routes and delivers one packet instead of ~40.
+ * so the kernel routes and delivers one packet instead of several.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
