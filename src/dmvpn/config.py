@@ -9,7 +9,14 @@ path; the daemon refuses a file with any.
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,17 +39,18 @@ class Tunnel(_Strict):
 
 
 class Nhs(_Strict):
-    """`ip nhrp nhs ADDRESS nbma NBMA priority P` (lower is preferred)."""
+    """`ip nhrp nhs ADDRESS nbma NBMA priority P` (lower is preferred); an
+    IPv6 ADDRESS is `ipv6 nhrp nhs` (registered by the IPv6 engine)."""
 
-    address: IPv4Address
+    address: IPv4Address | IPv6Address
     nbma: IPv4Address
     priority: Annotated[int, Field(ge=0, le=255)] = 0
 
 
 class Map(_Strict):
-    """`ip nhrp map ADDRESS NBMA`: a static binding."""
+    """`ip nhrp map ADDRESS NBMA` (or `ipv6 nhrp map`): a static binding."""
 
-    address: IPv4Address
+    address: IPv4Address | IPv6Address
     nbma: IPv4Address
 
 
@@ -76,36 +84,74 @@ class Nhrp(_Strict):
 class Interface(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
     address: IPv4Interface  # tunnel address with prefix, e.g. 10.0.0.11/24
+    # `ipv6 address` on the tunnel, e.g. fd00::11/64: a dual-stack overlay
+    # with an NHRP instance of its own (docs/ARCHITECTURE.md). None: IPv4 only.
+    ipv6_address: IPv6Interface | None = None
     mtu: Annotated[int, Field(ge=576, le=9000)] = 1400
     tunnel: Tunnel
     nhrp: Nhrp
 
     @model_validator(mode="after")
     def _consistent(self) -> Interface:
-        net = self.address.network
+        v6 = self.ipv6_address
+        if v6 is not None and (
+            v6.ip.is_link_local or v6.ip.is_multicast or v6.network.prefixlen > 126
+        ):
+            raise ValueError(
+                f"ipv6_address {v6} must be a unicast, non-link-local address "
+                "with a prefix of at most /126 (link-local addresses come from the MAC)"
+            )
         for i, nhs in enumerate(self.nhrp.nhs):
+            net, own = self._family(f"nhrp.nhs.{i}.address", nhs.address)
             if nhs.address not in net:
                 raise ValueError(f"nhrp.nhs.{i}.address {nhs.address} is outside {net}")
-            if nhs.address == self.address.ip:
+            if nhs.address == own:
                 raise ValueError(f"nhrp.nhs.{i}.address is this interface's own address")
         for i, m in enumerate(self.nhrp.map):
+            net, _ = self._family(f"nhrp.map.{i}.address", m.address)
             if m.address not in net:
                 raise ValueError(f"nhrp.map.{i}.address {m.address} is outside {net}")
         return self
+
+    def _family(
+        self, where: str, addr: IPv4Address | IPv6Address
+    ) -> tuple[IPv4Network | IPv6Network, IPv4Address | IPv6Address]:
+        """The tunnel network and own address of ``addr``'s family."""
+        if isinstance(addr, IPv4Address):
+            return self.address.network, self.address.ip
+        if self.ipv6_address is None:
+            raise ValueError(f"{where} {addr} is IPv6 but the interface has no ipv6_address")
+        return self.ipv6_address.network, self.ipv6_address.ip
 
     @property
     def is_hub(self) -> bool:
         return self.nhrp.server if self.nhrp.server is not None else not self.nhrp.nhs
 
-    def engine_config(self) -> EngineConfig:
+    def engine_config(self, family: int = 4) -> EngineConfig:
+        """The NHRP engine of one protocol family (4 or 6): like Cisco's `ip
+        nhrp` and `ipv6 nhrp`, each registers and resolves on its own, over
+        the same NBMA address and GRE key; the NHRP settings are shared."""
         n = self.nhrp
+        if family == 6:
+            if self.ipv6_address is None:
+                raise ValueError(f"interface {self.name} has no ipv6_address")
+            own: IPv4Address | IPv6Address = self.ipv6_address.ip
+        else:
+            own = self.address.ip
+        kind = type(own)
         return EngineConfig(
-            protocol_address=self.address.ip,
+            protocol_address=own,
             nbma_address=self.tunnel.source,
             server=self.is_hub,
-            nhs=tuple(NhsConfig(x.address, x.nbma, x.priority) for x in n.nhs),
+            nhs=tuple(
+                NhsConfig(x.address, x.nbma, x.priority)
+                for x in n.nhs
+                if isinstance(x.address, kind)
+            ),
             max_nhs=n.max_nhs,
-            static_maps=tuple(StaticMap(m.address, m.nbma) for m in n.map),
+            static_maps=tuple(
+                StaticMap(m.address, m.nbma) for m in n.map if isinstance(m.address, kind)
+            ),
             holding_time=n.holdtime,
             registration_unique=not n.registration_no_unique,
             resolution=n.resolution,
@@ -119,10 +165,17 @@ class Interface(_Strict):
 
 
 class Route(_Strict):
-    """A route the daemon installs into the node's kernel table."""
+    """A route the daemon installs into the node's kernel table (IPv4 or,
+    over an interface with an ipv6_address, IPv6)."""
 
-    prefix: IPv4Network
-    via: IPv4Address
+    prefix: IPv4Network | IPv6Network
+    via: IPv4Address | IPv6Address
+
+    @model_validator(mode="after")
+    def _same_family(self) -> Route:
+        if self.prefix.version != self.via.version:
+            raise ValueError(f"via {self.via} is not of the family of prefix {self.prefix}")
+        return self
 
 
 # strongSwan proposal keywords (swanctl.conf "proposals"): algorithms joined
@@ -267,6 +320,10 @@ class NodeConfig(_Strict):
         ids = [i.nhrp.network_id for i in self.interfaces]
         if len(set(ids)) != len(ids):
             raise ValueError("each interface needs its own nhrp.network_id")
+        if any(r.prefix.version == 6 for r in self.routes) and not any(
+            i.ipv6_address is not None for i in self.interfaces
+        ):
+            raise ValueError("IPv6 routes need an interface with an ipv6_address")
         if self.ipsec is not None:
             sources = [i.tunnel.source for i in self.interfaces]
             if len(set(sources)) != len(sources):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -193,3 +193,74 @@ def test_ipsec_example_names_its_missing_pki(tmp_path: Path) -> None:
     config = load_config(tmp_path / "spoke.yaml")
     assert config.ipsec is not None and config.ipsec.binding_on
     assert config.ipsec.idle_timeout == 10 and config.ipsec.ike_lifetime == 14400
+
+
+def test_dual_stack_example_gives_one_engine_config_per_family() -> None:
+    spoke = load_config(EXAMPLES / "spoke-dual-stack.yaml")
+    hub = load_config(EXAMPLES / "hub-dual-stack.yaml").interfaces[0]
+    itf = spoke.interfaces[0]
+    v4, v6 = itf.engine_config(4), itf.engine_config(6)
+    assert v4.protocol_address == IPv4Address("10.0.0.11")
+    assert [n.protocol for n in v4.nhs] == [IPv4Address("10.0.0.1")]
+    assert v6.protocol_address == IPv6Address("fd00::11")
+    assert [(n.protocol, n.nbma) for n in v6.nhs] == [
+        (IPv6Address("fd00::1"), IPv4Address("192.0.2.1"))
+    ]
+    assert v6.nbma_address == v4.nbma_address and v6.shortcut and not v6.server
+    assert hub.engine_config(6).server and hub.engine_config(6).redirect
+    assert [r.prefix.version for r in spoke.routes] == [4, 6]
+    # An IPv4-only interface has no IPv6 engine.
+    with pytest.raises(ValueError, match="no ipv6_address"):
+        load_config(EXAMPLES / "spoke.yaml").interfaces[0].engine_config(6)
+
+
+DUAL = """\
+node: spoke1
+interfaces:
+  - name: dmvpn0
+    address: 10.0.0.11/24
+    ipv6_address: IPV6
+    tunnel: {source: 198.51.100.11}
+    nhrp:
+      network_id: 1
+      nhs:
+        - {address: NHS, nbma: 192.0.2.1}
+      map:
+        - {address: MAP, nbma: 192.0.2.7}
+routes:
+  - {prefix: PREFIX, via: VIA}
+"""
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"IPV6": "null"},
+            "interfaces.0: nhrp.nhs.0.address fd00::1 is IPv6 but the interface "
+            "has no ipv6_address",
+        ),
+        ({"NHS": "fd01::1"}, "interfaces.0: nhrp.nhs.0.address fd01::1 is outside fd00::/64"),
+        ({"NHS": "fd00::11"}, "interfaces.0: nhrp.nhs.0.address is this interface's own address"),
+        ({"MAP": "fd01::7"}, "interfaces.0: nhrp.map.0.address fd01::7 is outside fd00::/64"),
+        ({"IPV6": "fe80::11/64"}, "interfaces.0: ipv6_address fe80::11/64 must be a unicast"),
+        ({"IPV6": "fd00::11/128"}, "with a prefix of at most /126"),
+        ({"VIA": "10.0.0.1"}, "routes.0: via 10.0.0.1 is not of the family of prefix fd00::/16"),
+        ({"IPV6": "10.0.0.12/24"}, "interfaces.0.ipv6_address:"),
+    ],
+)
+def test_dual_stack_errors_name_field_and_reason(tmp_path: Path, changes: dict[str, str],
+                                                 expected: str) -> None:  # fmt: skip
+    values = {"IPV6": "fd00::11/64", "NHS": "fd00::1", "MAP": "fd00::7",
+              "PREFIX": "fd00::/16", "VIA": "fd00::1", **changes}  # fmt: skip
+    text = DUAL
+    for key, value in values.items():
+        text = text.replace(key, value)
+    problems = _problems(tmp_path, text)
+    assert any(expected in p for p in problems), problems
+
+
+def test_ipv6_routes_need_an_ipv6_interface(tmp_path: Path) -> None:
+    text = (EXAMPLES / "spoke.yaml").read_text() + '  - {prefix: "fd00::/16", via: "fd00::1"}\n'
+    problems = _problems(tmp_path, text)
+    assert problems == ["(top level): IPv6 routes need an interface with an ipv6_address"], problems

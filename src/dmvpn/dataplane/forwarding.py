@@ -7,24 +7,30 @@ names the NBMA address to send it to, with no per-packet table lookup beyond
 a dict. ARP for a tunnel address is answered from NHRP: the peer's MAC when
 the address is bound; the NHS's MAC while it is not (Cisco's temporary
 entry: traffic goes via the hub), and a gratuitous ARP moves the kernel's
-neighbour entry once the binding arrives. The I/O (TAP, raw GRE socket) is
-injected, so this runs the same in tests and in the daemon.
+neighbour entry once the binding arrives. IPv6 (a dual-stack overlay) is
+carried the same way, GRE protocol type 0x86DD, with Neighbor Discovery in
+place of ARP (nd.py). The I/O (TAP, raw GRE socket) is injected, so this
+runs the same in tests and in the daemon.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 from dmvpn.wire import Address, ArpOp, ArpPacket, DecodeError, GrePacket, decode_arp, decode_gre
+
+from . import nd
+from .nd import ETH_IPV6
 
 ETH_IPV4 = b"\x08\x00"
 ETH_ARP = b"\x08\x06"
 BROADCAST = b"\xff" * 6
 GRE_NHRP = 0x2001
 GRE_IPV4 = 0x0800
+GRE_IPV6 = 0x86DD
 # Report a peer's use to the engine at most this often (seconds).
 USE_REPORT_INTERVAL = 1.0
 # Per-peer counters kept for at most this many NBMA addresses (a flood of
@@ -69,6 +75,41 @@ class EngineHooks(Protocol):
     def binding_used(self, addr: Address, now: float) -> None: ...
 
 
+class FamilyDispatch:
+    """One NHRP engine per protocol family on an interface (Cisco's `ip nhrp`
+    and `ipv6 nhrp`, nhrpd's afi instances): NHRP packets go to the engine
+    of their ar$pro.type, data-plane events to the engine of the address's
+    family. Without an IPv6 engine everything goes to the IPv4 one, as before."""
+
+    def __init__(self, engine4: EngineHooks, engine6: EngineHooks | None = None) -> None:
+        self.engine4 = engine4
+        self.engine6 = engine6
+
+    def _of(self, addr: Address) -> EngineHooks:
+        if self.engine6 is not None and isinstance(addr, IPv6Address):
+            return self.engine6
+        return self.engine4
+
+    def receive(self, data: bytes, src_nbma: Address, now: float) -> None:
+        # ar$pro.type is bytes 2-3 of the fixed header (RFC 2332 5.2.0.1).
+        if self.engine6 is not None and data[2:4] == ETH_IPV6:
+            self.engine6.receive(data, src_nbma, now)
+        else:
+            self.engine4.receive(data, src_nbma, now)
+
+    def next_hop_unbound(self, next_hop: Address, now: float) -> None:
+        self._of(next_hop).next_hop_unbound(next_hop, now)
+
+    def hairpin(self, packet: bytes, from_nbma: Address, now: float) -> None:
+        if self.engine6 is not None and packet[:1] and packet[0] >> 4 == 6:
+            self.engine6.hairpin(packet, from_nbma, now)
+        else:
+            self.engine4.hairpin(packet, from_nbma, now)
+
+    def binding_used(self, addr: Address, now: float) -> None:
+        self._of(addr).binding_used(addr, now)
+
+
 class Forwarder:
     def __init__(
         self,
@@ -80,9 +121,12 @@ class Forwarder:
         send_gre: Callable[[IPv4Address, bytes], None],
         write_tap: Callable[[bytes], None],
         redirect: bool = False,
+        tunnel_address6: IPv6Address | None = None,
     ) -> None:
         self.engine = engine
         self.tunnel_address = tunnel_address
+        # None: IPv4-only overlay, every IPv6 frame from the kernel is dropped.
+        self.tunnel_address6 = tunnel_address6
         self.local_mac = local_mac
         self.key = key
         self.send_gre = send_gre
@@ -93,12 +137,13 @@ class Forwarder:
         self.nhs: list[IPv4Address] = []  # NHS NBMA addresses, preferred first
         self.multicast: list[IPv4Address] = []  # the `map multicast` set, resolved
         # Inner source address -> the peer it last came from (hub hairpin).
-        self._came_from: dict[IPv4Address, IPv4Address] = {}
+        self._came_from: dict[IPv4Address | IPv6Address, IPv4Address] = {}
         self._last_use: dict[IPv4Address, float] = {}  # peers beyond MAX_PEER_COUNTERS
         self.stats: Counter[str] = Counter()
         self.peers: dict[IPv4Address, PeerCounters] = {}
         self._gre_header = GrePacket(GRE_IPV4, b"", key=key).encode()
         self._gre_nhrp_header = GrePacket(GRE_NHRP, b"", key=key).encode()
+        self._gre6_header = GrePacket(GRE_IPV6, b"", key=key).encode()
 
     # ------------------------------------------------------------ NHRP out
 
@@ -126,6 +171,11 @@ class Forwarder:
             # Move the kernel's neighbour entry to the new link-layer address.
             self.write_tap(self._arp_frame(ArpOp.REPLY, protocol, nbma_mac(nbma),
                                            self.tunnel_address, BROADCAST))  # fmt: skip
+        elif isinstance(protocol, IPv6Address) and self.tunnel_address6 is not None:
+            # The same for IPv6: an unsolicited NA with Override (RFC 4861 7.2.6).
+            na = nd.advertisement(protocol, nbma_mac(nbma), nd.ALL_NODES, solicited=False)
+            self.write_tap(nd.multicast_mac(nd.ALL_NODES.packed) + nbma_mac(nbma)
+                           + ETH_IPV6 + na)  # fmt: skip
 
     def unbind(self, protocol: Address) -> None:
         self.bindings.pop(protocol, None)
@@ -140,6 +190,9 @@ class Forwarder:
         etype = frame[12:14]
         if etype == ETH_ARP:
             self._arp_from_kernel(frame[14:], now)
+            return
+        if etype == ETH_IPV6:
+            self._ipv6_from_tap(frame, now)
             return
         if etype != ETH_IPV4:
             self.stats["tap.unsupported_ethertype"] += 1
@@ -192,6 +245,84 @@ class Forwarder:
                 self._last_use[nbma] = now
             if len(dst) == 4:
                 self.engine.binding_used(IPv4Address(dst), now)
+            elif len(dst) == 16:
+                self.engine.binding_used(IPv6Address(dst), now)
+
+    def _ipv6_from_tap(self, frame: bytes, now: float) -> None:
+        """IPv6 from the kernel: ND answered here, link-local chatter dropped,
+        multicast to the `map multicast` set, unicast to the MAC's NBMA."""
+        if self.tunnel_address6 is None:
+            self.stats["tap.unsupported_ethertype"] += 1  # IPv4-only overlay
+            return
+        payload = frame[14:]
+        if len(payload) < 40 or payload[0] >> 4 != 6:
+            self.stats["tap.bad_ipv6"] += 1
+            return
+        icmp = nd.icmpv6_type(payload)
+        if icmp == nd.NEIGHBOR_SOLICITATION:
+            self._ns_from_kernel(frame, payload, now)
+            return
+        if icmp in nd.DROPPED and (frame[0] & 1 or icmp != nd.NEIGHBOR_ADVERTISEMENT):
+            # Unicast NAs are answers a peer asked for; the rest never leaves.
+            self.stats[f"nd.dropped.{nd.DROPPED[icmp]}"] += 1
+            return
+        dst = frame[:6]
+        if dst[0] & 1:
+            # OSPFv3 (ff02::5/6) and other link multicast: the `map multicast` set.
+            data = self._gre6_header + payload
+            for target in self.multicast:
+                self.send_gre(target, data)
+                peer = self.peers.get(target) or self._new_peer(target)
+                if peer is not None:
+                    peer.tx_packets += 1
+                    peer.tx_bytes += len(data)
+            self.stats["tx.multicast"] += 1
+            return
+        nbma = mac_nbma(dst)
+        if nbma is None:
+            self.stats["tap.unknown_mac"] += 1
+            return
+        if self.redirect:
+            came = self._came_from.get(IPv6Address(payload[8:24]))
+            if came is not None and came != nbma:
+                self.engine.hairpin(payload, came, now)
+        data = self._gre6_header + payload
+        self.send_gre(nbma, data)
+        self._sent_data(nbma, 1, len(data), payload[24:40], now)
+
+    def _ns_from_kernel(self, frame: bytes, payload: bytes, now: float) -> None:
+        ns = nd.parse_solicitation(payload)
+        if ns is None:
+            self.stats["nd.bad_solicitation"] += 1
+            return
+        if ns.is_dad:
+            # Nothing on the cloud owns our addresses but us: no answer, so
+            # DAD succeeds, and the probe does not flood the cloud.
+            self.stats["nd.dropped.dad"] += 1
+            return
+        target = ns.target
+        if target == self.tunnel_address6:
+            return
+        nbma: IPv4Address | None = nd.link_local_nbma(target)
+        if nbma is not None:
+            self.stats["nd.link_local"] += 1
+        elif target.is_link_local or target.is_multicast:
+            self.stats["nd.unanswered"] += 1
+            return
+        else:
+            nbma = self.bindings.get(target)
+            if nbma is None:
+                # Unbound: resolve, and send via the NHS meanwhile (as ARP).
+                self.engine.next_hop_unbound(target, now)
+                if not self.nhs:
+                    self.stats["nd.unanswered"] += 1
+                    return
+                nbma = self.nhs[0]
+                self.stats["nd.via_nhs"] += 1
+            else:
+                self.stats["nd.answered"] += 1
+        mac = nbma_mac(nbma)
+        self.write_tap(frame[6:12] + mac + ETH_IPV6 + nd.advertisement(target, mac, ns.src))
 
     # ------------------------------------------------------------ C fast path
 
@@ -267,6 +398,9 @@ class Forwarder:
             self.stats["rx.nhrp"] += 1
             self.engine.receive(gre.payload, src, now)
             return
+        if gre.protocol == GRE_IPV6 and self.tunnel_address6 is not None:
+            self._ipv6_from_gre(gre.payload, src)
+            return
         if gre.protocol != GRE_IPV4 or len(gre.payload) < 20:
             self.stats["rx.unsupported"] += 1
             return
@@ -285,4 +419,23 @@ class Forwarder:
         else:
             eth_dst = self.local_mac
         self.write_tap(eth_dst + nbma_mac(src) + ETH_IPV4 + inner)
+        self.stats["rx.data"] += 1
+
+    def _ipv6_from_gre(self, inner: bytes, src: IPv4Address) -> None:
+        if len(inner) < 40 or inner[0] >> 4 != 6:
+            self.stats["rx.unsupported"] += 1
+            return
+        if nd.icmpv6_type(inner) in (nd.NEIGHBOR_SOLICITATION, nd.ROUTER_SOLICITATION):
+            # Peers answer ND themselves; a solicitation from the cloud
+            # (another implementation's) would only make our kernel answer
+            # into it.
+            self.stats["nd.dropped.from_cloud"] += 1
+            return
+        if self.redirect:
+            self._came_from[IPv6Address(inner[8:24])] = src
+            if len(self._came_from) > 65536:
+                self._came_from.clear()
+        dst = inner[24:40]
+        eth_dst = nd.multicast_mac(dst) if dst[0] == 0xFF else self.local_mac
+        self.write_tap(eth_dst + nbma_mac(src) + ETH_IPV6 + inner)
         self.stats["rx.data"] += 1
