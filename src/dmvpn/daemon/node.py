@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,7 +25,7 @@ from pyroute2 import IPRoute
 from dmvpn.api.server import ApiError, ApiServer, default_socket_path
 from dmvpn.config import ConfigError, Interface, NodeConfig, load_config
 from dmvpn.dataplane.devices import MAX_FRAME, GreSocket, Tap
-from dmvpn.dataplane.forwarding import Forwarder, nbma_mac
+from dmvpn.dataplane.forwarding import FamilyDispatch, Forwarder, nbma_mac
 from dmvpn.ipsec import IpsecManager, PeerSa
 from dmvpn.ipsec.charon import CharonError
 from dmvpn.nhrp import (
@@ -55,6 +55,9 @@ from .routing import KernelRouting
 # alone (nhrpd's routes use zebra's 191; iproute2 shows ours as "177").
 RTPROT_DMVPN = 177
 NUD_PERMANENT = 0x80
+# ifa_flags: no duplicate address detection for the tunnel address (only we
+# own it on the cloud; nothing there would answer a probe anyway).
+IFA_F_NODAD = 0x02
 # Per-peer totals from the C pump: tx packets, tx bytes, rx packets, rx bytes.
 _TOTALS = struct.Struct("=4Q")
 # Drain at most this many packets per readiness callback, then yield.
@@ -101,28 +104,45 @@ class InterfaceRuntime:
         self.gre = GreSocket(cfg.tunnel.source)
         self.index: int = ipr.link_lookup(ifname=cfg.name)[0]
         mac = nbma_mac(cfg.tunnel.source)
+        if cfg.ipv6_address is not None:
+            self._ipv6_sysctls()  # before the link comes up and starts DAD/RS
         ipr.link("set", index=self.index, address=mac_text(mac),
                  mtu=cfg.mtu, state="up")  # fmt: skip
         ipr.addr("replace", index=self.index, address=str(cfg.address.ip),
                  prefixlen=cfg.address.network.prefixlen)  # fmt: skip
-        # The overlay is IPv4 for now: keep the kernel's IPv6 chatter (router
-        # solicitations, MLD) off the cloud.
-        try:
-            Path(f"/proc/sys/net/ipv6/conf/{cfg.name}/disable_ipv6").write_text("1")
-        except OSError:
-            pass  # IPv6 compiled out or sysctl read-only: harmless
+        if cfg.ipv6_address is not None:
+            ipr.addr("replace", index=self.index, address=str(cfg.ipv6_address.ip),
+                     prefixlen=cfg.ipv6_address.network.prefixlen, family=socket.AF_INET6,
+                     flags=IFA_F_NODAD)  # fmt: skip
+        else:
+            # An IPv4-only overlay: keep the kernel's IPv6 chatter (router
+            # solicitations, MLD) off the cloud.
+            try:
+                Path(f"/proc/sys/net/ipv6/conf/{cfg.name}/disable_ipv6").write_text("1")
+            except OSError:
+                pass  # IPv6 compiled out or sysctl read-only: harmless
         self.engine = Engine(self._engine_config(cfg), KernelRouting(ipr, self.index))
+        # Dual stack: a second engine for IPv6 (`ipv6 nhrp`), registering and
+        # resolving on its own over the same GRE (docs/ARCHITECTURE.md).
+        self.engine6: Engine | None = None
+        if cfg.ipv6_address is not None:
+            self.engine6 = Engine(self._engine_config(cfg, 6),
+                                  KernelRouting(ipr, self.index, 6))  # fmt: skip
+        self.hooks = FamilyDispatch(self.engine, self.engine6)
         self.forwarder = Forwarder(
-            engine=self.engine, tunnel_address=cfg.address.ip, local_mac=mac,
+            engine=self.hooks, tunnel_address=cfg.address.ip, local_mac=mac,
             key=cfg.tunnel.key, send_gre=self.gre.send, write_tap=self.tap.write,
             redirect=cfg.nhrp.redirect,
+            tunnel_address6=cfg.ipv6_address.ip if cfg.ipv6_address is not None else None,
         )  # fmt: skip
         # The C fast path moves plain unicast IPv4; a hub with redirect must
         # see every forwarded packet (hairpins), so it stays on Python.
         self.fast = _fastpath if (_fastpath is not None and not cfg.nhrp.redirect) else None
         self.key = cfg.tunnel.key if cfg.tunnel.key is not None else -1
         self._pump: threading.Thread | None = None
-        self.forwarder.nhs = [n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)]
+        self.forwarder.nhs = list(
+            dict.fromkeys(n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority))
+        )
         # NHRP from a peer whose identity is not known yet waits for it
         # (identity binding): the SA exists, the manager just has not read it.
         self.inbound: dict[IPv4Address, deque[tuple[bytes, float]]] = {}
@@ -141,15 +161,34 @@ class InterfaceRuntime:
     def now(self) -> float:
         return self.loop.time()
 
+    @property
+    def engines(self) -> list[Engine]:
+        """The IPv4 engine, then the IPv6 one when the overlay is dual-stack."""
+        return [self.engine] if self.engine6 is None else [self.engine, self.engine6]
+
+    def _ipv6_sysctls(self) -> None:
+        """IPv6 on, without the chatter nobody on an NBMA cloud answers:
+        no router solicitations, no DAD; link-local addresses from the MAC
+        (EUI-64), which nd.link_local_nbma maps back to the NBMA address."""
+        base = Path(f"/proc/sys/net/ipv6/conf/{self.cfg.name}")
+        for name, value in (("disable_ipv6", "0"), ("accept_dad", "0"),
+                            ("router_solicitations", "0"), ("addr_gen_mode", "0")):  # fmt: skip
+            try:
+                (base / name).write_text(value)
+            except OSError as exc:
+                self.log("sysctl-error", f"{base / name}: {exc.strerror}")
+
     def start(self) -> None:
         if self.ipsec is not None:
             self.bind_device()
         self._start_io()
-        self.engine.start(self.now())
+        for engine in self.engines:
+            engine.start(self.now())
         self.apply()
 
     def stop(self) -> None:
-        self.engine.stop(self.now())
+        for engine in self.engines:
+            engine.stop(self.now())
         self.apply()
         self._stop_io()
         if self._timer is not None:
@@ -159,8 +198,8 @@ class InterfaceRuntime:
 
     # ------------------------------------------------------------ IPsec
 
-    def _engine_config(self, cfg: Interface) -> EngineConfig:
-        ec = cfg.engine_config()
+    def _engine_config(self, cfg: Interface, family: int = 4) -> EngineConfig:
+        ec = cfg.engine_config(family)
         if self.ipsec is not None and self.ipsec.cfg.binding_on:
             ec = replace(ec, identity_binding=True)
         return ec
@@ -185,10 +224,11 @@ class InterfaceRuntime:
         """The SA to peer.remote is up: send what waited, use its bindings."""
         nbma = peer.remote
         assert self.ipsec is not None
-        self.engine.set_claims(nbma, self.ipsec.claims(peer))
+        for engine in self.engines:
+            engine.set_claims(nbma, self.ipsec.claims(peer))
         now = self.now()
         for data, _ in self.inbound.pop(nbma, ()):
-            self.engine.receive(data, nbma, now)
+            self.hooks.receive(data, nbma, now)
         for data in self.held.pop(nbma, ()):
             self.forwarder.send_nhrp(nbma, data)
         for key, out in list(self.pending_binds.items()):
@@ -204,7 +244,8 @@ class InterfaceRuntime:
     def ipsec_down(self, peer: PeerSa) -> None:
         """The SA went: its bindings wait again (data goes via the hub)."""
         nbma = peer.remote
-        self.engine.set_claims(nbma, None)
+        for engine in self.engines:
+            engine.set_claims(nbma, None)
         for prefix, sc in list(self.applied_shortcuts.items()):
             if sc.nbma == nbma:
                 self._unshortcut(ShortcutRemoved(sc.prefix, sc.next_hop))
@@ -299,13 +340,16 @@ class InterfaceRuntime:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.engine.handle_timer(self.now())
+        for engine in self.engines:
+            engine.handle_timer(self.now())
         self.apply()
 
     def retune(self, cfg: Interface) -> None:
         """New values for the live knobs (SIGHUP); tunnels stay up."""
         self.cfg = cfg
         self.engine.retune(self._engine_config(cfg), self.now())
+        if self.engine6 is not None:
+            self.engine6.retune(self._engine_config(cfg, 6), self.now())
         self.forwarder.redirect = cfg.nhrp.redirect
         fast = _fastpath if (_fastpath is not None and not cfg.nhrp.redirect) else None
         if (fast is None) != (self.fast is None):
@@ -323,9 +367,11 @@ class InterfaceRuntime:
             ShortcutAdded: self._shortcut, ShortcutRemoved: self._unshortcut,
             ProtectPeer: self._protect, UnprotectPeer: self._protect, Event: self._event,
         }  # fmt: skip
-        for out in self.engine.pop_outputs():
-            handlers[type(out)](out)
-        deadline = self.engine.get_timer()
+        for engine in self.engines:
+            for out in engine.pop_outputs():
+                handlers[type(out)](out)
+        deadlines = [d for d in (e.get_timer() for e in self.engines) if d is not None]
+        deadline = min(deadlines) if deadlines else None
         if deadline is not None and deadline != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -358,16 +404,17 @@ class InterfaceRuntime:
         if self.ipsec is not None:
             self.applied_binds[out.protocol] = out
         self.forwarder.bind(out.protocol, out.nbma)
-        if isinstance(out.protocol, IPv4Address) and out.protocol in self.cfg.address.network:
+        if self._on_link(out.protocol):
             # Mirror the binding into the kernel's neighbour table (as nhrpd
             # does on a GRE device): an ARP reply cannot move an entry the
             # kernel updated less than locktime ago.
             mac = mac_text(nbma_mac(out.nbma))
             try:
-                self.ipr.neigh("replace", dst=str(out.protocol), lladdr=mac,
-                               ifindex=self.index, state=NUD_PERMANENT)  # fmt: skip
+                self.ipr.neigh("replace", dst=address_text(out.protocol), lladdr=mac,
+                               ifindex=self.index, state=NUD_PERMANENT,
+                               family=_family(out.protocol))  # fmt: skip
             except Exception as exc:
-                self.log("neigh-error", f"could not bind {out.protocol}: {exc}")
+                self.log("neigh-error", f"could not bind {address_text(out.protocol)}: {exc}")
         if out.type == "dynamic":
             self.dynamic.add(out.nbma)
             self._update_multicast()
@@ -377,14 +424,22 @@ class InterfaceRuntime:
             return  # never used for data
         self.applied_binds.pop(out.protocol, None)
         self.forwarder.unbind(out.protocol)
-        if isinstance(out.protocol, IPv4Address) and out.protocol in self.cfg.address.network:
+        if self._on_link(out.protocol):
             try:
-                self.ipr.neigh("del", dst=str(out.protocol), ifindex=self.index)
+                self.ipr.neigh("del", dst=address_text(out.protocol), ifindex=self.index,
+                               family=_family(out.protocol))  # fmt: skip
             except Exception:
                 pass  # not there (never bound in the kernel, or removed)
         if out.nbma in self.dynamic and out.nbma not in self.forwarder.bindings.values():
             self.dynamic.discard(out.nbma)
             self._update_multicast()
+
+    def _on_link(self, protocol: Address) -> bool:
+        """In the tunnel network of its family (a neighbour, not a prefix)."""
+        if isinstance(protocol, IPv4Address):
+            return protocol in self.cfg.address.network
+        v6 = self.cfg.ipv6_address
+        return isinstance(protocol, IPv6Address) and v6 is not None and protocol in v6.network
 
     def _update_multicast(self) -> None:
         targets: list[IPv4Address] = []
@@ -434,6 +489,10 @@ class InterfaceRuntime:
             listener(self.cfg.name, out)
 
 
+def _family(addr: Address) -> int:
+    return socket.AF_INET6 if isinstance(addr, IPv6Address) else socket.AF_INET
+
+
 class _IdentityGate:
     """Between the forwarder and the engine under identity binding: NHRP
     from a peer whose IPsec identity the daemon has not read yet waits
@@ -442,7 +501,7 @@ class _IdentityGate:
 
     def __init__(self, rt: InterfaceRuntime) -> None:
         self.rt = rt
-        self.engine = rt.engine
+        self.engine = rt.hooks
 
     def receive(self, data: bytes, src_nbma: Address, now: float) -> None:
         rt = self.rt

@@ -58,7 +58,7 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
         if a == b:
             continue
         fixed = []
-        for key in ("address", "mtu", "tunnel"):
+        for key in ("address", "ipv6_address", "mtu", "tunnel"):
             if getattr(a, key) != getattr(b, key):
                 fixed.append(key)
         for key in type(a.nhrp).model_fields:
