@@ -264,3 +264,23 @@ def test_ipv6_routes_need_an_ipv6_interface(tmp_path: Path) -> None:
     text = (EXAMPLES / "spoke.yaml").read_text() + '  - {prefix: "fd00::/16", via: "fd00::1"}\n'
     problems = _problems(tmp_path, text)
     assert problems == ["(top level): IPv6 routes need an interface with an ipv6_address"], problems
+
+
+def test_dual_stack_lab_gives_valid_node_configs() -> None:
+    from dmvpn.config import parse_config
+    from dmvpn.lab.topology import Topology
+
+    topo = Topology.from_data({"ipv6": True})
+    spoke = parse_config(topo.node_config("spoke2"))
+    itf = spoke.interfaces[0]
+    assert str(itf.ipv6_address) == "fd00::12/64"
+    assert [str(n.protocol) for n in itf.engine_config(6).nhs] == ["fd00::1"]
+    assert [str(r.prefix) for r in spoke.routes] == ["192.168.0.0/16", "fd00::/16"]
+    hub = parse_config(topo.node_config("hub1"))
+    assert ("fd00:2::/64", "fd00::12") in {(str(r.prefix), str(r.via)) for r in hub.routes}
+    assert str(topo.plan("host2").lan6) == "fd00:2::10/64"
+    assert str(topo.plan("spoke2").lan6) == "fd00:2::1/64"
+    # Without the switch nothing IPv6 appears (IPv4-only labs as before).
+    plain = Topology.from_data({})
+    assert "ipv6_address" not in plain.node_config("spoke2")["interfaces"][0]
+    assert plain.plan("host2").lan6 is None

@@ -240,6 +240,12 @@ class Lab:
                 [self.ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
                 what="enable IPv4 forwarding",
             )
+            if router.tunnel6 is not None:
+                self._run(
+                    [self.ip, "netns", "exec", ns, "sysctl", "-qw",
+                     "net.ipv6.conf.all.forwarding=1"],
+                    what="enable IPv6 forwarding",
+                )  # fmt: skip
         for spoke in topo.spokes:
             assert spoke.lan is not None and spoke.peer is not None
             host = topo.plan(spoke.peer)
@@ -255,6 +261,13 @@ class Lab:
             self._ip("-n", host_ns, "addr", "add", str(host.lan), "dev", LAN_HOST_INTERFACE)
             self._ip("-n", host_ns, "link", "set", LAN_HOST_INTERFACE, "up")
             self._ip("-n", host_ns, "route", "add", "default", "via", str(spoke.lan.ip))
+            if spoke.lan6 is not None and host.lan6 is not None and spoke.kind == "dmvpn":
+                # Dual-stack lab (topology.ipv6); nodad: usable at once.
+                self._ip("-n", ns, "addr", "add", str(spoke.lan6), "dev", LAN_INTERFACE, "nodad")
+                self._ip("-n", host_ns, "addr", "add", str(host.lan6), "dev", LAN_HOST_INTERFACE,
+                         "nodad")  # fmt: skip
+                self._ip("-n", host_ns, "-6", "route", "add", "default", "via",
+                         str(spoke.lan6.ip))  # fmt: skip
 
     def _bridge_tap(self, ns: str, bridge: str, port: str, tap: str) -> None:
         """An frr node's namespace: `port` and a tap for the UML guest on one bridge.

@@ -11,8 +11,14 @@ inside the lab's namespaces so that nothing leaks onto the host's networks:
     tunnel    10.0.0.0/24     hub N = .N,  spoke N = .(10+N)
     LAN       spoke N: 192.168.N.0/24, the spoke at .1, its host (hostN) at .10
 
-Every address can be overridden per node; the result is checked for clashes
-before anything is built.
+With `ipv6: true` the overlay is dual-stack (IPv6 over the same IPv4
+underlay, one NHRP instance per family):
+
+    tunnel    fd00::/64           hub N = fd00::N, spoke N = fd00::1N (as for IPv4)
+    LAN       spoke N: fd00:N::/64, the spoke at ::1, its host at ::10
+
+Every IPv4 address can be overridden per node; the result is checked for
+clashes before anything is built.
 
 A hub or spoke is `kind: dmvpn` (our daemon, the default) or `kind: frr`:
 FRR's nhrpd on a kernel mGRE in User-Mode Linux, configured from the same
@@ -21,8 +27,15 @@ settings (`dmvpn.lab.frrconf`, `dmvpn.lab.uml`), for interop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from dataclasses import dataclass, replace
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -124,6 +137,8 @@ class NodePlan:
     peer: str | None  # a spoke's host, a host's spoke
     kind: Kind = "dmvpn"  # hosts are plain namespaces: always "dmvpn"
     registration_no_unique: bool = True  # spokes only
+    tunnel6: IPv6Interface | None = None  # routers of a dual-stack lab
+    lan6: IPv6Interface | None = None  # spokes and hosts of a dual-stack lab
 
 
 class NodeDescription(TypedDict):
@@ -162,6 +177,10 @@ class Topology(_Strict):
     # FRR (`dmvpn.lab.frrroot`: Debian 13, FRR 10.3, which has NHRP
     # authentication).
     frr_root: Annotated[str, Field(pattern=r"^/")] = "/"
+    # A dual-stack overlay (module docstring): IPv6 tunnel addresses and LANs.
+    ipv6: bool = False
+    tunnel_network6: IPv6Network = IPv6Network("fd00::/64")
+    lan_summary6: IPv6Network = IPv6Network("fd00::/16")
 
     _plan: dict[str, NodePlan] = PrivateAttr(default_factory=dict)
 
@@ -284,6 +303,8 @@ class Topology(_Strict):
                 registration_no_unique=spec.registration_no_unique,
             )
             plan[host] = NodePlan(host, "host", i, None, None, host_lan, spec.name)
+        if self.ipv6:
+            plan = self._plan6(plan)
         # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
         order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
         self._plan = {p.name: p for p in order}
@@ -291,6 +312,39 @@ class Topology(_Strict):
             raise ValueError("ipsec_psk: frr nodes run no strongSwan in the lab; "
                              "use ipsec_psk with dmvpn nodes only")  # fmt: skip
         return self
+
+    def _plan6(self, plan: dict[str, NodePlan]) -> dict[str, NodePlan]:
+        """The IPv6 addresses of a dual-stack lab, by the same numbers as IPv4
+        (written in hex so that spoke1 is fd00::11 as it is 10.0.0.11)."""
+        if any(p.kind == "frr" for p in plan.values()):
+            raise ValueError("ipv6: the lab configures IPv6 on dmvpn nodes only, not on frr ones")
+        net, summary = self.tunnel_network6, self.lan_summary6
+        if net.prefixlen > 120:
+            raise ValueError(f"tunnel_network6 {net} is too small (at most /120)")
+        out = dict(plan)
+        for p in plan.values():
+            if p.role == "host":
+                continue
+            n = p.index if p.role == "hub" else 10 + p.index
+            tunnel6 = IPv6Interface(f"{net[int(str(n), 16)]}/{net.prefixlen}")
+            lan6 = None
+            if p.role == "spoke":
+                # fd00:N::/64: the second group names the spoke.
+                if summary.prefixlen > 16 or p.index > 9999:
+                    raise ValueError(
+                        f"lan_summary6 {summary} has no fd00:N::/64 for spoke {p.index}"
+                    )
+                lan_net = IPv6Network(
+                    (int(summary.network_address) | (int(str(p.index), 16) << 96), 64)
+                )
+                if lan_net.overlaps(net):
+                    raise ValueError(f"{p.name}'s IPv6 LAN {lan_net} overlaps {net}")
+                lan6 = IPv6Interface(f"{lan_net[1]}/64")
+                assert p.peer is not None
+                host = plan[p.peer]
+                out[host.name] = _replace_plan(host, lan6=IPv6Interface(f"{lan_net[0x10]}/64"))
+            out[p.name] = _replace_plan(p, tunnel6=tunnel6, lan6=lan6)
+        return out
 
     @property
     def names(self) -> list[str]:
@@ -351,11 +405,23 @@ class Topology(_Strict):
             nhrp["redirect"] = self.phase == 3
             for spoke in self.spokes:
                 routes.append(_route(_lan_of(spoke), spoke))
+                if self.ipv6:
+                    routes.append(_route6(_lan6_of(spoke), spoke))
         else:
             nhrp["nhs"] = [
                 {"address": str(_ip(h.tunnel)), "nbma": str(_ip(h.nbma)), "priority": h.index}
                 for h in self.hubs
             ]
+            if self.ipv6:
+                # `ipv6 nhrp nhs`: the same hubs, registered by the IPv6 engine.
+                nhrp["nhs"] += [
+                    {
+                        "address": str(_ip6(h.tunnel6)),
+                        "nbma": str(_ip(h.nbma)),
+                        "priority": h.index,
+                    }
+                    for h in self.hubs
+                ]
             nhrp["map_multicast"] = ["nhs"]
             nhrp["shortcut"] = self.phase == 3
             nhrp["resolution"] = self.phase != 1
@@ -366,11 +432,17 @@ class Topology(_Strict):
                 for spoke in self.spokes:
                     if spoke.name != name:
                         routes.append(_route(_lan_of(spoke), spoke))
+                        if self.ipv6:
+                            routes.append(_route6(_lan6_of(spoke), spoke))
             else:
                 # Phase 1: everything through the hub. Phase 3: the same
                 # summary, and the hub's redirect brings shortcuts.
                 hub1 = self.hubs[0]
                 routes.append({"prefix": str(self.lan_summary), "via": str(_ip(hub1.tunnel))})
+                if self.ipv6:
+                    routes.append(
+                        {"prefix": str(self.lan_summary6), "via": str(_ip6(hub1.tunnel6))}
+                    )
         if self.authentication is not None:
             nhrp["authentication"] = self.authentication
         return {
@@ -379,6 +451,7 @@ class Topology(_Strict):
                 {
                     "name": TUNNEL_INTERFACE,
                     "address": str(me.tunnel),
+                    **({"ipv6_address": str(me.tunnel6)} if me.tunnel6 is not None else {}),
                     "tunnel": {"source": str(me.nbma.ip), "key": self.key},
                     "nhrp": nhrp,
                 }
@@ -406,6 +479,24 @@ class Topology(_Strict):
 def _ip(addr: IPv4Interface | None) -> IPv4Address:
     assert addr is not None  # routers always have both addresses
     return addr.ip
+
+
+def _replace_plan(p: NodePlan, **changes: Any) -> NodePlan:
+    return replace(p, **changes)
+
+
+def _ip6(addr: IPv6Interface | None) -> IPv6Address:
+    assert addr is not None  # every router of a dual-stack lab has one
+    return addr.ip
+
+
+def _lan6_of(spoke: NodePlan) -> IPv6Network:
+    assert spoke.lan6 is not None
+    return spoke.lan6.network
+
+
+def _route6(prefix: IPv6Network, via: NodePlan) -> dict[str, str]:
+    return {"prefix": str(prefix), "via": str(_ip6(via.tunnel6))}
 
 
 def _lan_of(spoke: NodePlan) -> IPv4Network:

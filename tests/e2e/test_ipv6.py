@@ -1,0 +1,104 @@
+"""A dual-stack cloud (topology `ipv6: true`) in network namespaces: IPv6
+over the IPv4 underlay, one NHRP instance per family on every router, real
+GRE, real kernel Neighbor Discovery against the daemon, real tshark."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dmvpn.lab.netns import Lab
+from dmvpn.lab.topology import Topology
+
+from .test_cloud import Cloud
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root for network namespaces (CI runs as root)"
+)
+
+
+def _hops6(cloud: Cloud, node: str, dst: str) -> list[str]:
+    out = cloud.sh(node, "traceroute", "-6", "-n", "-q", "1", "-w", "1", "-m", "5", dst)
+    return [line.split()[1] for line in out.splitlines()[1:] if len(line.split()) > 1]
+
+
+def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
+    assert shutil.which("tshark"), "tshark is installed by ./run.sh test"
+    topo = Topology.from_data({"phase": 3, "holdtime": 12, "ipv6": True})
+    lab = Lab(topo, prefix=f"dm6{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
+    tshark: subprocess.Popen | None = None  # type: ignore[type-arg]
+    cloud = Cloud(lab, topo, tmp_path)
+    try:
+        lab.up()
+        pcap = tmp_path / "underlay.pcap"
+        errors = (tmp_path / "tshark.err").open("w")
+        tshark = lab.popen("inet", ["tshark", "-q", "-i", "br0", "-w", str(pcap), "-f",
+                                    "ip proto 47"], stdout=errors, stderr=errors)  # fmt: skip
+        time.sleep(1.5)  # tshark needs a moment before it captures
+        for plan in topo.routers:
+            cloud.start(plan.name)
+        spokes = [p.name for p in topo.spokes]
+
+        # Every spoke registers both families with the hub, each on its own.
+        def both_up(spoke: str) -> bool:
+            return {e["nhs"] for e in cloud.events(spoke, "nhs-up")} == {"10.0.0.1", "fd00::1"}
+
+        cloud.wait("every spoke to register both families", lambda: all(map(both_up, spokes)))
+        registered = {e["protocol"] for e in cloud.events("hub1", "registered")}
+        assert {"fd00::11", "fd00::12", "fd00::13", "10.0.0.11"} <= registered, registered
+        # The hub mirrors the IPv6 bindings into its neighbour table.
+        neigh = cloud.sh("hub1", "ip", "-6", "neigh", "show", "dev", "dmvpn0")
+        assert "fd00::12 lladdr 02:00:ac:1e:00:0c PERMANENT" in neigh, neigh
+
+        host2 = str(topo.plan("host2").lan6.ip)  # type: ignore[union-attr]
+        assert host2 == "fd00:2::10"
+        # First via the hub (the spoke's route is the fd00::/16 summary) ...
+        first = _hops6(cloud, "host1", host2)
+        assert first == ["fd00:1::1", "fd00::1", "fd00::12", host2], first
+        # ... the hub's Traffic Indication brings an IPv6 shortcut, then direct.
+        cloud.wait("spoke1's IPv6 shortcut route", lambda: "fd00:2::/64 via fd00::12" in
+                   cloud.sh("spoke1", "ip", "-6", "route", "show", "proto", "177"))  # fmt: skip
+        later = _hops6(cloud, "host1", host2)
+        assert later == ["fd00:1::1", "fd00::12", host2], later
+        assert cloud.events("hub1", "redirect")
+        ping = cloud.lab.exec("host1", ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", host2])
+        assert ping.returncode == 0
+        # IPv4 on the same cloud still works.
+        host3 = str(topo.plan("host3").lan.ip)  # type: ignore[union-attr]
+        assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host3]).returncode == 0
+        # DAD passed (nothing answered the kernel's probes; none reached the cloud).
+        for node in ("hub1", *spokes):
+            addrs = cloud.sh(node, "ip", "-6", "addr", "show", "dev", "dmvpn0")
+            assert "dadfailed" not in addrs and "tentative" not in addrs, (node, addrs)
+            assert "fe80::" in addrs, addrs
+        time.sleep(4.5)  # a registration refresh (holding time 12 s / 3)
+    finally:
+        if tshark is not None:
+            tshark.terminate()
+            tshark.wait(timeout=10)
+        for node in list(cloud.procs):
+            cloud.stop(node)
+        lab.down()
+
+    fields = subprocess.run(
+        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "gre.proto", "-e", "nhrp.hdr.op.type",
+         "-e", "nhrp.hdr.pro.type", "-e", "icmpv6.type"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = [line.split("\t") for line in fields.splitlines() if line.strip()]
+    v6_nhrp = {r[1] for r in rows if r[0] == "0x2001" and r[2] == "0x86dd"}
+    # Registrations, replies, resolution request and reply, Traffic Indication.
+    assert {"3", "4", "1", "2", "8"} <= v6_nhrp, v6_nhrp
+    assert any(r[0] == "0x2001" and r[2] == "0x0800" for r in rows)  # IPv4's own engine
+    assert any(r[0] == "0x86dd" for r in rows)  # IPv6 data in GRE
+    # No Neighbor Discovery, router solicitation or MLD on the cloud.
+    icmp6 = {r[3] for r in rows if len(r) > 3 and r[3]}
+    assert not icmp6 & {"133", "134", "135", "136", "143", "130", "131", "132"}, icmp6
+    expert = subprocess.run(["tshark", "-r", str(pcap), "-q", "-z", "expert,warn"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "Malformed" not in expert and "NHRP" not in expert, expert
