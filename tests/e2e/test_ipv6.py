@@ -71,6 +71,14 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
         # IPv4 on the same cloud still works.
         host3 = str(topo.plan("host3").lan.ip)  # type: ignore[union-attr]
         assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host3]).returncode == 0
+        # Link multicast (ff02::1, as OSPFv3's ff02::5) from the hub reaches
+        # every spoke; they answer from their EUI-64 link-local addresses,
+        # whose link-layer address the daemon derives from the NBMA address.
+        out = cloud.sh("hub1", "ping", "-6", "-c", "2", "-i", "0.5", "-W", "1", "-I", "dmvpn0",
+                       "ff02::1")  # fmt: skip
+        answered = {line.split()[3].rstrip(":").split("%")[0] for line in out.splitlines()
+                    if " bytes from " in line}  # fmt: skip
+        assert {"fe80::acff:fe1e:b", "fe80::acff:fe1e:c", "fe80::acff:fe1e:d"} <= answered, out
         # DAD passed (nothing answered the kernel's probes; none reached the cloud).
         for node in ("hub1", *spokes):
             addrs = cloud.sh(node, "ip", "-6", "addr", "show", "dev", "dmvpn0")
