@@ -200,7 +200,7 @@ class IpsecIdentity(_Strict):
     IKE identity as strongSwan authenticated it, and its tunnel addresses."""
 
     identity: Annotated[str, Field(min_length=1, max_length=255)]
-    addresses: Annotated[list[IPv4Network], Field(min_length=1)]
+    addresses: Annotated[list[IPv4Network | IPv6Network], Field(min_length=1)]
 
 
 class Ipsec(_Strict):
