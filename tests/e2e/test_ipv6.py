@@ -85,6 +85,13 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
             assert "dadfailed" not in addrs and "tentative" not in addrs, (node, addrs)
             assert "fe80::" in addrs, addrs
         time.sleep(4.5)  # a registration refresh (holding time 12 s / 3)
+        # SIGTERM: the spoke purges both registrations; the hub drops the
+        # IPv6 binding from its neighbour table.
+        cloud.stop("spoke3")
+        cloud.wait("hub1 to drop spoke3's registrations", lambda: {"10.0.0.13", "fd00::13"} <= {
+            e["protocol"] for e in cloud.events("hub1", "registration-purged")})  # fmt: skip
+        cloud.wait("hub1's neighbour entry for fd00::13 to go", lambda: "fd00::13 " not in
+                   cloud.sh("hub1", "ip", "-6", "neigh", "show", "dev", "dmvpn0"))  # fmt: skip
     finally:
         if tshark is not None:
             tshark.terminate()
