@@ -279,3 +279,29 @@ def test_family_dispatch_sends_each_family_to_its_engine() -> None:
     only = FamilyDispatch(e4)
     only.receive(b"\x00\x01\x86\xdd", HUB, 0.0)
     assert e4.calls[-1] == ("receive", b"\x00\x01\x86\xdd", HUB)
+
+
+def test_mutated_ipv6_frames_and_gre_never_raise() -> None:
+    import random
+
+    rng = random.Random(6)
+    fw, _, _, _ = _forwarder6(redirect=True)
+    fw.multicast = [HUB]
+    fw.bindings[B6("fd00::12")] = PEER
+    seeds = [
+        _ns_frame("fd00::12"),
+        _ns_frame("fe80::c6ff:fe33:640c", src=B6("fe80::aa")),
+        _ns_frame("fd00::11", src=B6("::")),
+        nbma_mac(PEER) + LOCAL_MAC + ETH6 + _icmp6(B6("fd00:1::1"), B6("fd00:2::1"), bytes(8)),
+        b"\x33\x33\x00\x00\x00\x16" + LOCAL_MAC + ETH6
+        + IPv6Header(src=B6("fe80::aa"), dst=B6("ff02::16"), next_header=0).encode(
+            bytes([58, 0, 5, 2, 0, 0, 1, 0, 143]) + bytes(7)),
+    ]  # fmt: skip
+    for i in range(20_000):
+        frame = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            frame[rng.randrange(14, len(frame))] = rng.randrange(256)
+        frame = frame[: rng.randint(14, len(frame))] if i % 3 == 0 else frame
+        fw.from_tap(bytes(frame), float(i))
+        fw.from_gre(GrePacket(0x86DD, bytes(frame[14:]), key=42).encode(), PEER, float(i))
+    assert fw.stats["nd.answered"] + fw.stats["nd.link_local"] > 0  # the seeds got through too
