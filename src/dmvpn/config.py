@@ -101,6 +101,8 @@ class Interface(_Strict):
                 f"ipv6_address {v6} must be a unicast, non-link-local address "
                 "with a prefix of at most /126 (link-local addresses come from the MAC)"
             )
+        if v6 is not None and self.mtu < 1280:
+            raise ValueError(f"mtu {self.mtu} is below IPv6's minimum link MTU 1280 (RFC 8200)")
         for i, nhs in enumerate(self.nhrp.nhs):
             net, own = self._family(f"nhrp.nhs.{i}.address", nhs.address)
             if nhs.address not in net:

@@ -245,6 +245,7 @@ routes:
         ({"MAP": "fd01::7"}, "interfaces.0: nhrp.map.0.address fd01::7 is outside fd00::/64"),
         ({"IPV6": "fe80::11/64"}, "interfaces.0: ipv6_address fe80::11/64 must be a unicast"),
         ({"IPV6": "fd00::11/128"}, "with a prefix of at most /126"),
+        ({"    tunnel:": "    mtu: 1000\n    tunnel:"}, "mtu 1000 is below IPv6's minimum"),
         ({"VIA": "10.0.0.1"}, "routes.0: via 10.0.0.1 is not of the family of prefix fd00::/16"),
         ({"IPV6": "10.0.0.12/24"}, "interfaces.0.ipv6_address:"),
     ],
