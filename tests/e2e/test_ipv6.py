@@ -117,3 +117,35 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
     expert = subprocess.run(["tshark", "-r", str(pcap), "-q", "-z", "expert,warn"],
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "Malformed" not in expert and "NHRP" not in expert, expert
+
+
+def test_dual_stack_over_ipsec(tmp_path: Path) -> None:
+    """The IPv6 engine waits for the same GRE SAs as the IPv4 one: IPv6
+    reaches host2 via the hub, then over the spoke-to-spoke SA directly."""
+    topo = Topology.from_data({"phase": 3, "holdtime": 30, "ipv6": True,
+                               "ipsec_psk": "dual-stack-test-psk-0123"})  # fmt: skip
+    lab = Lab(topo, prefix=f"dm6s{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
+    cloud = Cloud(lab, topo, tmp_path)
+    try:
+        lab.up()
+        for plan in topo.routers:
+            cloud.start(plan.name)
+        spokes = [p.name for p in topo.spokes]
+
+        def both_up(spoke: str) -> bool:
+            return {e["nhs"] for e in cloud.events(spoke, "nhs-up")} == {"10.0.0.1", "fd00::1"}
+
+        cloud.wait("every spoke to register both families over IPsec",
+                   lambda: all(map(both_up, spokes)), timeout=30)  # fmt: skip
+        first = _hops6(cloud, "host1", "fd00:2::10")
+        assert first == ["fd00:1::1", "fd00::1", "fd00::12", "fd00:2::10"], first
+        cloud.wait("spoke1's IPv6 shortcut route over the new SA", lambda: "fd00:2::/64 via "
+                   "fd00::12" in cloud.sh("spoke1", "ip", "-6", "route", "show", "proto", "177"),
+                   timeout=20)  # fmt: skip
+        later = _hops6(cloud, "host1", "fd00:2::10")
+        assert later == ["fd00:1::1", "fd00::12", "fd00:2::10"], later
+        assert cloud.events("spoke1", "ipsec-up")
+    finally:
+        for node in list(cloud.procs):
+            cloud.stop(node)
+        lab.down()
