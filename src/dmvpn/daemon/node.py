@@ -1,5 +1,6 @@
 """One process per node: every DMVPN interface of the config file gets a TAP
-device, a raw GRE socket, an NHRP engine and a forwarder, driven by asyncio.
+device, a raw GRE socket, an NHRP engine (two on a dual-stack interface: one
+per protocol family) and a forwarder, driven by asyncio.
 The engine decides; this module only carries its outputs out."""
 
 from __future__ import annotations
