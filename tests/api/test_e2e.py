@@ -200,11 +200,12 @@ def test_show_clear_events_and_metrics_on_a_running_cloud(cloud: Cloud) -> None:
     time.sleep(0.3)
     m = c.metrics("spoke1")
     assert 'dmvpn_node_info{node="spoke1",version="0.1.0"} 1.0' in m
-    assert 'dmvpn_nhrp_nhs_up{interface="dmvpn0",nbma="172.30.0.1",nhs="10.0.0.1"} 1.0' in m
-    assert 'dmvpn_nhrp_cache_entries{interface="dmvpn0",type="cached"} 2.0' in m
-    assert ('dmvpn_nhrp_messages_total{direction="received",interface="dmvpn0",'
+    assert ('dmvpn_nhrp_nhs_up{family="4",interface="dmvpn0",nbma="172.30.0.1",'
+            'nhs="10.0.0.1"} 1.0') in m  # fmt: skip
+    assert 'dmvpn_nhrp_cache_entries{family="4",interface="dmvpn0",type="cached"} 2.0' in m
+    assert ('dmvpn_nhrp_messages_total{direction="received",family="4",interface="dmvpn0",'
             'type="traffic_indication"} 2.0') in m  # fmt: skip
-    assert 'dmvpn_nhrp_shortcuts_installed_total{interface="dmvpn0"} 2.0' in m
+    assert 'dmvpn_nhrp_shortcuts_installed_total{family="4",interface="dmvpn0"} 2.0' in m
     samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                for line in m.splitlines() if line and not line.startswith("#")}  # fmt: skip
     direct = 'dmvpn_peer_packets_total{direction="tx",interface="dmvpn0",peer="172.30.0.12"}'

@@ -196,9 +196,10 @@ def test_events_command_prints_n_events(spoke1: Served) -> None:
 def test_metrics_endpoint(spoke1: Served) -> None:
     text = ApiClient(spoke1.server.path).text("/metrics")
     assert 'dmvpn_node_info{node="spoke1",version="0.1.0"} 1.0' in text
-    assert ('dmvpn_nhrp_messages_total{direction="received",interface="dmvpn0",'
+    assert ('dmvpn_nhrp_messages_total{direction="received",family="4",interface="dmvpn0",'
             'type="traffic_indication"} 1.0') in text  # fmt: skip
-    assert 'dmvpn_nhrp_nhs_up{interface="dmvpn0",nbma="192.0.2.1",nhs="10.0.0.1"} 1.0' in text
+    assert ('dmvpn_nhrp_nhs_up{family="4",interface="dmvpn0",nbma="192.0.2.1",'
+            'nhs="10.0.0.1"} 1.0') in text  # fmt: skip
 
 
 def test_socket_lifecycle(tmp_path: Path, spoke1: Served) -> None:

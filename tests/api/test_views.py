@@ -236,20 +236,21 @@ def test_metrics_cover_messages_cache_nhs_peers_and_errors() -> None:
     fw.from_gre(gre, peer, 0.0)
     fw.send_nhrp(peer, b"\x00" * 20)
     m = _scrape("hub1", [Iface("dmvpn0", hub, fw)], net.now)
-    dm = (("interface", "dmvpn0"),)
+    dm = (("interface", "dmvpn0"),)  # the forwarder's metrics: one per interface
+    e4 = (("family", "4"), *dm)  # the engine's: one per family
     assert m["dmvpn_node_info", (("node", "hub1"), ("version", "0.1.0"))] == 1
-    key = ("dmvpn_nhrp_messages_total", (("direction", "received"), *dm,
+    key = ("dmvpn_nhrp_messages_total", (("direction", "received"), *e4,
                                          ("type", "registration_request")))  # fmt: skip
     assert m[key] == 2
-    key = ("dmvpn_nhrp_messages_total", (("direction", "sent"), *dm, ("type", "purge_request")))
+    key = ("dmvpn_nhrp_messages_total", (("direction", "sent"), *e4, ("type", "purge_request")))
     assert m[key] == 0  # every type is exported, zero or not
-    assert m["dmvpn_nhrp_cache_entries", (*dm, ("type", "dynamic"))] == 2
-    assert m["dmvpn_nhrp_cache_entries", (*dm, ("type", "negative"))] == 0
-    assert m["dmvpn_nhrp_registrations_total", (*dm, ("result", "accepted"))] == 2
-    assert m["dmvpn_nhrp_resolutions_total", (*dm, ("result", "forwarded"))] == 1
-    assert m["dmvpn_nhrp_redirects_total", (*dm, ("result", "sent"))] == 1
-    assert m["dmvpn_nhrp_events_total", (*dm, ("kind", "registered"))] == 2
-    assert m["dmvpn_peers", dm] == 2
+    assert m["dmvpn_nhrp_cache_entries", (*e4, ("type", "dynamic"))] == 2
+    assert m["dmvpn_nhrp_cache_entries", (*e4, ("type", "negative"))] == 0
+    assert m["dmvpn_nhrp_registrations_total", (*e4, ("result", "accepted"))] == 2
+    assert m["dmvpn_nhrp_resolutions_total", (*e4, ("result", "forwarded"))] == 1
+    assert m["dmvpn_nhrp_redirects_total", (*e4, ("result", "sent"))] == 1
+    assert m["dmvpn_nhrp_events_total", (*e4, ("kind", "registered"))] == 2
+    assert m["dmvpn_peers", e4] == 2
     pk = (*dm, ("peer", str(peer)))
     assert m["dmvpn_peer_packets_total", (("direction", "rx"), *pk)] == 2
     assert m["dmvpn_peer_bytes_total", (("direction", "rx"), *pk)] == 2 * len(gre)
@@ -258,11 +259,11 @@ def test_metrics_cover_messages_cache_nhs_peers_and_errors() -> None:
     assert m["dmvpn_dataplane_packets_total", (("counter", "rx.data"), *dm)] == 2
     hub.receive(b"junk", peer, net.now)
     m = _scrape("hub1", [Iface("dmvpn0", hub)], net.now)
-    assert m["dmvpn_nhrp_errors_total", (*dm, ("kind", "malformed"))] == 1
+    assert m["dmvpn_nhrp_errors_total", (*e4, ("kind", "malformed"))] == 1
     spoke = _scrape("spoke1", _iface(net, "spoke1"), net.now)
-    assert spoke["dmvpn_nhrp_nhs_up", (*dm, ("nbma", "192.0.2.1"), ("nhs", "10.0.0.1"))] == 1
-    assert spoke["dmvpn_nhrp_shortcuts_installed_total", dm] == 1
-    assert spoke["dmvpn_nhrp_redirects_total", (*dm, ("result", "received"))] == 1
+    assert spoke["dmvpn_nhrp_nhs_up", (*e4, ("nbma", "192.0.2.1"), ("nhs", "10.0.0.1"))] == 1
+    assert spoke["dmvpn_nhrp_shortcuts_installed_total", e4] == 1
+    assert spoke["dmvpn_nhrp_redirects_total", (*e4, ("result", "received"))] == 1
 
 
 def test_forwarder_counts_per_peer_without_bound() -> None:

@@ -10,7 +10,9 @@
     GET  /v1/events          engine events as they happen, one JSON object a line
     GET  /metrics            Prometheus text format
 
-The GET views take ``?interface=NAME``; /v1/events also ``?kind=a,b``. Errors
+The GET views take ``?interface=NAME`` and ``?family=4|6`` (a dual-stack
+interface has an IPv4 and an IPv6 engine; both are shown unless filtered);
+/v1/events also ``?kind=a,b``. Errors
 are JSON too: {"error": "..."} with status 400 or 404. The server only reads
 the engines and forwarders between event-loop callbacks, so it needs no locks.
 """
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -86,6 +88,16 @@ class InterfaceLike(Protocol):
     @property
     def forwarder(self) -> Forwarder: ...
     def apply(self) -> None: ...
+
+
+def _engines(rt: InterfaceLike) -> list[tuple[Engine, Literal[4, 6]]]:
+    """The interface's engines with their family: IPv4, then IPv6 when the
+    overlay is dual-stack (the daemon's InterfaceRuntime.engine6)."""
+    engine6: Engine | None = getattr(rt, "engine6", None)
+    out: list[tuple[Engine, Literal[4, 6]]] = [(rt.engine, 4)]
+    if engine6 is not None:
+        out.append((engine6, 6))
+    return out
 
 
 @dataclass(eq=False)
@@ -268,17 +280,23 @@ class ApiServer:
 
     # ------------------------------------------------------------ helpers
 
-    def ifaces(self, name: str | None = None) -> list[Iface]:
+    def ifaces(self, name: str | None = None, family: int | None = None) -> list[Iface]:
+        """One Iface per engine; the shared forwarder goes with the IPv4 one."""
         return [
-            Iface(rt.cfg.name, rt.engine, rt.forwarder)
+            Iface(rt.cfg.name, engine, rt.forwarder if fam == 4 else None, fam)
             for rt in self.interfaces
             if name is None or rt.cfg.name == name
+            for engine, fam in _engines(rt)
+            if family is None or fam == family
         ]
 
     def _selected(self, request: web.Request) -> list[Iface] | web.Response:
         name = request.query.get("interface")
-        ifaces = self.ifaces(name)
-        if name is not None and not ifaces:
+        family = _family(request.query.get("family"))
+        if isinstance(family, web.Response):
+            return family
+        ifaces = self.ifaces(name, family)
+        if name is not None and not self.ifaces(name):
             known = ", ".join(rt.cfg.name for rt in self.interfaces) or "none"
             return _error(404, f"no interface {name!r} on node {self.node} (interfaces: {known})")
         return ifaces
@@ -370,15 +388,20 @@ class ApiServer:
         name = body.get("interface")
         if name is not None and not isinstance(name, str):
             return _error(400, "interface must be a string")
+        family = _family(body.get("family"))
+        if isinstance(family, web.Response):
+            return family
         cleared: list[dict[str, Any]] = []
         found = False
         for rt in self.interfaces:
             if name is not None and rt.cfg.name != name:
                 continue
             found = True
-            iface = Iface(rt.cfg.name, rt.engine, rt.forwarder)
-            cleared += views.clear_nhrp(iface, self.now(), scope)
-            rt.apply()  # withdraw bindings and routes, send purges
+            for engine, fam in _engines(rt):
+                if family is None or fam == family:
+                    iface = Iface(rt.cfg.name, engine, None, fam)
+                    cleared += views.clear_nhrp(iface, self.now(), scope)
+            rt.apply()  # withdraw bindings and routes, send purges (both engines)
         if name is not None and not found:
             return _error(404, f"no interface {name!r} on node {self.node}")
         return _json({"node": self.node, "scope": scope, "cleared": cleared})
@@ -421,6 +444,15 @@ class ApiServer:
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+
+def _family(value: Any) -> int | web.Response | None:
+    """The ``family`` filter (query string or clear body): 4, 6 or absent."""
+    if value is None:
+        return None
+    if str(value) not in ("4", "6"):
+        return _error(400, f"family must be 4 or 6, not {value!r}")
+    return int(value)
 
 
 def _offer(sub: _Subscriber, line: bytes | None, *, force: bool = False) -> None:

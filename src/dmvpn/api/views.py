@@ -1,12 +1,17 @@
 """The management API's JSON views and Prometheus metrics, built from engines.
 
-Pure functions: an :class:`Iface` (a name, an engine, optionally a forwarder)
-and ``now`` (the engine's clock) in, JSON-safe dicts out. The server serves
-them, the CLI renders them, and the tests build engines directly. The shapes
-are documented in docs/API.md: keys may be added, never renamed or removed.
+Pure functions: an :class:`Iface` (a name, an engine, optionally a forwarder,
+the engine's address family) and ``now`` (the engine's clock) in, JSON-safe
+dicts out. The server serves them, the CLI renders them, and the tests build
+engines directly. The shapes are documented in docs/API.md: keys may be
+added, never renamed or removed.
 
 Vocabulary follows Cisco's `show dmvpn` / `show ip nhrp`, with nhrpd's entry
 types (static, dynamic, nhs, cached, local, incomplete, negative).
+
+A dual-stack interface runs two engines, so it is two Ifaces (family 4, then
+6) with the same name: every row says its ``family``, as Cisco's `show dmvpn`
+prints "IPv4 NHRP Details" and "IPv6 NHRP Details" for one tunnel.
 """
 
 from __future__ import annotations
@@ -61,11 +66,16 @@ _CLEARABLE = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Iface:
-    """One DMVPN interface as the views see it."""
+    """One NHRP engine of a DMVPN interface as the views see it.
+
+    The forwarder is shared by both families of an interface: the caller gives
+    it to one Iface only (the IPv4 one), so its counters are not shown twice.
+    """
 
     name: str
     engine: Engine
     forwarder: Forwarder | None = None
+    family: Literal[4, 6] = 4
 
 
 # ---------------------------------------------------------------- helpers
@@ -246,6 +256,7 @@ def dmvpn_interface(iface: Iface, now: float) -> dict[str, Any]:
         peers.append({"nbma": _text(group_nbma[key]), "entry_count": len(rows), "entries": rows})
     return {
         "interface": iface.name,
+        "family": iface.family,
         "type": _role(engine),
         "tunnel_address": address_text(engine.config.protocol_address),
         "nbma_address": address_text(engine.core.nbma),
@@ -272,6 +283,7 @@ def _nhrp_entry(
 ) -> dict[str, Any]:
     view = entry.view(now)
     view["interface"] = iface.name
+    view["family"] = iface.family
     view["prefix_length"] = entry.prefix_length
     view["cisco_flags"] = cisco_flags(entry, nexthops)
     view["shortcut"] = _is_shortcut(entry)
@@ -308,6 +320,7 @@ def nhs_view(node: str, ifaces: Sequence[Iface], now: float) -> dict[str, Any]:
         for s in iface.engine.client.nhs:
             row: dict[str, Any] = dict(s.view(now))
             row["interface"] = iface.name
+            row["family"] = iface.family
             row["status"] = _NHS_STATE.get(s.state, ("DOWN", "W"))[1]
             row["up_for_text"] = None if s.up_since is None else format_duration(row["up_for"])
             rows.append(row)
@@ -338,6 +351,7 @@ def traffic_interface(iface: Iface) -> dict[str, Any]:
     received = {t: stats.get(f"rx.{t}", 0) for t in PACKET_TYPES}
     return {
         "interface": iface.name,
+        "family": iface.family,
         "max_send": {"packets": cfg.max_send, "interval": cfg.max_send_interval},
         "sent": {"total": sum(sent.values()), **sent},
         "received": {"total": stats.get("rx.packets", 0), **received},
@@ -386,6 +400,7 @@ def clear_nhrp(
         cleared.append(
             {
                 "interface": iface.name,
+                "family": iface.family,
                 "protocol": f"{address_text(entry.protocol)}/{entry.prefix_length}",
                 "type": entry.type.value,
                 "nbma": _text(entry.nbma),
@@ -423,37 +438,46 @@ _SINGLE_COUNTERS: dict[str, tuple[str, str]] = {
 
 def metric_families(node: str, ifaces: Sequence[Iface], now: float) -> Iterator[Metric]:
     """Every metric of a node, computed at scrape time from counters the
-    engine and the forwarder keep anyway (nothing is counted twice)."""
+    engine and the forwarder keep anyway (nothing is counted twice).
+
+    Engine metrics carry a ``family`` label ("4" or "6"): a dual-stack
+    interface has two engines, each with its own counters and cache. The
+    forwarder's (per NBMA peer, data plane) have none: it is one per interface.
+    """
     yield _info(node)
     messages = CounterMetricFamily(
         "dmvpn_nhrp_messages", "NHRP messages by type and direction",
-        labels=["interface", "type", "direction"],
+        labels=["interface", "family", "type", "direction"],
     )  # fmt: skip
     errors = CounterMetricFamily(
         "dmvpn_nhrp_errors", "NHRP packets dropped or refused, and internal errors, by kind",
-        labels=["interface", "kind"],
+        labels=["interface", "family", "kind"],
     )  # fmt: skip
     error_ind = CounterMetricFamily(
         "dmvpn_nhrp_error_indications_sent", "Error Indications sent, by RFC 2332 error code",
-        labels=["interface", "code"],
+        labels=["interface", "family", "code"],
     )  # fmt: skip
     by_prefix = {
-        prefix: CounterMetricFamily(name, help_, labels=["interface", label])
+        prefix: CounterMetricFamily(name, help_, labels=["interface", "family", label])
         for prefix, name, label, help_ in _METRIC_PREFIXES
     }
     singles = {
-        key: CounterMetricFamily(name, help_, labels=["interface"])
+        key: CounterMetricFamily(name, help_, labels=["interface", "family"])
         for key, (name, help_) in _SINGLE_COUNTERS.items()
     }
     cache = GaugeMetricFamily(
-        "dmvpn_nhrp_cache_entries", "NHRP cache entries by type", labels=["interface", "type"]
+        "dmvpn_nhrp_cache_entries",
+        "NHRP cache entries by type",
+        labels=["interface", "family", "type"],
     )
     nhs_up = GaugeMetricFamily(
         "dmvpn_nhrp_nhs_up", "1 when registered with this NHS, else 0",
-        labels=["interface", "nhs", "nbma"],
+        labels=["interface", "family", "nhs", "nbma"],
     )  # fmt: skip
     peers = GaugeMetricFamily(
-        "dmvpn_peers", "NBMA peers in `show dmvpn` (bound, or resolving)", labels=["interface"]
+        "dmvpn_peers",
+        "NBMA peers in `show dmvpn` (bound, or resolving)",
+        labels=["interface", "family"],
     )
     pkts = CounterMetricFamily(
         "dmvpn_peer_packets", "GRE packets (data and NHRP) exchanged with an NBMA peer",
@@ -469,44 +493,45 @@ def metric_families(node: str, ifaces: Sequence[Iface], now: float) -> Iterator[
     )  # fmt: skip
     other = CounterMetricFamily(
         "dmvpn_nhrp_other", "Engine counters with no metric of their own",
-        labels=["interface", "counter"],
+        labels=["interface", "family", "counter"],
     )  # fmt: skip
     for iface in ifaces:
         name = iface.name
+        fam = str(iface.family)
         stats = iface.engine.stats
         used: set[str] = {"rx.packets", "tx.rate_limited", "internal_errors"}
         for t in PACKET_TYPES:
-            messages.add_metric([name, t, "sent"], stats.get(f"tx.{t}", 0))
-            messages.add_metric([name, t, "received"], stats.get(f"rx.{t}", 0))
+            messages.add_metric([name, fam, t, "sent"], stats.get(f"tx.{t}", 0))
+            messages.add_metric([name, fam, t, "received"], stats.get(f"rx.{t}", 0))
             used |= {f"tx.{t}", f"rx.{t}"}
         for kind, n in _error_counters(stats).items():
-            errors.add_metric([name, kind], n)
+            errors.add_metric([name, fam, kind], n)
             used.add(f"rx.{kind}")
         for key, n in sorted(stats.items()):
             if key in used:
                 continue
             if key.startswith("tx.error."):
-                error_ind.add_metric([name, key.removeprefix("tx.error.")], n)
+                error_ind.add_metric([name, fam, key.removeprefix("tx.error.")], n)
             elif key in singles:
-                singles[key].add_metric([name], n)
+                singles[key].add_metric([name, fam], n)
             else:
                 for prefix, family in by_prefix.items():
                     if key.startswith(prefix):
-                        family.add_metric([name, key.removeprefix(prefix)], n)
+                        family.add_metric([name, fam, key.removeprefix(prefix)], n)
                         break
                 else:
-                    other.add_metric([name, key], n)
+                    other.add_metric([name, fam, key], n)
         counts = dict.fromkeys((t.value for t in EntryType), 0)
         for entry in iface.engine.core.cache:
             counts[entry.type.value] += 1
         for t, n in counts.items():
-            cache.add_metric([name, t], n)
+            cache.add_metric([name, fam, t], n)
         for s in iface.engine.client.nhs:
             nhs_up.add_metric(
-                [name, address_text(s.config.protocol), address_text(s.config.nbma)],
+                [name, fam, address_text(s.config.protocol), address_text(s.config.nbma)],
                 1 if s.state == "up" else 0,
             )
-        peers.add_metric([name], dmvpn_interface(iface, now)["peer_count"])
+        peers.add_metric([name, fam], dmvpn_interface(iface, now)["peer_count"])
         if iface.forwarder is not None:
             for nbma, c in sorted(iface.forwarder.peers.items()):
                 peer = str(nbma)

@@ -26,9 +26,15 @@ def check_cmd(config: Path) -> None:
         report(config, exc)
         sys.exit(1)
     for itf in node.interfaces:
-        role = "hub (NHS)" if itf.is_hub else f"spoke of {len(itf.nhrp.nhs)} NHS"
+        nhs4 = [n for n in itf.nhrp.nhs if n.address.version == 4]
+        role = "hub (NHS)" if itf.is_hub else f"spoke of {len(nhs4)} NHS"
+        dual = ""
+        if itf.ipv6_address is not None:
+            # The IPv6 engine registers with the `ipv6 nhrp nhs` entries only.
+            nhs6 = len(itf.nhrp.nhs) - len(nhs4)
+            dual = f", IPv6 {itf.ipv6_address}" + ("" if itf.is_hub else f" ({nhs6} IPv6 NHS)")
         click.echo(f"{config}: ok: node {node.node}, {itf.name} {itf.address} "
-                   f"network-id {itf.nhrp.network_id}, {role}")  # fmt: skip
+                   f"network-id {itf.nhrp.network_id}, {role}{dual}")  # fmt: skip
     if node.ipsec is not None:
         sec = node.ipsec
         auth = "certificates" if sec.uses_certificates else "pre-shared key"

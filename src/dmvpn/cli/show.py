@@ -4,6 +4,9 @@ node's management API (HTTP + JSON on its UNIX socket).
 Which node: `--socket PATH`, else `--node NAME` (/run/dmvpn/NAME.sock), else
 the only socket in /run/dmvpn. Text output follows Cisco's `show dmvpn` and
 `show ip nhrp`; `--json` prints the API's JSON unchanged (docs/API.md).
+A dual-stack interface shows both engines in the same tables, each row with
+its family (`show dmvpn` has an "IPv4 NHRP Details" and an "IPv6 NHRP
+Details" section per interface, as Cisco prints); `--family 4|6` keeps one.
 """
 
 from __future__ import annotations
@@ -171,9 +174,11 @@ def resolve_socket(socket_path: Path | None, node: str | None, run_dir: Path = R
 
 
 def _common(func: F) -> F:
-    """--socket, --node, --interface and --json, on every command."""
+    """--socket, --node, --interface, --family and --json, on every command."""
     func = click.option("--json", "as_json", is_flag=True, default=None,
                         help="Print the API's JSON (stable keys: docs/API.md).")(func)  # fmt: skip
+    func = click.option("-f", "--family", type=click.Choice(["4", "6"]), default=None,
+                        help="Only the IPv4 or the IPv6 engine (default: both).")(func)  # fmt: skip
     func = click.option("-i", "--interface", default=None,
                         help="Only this DMVPN interface.")(func)  # fmt: skip
     func = click.option("--node", default=None, envvar="DMVPN_NODE",
@@ -200,7 +205,8 @@ def _client(opts: dict[str, Any]) -> ApiClient:
 
 
 def _query(opts: dict[str, Any]) -> str:
-    return f"?{urlencode({'interface': opts['interface']})}" if opts.get("interface") else ""
+    params = {k: opts[k] for k in ("interface", "family") if opts.get(k)}
+    return f"?{urlencode(params)}" if params else ""
 
 
 def _emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
@@ -232,7 +238,8 @@ def render_dmvpn(data: dict[str, Any]) -> str:
     out = [_LEGEND]
     for itf in data["interfaces"]:
         kind = "/".join(part.capitalize() for part in itf["type"].split("/"))
-        out.append(f"\nInterface: {itf['interface']}, IPv4 NHRP Details\n")
+        family = itf.get("family", 4)
+        out.append(f"\nInterface: {itf['interface']}, IPv{family} NHRP Details\n")
         out.append(f"Type:{kind}, NHRP Peers:{itf['peer_count']},\n\n")
         out.append(" # Ent  Peer NBMA Addr Peer Tunnel Add State  UpDn Tm Attrb\n")
         out.append(" ----- --------------- --------------- ----- -------- -----\n")
@@ -294,9 +301,10 @@ def render_nhs(data: dict[str, Any]) -> str:
     out = ["Legend: E=Expecting replies, R=Responding, W=Waiting, S=Standby\n"]
     current = None
     for n in data["nhs"]:
-        if n["interface"] != current:
-            current = n["interface"]
-            out.append(f"{current}:\n")
+        family = n.get("family", 4)
+        if (n["interface"], family) != current:
+            current = (n["interface"], family)
+            out.append(f"{n['interface']}:\n" if family == 4 else f"{n['interface']} (IPv6):\n")
         line = (
             f"{n['protocol']}  {n['status']:<2}  NBMA Address: {n['nbma']} "
             f"priority = {n['priority']}"
@@ -342,9 +350,9 @@ def render_traffic(data: dict[str, Any]) -> str:
     out: list[str] = []
     for itf in data["interfaces"]:
         ms = itf["max_send"]
-        out.append(
-            f"{itf['interface']}: Max-send limit:{ms['packets']}Pkts/{ms['interval']:g}Sec\n"
-        )
+        # The IPv6 engine of a dual-stack interface (Cisco: `show ipv6 nhrp traffic`).
+        name = itf["interface"] + (" (IPv6)" if itf.get("family") == 6 else "")
+        out.append(f"{name}: Max-send limit:{ms['packets']}Pkts/{ms['interval']:g}Sec\n")
         out.append(f"   Sent: Total {itf['sent']['total']}\n")
         out += _by_type(itf["sent"], [(itf["redirects_suppressed"], "Redirect Suppress")])
         out.append(f"   Rcvd: Total {itf['received']['total']}\n")
@@ -512,6 +520,8 @@ def _clear(opts: dict[str, Any], scope: str) -> None:
     body: dict[str, Any] = {"scope": scope}
     if opts.get("interface"):
         body["interface"] = opts["interface"]
+    if opts.get("family"):
+        body["family"] = int(opts["family"])
     data = _client(opts).request("POST", "/v1/nhrp/clear", body)
     if opts["as_json"]:
         click.echo(json.dumps(data, indent=2))
