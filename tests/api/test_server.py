@@ -30,6 +30,8 @@ from dmvpn.dataplane.forwarding import Forwarder
 from dmvpn.nhrp import Engine, Event, Output, ShortcutRemoved
 from dmvpn.nhrp.sim import SimNetwork, build_cloud, spoke_lan, spoke_tunnel
 
+from .test_views import _dual_cloud
+
 
 @dataclass
 class FakeRuntime:
@@ -282,3 +284,76 @@ def test_a_slow_events_client_loses_events_and_is_told(spoke1: Served) -> None:
     assert bursts == [f"event {i}" for i in range(EVENT_BACKLOG)]
     (note,) = [e for e in got if e["kind"] == "events-dropped"]
     assert note["details"] == {"count": 10} and got[-1]["kind"] == "last"
+
+
+@dataclass
+class DualRuntime:
+    """A dual-stack InterfaceRuntime: the IPv4 engine, the IPv6 one, one forwarder."""
+
+    cfg: Any
+    engine: Engine
+    engine6: Engine
+    forwarder: Forwarder
+    outputs: list[Output] = field(default_factory=list)
+
+    def apply(self) -> None:
+        self.outputs += self.engine.pop_outputs() + self.engine6.pop_outputs()
+
+
+def test_a_dual_stack_interface_over_the_socket(tmp_path: Path) -> None:
+    _, s1 = _dual_cloud()
+    rt = DualRuntime(SimpleNamespace(name="dmvpn0"), s1.e4, s1.e6,
+                     _runtime("dmvpn0", s1.e4).forwarder)  # fmt: skip
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = ApiServer("spoke1", [rt], tmp_path / "s.sock", clock=lambda: 2.0)
+
+    def call(factory: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return await factory()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(10)
+
+    call(server.start)
+    try:
+        sock = str(server.path)
+        lines = _cli(show_group, "dmvpn", "--socket", sock).output.splitlines()
+        v4 = lines.index("Interface: dmvpn0, IPv4 NHRP Details")
+        v6 = lines.index("Interface: dmvpn0, IPv6 NHRP Details")
+        assert v4 < v6 and lines[v6 + 1] == "Type:Spoke, NHRP Peers:2,"
+        assert lines[v6 + 6].split() == ["2", "198.51.100.12", "fd00::12", "UP", "00:00:01",
+                                         "DT1"]  # fmt: skip
+        only6 = json.loads(_cli(show_group, "dmvpn", "--socket", sock, "-f", "6", "--json").output)
+        assert [(i["family"], i["tunnel_address"]) for i in only6["interfaces"]] == [
+            (6, "fd00::11")
+        ]
+        nhs = _cli(show_group, "nhrp", "nhs", "--socket", sock).output.splitlines()
+        assert nhs[1] == "dmvpn0:" and nhs[2].startswith("10.0.0.1  RE")
+        assert nhs[3] == "dmvpn0 (IPv6):" and nhs[4].startswith(
+            "fd00::1  RE  NBMA Address: 192.0.2.1"
+        )
+        nhrp = json.loads(
+            _cli(show_group, "nhrp", "--socket", sock, "--family", "4", "--json").output
+        )
+        assert {e["family"] for e in nhrp["entries"]} == {4}
+        traffic = _cli(show_group, "nhrp", "traffic", "--socket", sock).output
+        assert "\ndmvpn0 (IPv6): Max-send limit:" in traffic
+        client = ApiClient(server.path)
+        with pytest.raises(Exception, match="family must be 4 or 6, not '5'"):
+            client.request("GET", "/v1/nhrp?family=5")
+        text = client.text("/metrics")
+        assert ('dmvpn_nhrp_messages_total{direction="received",family="6",interface="dmvpn0",'
+                'type="traffic_indication"} 1.0') in text  # fmt: skip
+        assert 'dmvpn_peers{family="6",interface="dmvpn0"} 2.0' in text
+        # clear, one family: the IPv4 engine keeps everything.
+        out = _cli(clear_group, "nhrp", "shortcut", "--socket", sock, "--family", "6")
+        assert out.output == "cleared fd00:2::/64 (cached) on dmvpn0\n1 entry cleared on spoke1\n"
+        assert [o for o in rt.outputs if isinstance(o, ShortcutRemoved)]
+        data = json.loads(_cli(clear_group, "nhrp", "--socket", sock, "--json").output)
+        assert [(c["family"], c["protocol"]) for c in data["cleared"]] == [(6, "fd00::12/128")]
+    finally:
+        call(server.stop)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

@@ -3,7 +3,8 @@ simulator (real NHRP between engines, virtual time): no sockets, no root."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_network
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -22,12 +23,27 @@ from dmvpn.api.views import (
     shortcut_view,
     traffic_view,
 )
-from dmvpn.dataplane.forwarding import MAX_PEER_COUNTERS, Forwarder, PeerCounters, nbma_mac
-from dmvpn.nhrp import BindingRemoved, Engine, EntryType, ShortcutRemoved
+from dmvpn.dataplane.forwarding import (
+    MAX_PEER_COUNTERS,
+    FamilyDispatch,
+    Forwarder,
+    PeerCounters,
+    nbma_mac,
+)
+from dmvpn.nhrp import (
+    BindingRemoved,
+    Engine,
+    EngineConfig,
+    EntryType,
+    NhsConfig,
+    SendPacket,
+    ShortcutRemoved,
+)
+from dmvpn.nhrp.routing import StaticRouting
 from dmvpn.nhrp.sim import SimNetwork, build_cloud, spoke_lan, spoke_nbma, spoke_tunnel
-from dmvpn.wire import GrePacket, IPv4Header
+from dmvpn.wire import GrePacket, IPv4Header, IPv6Header
 
-A = IPv4Address
+A, B = IPv4Address, IPv6Address
 
 
 def _host(i: int) -> IPv4Address:
@@ -317,3 +333,164 @@ class _RecordingEngine:
 
     def binding_used(self, addr: object, now: float) -> None:
         self.used.append((addr, now))
+
+
+# ---------------------------------------------------------------- dual stack
+
+
+class _DualNode:
+    """One node of a dual-stack cloud: an IPv4 and an IPv6 engine over the
+    same IPv4 NBMA address, packets split by ar$pro.type (FamilyDispatch)."""
+
+    def __init__(self, nbma: str, v4: str, v6: str, *, hub: bool, lan: int = 0) -> None:
+        self.nbma = A(nbma)
+        self.routing = StaticRouting()
+        common: dict[str, Any] = dict(nbma_address=self.nbma, server=hub, redirect=hub,
+                                      shortcut=not hub)  # fmt: skip
+        nhs4 = () if hub else (NhsConfig(A("10.0.0.1"), A("192.0.2.1")),)
+        nhs6 = () if hub else (NhsConfig(B("fd00::1"), A("192.0.2.1")),)
+        self.e4 = Engine(EngineConfig(protocol_address=A(v4), nhs=nhs4, **common), StaticRouting())
+        self.e6 = Engine(EngineConfig(protocol_address=B(v6), nhs=nhs6, **common), self.routing)
+        self.hooks = FamilyDispatch(self.e4, self.e6)
+        if lan:
+            self.routing.add_local(f"fd00:{lan}::/64")
+
+    def ifaces(self) -> list[Iface]:
+        return [Iface("dmvpn0", self.e4), Iface("dmvpn0", self.e6, None, 6)]
+
+
+def _dual_run(nodes: dict[IPv4Address, _DualNode], now: float) -> None:
+    """Deliver every NHRP packet until the cloud is quiet."""
+    for _ in range(50):
+        moved = False
+        for node in nodes.values():
+            for engine in (node.e4, node.e6):
+                for out in engine.pop_outputs():
+                    if isinstance(out, SendPacket):
+                        assert isinstance(out.nbma, IPv4Address)
+                        nodes[out.nbma].hooks.receive(out.data, node.nbma, now)
+                        moved = True
+        if not moved:
+            return
+    raise AssertionError("the cloud never went quiet")
+
+
+def _dual_cloud() -> tuple[_DualNode, _DualNode]:
+    """hub + two spokes registered in both families, then an IPv6 shortcut
+    spoke1 -> fd00:2::/64 (the hub saw the hairpin); (hub, spoke1)."""
+    hub = _DualNode("192.0.2.1", "10.0.0.1", "fd00::1", hub=True)
+    s1 = _DualNode("198.51.100.11", "10.0.0.11", "fd00::11", hub=False, lan=1)
+    s2 = _DualNode("198.51.100.12", "10.0.0.12", "fd00::12", hub=False, lan=2)
+    hub.routing.add_route("fd00:1::/64", B("fd00::11"))
+    hub.routing.add_route("fd00:2::/64", B("fd00::12"))
+    for s in (s1, s2):
+        s.routing.add_route("fd00::/16", B("fd00::1"))
+    nodes = {n.nbma: n for n in (hub, s1, s2)}
+    for n in nodes.values():
+        n.e4.start(0.0)
+        n.e6.start(0.0)
+    _dual_run(nodes, 0.0)
+    packet = IPv6Header(src=B("fd00:1::10"), dst=B("fd00:2::10"), next_header=58).encode(bytes(8))
+    hub.hooks.hairpin(packet, s1.nbma, 1.0)
+    _dual_run(nodes, 1.0)
+    return hub, s1
+
+
+def test_show_dmvpn_lists_each_family_of_a_dual_stack_interface() -> None:
+    hub, s1 = _dual_cloud()
+    v4, v6 = dmvpn_view("spoke1", s1.ifaces(), 2.0)["interfaces"]
+    assert (v4["interface"], v4["family"], v4["tunnel_address"]) == ("dmvpn0", 4, "10.0.0.11")
+    assert (v6["interface"], v6["family"], v6["tunnel_address"]) == ("dmvpn0", 6, "fd00::11")
+    # IPv4: only the NHS (no IPv4 traffic, no IPv4 shortcut).
+    assert [(p["nbma"], [e["tunnel_address"] for e in p["entries"]]) for p in v4["peers"]] == [
+        ("192.0.2.1", ["10.0.0.1"])
+    ]
+    # IPv6: the NHS, and spoke2 with its tunnel address (T1) and its LAN (T2).
+    hub_peer, spoke2 = v6["peers"]
+    assert [(e["tunnel_address"], e["state"], e["attrb"]) for e in hub_peer["entries"]] == [
+        ("fd00::1", "UP", "S")
+    ]
+    assert spoke2["nbma"] == "198.51.100.12"
+    assert [(e["target"], e["tunnel_address"], e["attrb"]) for e in spoke2["entries"]] == [
+        ("fd00::12/128", "fd00::12", "DT1"),
+        ("fd00:2::/64", "fd00::12", "DT2"),
+    ]
+    # The hub: both registrations of each spoke, each in its family's table.
+    hv4, hv6 = dmvpn_view("hub1", hub.ifaces(), 2.0)["interfaces"]
+    assert [p["entries"][0]["tunnel_address"] for p in hv4["peers"]] == ["10.0.0.11", "10.0.0.12"]
+    assert [p["entries"][0]["tunnel_address"] for p in hv6["peers"]] == ["fd00::11", "fd00::12"]
+    assert hv6["type"] == "hub" and hv6["peer_count"] == 2
+
+
+def test_show_nhrp_nhs_and_shortcut_carry_the_family() -> None:
+    _, s1 = _dual_cloud()
+    entries = nhrp_view("spoke1", s1.ifaces(), 2.0)["entries"]
+    by_family = {(e["family"], e["protocol"], e["type"]) for e in entries}
+    assert {(4, "10.0.0.1/32", "nhs"), (6, "fd00::1/128", "nhs"),
+            (6, "fd00::12/128", "cached"), (6, "fd00:2::/64", "cached")} <= by_family  # fmt: skip
+    assert all(e["family"] == 6 for e in entries if ":" in e["protocol"])
+    assert all(e["family"] == 4 for e in entries if ":" not in e["protocol"])
+    (shortcut,) = shortcut_view("spoke1", s1.ifaces(), 2.0)["entries"]
+    assert (shortcut["family"], shortcut["protocol"], shortcut["next_hop"]) == (
+        6, "fd00:2::/64", "fd00::12"
+    )  # fmt: skip
+    rows = nhs_view("spoke1", s1.ifaces(), 2.0)["nhs"]
+    assert [(n["family"], n["protocol"], n["nbma"], n["status"]) for n in rows] == [
+        (4, "10.0.0.1", "192.0.2.1", "RE"),
+        (6, "fd00::1", "192.0.2.1", "RE"),
+    ]
+
+
+def test_show_nhrp_traffic_counts_each_engine_on_its_own() -> None:
+    hub, s1 = _dual_cloud()
+    v4, v6 = traffic_view("spoke1", s1.ifaces())["interfaces"]
+    assert (v4["family"], v6["family"]) == (4, 6)
+    assert v4["sent"]["registration_request"] == v6["sent"]["registration_request"] == 1
+    # The redirect and the resolution were IPv6 only.
+    assert (v4["received"]["traffic_indication"], v6["received"]["traffic_indication"]) == (0, 1)
+    assert (v4["sent"]["resolution_request"], v6["sent"]["resolution_request"]) == (0, 1)
+    h4, h6 = traffic_view("hub1", hub.ifaces())["interfaces"]
+    assert h4["received"]["registration_request"] == h6["received"]["registration_request"] == 2
+
+
+def test_clear_nhrp_on_the_ipv6_engine_leaves_the_ipv4_one_alone() -> None:
+    hub, s1 = _dual_cloud()
+    v4, v6 = s1.ifaces()
+    assert clear_nhrp(v4, 2.0) == []  # nothing dynamic in IPv4: only the NHS
+    cleared = clear_nhrp(v6, 2.0, "shortcut")
+    assert cleared == [{"interface": "dmvpn0", "family": 6, "protocol": "fd00:2::/64",
+                        "type": "cached", "nbma": "198.51.100.12"}]  # fmt: skip
+    assert any(isinstance(o, ShortcutRemoved) for o in s1.e6.pop_outputs())
+    # On the hub, clearing IPv6 drops the IPv6 registrations only.
+    cleared = clear_nhrp(hub.ifaces()[1], 2.0)
+    assert sorted(c["protocol"] for c in cleared) == ["fd00::11/128", "fd00::12/128"]
+    assert {e.type for e in hub.e4.core.cache} >= {EntryType.DYNAMIC}
+
+
+def test_metrics_of_a_dual_stack_interface_have_a_family_label() -> None:
+    hub, s1 = _dual_cloud()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector("spoke1", s1.ifaces(), 2.0))
+    samples = [
+        (s.name, tuple(sorted(s.labels.items())))
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    ]
+    assert len(samples) == len(set(samples)), "a label set is exported twice"
+    m = _scrape("spoke1", s1.ifaces(), 2.0)
+    f4 = (("family", "4"), ("interface", "dmvpn0"))
+    f6 = (("family", "6"), ("interface", "dmvpn0"))
+    ti = ("type", "traffic_indication")
+    assert m["dmvpn_nhrp_messages_total", (("direction", "received"), *f6, ti)] == 1
+    assert m["dmvpn_nhrp_messages_total", (("direction", "received"), *f4, ti)] == 0
+    assert m["dmvpn_nhrp_nhs_up", (*f6, ("nbma", "192.0.2.1"), ("nhs", "fd00::1"))] == 1
+    assert m["dmvpn_nhrp_nhs_up", (*f4, ("nbma", "192.0.2.1"), ("nhs", "10.0.0.1"))] == 1
+    assert m["dmvpn_nhrp_shortcuts_installed_total", f6] == 1
+    # Counters that never moved are absent, as for an IPv4-only interface.
+    assert ("dmvpn_nhrp_shortcuts_installed_total", f4) not in m
+    assert (m["dmvpn_peers", f4], m["dmvpn_peers", f6]) == (1, 2)
+    assert m["dmvpn_nhrp_cache_entries", (*f6, ("type", "cached"))] == 2
+    h = _scrape("hub1", hub.ifaces(), 2.0)
+    reg = ("result", "accepted")
+    assert h["dmvpn_nhrp_registrations_total", (*f4, reg)] == 2
+    assert h["dmvpn_nhrp_registrations_total", (*f6, reg)] == 2
