@@ -1,25 +1,69 @@
 """A dual-stack cloud (topology `ipv6: true`) in network namespaces: IPv6
 over the IPv4 underlay, one NHRP instance per family on every router, real
-GRE, real kernel Neighbor Discovery against the daemon, real tshark."""
+GRE, real kernel Neighbor Discovery against the daemon, real tshark, and
+both engines seen through the management API (`dmvpn show`, /metrics)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.topology import Topology
 
-from .test_cloud import Cloud
+from .test_cloud import DMVPN, Cloud
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root for network namespaces (CI runs as root)"
 )
+
+
+class ApiCloud(Cloud):
+    """Each daemon's API socket in the test's directory (not /run/dmvpn,
+    where another lab may run); `dmvpn show` runs in the node's namespace."""
+
+    def sock(self, node: str) -> str:
+        return str(self.logs / f"{node}.sock")
+
+    def start(self, node: str) -> None:
+        data = self.topo.node_config(node)
+        data["socket"] = self.sock(node)
+        cfg = self.logs / f"{node}.yaml"
+        cfg.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str))))
+        log = (self.logs / f"{node}.log").open("a")
+        self.procs[node] = self.lab.popen(node, [DMVPN, "run", "-c", str(cfg)], stdout=log,
+                                          stderr=log)  # fmt: skip
+
+    def show(self, node: str, *argv: str) -> str:
+        res = self.lab.exec(node, [DMVPN, "show", *argv, "--socket", self.sock(node)],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert res.returncode == 0, (argv, res.stderr)
+        return res.stdout
+
+    def show_json(self, node: str, *argv: str) -> Any:
+        return json.loads(self.show(node, *argv, "--json"))
+
+    def metrics(self, node: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        scrape = ("import sys; from pathlib import Path; from dmvpn.cli.show import ApiClient; "
+                  "sys.stdout.write(ApiClient(Path(sys.argv[1])).text('/metrics'))")  # fmt: skip
+        res = self.lab.exec(node, [sys.executable, "-c", scrape, self.sock(node)],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(res.stdout)
+            for s in family.samples
+        }
 
 
 def _hops6(cloud: Cloud, node: str, dst: str, wait: int = 1) -> list[str]:
@@ -32,7 +76,7 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
     topo = Topology.from_data({"phase": 3, "holdtime": 12, "ipv6": True})
     lab = Lab(topo, prefix=f"dm6{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
     tshark: subprocess.Popen | None = None  # type: ignore[type-arg]
-    cloud = Cloud(lab, topo, tmp_path)
+    cloud = ApiCloud(lab, topo, tmp_path)
     try:
         lab.up()
         pcap = tmp_path / "underlay.pcap"
@@ -68,6 +112,7 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
         assert cloud.events("hub1", "redirect")
         ping = cloud.lab.exec("host1", ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", host2])
         assert ping.returncode == 0
+        _show_both_families(cloud, tmp_path / "show.txt")
         # IPv4 on the same cloud still works.
         host3 = str(topo.plan("host3").lan.ip)  # type: ignore[union-attr]
         assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host3]).returncode == 0
@@ -151,3 +196,38 @@ def test_dual_stack_over_ipsec(tmp_path: Path) -> None:
         for node in list(cloud.procs):
             cloud.stop(node)
         lab.down()
+
+
+def _show_both_families(cloud: ApiCloud, record: Path) -> None:
+    """`dmvpn show` and /metrics see the IPv6 engine beside the IPv4 one."""
+    v4, v6 = cloud.show_json("spoke1", "dmvpn")["interfaces"]
+    assert (v4["family"], v4["tunnel_address"]) == (4, "10.0.0.11")
+    assert (v6["family"], v6["tunnel_address"], v6["type"]) == (6, "fd00::11", "spoke")
+    peers = {p["nbma"]: [(e["target"], e["attrb"]) for e in p["entries"]] for p in v6["peers"]}
+    assert peers["172.30.0.1"] == [("fd00::1/128", "S")], peers
+    assert peers["172.30.0.12"] == [("fd00::12/128", "DT1"), ("fd00:2::/64", "DT2")], peers
+    (hub6,) = cloud.show_json("hub1", "dmvpn", "--family", "6")["interfaces"]
+    tunnels = {e["tunnel_address"] for p in hub6["peers"] for e in p["entries"]}
+    assert {"fd00::11", "fd00::12", "fd00::13"} <= tunnels, tunnels
+    entries = cloud.show_json("spoke1", "nhrp")["entries"]
+    six = {(e["protocol"], e["type"], e["shortcut"]) for e in entries if e["family"] == 6}
+    assert {("fd00::1/128", "nhs", False), ("fd00:2::/64", "cached", True)} <= six, six
+    assert {e["family"] for e in entries if ":" not in e["protocol"]} == {4}
+    nhs = cloud.show_json("spoke1", "nhrp", "nhs")["nhs"]
+    assert [(n["family"], n["protocol"], n["state"]) for n in nhs] == [
+        (4, "10.0.0.1", "up"), (6, "fd00::1", "up")]  # fmt: skip
+    traffic = cloud.show_json("spoke1", "nhrp", "traffic")["interfaces"]
+    assert [t["family"] for t in traffic] == [4, 6]
+    assert traffic[1]["received"]["traffic_indication"] >= 1
+    m = cloud.metrics("spoke1")
+    f6 = (("family", "6"), ("interface", "dmvpn0"))
+    assert m["dmvpn_nhrp_nhs_up", (*f6, ("nbma", "172.30.0.1"), ("nhs", "fd00::1"))] == 1
+    ti = (("direction", "received"), *f6, ("type", "traffic_indication"))
+    assert m["dmvpn_nhrp_messages_total", ti] >= 1
+    assert m["dmvpn_nhrp_shortcuts_installed_total", f6] >= 1
+    assert m["dmvpn_peers", f6] == 2
+    # The text an operator reads (kept for the docs' examples).
+    record.write_text("".join(
+        f"$ dmvpn show {' '.join(argv)}\n{cloud.show('spoke1', *argv)}\n"
+        for argv in (["dmvpn"], ["nhrp"], ["nhrp", "nhs"], ["nhrp", "traffic", "--family", "6"])
+    ))  # fmt: skip
