@@ -228,6 +228,10 @@ def _show_both_families(cloud: ApiCloud, record: Path) -> None:
     assert m["dmvpn_peers", f6] == 2
     # The text an operator reads (kept for the docs' examples).
     record.write_text("".join(
-        f"$ dmvpn show {' '.join(argv)}\n{cloud.show('spoke1', *argv)}\n"
-        for argv in (["dmvpn"], ["nhrp"], ["nhrp", "nhs"], ["nhrp", "traffic", "--family", "6"])
+        f"{node}# dmvpn show {' '.join(argv)}\n{cloud.show(node, *argv)}\n"
+        for node, argv in (("spoke1", ["dmvpn"]), ("spoke1", ["nhrp"]),
+                           ("spoke1", ["nhrp", "shortcut", "--family", "6"]),
+                           ("spoke1", ["nhrp", "nhs"]),
+                           ("spoke1", ["nhrp", "traffic", "--family", "6"]),
+                           ("hub1", ["dmvpn", "--family", "6"]))
     ))  # fmt: skip
