@@ -200,29 +200,39 @@ class Forwarder:
         payload = frame[14:]
         if dst[0] & 1:
             # Broadcast/multicast (OSPF hellos, RIP): to the `map multicast` set.
-            data = self._gre_header + payload
-            size = len(data)
-            for target in self.multicast:
-                self.send_gre(target, data)
-                peer = self.peers.get(target) or self._new_peer(target)
-                if peer is not None:
-                    peer.tx_packets += 1
-                    peer.tx_bytes += size
-            self.stats["tx.multicast"] += 1
+            self._to_multicast(self._gre_header + payload)
             return
-        nbma = mac_nbma(dst)
+        source = IPv4Address(payload[12:16]) if self.redirect and len(payload) >= 20 else None
+        self._to_peer(dst, self._gre_header, payload, source, payload[16:20], now)
+
+    def _to_multicast(self, data: bytes) -> None:
+        size = len(data)
+        for target in self.multicast:
+            self.send_gre(target, data)
+            peer = self.peers.get(target) or self._new_peer(target)
+            if peer is not None:
+                peer.tx_packets += 1
+                peer.tx_bytes += size
+        self.stats["tx.multicast"] += 1
+
+    def _to_peer(self, dst_mac: bytes, header: bytes, payload: bytes,
+                 source: IPv4Address | IPv6Address | None, destination: bytes,
+                 now: float) -> None:  # fmt: skip
+        """Unicast to the peer whose NBMA address the destination MAC holds.
+        ``source`` (given only on a redirecting hub) detects hairpins."""
+        nbma = mac_nbma(dst_mac)
         if nbma is None:
             self.stats["tap.unknown_mac"] += 1
             return
-        if self.redirect and len(payload) >= 20:
-            came = self._came_from.get(IPv4Address(payload[12:16]))
+        if source is not None:
+            came = self._came_from.get(source)
             if came is not None and came != nbma:
                 # Forwarded back out of the interface it came in on: the
                 # sender should talk to the destination directly (phase 3).
                 self.engine.hairpin(payload, came, now)
-        data = self._gre_header + payload
+        data = header + payload
         self.send_gre(nbma, data)
-        self._sent_data(nbma, 1, len(data), payload[16:20], now)
+        self._sent_data(nbma, 1, len(data), destination, now)
 
     def _sent_data(self, nbma: IPv4Address, packets: int, size: int, dst: bytes,
                    now: float) -> None:  # fmt: skip
@@ -269,26 +279,10 @@ class Forwarder:
         dst = frame[:6]
         if dst[0] & 1:
             # OSPFv3 (ff02::5/6) and other link multicast: the `map multicast` set.
-            data = self._gre6_header + payload
-            for target in self.multicast:
-                self.send_gre(target, data)
-                peer = self.peers.get(target) or self._new_peer(target)
-                if peer is not None:
-                    peer.tx_packets += 1
-                    peer.tx_bytes += len(data)
-            self.stats["tx.multicast"] += 1
+            self._to_multicast(self._gre6_header + payload)
             return
-        nbma = mac_nbma(dst)
-        if nbma is None:
-            self.stats["tap.unknown_mac"] += 1
-            return
-        if self.redirect:
-            came = self._came_from.get(IPv6Address(payload[8:24]))
-            if came is not None and came != nbma:
-                self.engine.hairpin(payload, came, now)
-        data = self._gre6_header + payload
-        self.send_gre(nbma, data)
-        self._sent_data(nbma, 1, len(data), payload[24:40], now)
+        source = IPv6Address(payload[8:24]) if self.redirect else None
+        self._to_peer(dst, self._gre6_header, payload, source, payload[24:40], now)
 
     def _ns_from_kernel(self, frame: bytes, payload: bytes, now: float) -> None:
         ns = nd.parse_solicitation(payload)
@@ -407,9 +401,7 @@ class Forwarder:
         inner = gre.payload
         dst = inner[16:20]
         if self.redirect:
-            self._came_from[IPv4Address(inner[12:16])] = src
-            if len(self._came_from) > 65536:
-                self._came_from.clear()
+            self._remember_source(IPv4Address(inner[12:16]), src)
         first = dst[0]
         if first >= 224 or dst == b"\xff\xff\xff\xff":
             # IPv4 multicast -> 01:00:5e + low 23 bits (RFC 1112); broadcast.
@@ -420,6 +412,13 @@ class Forwarder:
             eth_dst = self.local_mac
         self.write_tap(eth_dst + nbma_mac(src) + ETH_IPV4 + inner)
         self.stats["rx.data"] += 1
+
+    def _remember_source(self, source: IPv4Address | IPv6Address, nbma: IPv4Address) -> None:
+        """Which peer a source's traffic arrives from (hairpin detection on a
+        redirecting hub); bounded, a flood of sources only resets it."""
+        self._came_from[source] = nbma
+        if len(self._came_from) > 65536:
+            self._came_from.clear()
 
     def _ipv6_from_gre(self, inner: bytes, src: IPv4Address) -> None:
         if len(inner) < 40 or inner[0] >> 4 != 6:
@@ -432,9 +431,7 @@ class Forwarder:
             self.stats["nd.dropped.from_cloud"] += 1
             return
         if self.redirect:
-            self._came_from[IPv6Address(inner[8:24])] = src
-            if len(self._came_from) > 65536:
-                self._came_from.clear()
+            self._remember_source(IPv6Address(inner[8:24]), src)
         dst = inner[24:40]
         eth_dst = nd.multicast_mac(dst) if dst[0] == 0xFF else self.local_mac
         self.write_tap(eth_dst + nbma_mac(src) + ETH_IPV6 + inner)
