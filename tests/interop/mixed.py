@@ -22,15 +22,15 @@ from typing import Any
 import pytest
 
 from dmvpn.lab import Lab, Topology
+from dmvpn.lab.frrnode import FrrNodes, nhs_in_cache, wait_registered
 from dmvpn.lab.runner import Runner
-from dmvpn.lab.uml import UmlNodes, nhs_in_cache, wait_registered
 
 DMVPN = str(Path(sys.executable).with_name("dmvpn"))
 
 
 class Cloud:
-    def __init__(self, lab: Lab, runner: Runner, uml: UmlNodes, pcap: Path) -> None:
-        self.lab, self.runner, self.uml, self.pcap = lab, runner, uml, pcap
+    def __init__(self, lab: Lab, runner: Runner, frr: FrrNodes, pcap: Path) -> None:
+        self.lab, self.runner, self.frr, self.pcap = lab, runner, frr, pcap
         self.topo = lab.topology
         self.capture: subprocess.Popen[bytes] | None = None
         self.truncated_by_nhrpd: list[int] = []  # frames (see check_capture)
@@ -64,7 +64,7 @@ class Cloud:
     # -- what the routers say ---------------------------------------------------
 
     def vtysh(self, node: str, command: str) -> str:
-        return self.uml.vtysh(node, command)
+        return self.frr.vtysh(node, command)
 
     def dmvpn_show(self, node: str, *args: str) -> Any:
         """`dmvpn show ARGS --json` against a dmvpn node's daemon."""
@@ -101,7 +101,7 @@ class Cloud:
 
     def _sh(self, node: str, command: str) -> str:
         if self.kind(node) == "frr":
-            return self.uml.run(node, command).output
+            return self.frr.run(node, command).output
         return str(self.lab.exec(node, ["sh", "-c", command], capture_output=True,
                                  text=True).stdout)  # fmt: skip
 
@@ -129,7 +129,7 @@ class Cloud:
         return m.group(1) if m else None
 
     def nhrpd_log(self, node: str) -> str:
-        return self.uml.run(node, "cat /run/frr/nhrpd.log").output
+        return self.frr.run(node, "cat /run/frr/nhrpd.log").output
 
     def ping(self, host: str, dst: str, count: int = 3) -> bool:
         res = self.lab.exec(host, ["ping", "-c", str(count), "-i", "0.3", "-W", "1", dst],
@@ -193,18 +193,18 @@ class Cloud:
 
 @contextmanager
 def mixed_cloud(topology: dict[str, Any], prefix: str, tmp: Path) -> Iterator[Cloud]:
-    for tool in ("linux.uml", "vtysh", "dumpcap", "tshark"):
+    for tool in ("qemu-system-x86_64", "vtysh", "dumpcap", "tshark"):
         assert shutil.which(tool), f"{tool} missing: ./run.sh test installs it"
     lab = Lab(Topology.from_data(topology), prefix=prefix)
     lab.up()
     try:
-        runner, uml = Runner(lab), UmlNodes(lab)
-        cloud = Cloud(lab, runner, uml, tmp / "underlay.pcapng")
+        runner, frr = Runner(lab), FrrNodes(lab)
+        cloud = Cloud(lab, runner, frr, tmp / "underlay.pcapng")
         cloud.start_capture()
-        uml.start()  # the guests boot while our daemons start
+        frr.start()  # the guests boot while our daemons start
         runner.start()
-        uml.wait_ready()
-        wait_registered(runner, uml, timeout=60)
+        frr.wait_ready()
+        wait_registered(runner, frr, timeout=60)
         yield cloud
     finally:
         try:
@@ -212,10 +212,10 @@ def mixed_cloud(topology: dict[str, Any], prefix: str, tmp: Path) -> Iterator[Cl
                 cloud.stop_capture()
                 keep = os.environ.get("DMVPN_INTEROP_KEEP")
                 if keep:  # for a post-mortem: the guests' logs and the capture
-                    for node in uml.nodes:
-                        uml.run(node, "cp /run/frr/*.log /run/out/")
+                    for node in frr.nodes:
+                        frr.run(node, "cp /run/frr/*.log /run/out/")
                     shutil.copytree(lab.run_dir, Path(keep) / prefix, dirs_exist_ok=True,
-                                    ignore=shutil.ignore_patterns("*.sock", "uml"))  # fmt: skip
+                                    ignore=shutil.ignore_patterns("*.sock"))  # fmt: skip
                     shutil.copy(cloud.pcap, Path(keep) / prefix)
         finally:
             lab.down()

@@ -30,7 +30,7 @@ from dmvpn.lab.frrroot import ensure_root
 
 from .mixed import DMVPN, Cloud, mixed_cloud
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, UML, chroot)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, QEMU, chroot)")
 
 PASSWORD = "lab1"
 

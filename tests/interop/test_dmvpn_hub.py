@@ -15,7 +15,7 @@ import pytest
 
 from .mixed import Cloud, mixed_cloud
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, UML taps)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, guest taps)")
 
 HOLDTIME = 30
 TOPOLOGY = {
@@ -52,8 +52,8 @@ def test_nhrpd_spokes_register_with_the_dmvpn_hub(cloud: Cloud) -> None:
         assert entry["type"] == "dynamic" and entry["nbma"] == f"172.30.0.{n}"
         assert ("unique" in entry["flags"]) == unique, entry
     # `dmvpn lab show` speaks vtysh on an frr node.
-    assert " nhs " in cloud.uml.show("spoke1", ["nhrp"])
-    assert "172.30.0.1 " in cloud.uml.show("spoke1", ["dmvpn"])
+    assert " nhs " in cloud.frr.show("spoke1", ["nhrp"])
+    assert "172.30.0.1 " in cloud.frr.show("spoke1", ["dmvpn"])
 
 
 def test_hosts_behind_nhrpd_spokes_reach_each_other_over_a_shortcut(cloud: Cloud) -> None:
@@ -95,11 +95,11 @@ def test_dmvpn_and_nhrpd_spokes_shortcut_both_ways(cloud: Cloud, src: str, dst: 
 
 def _renumber(cloud: Cloud, node: str, old: str, new: str) -> None:
     """The spoke comes back at another NBMA address (a new DHCP lease)."""
-    cloud.uml.stop_nhrpd(node)
+    cloud.frr.stop_nhrpd(node)
     # Delete first: deleting a primary address takes its secondaries along.
-    res = cloud.uml.run(node, f"ip addr del {old}/24 dev vec0 && ip addr add {new}/24 dev vec0")
+    res = cloud.frr.run(node, f"ip addr del {old}/24 dev nbma0 && ip addr add {new}/24 dev nbma0")
     assert res.returncode == 0, res.output
-    cloud.uml.start_nhrpd(node)
+    cloud.frr.start_nhrpd(node)
 
 
 def test_unique_registration_from_a_new_nbma_is_refused_with_code_14(cloud: Cloud) -> None:
@@ -153,7 +153,7 @@ def test_a_vanished_nhrpd_spoke_expires_on_time(cloud: Cloud) -> None:
     # nhrpd killed without a word: its registration runs out after the
     # holding time it asked for (HOLDTIME), counted from its last refresh
     # (sent every HOLDTIME/3).
-    cloud.uml.run("spoke1", "kill -9 $(cat /run/frr/nhrpd.pid)")
+    cloud.frr.run("spoke1", "kill -9 $(cat /run/frr/nhrpd.pid)")
     killed = time.time()
     took = cloud.wait(
         "spoke1's registration to expire on our hub",

@@ -1,5 +1,5 @@
 """`dmvpn lab` with frr nodes, through the command line: up, status, show and
-exec in the guest, and down leaving nothing behind (no UML process, tap,
+exec in the guest, and down leaving nothing behind (no QEMU process, tap,
 namespace or file)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 
 from .mixed import DMVPN
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, UML taps)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, guest taps)")
 
 PREFIX = f"dlf{os.getpid() % 10000}-"
 TOPOLOGY = {
@@ -43,20 +43,20 @@ def _alive(pid: int) -> bool:
 def test_lab_up_show_exec_down_with_frr_nodes(tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text(yaml.safe_dump(TOPOLOGY))
-    uml_pids: list[int] = []
+    qemu_pids: list[int] = []
     try:
         up = lab("up", str(topo), "--prefix", PREFIX)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "booting User-Mode Linux with FRR nhrpd on hub1, spoke1" in up.stdout
+        assert "booting QEMU guests with FRR nhrpd on hub1, spoke1" in up.stdout
         assert "every spoke registered" in up.stdout
 
         status = json.loads(lab("status", "--prefix", PREFIX, "--json").stdout)
         nodes = {n["name"]: n for n in status["nodes"]}
         assert [nodes[n]["kind"] for n in ("hub1", "spoke1", "spoke2")] == ["frr", "frr", "dmvpn"]
-        uml_pids += nodes["hub1"]["pids"] + nodes["spoke1"]["pids"]
-        assert len(uml_pids) == 2 and all(_alive(p) for p in uml_pids)
+        qemu_pids += nodes["hub1"]["pids"] + nodes["spoke1"]["pids"]
+        assert len(qemu_pids) == 2 and all(_alive(p) for p in qemu_pids)
         table = lab("status", "--prefix", PREFIX).stdout
-        assert "FRR nhrpd in UML running" in table
+        assert "FRR nhrpd in QEMU running" in table
 
         # `show` speaks vtysh on an frr node: nhrpd's hub lists both spokes.
         # Polled, not read once: an nhrpd hub drops a fresh nhrpd spoke's
@@ -87,7 +87,7 @@ def test_lab_up_show_exec_down_with_frr_nodes(tmp_path: Path) -> None:
     finally:
         down = lab("down", "--prefix", PREFIX)
     assert down.returncode == 0, down.stderr
-    assert not any(_alive(p) for p in uml_pids)
+    assert not any(_alive(p) for p in qemu_pids)
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert PREFIX not in netns
     assert not Path(f"/run/dmvpn-lab/{PREFIX}").exists()

@@ -19,7 +19,7 @@ import yaml
 
 from .mixed import DMVPN, Cloud, mixed_cloud
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, UML taps)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, guest taps)")
 
 HOLDTIME = 30
 TOPOLOGY = {

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from dmvpn.lab import Lab, Topology
-from dmvpn.lab.uml import UmlNodes
+from dmvpn.lab.frrnode import FrrNodes
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, UML taps)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, guest taps)")
 
 DMVPN = str(Path(sys.executable).with_name("dmvpn"))
 PSK = "interop-psk-0123456789"
@@ -71,13 +71,10 @@ GUEST_SWANCTL = """connections {
 }
 secrets { ike-cloud { secret = "%s" } }
 """
-# The UML kernel's modules are on the host: ESP and its crypto must load
-# from there, also when the kernel asks for a module itself.
+# The guest kernel's modules are on /lib/modules: the kernel loads ESP's
+# crypto by itself.
 GUEST_START = """
-printf '#!/bin/sh\\nexec /sbin/modprobe -d /run/modroot "$@"\\n' > /run/modprobe-uml
-chmod +x /run/modprobe-uml
-echo /run/modprobe-uml > /proc/sys/kernel/modprobe
-modprobe -d /run/modroot -a esp4 xfrm_user gcm ghash_generic aes_generic ctr seqiv echainiv
+modprobe -a esp4 xfrm_user
 (STRONGSWAN_CONF=/run/out/strongswan.conf setsid /usr/lib/ipsec/charon >/run/out/charon.out 2>&1 &)
 for i in $(seq 100); do [ -S /run/charon.vici ] && break; sleep 0.1; done
 swanctl --load-all --file /run/out/swanctl.conf --uri unix:///run/charon.vici
@@ -85,12 +82,12 @@ swanctl --load-all --file /run/out/swanctl.conf --uri unix:///run/charon.vici
 
 
 class Interop:
-    def __init__(self, lab: Lab, uml: UmlNodes, tmp: Path) -> None:
-        self.lab, self.uml, self.tmp = lab, uml, tmp
+    def __init__(self, lab: Lab, frr: FrrNodes, tmp: Path) -> None:
+        self.lab, self.frr, self.tmp = lab, frr, tmp
         self.proc: subprocess.Popen[bytes] | None = None
 
     def guest(self, script: str) -> str:
-        res = self.uml.run("hub1", script, timeout=60)
+        res = self.frr.run("hub1", script, timeout=60)
         assert res.returncode == 0, res.output
         return res.output
 
@@ -111,19 +108,19 @@ class Interop:
 
 @pytest.fixture
 def interop(tmp_path: Path) -> Iterator[Interop]:
-    for tool in ("linux.uml", "vtysh", "tshark", "swanctl"):
+    for tool in ("qemu-system-x86_64", "vtysh", "tshark", "swanctl"):
         assert shutil.which(tool), f"{tool} missing: ./run.sh test installs it"
     topo = Topology.from_data(TOPOLOGY)
     lab = Lab(topo, prefix=f"uxi{os.getpid() % 10000}-")
     lab.up()
     it: Interop | None = None
     try:
-        uml = UmlNodes(lab)
-        uml.start()
-        uml.wait_ready()
-        it = Interop(lab, uml, tmp_path)
+        frr = FrrNodes(lab)
+        frr.start()
+        frr.wait_ready()
+        it = Interop(lab, frr, tmp_path)
         hub_nbma = str(topo.plan("hub1").nbma.ip)  # type: ignore[union-attr]
-        work = uml.dir("hub1")
+        work = frr.dir("hub1")
         (work / "strongswan.conf").write_text(GUEST_STRONGSWAN)
         (work / "swanctl.conf").write_text(GUEST_SWANCTL % (hub_nbma, PSK))
         it.guest(GUEST_START)

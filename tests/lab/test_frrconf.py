@@ -8,7 +8,7 @@ import pytest
 
 from dmvpn.lab import Topology, TopologyError
 from dmvpn.lab.frrconf import guest_setup, nhrpd_conf, vtysh_command
-from dmvpn.lab.uml import nhs_in_cache
+from dmvpn.lab.frrnode import nhs_in_cache
 
 
 def _mixed(**settings: object) -> Topology:
@@ -49,7 +49,7 @@ def test_unknown_kind_is_rejected_with_its_path() -> None:
 def test_nhrpd_spoke_config_uses_the_topology_vocabulary() -> None:
     conf = nhrpd_conf(_mixed(holdtime=30, key=7, authentication="secret"), "spoke1")
     lines = [line.strip() for line in conf.splitlines()]
-    assert "interface mgre0" in lines and "tunnel source vec0" in lines
+    assert "interface mgre0" in lines and "tunnel source nbma0" in lines
     assert "ip nhrp network-id 1" in lines and "ip nhrp holdtime 30" in lines
     assert "ip nhrp authentication secret" in lines
     assert [x for x in lines if x.startswith("ip nhrp nhs")] == [
@@ -67,7 +67,7 @@ def test_nhrpd_hub_config_redirects_in_phase_3_only() -> None:
     assert " ip nhrp redirect" in conf and "nhrp nflog-group 1" in conf and "nhs" not in conf
     setup = guest_setup(_mixed(), "hub2")
     # Redirect needs the hairpinned packets logged to nhrpd (NFLOG).
-    assert "iptables-legacy -A FORWARD -i mgre0 -o mgre0" in setup and "--nflog-group 1" in setup
+    assert "iptables -A FORWARD -i mgre0 -o mgre0" in setup and "--nflog-group 1" in setup
     phase1 = _mixed(phase=1)
     assert "redirect" not in nhrpd_conf(phase1, "hub2")
     assert "iptables" not in guest_setup(phase1, "hub2")
@@ -75,15 +75,15 @@ def test_nhrpd_hub_config_redirects_in_phase_3_only() -> None:
 
 def test_guest_setup_routes_via_tunnel_addresses_onlink() -> None:
     setup = guest_setup(_mixed(key=7), "spoke1").splitlines()
-    assert "tunnel add mgre0 mode gre key 7 ttl 64 dev vec0" in setup
+    assert "tunnel add mgre0 mode gre key 7 ttl 64 dev nbma0" in setup
     assert "addr add 10.0.0.11/32 dev mgre0" in setup  # nhrpd needs the /32
     assert (
-        "addr add 172.30.0.11/24 dev vec0" in setup and "addr add 192.168.1.1/24 dev vec1" in setup
+        "addr add 172.30.0.11/24 dev nbma0" in setup and "addr add 192.168.1.1/24 dev lan0" in setup
     )
     assert "route add 192.168.0.0/16 via 10.0.0.1 dev mgre0 onlink" in setup
     hub = guest_setup(_mixed(), "hub2").splitlines()
     assert "route add 192.168.3.0/24 via 10.0.0.13 dev mgre0 onlink" in hub
-    assert not any("vec1" in line for line in hub)  # a hub has no LAN
+    assert not any("lan0" in line for line in hub)  # a hub has no LAN
     phase2 = guest_setup(_mixed(phase=2), "spoke1").splitlines()
     assert "route add 192.168.2.0/24 via 10.0.0.12 dev mgre0 onlink" in phase2
     assert not any("192.168.1.0/24 via" in line for line in phase2)

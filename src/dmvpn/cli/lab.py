@@ -3,7 +3,7 @@
     dmvpn lab up [TOPOLOGY.yaml]    build it, start one daemon per router, wait for registration
     dmvpn lab status [--json]       every node: role, addresses, daemon
     dmvpn lab exec NODE -- CMD...   run a command inside a node (hub1, spoke2, host3, inet;
-                                    on an frr node, inside its UML guest)
+                                    on an frr node, inside its QEMU guest)
     dmvpn lab show NODE ARGS...     `dmvpn show ARGS` against that node's daemon
     dmvpn lab down                  remove everything the lab created (also after a crash)
     dmvpn lab demo [--keep]         build the default cloud, show a shortcut forming, tear down
@@ -33,8 +33,8 @@ import click
 
 from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError
 from dmvpn.lab.frrconf import vtysh_command
+from dmvpn.lab.frrnode import FrrNodes, wait_registered
 from dmvpn.lab.runner import REGISTRATION_TIMEOUT, Runner, dmvpn_command
-from dmvpn.lab.uml import UmlNodes, wait_registered
 
 __all__ = ["lab_group"]
 
@@ -96,17 +96,17 @@ def up_cmd(topology: Path | None, prefix: str, timeout: float) -> None:
         lab.up()
         built.set()
         click.echo(f"built lab {prefix!r}: {_summary(topo)}, {len(lab.namespaces)} namespaces")
-        runner, uml = Runner(lab), UmlNodes(lab)
-        if uml.nodes:
+        runner, frr = Runner(lab), FrrNodes(lab)
+        if frr.nodes:
             # Booted first and in parallel: a guest takes seconds, a daemon less.
-            click.echo(f"booting User-Mode Linux with FRR nhrpd on {', '.join(uml.nodes)}")
-            uml.start()
+            click.echo(f"booting QEMU guests with FRR nhrpd on {', '.join(frr.nodes)}")
+            frr.start()
         if runner.routers:
             click.echo(f"starting dmvpn on {', '.join(runner.routers)} (logs in {lab.run_dir}/)")
             runner.start()
-        if uml.nodes:
-            click.echo(f"nhrpd running on {', '.join(uml.nodes)} in {uml.wait_ready():.1f} s")
-        took = wait_registered(runner, uml, timeout)
+        if frr.nodes:
+            click.echo(f"nhrpd running on {', '.join(frr.nodes)} in {frr.wait_ready():.1f} s")
+        took = wait_registered(runner, frr, timeout)
     click.echo(f"every spoke registered in {took:.1f} s\n")
     _print_status(lab)
     hosts = topo.hosts
@@ -163,17 +163,17 @@ def status_cmd(prefix: str, as_json: bool) -> None:
 
 def _status_data(lab: Lab) -> dict[str, Any]:
     topo = lab.topology
-    runner, uml = Runner(lab), UmlNodes(lab)
+    runner, frr = Runner(lab), FrrNodes(lab)
     nodes = []
     for row in lab.status():
         node: dict[str, Any] = dict(row)
         if row["role"] == "host":
             node["daemon"] = None
         elif row["kind"] == "frr":
-            # FRR zebra + nhrpd in a User-Mode Linux guest.
+            # FRR zebra + nhrpd in a QEMU guest.
             node["daemon"] = "running" if row["pids"] else "stopped"
-            node["config"] = str(uml.dir(row["name"]) / "nhrpd.conf")
-            node["log"] = str(uml.dir(row["name"]) / "console.log")
+            node["config"] = str(frr.dir(row["name"]) / "nhrpd.conf")
+            node["log"] = str(frr.dir(row["name"]) / "console.log")
             node["socket"] = None
         else:
             name = row["name"]
@@ -203,7 +203,7 @@ def _print_status(lab: Lab) -> None:
         elif n["daemon"] is None:
             state = "up"
         else:
-            what = "FRR nhrpd in UML" if n["kind"] == "frr" else "dmvpn"
+            what = "FRR nhrpd in QEMU" if n["kind"] == "frr" else "dmvpn"
             running = f"running (pid {n['pids'][0]})" if n["pids"] else "stopped"
             state = f"{what} {running}"
         kind = "-" if n["role"] == "host" else n["kind"]
@@ -239,7 +239,7 @@ def exec_cmd(prefix: str, node: str, command: tuple[str, ...]) -> None:
 
 def _run_in_guest(lab: Lab, node: str, script: str) -> int:
     try:
-        res = UmlNodes(lab).run(node, script, timeout=120)
+        res = FrrNodes(lab).run(node, script, timeout=120)
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(res.output, nl=False)

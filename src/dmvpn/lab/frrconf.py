@@ -1,12 +1,12 @@
 """What an frr node of the topology runs: nhrpd.conf and the guest's network set-up.
 
-Pure text from the topology (no I/O), so it is checked without root or UML.
-`dmvpn.lab.uml` writes these files and boots the guest that uses them.
+Pure text from the topology (no I/O), so it is checked without root or a VM.
+`dmvpn.lab.frrnode` writes these files and boots the guest that uses them.
 
-The guest (User-Mode Linux, see ../shared/reference/real-peers.md) has:
+The guest (a QEMU guest with Debian's kernel, `dmvpn.lab.vm`) has:
 
-    vec0    the underlay NIC, NBMA address (a tap bridged to the lab's underlay)
-    vec1    a spoke's LAN NIC, LAN .1 (a tap bridged to the veth to its host)
+    nbma0   the underlay NIC, NBMA address (a tap bridged to the lab's underlay)
+    lan0    a spoke's LAN NIC, LAN .1 (a tap bridged to the veth to its host)
     mgre0   a kernel multipoint GRE tunnel with the topology's key, the tunnel
             address as a /32 (nhrpd never registers without a /32)
 
@@ -31,8 +31,9 @@ __all__ = [
     "zebra_conf",
 ]
 
-GUEST_NBMA = "vec0"
-GUEST_LAN = "vec1"
+# The names a dmvpn router gives its interfaces too.
+GUEST_NBMA = "nbma0"
+GUEST_LAN = "lan0"
 GUEST_TUNNEL = "mgre0"
 # nhrpd learns of hairpinned traffic (to send Traffic Indications) only through
 # NFLOG: `nhrp nflog-group` plus an iptables rule (real-peers.md).
@@ -121,13 +122,11 @@ def guest_setup(topo: Topology, name: str) -> str:
         batch.append(via(str(topo.tunnel_network), hub1))
     lines = ["ip -batch - <<'EOB'", *batch, "EOB", "sysctl -qw net.ipv4.ip_forward=1"]
     if me.role == "hub" and topo.phase == 3:
-        # The UML kernel has no nf_tables for IPv4: the legacy iptables. At most
-        # four indications a minute per /24 pair, as FRR's documentation shows;
-        # threshold 1 sends each at once (else up to a second late).
+        # At most four indications a minute per /24 pair, as FRR's documentation
+        # shows; threshold 1 sends each at once (else up to a second late).
+        # `iptables` is the root's default backend (nft on Debian 12 and 13).
         lines += [
-            "modprobe -d /run/modroot -a ip_tables iptable_filter x_tables xt_NFLOG "
-            "xt_hashlimit nfnetlink_log",
-            f"iptables-legacy -A FORWARD -i {GUEST_TUNNEL} -o {GUEST_TUNNEL} -m hashlimit "
+            f"iptables -A FORWARD -i {GUEST_TUNNEL} -o {GUEST_TUNNEL} -m hashlimit "
             "--hashlimit-upto 4/minute --hashlimit-burst 1 --hashlimit-mode srcip,dstip "
             "--hashlimit-srcmask 24 --hashlimit-dstmask 24 --hashlimit-name loglimit-0 "
             f"-j NFLOG --nflog-group {NFLOG_GROUP} --nflog-threshold 1",

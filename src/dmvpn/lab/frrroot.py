@@ -1,8 +1,8 @@
 """A Debian root with a newer FRR for the lab's frr nodes, made with debootstrap.
 
 Debian 12's FRR (8.4) lacks `ip nhrp authentication` (and ignores the line);
-Debian 13 ("trixie") has FRR 10.3. User-Mode Linux boots such a directory as
-its hostfs root (the topology's `frr_root`). Building one takes about a
+Debian 13 ("trixie") has FRR 10.3. A lab guest (`dmvpn.lab.vm`) boots such a
+directory as its root (the topology's `frr_root`). Building one takes about a
 minute with a reachable mirror; it is kept in a cache directory and reused.
 
     python -m dmvpn.lab.frrroot [CACHE_DIR]   build (or find) it, print its path
@@ -10,6 +10,7 @@ minute with a reachable mirror; it is kept in a cache directory and reused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -23,8 +24,9 @@ __all__ = ["DEFAULT_CACHE", "PACKAGES", "SUITE", "ensure_root"]
 SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 DEFAULT_CACHE = Path(os.environ.get("DMVPN_FRR_ROOT_CACHE", "/var/cache/dmvpn-lab"))
-# What the guest init (frr/uml-init.sh) runs, beyond minbase.
-PACKAGES = ["frr", "iproute2", "kmod", "iptables", "procps"]
+# What the guest runs beyond minbase: its init and boot script (dmvpn.lab.vm,
+# dmvpn.lab.frrnode) and the agent (python3).
+PACKAGES = ["frr", "iproute2", "kmod", "iptables", "procps", "python3-minimal"]
 _STAMP = ".dmvpn-frr-root"
 
 
@@ -33,8 +35,10 @@ def ensure_root(
 ) -> Path:
     """The root directory, built first if the cache has none (LabError if that fails)."""
     root = Path(cache) / f"{suite}-frr"
-    if (root / _STAMP).exists():
-        return root
+    stamp = f"{suite} {' '.join(PACKAGES)}\n"
+    with contextlib.suppress(OSError):
+        if (root / _STAMP).read_text() == stamp:
+            return root  # built with the same packages
     if shutil.which("debootstrap") is None:
         raise LabError("building an FRR root needs debootstrap: apt-get install debootstrap")
     if os.geteuid() != 0:
@@ -49,7 +53,7 @@ def ensure_root(
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
     _run(["chroot", str(work), *install], "install FRR in the root", env)
     _run(["chroot", str(work), "apt-get", "clean"], "clean the apt cache")
-    (work / _STAMP).write_text(f"{suite} {' '.join(PACKAGES)}\n")
+    (work / _STAMP).write_text(stamp)
     shutil.rmtree(root, ignore_errors=True)
     work.rename(root)
     return root
