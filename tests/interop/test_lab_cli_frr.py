@@ -92,5 +92,7 @@ def test_lab_up_show_exec_down_with_frr_nodes(tmp_path: Path) -> None:
     assert PREFIX not in netns
     assert not Path(f"/run/dmvpn-lab/{PREFIX}").exists()
     assert not Path(f"/run/dmvpn-lab/{PREFIX}.json").exists()
-    leftovers = subprocess.run(["pgrep", "-f", f"umid={PREFIX}"], capture_output=True, text=True)
+    # No QEMU whose files were in the lab's run directory.
+    leftovers = subprocess.run(["pgrep", "-f", f"/run/dmvpn-lab/{PREFIX}/"], capture_output=True,
+                               text=True)  # fmt: skip
     assert leftovers.stdout == "", leftovers.stdout
