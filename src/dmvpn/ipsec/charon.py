@@ -4,6 +4,9 @@ charon hard-codes /var/run/charon.pid, so each instance runs in a mount
 namespace of its own with the run directory bind-mounted on /run
 (real-peers.md). It is tied to the daemon: it gets SIGTERM if the daemon
 dies (PR_SET_PDEATHSIG), so a killed daemon leaves no charon behind.
+
+Peers' IKE is held (hold.py) from before charon starts until the manager has
+loaded its connections: `start()` takes the hold, `open_ike()` lifts it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from pathlib import Path
 
+from .hold import IkeHold
 from .settings import strongswan_conf
 
 CHARON = "/usr/lib/ipsec/charon"
@@ -49,6 +54,8 @@ class ManagedCharon:
         self.device_mtu = device_mtu
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
+        self.hold: IkeHold | None = None
+        self.hold_error: str | None = None  # why IKE could not be held
 
     @property
     def pid(self) -> int | None:
@@ -58,6 +65,14 @@ class ManagedCharon:
         if not Path(CHARON).exists():
             raise CharonError(f"{CHARON} not found (install strongswan-charon)")
         (self.dir / "run").mkdir(parents=True, exist_ok=True)
+        # Before charon opens its IKE ports: an unconfigured charon would
+        # answer a peer's IKE_SA_INIT with NO_PROPOSAL_CHOSEN (hold.py).
+        self.hold_error = None
+        if self.hold is None:
+            try:
+                self.hold = IkeHold()
+            except OSError as exc:
+                self.hold_error = str(exc)
         self.conf.write_text(strongswan_conf(self.dir, self.vici_socket, self.log_path,
                                              self.device_mtu))  # fmt: skip
         self.vici_socket.unlink(missing_ok=True)
@@ -87,6 +102,17 @@ class ManagedCharon:
                                   f"after {timeout:.0f} s")  # fmt: skip
             await asyncio.sleep(0.05)
 
+    def open_ike(self) -> tuple[float, int | None] | None:
+        """Connections and credentials are loaded: let peers' IKE in. How
+        long it was held and how many packets were dropped meanwhile (None
+        if it was not held)."""
+        hold, self.hold = self.hold, None
+        if hold is None:
+            return None
+        held = (time.monotonic() - hold.since, hold.dropped())
+        hold.release()
+        return held
+
     def _socket_ready(self) -> bool:
         if not self.vici_socket.exists():
             return False
@@ -105,6 +131,7 @@ class ManagedCharon:
         return await self.proc.wait()
 
     async def stop(self) -> None:
+        self.open_ike()
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return

@@ -247,15 +247,17 @@ class IpsecManager:
     async def start(self) -> None:
         if self.charon is not None:
             await self.charon.start()
+            self._hold_warning()
             self._tasks.append(asyncio.create_task(self._watch()))
         try:
             self.version = await self._call(self._load)
         except (OSError, vici.exception.CommandException) as exc:
             raise CharonError(f"cannot configure charon over {self.vici_socket}: {exc}") from None
+        note, held = self._open_ike()
         self.ready.set()
         where = f"pid {self.charon.pid}" if self.charon else "external"
-        self.log("ipsec-ready", f"charon ({self.version}, {where}) ready on {self.vici_socket}",
-                 vici=str(self.vici_socket))  # fmt: skip
+        self.log("ipsec-ready", f"charon ({self.version}, {where}) ready on {self.vici_socket}"
+                 f"{note}", vici=str(self.vici_socket), **held)  # fmt: skip
         self._tasks.append(asyncio.create_task(self._poll()))
 
     async def stop(self) -> None:
@@ -276,6 +278,25 @@ class IpsecManager:
                 except (OSError, TimeoutError, vici.exception.CommandException):
                     pass
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _hold_warning(self) -> None:
+        if self.charon is not None and self.charon.hold_error is not None:
+            reason = self.charon.hold_error
+            self.log("ipsec-hold-unavailable",
+                     f"cannot hold peers' IKE while charon is configured ({reason}): a peer "
+                     f"that comes meanwhile is refused (NO_PROPOSAL_CHOSEN) and retries",
+                     reason=reason)  # fmt: skip
+
+    def _open_ike(self) -> tuple[str, dict[str, Any]]:
+        """Charon has its connections: peers' IKE may reach it (hold.py).
+        A note for the ipsec-ready event and its details."""
+        held = self.charon.open_ike() if self.charon is not None else None
+        if held is None:
+            return "", {}
+        seconds, dropped = held
+        count = "" if dropped is None else f", {dropped} packet(s) dropped, the peers retransmit"
+        return (f"; peers' IKE held {seconds * 1000:.0f} ms while loading{count}",
+                {"ike_held_ms": round(seconds * 1000), "ike_dropped": dropped})  # fmt: skip
 
     async def _watch(self) -> None:
         """Restart a managed charon that dies, and bring back what was wanted."""
@@ -301,15 +322,17 @@ class IpsecManager:
                 await asyncio.sleep(delay)
                 try:
                     await self.charon.start()
+                    self._hold_warning()
                     self.version = await self._call(self._load)
                     delay = 1.0
                     break
                 except (CharonError, OSError, vici.exception.CommandException) as exc:
                     self.log("ipsec-charon-error", f"charon restart failed: {exc}")
                     delay = min(BACKOFF_MAX, delay * 2)
+            note, held = self._open_ike()
             self.ready.set()
-            self.log("ipsec-ready", f"charon restarted (pid {self.charon.pid})",
-                     vici=str(self.vici_socket))  # fmt: skip
+            self.log("ipsec-ready", f"charon restarted (pid {self.charon.pid}){note}",
+                     vici=str(self.vici_socket), **held)  # fmt: skip
             self.on_restart()
             for peer in list(self.peers.values()):
                 if peer.refs > 0:
