@@ -18,6 +18,7 @@ in the lab's run directory, which `Lab.down` removes:
     halt.sh        optional: what the guest runs before powering off
     init.sh        the guest's PID 1 after switch_root (written here)
     agent.py       the guest agent (copied here)
+    results/       what commands run through the agent gave back (ID.json)
     kernel.log     the guest's serial console (kernel messages, panics)
     console.log    output of init.sh and boot.sh
     ready          boot.sh finished with status 0 (`failed` holds its status otherwise)
@@ -489,11 +490,25 @@ class VirtualMachine:
             raise LabError(
                 f"the guest of {self.spec.node} is not running (no {self.work / 'ready'})"
             )
-        ident = f"{os.getpid()}-{next(self._ids)}"
-        reply = self._request({"id": ident, "op": "run", "script": script}, timeout)
+        # Unique also across processes and PID reuse: it names the result file.
+        ident = f"{os.getpid()}-{next(self._ids)}-{os.urandom(3).hex()}"
+        deadline = time.monotonic() + timeout
+        self._request({"id": ident, "op": "run", "script": script}, timeout)
+        # The agent acknowledged; the result arrives as a file on the share
+        # (guest/agent.py says why not over the socket).
+        result = self.work / "results" / f"{ident}.json"
+        while not result.exists():
+            if time.monotonic() > deadline:
+                raise LabError(f"`{script}` on {self.spec.node} did not finish in {timeout:g} s")
+            if self.proc is not None and self.proc.poll() is not None:
+                raise LabError(f"QEMU for {self.spec.node} exited\n{self.tail()}")
+            time.sleep(0.01)
+        reply = json.loads(result.read_text())
+        result.unlink()
         return GuestResult(int(reply["rc"]), str(reply["out"]))
 
-    def _request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _request(self, message: dict[str, Any], timeout: float) -> None:
+        """Hand the agent a request and wait for its acknowledgement."""
         deadline = time.monotonic() + timeout
         what = message.get("script", message["op"])
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -513,10 +528,9 @@ class VirtualMachine:
                     buf += chunk
                     while b"\n" in buf:
                         line, buf = buf.split(b"\n", 1)
-                        reply = json.loads(line)
-                        # A reply to an earlier client that gave up: not ours.
-                        if reply.get("id") == message["id"]:
-                            return dict(reply)
+                        # An acknowledgement for an earlier client that gave up: not ours.
+                        if json.loads(line).get("id") == message["id"]:
+                            return
             except TimeoutError:
                 raise LabError(
                     f"`{what}` on {self.spec.node} did not finish in {timeout:g} s"
