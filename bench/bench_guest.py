@@ -47,10 +47,14 @@ def _memory_kb(pid: int) -> tuple[int, int]:
 
 def boot(hubs: int, idle: float) -> list[tuple[float, int, int, float]]:
     """(seconds to ready, RSS kB, PSS kB, idle CPU %) for each of `hubs` frr hubs."""
-    topo = Topology.from_data({"nodes": {
-        "hubs": [{"name": f"hub{i + 1}", "kind": "frr"} for i in range(hubs)],
-        "spokes": [{"name": "spoke1"}],
-    }})  # fmt: skip
+    topo = Topology.from_data(
+        {
+            "nodes": {
+                "hubs": [{"name": f"hub{i + 1}", "kind": "frr"} for i in range(hubs)],
+                "spokes": [{"name": "spoke1"}],
+            }
+        }
+    )
     lab = Lab(topo, prefix=f"bg{os.getpid() % 10000}-")
     lab.up()
     try:
@@ -96,14 +100,18 @@ def main() -> None:
     singles = [boot(1, args.idle)[0] for _ in range(args.boots)]
     print("one guest at a time:")
     for i, (took, rss, pss, cpu) in enumerate(singles, 1):
-        print(f"  boot {i}: ready in {took:.2f} s, RSS {rss / 1024:.0f} MB, "
-              f"PSS {pss / 1024:.0f} MB, idle CPU {cpu:.2f} %")  # fmt: skip
+        print(
+            f"  boot {i}: ready in {took:.2f} s, RSS {rss / 1024:.0f} MB, "
+            f"PSS {pss / 1024:.0f} MB, idle CPU {cpu:.2f} %"
+        )
     med = statistics.median(t for t, *_ in singles)
     print(f"  median boot to ready {med:.2f} s ({med / base:.0f}x a host process start)")
     print("three guests at once:")
     for took, rss, pss, cpu in boot(3, args.idle):
-        print(f"  ready in {took:.2f} s, RSS {rss / 1024:.0f} MB, PSS {pss / 1024:.0f} MB, "
-              f"idle CPU {cpu:.2f} %")  # fmt: skip
+        print(
+            f"  ready in {took:.2f} s, RSS {rss / 1024:.0f} MB, PSS {pss / 1024:.0f} MB, "
+            f"idle CPU {cpu:.2f} %"
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,16 @@ net/9pnet_virtio.ko: net/9pnet.ko drv/virtio_ring.ko drv/virtio.ko
 
 def test_module_order_loads_dependencies_first_and_once() -> None:
     order = [Path(p).name for p in module_order(MODULES_DEP, ["virtio_pci", "9pnet_virtio", "9p"])]
-    assert order == ["virtio.ko", "virtio_ring.ko", "virtio_pci.ko", "9pnet.ko",
-                     "9pnet_virtio.ko", "netfs.ko", "fscache.ko", "9p.ko"]  # fmt: skip
+    assert order == [
+        "virtio.ko",
+        "virtio_ring.ko",
+        "virtio_pci.ko",
+        "9pnet.ko",
+        "9pnet_virtio.ko",
+        "netfs.ko",
+        "fscache.ko",
+        "9p.ko",
+    ]
     for i, name in enumerate(order):  # every dependency before its user
         line = next(x for x in MODULES_DEP.splitlines() if x.split(":")[0].endswith("/" + name))
         deps = [Path(d).name for d in line.split(":")[1].split()]
@@ -202,8 +210,9 @@ def test_a_failing_boot_script_is_reported_with_the_console(tmp_path: Path) -> N
     lab = Lab(Topology.from_data(TOPOLOGY), prefix=f"tvf{os.getpid() % 10000}-")
     lab.up()
     try:
-        spec = GuestSpec(node="hub1", work=lab.run_dir / "hub1.vm",
-                         boot="echo setting up\nfalse\necho never\n")  # fmt: skip
+        spec = GuestSpec(
+            node="hub1", work=lab.run_dir / "hub1.vm", boot="echo setting up\nfalse\necho never\n"
+        )
         vm = VirtualMachine(lab, spec)
         vm.start()
         with pytest.raises(LabError, match=r"boot script of hub1 failed \(status 1\)") as info:
@@ -219,8 +228,11 @@ def test_lab_down_after_kill_9_of_lab_up_leaves_no_guest(tmp_path: Path) -> None
     topo = tmp_path / "topo.json"
     topo.write_text(json.dumps(TOPOLOGY))
     lab = Lab(prefix=prefix)
-    builder = subprocess.Popen([DMVPN, "lab", "up", str(topo), "--prefix", prefix],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    builder = subprocess.Popen(
+        [DMVPN, "lab", "up", str(topo), "--prefix", prefix],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pids: list[int] = []
     try:
         deadline = time.monotonic() + 60
@@ -233,15 +245,17 @@ def test_lab_down_after_kill_9_of_lab_up_leaves_no_guest(tmp_path: Path) -> None
         os.kill(builder.pid, signal.SIGKILL)  # mid-boot
         builder.wait()
         assert len(pids) == 2 and all(_alive(p) for p in pids)
-        res = subprocess.run([DMVPN, "lab", "down", "--prefix", prefix], capture_output=True,
-                             text=True, timeout=60)  # fmt: skip
+        res = subprocess.run(
+            [DMVPN, "lab", "down", "--prefix", prefix], capture_output=True, text=True, timeout=60
+        )
         assert res.returncode == 0, res.stderr
         assert not any(_alive(p) for p in pids)
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert prefix not in netns
         assert not lab.run_dir.exists() and not lab.state_path.exists()
-        qemus = subprocess.run(["pgrep", "-f", f"/run/dmvpn-lab/{prefix}/"], capture_output=True,
-                               text=True)  # fmt: skip
+        qemus = subprocess.run(
+            ["pgrep", "-f", f"/run/dmvpn-lab/{prefix}/"], capture_output=True, text=True
+        )
         assert qemus.stdout == ""
     finally:
         builder.kill()

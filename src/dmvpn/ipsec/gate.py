@@ -1,0 +1,213 @@
+"""The IPsec gate: what may reach a peer, and use it, before its SA is up.
+
+Proxy instantiation (docs/IPSEC.md): with IPsec on, nothing is sent to a
+peer, no binding to it is used for data and no shortcut through it is
+installed before its SA is up; traffic keeps going via the hub meanwhile.
+NHRP arriving from a peer whose SA the daemon has not read yet waits too
+(identity binding: the engine must know who sent it). This is the state
+machine that decides, sans I/O: engine outputs and SA events in, actions
+out. The daemon carries the actions out (docs/ARCHITECTURE.md).
+
+Without IPsec (`protected=False`) every peer counts as up and everything
+passes straight through, so the daemon has one path either way. Only IPv4
+NBMA addresses are gated: the underlay, and so every SA, is IPv4.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import TypeAlias
+
+from dmvpn.nhrp import BindingAdded, BindingRemoved, ShortcutAdded, ShortcutRemoved
+from dmvpn.wire import Address
+
+__all__ = [
+    "HELD_PER_PEER",
+    "Action",
+    "Bind",
+    "Deliver",
+    "IpsecGate",
+    "Route",
+    "Touch",
+    "Transmit",
+    "Unbind",
+    "Unroute",
+]
+
+# NHRP packets held per peer while its SA comes up (oldest dropped beyond).
+HELD_PER_PEER = 16
+
+Prefix: TypeAlias = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Send this NHRP packet to the peer now."""
+
+    nbma: IPv4Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Hand this NHRP packet, received at `now`, to the engine now."""
+
+    data: bytes
+    src_nbma: Address
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """Something waits for the peer's SA: ask for it (or keep it from idling)."""
+
+    nbma: IPv4Address
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """Use this binding for data (data plane and neighbour table)."""
+
+    binding: BindingAdded
+
+
+@dataclass(frozen=True, slots=True)
+class Unbind:
+    """Stop using this binding for data."""
+
+    binding: BindingRemoved
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Install this shortcut route."""
+
+    shortcut: ShortcutAdded
+
+
+@dataclass(frozen=True, slots=True)
+class Unroute:
+    """Remove this shortcut route."""
+
+    shortcut: ShortcutRemoved
+
+
+Action: TypeAlias = Transmit | Deliver | Touch | Bind | Unbind | Route | Unroute
+
+
+class IpsecGate:
+    """One per interface. Inputs are methods; each returns the actions to take."""
+
+    def __init__(
+        self, protected: bool, hold_inbound: bool = False, held_per_peer: int = HELD_PER_PEER
+    ) -> None:
+        self.protected = protected
+        # Under identity binding only: without it, NHRP from a peer is read
+        # whether or not the daemon has seen its SA yet.
+        self.hold_inbound = protected and hold_inbound
+        self.held_per_peer = held_per_peer
+        self.up: set[IPv4Address] = set()  # peers whose SA is up
+        self.held: dict[IPv4Address, deque[bytes]] = {}  # NHRP waiting to go out
+        self.inbound: dict[IPv4Address, deque[tuple[bytes, float]]] = {}  # waiting to go in
+        # Waiting for the SA, and in use (so that an SA going down can take
+        # them back): keyed like the data plane, protocol address or prefix.
+        self.pending_binds: dict[Address, BindingAdded] = {}
+        self.pending_shortcuts: dict[Prefix, ShortcutAdded] = {}
+        self.applied_binds: dict[Address, BindingAdded] = {}
+        self.applied_shortcuts: dict[Prefix, ShortcutAdded] = {}
+        # For `show ipsec` and metrics (names unchanged since they were the daemon's).
+        self.stats: dict[str, int] = {"held": 0, "held_dropped": 0, "deferred": 0}
+
+    def is_up(self, nbma: Address) -> bool:
+        # Only IPv4 NBMA addresses are protected (the underlay is IPv4).
+        return not self.protected or not isinstance(nbma, IPv4Address) or nbma in self.up
+
+    # -- engine outputs ------------------------------------------------------
+
+    def send(self, nbma: IPv4Address, data: bytes) -> list[Action]:
+        if self.is_up(nbma):
+            return [Transmit(nbma, data)]
+        queue = self.held.setdefault(nbma, deque(maxlen=self.held_per_peer))
+        if len(queue) == self.held_per_peer:
+            self.stats["held_dropped"] += 1
+        queue.append(data)
+        self.stats["held"] += 1
+        return [Touch(nbma)]
+
+    def bind(self, out: BindingAdded) -> list[Action]:
+        if not self.is_up(out.nbma):
+            self.pending_binds[out.protocol] = out
+            self.stats["deferred"] += 1
+            return []
+        if self.protected:
+            self.applied_binds[out.protocol] = out
+        return [Bind(out)]
+
+    def unbind(self, out: BindingRemoved) -> list[Action]:
+        if self.pending_binds.pop(out.protocol, None) is not None:
+            return []  # never used for data
+        self.applied_binds.pop(out.protocol, None)
+        return [Unbind(out)]
+
+    def shortcut(self, out: ShortcutAdded) -> list[Action]:
+        if not self.is_up(out.nbma):
+            self.pending_shortcuts[out.prefix] = out
+            self.stats["deferred"] += 1
+            return []
+        if self.protected:
+            self.applied_shortcuts[out.prefix] = out
+        return [Route(out)]
+
+    def unshortcut(self, out: ShortcutRemoved) -> list[Action]:
+        if self.pending_shortcuts.pop(out.prefix, None) is not None:
+            return []
+        self.applied_shortcuts.pop(out.prefix, None)
+        return [Unroute(out)]
+
+    # -- the data plane ------------------------------------------------------
+
+    def receive(self, data: bytes, src_nbma: Address, now: float) -> list[Action]:
+        """NHRP from a peer. Under identity binding it came through the SA, so
+        the SA exists and the daemon just has not read it: it waits, briefly,
+        rather than being refused for want of an identity."""
+        if not self.hold_inbound or self.is_up(src_nbma):
+            return [Deliver(data, src_nbma, now)]
+        assert isinstance(src_nbma, IPv4Address)
+        queue = self.inbound.setdefault(src_nbma, deque(maxlen=self.held_per_peer))
+        queue.append((data, now))
+        return [Touch(src_nbma)]
+
+    # -- SA events -----------------------------------------------------------
+
+    def sa_up(self, nbma: IPv4Address) -> list[Action]:
+        """The SA is up: what waited goes, in the order it was produced."""
+        self.up.add(nbma)
+        actions: list[Action] = [Deliver(d, nbma, t) for d, t in self.inbound.pop(nbma, ())]
+        actions += [Transmit(nbma, d) for d in self.held.pop(nbma, ())]
+        for key, out in list(self.pending_binds.items()):
+            if out.nbma == nbma:
+                del self.pending_binds[key]
+                actions += self.bind(out)
+        for prefix, sc in list(self.pending_shortcuts.items()):
+            if sc.nbma == nbma:
+                del self.pending_shortcuts[prefix]
+                actions += self.shortcut(sc)
+        return actions
+
+    def sa_down(self, nbma: IPv4Address) -> list[Action]:
+        """The SA went: its bindings and shortcuts wait again (data via the hub)."""
+        self.up.discard(nbma)
+        actions: list[Action] = []
+        for prefix, sc in list(self.applied_shortcuts.items()):
+            if sc.nbma == nbma:
+                del self.applied_shortcuts[prefix]
+                actions.append(Unroute(ShortcutRemoved(sc.prefix, sc.next_hop)))
+                self.pending_shortcuts[prefix] = sc
+        for key, out in list(self.applied_binds.items()):
+            if out.nbma == nbma:
+                del self.applied_binds[key]
+                actions.append(Unbind(BindingRemoved(out.protocol, out.nbma)))
+                self.pending_binds[key] = out
+        return actions

@@ -1,0 +1,113 @@
+"""The IPsec gate (dmvpn.ipsec.gate) without root: what waits for a peer's SA,
+what goes when it comes up, what is taken back when it goes."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+
+from dmvpn.ipsec.gate import Bind, Deliver, IpsecGate, Route, Touch, Transmit, Unbind, Unroute
+from dmvpn.nhrp import BindingAdded, BindingRemoved, ShortcutAdded, ShortcutRemoved
+
+PEER = IPv4Address("172.30.0.12")
+OTHER = IPv4Address("172.30.0.13")
+T2 = IPv4Address("10.0.0.12")
+LAN2 = IPv4Network("192.168.2.0/24")
+
+
+def test_without_ipsec_everything_passes_straight_through() -> None:
+    gate = IpsecGate(protected=False)
+    b = BindingAdded(T2, PEER, "dynamic")
+    sc = ShortcutAdded(LAN2, T2, PEER)
+    assert gate.send(PEER, b"nhrp") == [Transmit(PEER, b"nhrp")]
+    assert gate.receive(b"in", PEER, 1.0) == [Deliver(b"in", PEER, 1.0)]
+    assert gate.bind(b) == [Bind(b)]
+    assert gate.shortcut(sc) == [Route(sc)]
+    # Nothing kept to take back: no SA can go down.
+    assert gate.sa_down(PEER) == []
+    assert gate.stats == {"held": 0, "held_dropped": 0, "deferred": 0}
+
+
+def test_nhrp_to_a_peer_waits_for_its_sa_and_goes_in_order() -> None:
+    gate = IpsecGate(protected=True)
+    assert gate.send(PEER, b"one") == [Touch(PEER)]
+    assert gate.send(PEER, b"two") == [Touch(PEER)]
+    assert gate.send(OTHER, b"elsewhere") == [Touch(OTHER)]
+    assert gate.stats["held"] == 3
+    assert gate.sa_up(PEER) == [Transmit(PEER, b"one"), Transmit(PEER, b"two")]
+    assert gate.send(PEER, b"three") == [Transmit(PEER, b"three")]  # up: no wait
+    assert list(gate.held) == [OTHER]  # the other peer's still waits
+
+
+def test_at_most_held_per_peer_wait_the_oldest_dropped() -> None:
+    gate = IpsecGate(protected=True, held_per_peer=3)
+    for i in range(5):
+        gate.send(PEER, bytes([i]))
+    assert gate.stats == {"held": 5, "held_dropped": 2, "deferred": 0}
+    assert gate.sa_up(PEER) == [Transmit(PEER, bytes([i])) for i in (2, 3, 4)]
+
+
+def test_bindings_and_shortcuts_are_used_only_once_the_sa_is_up() -> None:
+    gate = IpsecGate(protected=True)
+    b = BindingAdded(T2, PEER, "dynamic")
+    sc = ShortcutAdded(LAN2, T2, PEER)
+    assert gate.bind(b) == [] and gate.shortcut(sc) == []
+    assert gate.stats["deferred"] == 2
+    gate.send(PEER, b"req")
+    # SA up: the held packet first, then the binding, then the route.
+    assert gate.sa_up(PEER) == [Transmit(PEER, b"req"), Bind(b), Route(sc)]
+    assert gate.pending_binds == {} and gate.pending_shortcuts == {}
+
+
+def test_a_binding_withdrawn_before_the_sa_came_up_was_never_used() -> None:
+    gate = IpsecGate(protected=True)
+    gate.bind(BindingAdded(T2, PEER, "dynamic"))
+    gate.shortcut(ShortcutAdded(LAN2, T2, PEER))
+    assert gate.unbind(BindingRemoved(T2, PEER)) == []
+    assert gate.unshortcut(ShortcutRemoved(LAN2, T2)) == []
+    assert gate.sa_up(PEER) == []  # nothing left to apply
+
+
+def test_an_sa_going_down_takes_its_bindings_back_until_it_returns() -> None:
+    gate = IpsecGate(protected=True)
+    gate.sa_up(PEER)
+    b = BindingAdded(T2, PEER, "dynamic")
+    other = BindingAdded(IPv4Address("10.0.0.13"), OTHER, "dynamic")
+    sc = ShortcutAdded(LAN2, T2, PEER)
+    gate.sa_up(OTHER)
+    assert gate.bind(b) == [Bind(b)] and gate.bind(other) == [Bind(other)]
+    assert gate.shortcut(sc) == [Route(sc)]
+    # Route first, then the binding it relies on; the other peer untouched.
+    assert gate.sa_down(PEER) == [
+        Unroute(ShortcutRemoved(LAN2, T2)),
+        Unbind(BindingRemoved(T2, PEER)),
+    ]
+    assert gate.send(PEER, b"x") == [Touch(PEER)]
+    assert gate.sa_up(PEER) == [Transmit(PEER, b"x"), Bind(b), Route(sc)]
+    # Withdrawn while applied: removed for real.
+    assert gate.unbind(BindingRemoved(T2, PEER)) == [Unbind(BindingRemoved(T2, PEER))]
+    assert gate.sa_down(PEER) == [Unroute(ShortcutRemoved(LAN2, T2))]
+
+
+def test_inbound_nhrp_waits_only_under_identity_binding() -> None:
+    plain = IpsecGate(protected=True, hold_inbound=False)
+    assert plain.receive(b"reg", PEER, 1.0) == [Deliver(b"reg", PEER, 1.0)]
+    gate = IpsecGate(protected=True, hold_inbound=True)
+    assert gate.receive(b"reg", PEER, 1.0) == [Touch(PEER)]
+    assert gate.receive(b"res", PEER, 1.5) == [Touch(PEER)]
+    gate.send(PEER, b"reply")
+    # The peer's packets reach the engine with the time they arrived, before
+    # what waited to go out.
+    assert gate.sa_up(PEER) == [
+        Deliver(b"reg", PEER, 1.0),
+        Deliver(b"res", PEER, 1.5),
+        Transmit(PEER, b"reply"),
+    ]
+    assert gate.receive(b"more", PEER, 2.0) == [Deliver(b"more", PEER, 2.0)]
+
+
+def test_ipv6_nbma_addresses_are_not_gated() -> None:
+    gate = IpsecGate(protected=True, hold_inbound=True)
+    v6 = IPv6Address("2001:db8::1")
+    assert gate.receive(b"x", v6, 1.0) == [Deliver(b"x", v6, 1.0)]
+    sc = ShortcutAdded(LAN2, T2, v6)
+    assert gate.shortcut(sc) == [Route(sc)]
