@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 
 import click
 
+from dmvpn.daemon.routing import RTPROT_DMVPN
 from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError
 from dmvpn.lab.frrconf import vtysh_command
 from dmvpn.lab.frrnode import FrrNodes, wait_registered
@@ -331,7 +332,7 @@ def demo_cmd(prefix: str, keep: bool) -> None:
             f"\nThe lab is still up (--keep). Explore it:\n"
             f"  dmvpn lab status{px}\n"
             f"  dmvpn lab exec{px} host1 -- traceroute -n 192.168.3.10\n"
-            f"  dmvpn lab exec{px} spoke1 -- ip route show proto 177\n"
+            f"  dmvpn lab exec{px} spoke1 -- ip route show proto {RTPROT_DMVPN}\n"
             f"  dmvpn lab down{px}"
         )
     else:
@@ -482,7 +483,9 @@ class _Demo:
         t0 = story[0]["ts"] if story else since
         for e in story:
             self.say(f"{(e['ts'] - t0) * 1000:4.0f} ms  {e['node']:<7} {e['message']}")
-        self.sh("spoke1", ["ip", "route", "show", "proto", "177"], "NHRP shortcut routes")
+        self.sh(
+            "spoke1", ["ip", "route", "show", "proto", str(RTPROT_DMVPN)], "NHRP shortcut routes"
+        )
 
         self.step("host1 -> host2 again: straight from spoke1 to spoke2")
         after = self.traceroute("host1", host2_ip)
@@ -496,7 +499,7 @@ class _Demo:
         self.show_dmvpn("spoke2", "NHRP bindings, as neighbour entries")
 
     def _shortcuts(self, node: str) -> str:
-        argv = ["ip", "route", "show", "proto", "177"]
+        argv = ["ip", "route", "show", "proto", str(RTPROT_DMVPN)]
         return str(self.lab.exec(node, argv, capture_output=True, text=True, timeout=10).stdout)
 
 

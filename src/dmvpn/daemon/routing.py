@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Any
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING, Any
 
 from dmvpn.wire import Address
+
+if TYPE_CHECKING:
+    # Only a type here: the CLI imports RTPROT_DMVPN, and pyroute2 takes a
+    # quarter of a second to import.
+    from pyroute2 import IPRoute
+
+# Route protocol number (rtm_protocol) of the shortcut routes dmvpn installs,
+# so routing daemons leave them alone and `ip route show proto 177` lists
+# them (nhrpd's routes use zebra's 191; 177 is unassigned in rt_protos).
+RTPROT_DMVPN = 177
 
 
 class KernelRouting:
