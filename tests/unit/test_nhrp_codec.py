@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,8 @@ from dmvpn.wire import (
     decode_nhrp,
     internet_checksum,
 )
+
+from ..vectors import nhrp_payloads
 
 A = IPv4Address("192.0.2.1")
 B = IPv4Address("10.0.0.1")
@@ -199,3 +202,25 @@ def test_encode_refuses_inconsistent_values() -> None:
         NhrpPacket(type=PacketType.PURGE_REQUEST, request_id=2**32).encode()
     with pytest.raises(EncodeError, match="63 bytes"):
         NhrpPacket(type=PacketType.PURGE_REQUEST, src_nbma=bytes(64)).encode()
+
+
+def test_extension_offsets_walk_the_extensions_from_extoff(vectors: Path) -> None:
+    seen = 0
+    for data in nhrp_payloads(vectors):
+        try:
+            pkt = decode_nhrp(data)
+        except DecodeError:
+            continue
+        offsets = pkt.extension_offsets()
+        assert len(offsets) == len(pkt.extensions)
+        if not offsets:
+            continue
+        seen += 1
+        # The same walk as over the raw bytes: ar$extoff, then each header's length.
+        off = int.from_bytes(data[14:16], "big")
+        for at in offsets:
+            assert at == off
+            off += 4 + int.from_bytes(data[off + 2 : off + 4], "big")
+    assert seen > 5
+    bare = NhrpPacket(type=PacketType.RESOLUTION_REQUEST, src_nbma=A, src_proto=B, dst_proto=C)
+    assert bare.extension_offsets() == ()

@@ -11,7 +11,6 @@ IPsec protection, events). No entry point raises on any input.
 
 from __future__ import annotations
 
-import struct
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
@@ -36,8 +35,6 @@ from .ratelimit import TokenBucket
 from .resolver import Resolver
 from .routing import RoutingView
 from .server import Server
-
-_EXT_HEADER = struct.Struct("!HH")
 
 
 class Engine:
@@ -209,7 +206,7 @@ class Engine:
             )
             return
         try:
-            self._dispatch(pkt, data, src_nbma, now)
+            self._dispatch(pkt, src_nbma, now)
         except Exception as exc:  # pragma: no cover - a bug, kept out of the host
             self._internal_error("receive", exc)
 
@@ -217,7 +214,7 @@ class Engine:
         self.core.stats["internal_errors"] += 1
         self.core.event("internal-error", f"{where}: {type(exc).__name__}: {exc}")
 
-    def _dispatch(self, pkt: NhrpPacket, data: bytes, src_nbma: Address, now: float) -> None:
+    def _dispatch(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
         core = self.core
         cfg = core.config
         t = pkt.type
@@ -245,7 +242,7 @@ class Engine:
                     pkt,
                     src_nbma,
                     ErrorCode.AUTHENTICATION_FAILURE,
-                    self._extension_offset(data, AuthenticationExtension, pkt),
+                    self._extension_offset(pkt, AuthenticationExtension),
                     now,
                 )
             return
@@ -258,7 +255,7 @@ class Engine:
                     pkt,
                     src_nbma,
                     ErrorCode.UNRECOGNIZED_EXTENSION,
-                    self._nth_extension_offset(data, i),
+                    pkt.extension_offsets()[i],
                     now,
                 )
                 return
@@ -331,17 +328,13 @@ class Engine:
         self.server.purge_reply(pkt, src_nbma, now)
 
     @staticmethod
-    def _nth_extension_offset(data: bytes, index: int) -> int:
-        off = int.from_bytes(data[14:16], "big")
-        for _ in range(index):
-            _, length = _EXT_HEADER.unpack_from(data, off)
-            off += 4 + length
-        return off
-
-    def _extension_offset(self, data: bytes, cls: type, pkt: NhrpPacket) -> int:
-        for i, ext in enumerate(pkt.extensions):
+    def _extension_offset(pkt: NhrpPacket, cls: type) -> int:
+        """Offset of the first extension of class ``cls`` in the packet in
+        error (0 when absent); offsets come from the codec, which knows the
+        layout."""
+        for ext, at in zip(pkt.extensions, pkt.extension_offsets(), strict=True):
             if isinstance(ext, cls):
-                return self._nth_extension_offset(data, i)
+                return at
         return 0
 
     # ------------------------------------------------------------ views

@@ -107,6 +107,22 @@ class NhrpPacket:
                 return ext
         return None
 
+    def extension_offsets(self) -> tuple[int, ...]:
+        """Where each extension starts in :meth:`encode`'s bytes, the first at
+        ``ar$extoff``: the offsets an Error Indication names (RFC 2332 5.2.7).
+
+        Decoding keeps every length, so for a decoded packet these are also
+        the offsets in the bytes it came from. Not on a hot path: an error
+        answer needs it.
+        """
+        base = len(self.evolve(extensions=()).encode())
+        out = bytearray()
+        offsets = []
+        for ext in self.extensions:
+            offsets.append(base + len(out))
+            encode_extensions((ext,), out)
+        return tuple(offsets)
+
     def encode(self) -> bytes:
         """The packet on the wire: lengths, extoff and checksum computed."""
         nbma = address_bytes(self.src_nbma)
