@@ -17,13 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -31,11 +28,12 @@ from typing import Any, NoReturn
 
 import click
 
-from dmvpn.daemon.routing import RTPROT_DMVPN
 from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError
+from dmvpn.lab.demo import Demo, missing_tools
 from dmvpn.lab.frrconf import vtysh_command
 from dmvpn.lab.frrnode import FrrNodes, wait_registered
 from dmvpn.lab.runner import REGISTRATION_TIMEOUT, Runner, dmvpn_command
+from dmvpn.lab.text import summary, table_lines
 
 __all__ = ["lab_group"]
 
@@ -96,7 +94,7 @@ def up_cmd(topology: Path | None, prefix: str, timeout: float) -> None:
     with _cleanup_on_failure(lab) as built:
         lab.up()
         built.set()
-        click.echo(f"built lab {prefix!r}: {_summary(topo)}, {len(lab.namespaces)} namespaces")
+        click.echo(f"built lab {prefix!r}: {summary(topo)}, {len(lab.namespaces)} namespaces")
         runner, frr = Runner(lab), FrrNodes(lab)
         if frr.nodes:
             # Booted first and in parallel: a guest takes seconds, a daemon less.
@@ -196,7 +194,7 @@ def _status_data(lab: Lab) -> dict[str, Any]:
 
 def _print_status(lab: Lab) -> None:
     data = _status_data(lab)
-    click.echo(f"lab {lab.prefix!r}: {_summary(lab.topology)}")
+    click.echo(f"lab {lab.prefix!r}: {summary(lab.topology)}")
     rows = [["NODE", "ROLE", "KIND", "NAMESPACE", "UNDERLAY", "TUNNEL", "LAN", "STATE"]]
     for n in data["nodes"]:
         if not n["up"]:
@@ -210,7 +208,8 @@ def _print_status(lab: Lab) -> None:
         kind = "-" if n["role"] == "host" else n["kind"]
         rows.append([n["name"], n["role"], kind, n["namespace"], n["underlay"] or "-",
                      n["tunnel"] or "-", n["lan"] or "-", state])  # fmt: skip
-    _table(rows)
+    for line in table_lines(rows):
+        click.echo(line)
 
 
 # -- exec and show -------------------------------------------------------------
@@ -319,206 +318,17 @@ def demo_cmd(prefix: str, keep: bool) -> None:
     first packets go through the hub and the shortcut form (phase 3); then take
     everything down again. Takes a few seconds."""
     _need_root()
-    for tool in ("traceroute", "ping"):
-        if shutil.which(tool) is None:
-            raise click.ClickException(f"the demo needs {tool} (apt-get install {tool})")
+    missing = missing_tools()
+    if missing:
+        raise click.ClickException(f"the demo needs {missing[0]} (apt-get install {missing[0]})")
     lab = _lab(Topology.default(), prefix)
-    demo = _Demo(lab, steps=6 if keep else 7)
+    demo = Demo(lab, click.echo, show_available=_show_available(), keep=keep)
     with _cleanup_on_failure(lab) as built:
         demo.run(built.set)
-    if keep:
-        px = "" if prefix == DEFAULT_PREFIX else f" --prefix {prefix}"
-        click.echo(
-            f"\nThe lab is still up (--keep). Explore it:\n"
-            f"  dmvpn lab status{px}\n"
-            f"  dmvpn lab exec{px} host1 -- traceroute -n 192.168.3.10\n"
-            f"  dmvpn lab exec{px} spoke1 -- ip route show proto {RTPROT_DMVPN}\n"
-            f"  dmvpn lab down{px}"
-        )
-    else:
-        demo.step("Tear down: stop the daemons (the spokes deregister), delete the namespaces")
-        removed = _down(lab)
-        demo.say(f"deleted {len(removed)} namespaces and the lab's files; nothing is left")
-    click.echo(f"\nDemo finished in {time.monotonic() - demo.started:.1f} s.")
-
-
-class _Demo:
-    def __init__(self, lab: Lab, steps: int) -> None:
-        self.steps = steps
-        self.lab = lab
-        self.topo = lab.topology
-        self.runner = Runner(lab)
-        self.started = time.monotonic()
-        self.number = 0
-        self.legend_shown = False
-        # Address -> "node interface", to name each traceroute hop.
-        self.names: dict[str, str] = {}
-        for p in self.topo.routers + self.topo.hosts:
-            lan = "eth0" if p.role == "host" else "lan0"
-            for addr, itf in ((p.nbma, "nbma0"), (p.tunnel, "dmvpn0"), (p.lan, lan)):
-                if addr is not None:
-                    self.names[str(addr.ip)] = f"{p.name} {itf}"
-
-    # -- output --
-
-    def step(self, title: str) -> None:
-        self.number += 1
-        click.echo(f"\n[{self.number}/{self.steps}] {title}")
-
-    def say(self, text: str) -> None:
-        for line in text.splitlines():
-            click.echo(f"      {line}".rstrip())
-
-    def sh(self, node: str, argv: Sequence[str], note: str = "", check: bool = True) -> str:
-        """Run argv in the node, print it like a terminal transcript, return its output."""
-        prompt = "$" if self.topo.role(node) == "host" else "#"
-        click.echo(f"  {node}{prompt} {shlex.join(argv)}" + (f"    ({note})" if note else ""))
-        res = self.lab.exec(node, argv, capture_output=True, text=True, timeout=30)
-        if check and res.returncode != 0:
-            raise LabError(f"`{shlex.join(argv)}` in {node} failed: {res.stderr.strip()}")
-        out = str(res.stdout)
-        self.say(out.rstrip() or "(nothing)")
-        return out
-
-    def traceroute(self, src: str, dst: str) -> list[str]:
-        # One probe at a time (-N 1): the destination answers once, not once per
-        # extra probe, so its ICMP rate limit never hides the last hop.
-        argv = ["traceroute", "-n", "-N", "1", "-q", "1", "-w", "1", "-m", "6", dst]
-        prompt = f"  {src}$ {shlex.join(argv)}"
-        click.echo(prompt)
-        res = self.lab.exec(src, argv, capture_output=True, text=True, timeout=30)
-        hops: list[str] = []
-        for line in res.stdout.splitlines():
-            m = re.match(r"\s*(\d+)\s+(\S+)\s*(.*)", line)
-            if m is None:
-                self.say(line)
-                continue
-            number, addr, rest = m.groups()
-            hops.append(addr)
-            self.say(f"{number:>2}  {addr:<15} {rest:<10}  {self.names.get(addr, '')}")
-        if res.returncode != 0:
-            raise LabError(f"traceroute from {src} failed: {res.stderr.strip()}")
-        return hops
-
-    def show_dmvpn(self, node: str, fallback_note: str) -> None:
-        if _show_available():
-            socket = str(self.runner.socket_path(node))
-            argv = [*dmvpn_command(), "show", "dmvpn", "--socket", socket]
-            click.echo(f"  {node}# dmvpn show dmvpn")
-            res = self.lab.exec(node, argv, capture_output=True, text=True, timeout=30)
-            if res.returncode == 0:
-                out = res.stdout.rstrip()
-                _, rule, table = out.partition("=" * 20)
-                if self.legend_shown and rule:
-                    # Once is enough: later tables start after the legend's rule.
-                    out = "(legend as above)\n" + table.lstrip("=").strip("\n")
-                self.legend_shown = True
-                self.say(out or "(nothing)")
-                return
-            self.say(f"(dmvpn show failed: {res.stderr.strip()}; the kernel's view instead)")
-        click.echo(f"  {node}# ip neigh show dev dmvpn0    ({fallback_note})")
-        argv = ["ip", "neigh", "show", "dev", "dmvpn0"]
-        res = self.lab.exec(node, argv, capture_output=True, text=True, timeout=30)
-        for line in res.stdout.splitlines():
-            # The userspace data plane's MAC for a peer is 02:00 + its NBMA address.
-            m = re.match(r"(\S+) lladdr 02:00((?::[0-9a-f]{2}){4})\b", line)
-            nbma = ".".join(str(int(b, 16)) for b in m.group(2)[1:].split(":")) if m else ""
-            peer = self.names.get(m.group(1), "").split(" ")[0] if m else ""
-            self.say(f"{line.rstrip():<50}" + (f"  NBMA {nbma} ({peer})" if m else ""))
-
-    # -- the story --
-
-    def run(self, built: Callable[[], None]) -> None:
-        topo, runner = self.topo, self.runner
-        hub = topo.plan("hub1")
-        spoke1, spoke2 = topo.plan("spoke1"), topo.plan("spoke2")
-        host1, host2 = topo.plan("host1"), topo.plan("host2")
-        assert hub.tunnel and spoke1.tunnel and spoke2.tunnel and host1.lan and host2.lan
-        hub_ip, spoke2_ip, host2_ip = str(hub.tunnel.ip), str(spoke2.tunnel.ip), str(host2.lan.ip)
-        click.echo(
-            f"dmvpn lab demo: a {_summary(topo)}, in network namespaces "
-            f"(prefix {self.lab.prefix!r})"
-        )
-
-        self.step('Build the cloud: an "internet" bridge, hub1, spoke1..3, a LAN host behind each')
-        self.lab.up()
-        built()
-        rows = [["NODE", "ROLE", "UNDERLAY (NBMA)", "TUNNEL", "LAN"]]
-        rows += [[d["name"], d["role"], d["underlay"] or "-", d["tunnel"] or "-", d["lan"] or "-"]
-                 for d in topo.describe(self.lab.prefix)]  # fmt: skip
-        _table(rows, indent=6)
-        runner.start()
-        self.say(f"started `dmvpn run` on {', '.join(runner.routers)} (logs: {self.lab.run_dir}/)")
-
-        self.step("Registration: each spoke tells hub1 its tunnel and NBMA addresses (NHRP)")
-        took = runner.wait_registered()
-        for e in sorted(runner.events("hub1", "registered"), key=lambda e: e["ts"]):
-            who = self.names.get(str(e.get("protocol")), "?").split()[0]
-            self.say(f"hub1: {e['message']}  ({who})")
-        self.say(f"all spokes registered {took:.1f} s after the daemons started")
-        self.show_dmvpn("hub1", "hub1's NHRP registrations, as neighbour entries")
-
-        self.step("host1 -> host2, first packets: spoke1 only has the summary route via hub1")
-        self.sh("spoke1", ["ip", "route", "show", "dev", "dmvpn0"], "the tunnel's routes")
-        since = time.time()
-        before = self.traceroute("host1", host2_ip)
-        if hub_ip not in before:
-            raise LabError(f"the first packets did not go through hub1 ({hub_ip}): {before}")
-        self.say(f"-> hop {before.index(hub_ip) + 1} is hub1 ({hub_ip}): spoke to hub to spoke")
-
-        self.step("Phase 3 at work: hub1 redirects, spoke1 resolves, spoke2 answers directly")
-        runner.wait_for(
-            "spoke1's shortcut route to host2's network",
-            lambda: spoke2_ip in self._shortcuts("spoke1"),
-            timeout=15,
-        )
-        # The replies from host2 bring spoke2 its own shortcut back to host1.
-        with contextlib.suppress(LabError):
-            runner.wait_for("", lambda: runner.events("spoke2", "shortcut") != [], timeout=2)
-        kinds = {"redirect", "resolution-sent", "resolution-forwarded", "resolution-answered",
-                 "resolved", "shortcut"}  # fmt: skip
-        story = [e for n in runner.routers for e in runner.events(n)
-                 if e.get("kind") in kinds and e.get("ts", 0) >= since - 1]  # fmt: skip
-        story.sort(key=lambda e: e["ts"])
-        t0 = story[0]["ts"] if story else since
-        for e in story:
-            self.say(f"{(e['ts'] - t0) * 1000:4.0f} ms  {e['node']:<7} {e['message']}")
-        self.sh(
-            "spoke1", ["ip", "route", "show", "proto", str(RTPROT_DMVPN)], "NHRP shortcut routes"
-        )
-
-        self.step("host1 -> host2 again: straight from spoke1 to spoke2")
-        after = self.traceroute("host1", host2_ip)
-        if hub_ip in after or spoke2_ip not in after:
-            raise LabError(f"the path did not go direct to spoke2 ({spoke2_ip}): {after}")
-        self.say(f"-> hop {after.index(spoke2_ip) + 1} is spoke2 ({spoke2_ip}): hub1 is gone")
-        self.sh("host1", ["ping", "-c", "3", "-i", "0.2", "-W", "1", host2_ip])
-
-        self.step("What the spokes know now (NHRP bindings, both ways)")
-        self.show_dmvpn("spoke1", "NHRP bindings, as neighbour entries")
-        self.show_dmvpn("spoke2", "NHRP bindings, as neighbour entries")
-
-    def _shortcuts(self, node: str) -> str:
-        argv = ["ip", "route", "show", "proto", str(RTPROT_DMVPN)]
-        return str(self.lab.exec(node, argv, capture_output=True, text=True, timeout=10).stdout)
+    demo.finish(lambda: _down(lab))
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def _summary(topo: Topology) -> str:
-    hubs, spokes = len(topo.hubs), len(topo.spokes)
-    return (
-        f"phase {topo.phase} DMVPN, {hubs} hub{'s' * (hubs != 1)}, "
-        f"{spokes} spoke{'s' * (spokes != 1)}, holdtime {topo.holdtime} s"
-    )
-
-
-def _table(rows: list[list[str]], indent: int = 0) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        line = "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
-        click.echo(" " * indent + line.rstrip())
 
 
 def _need_root() -> None:
