@@ -28,6 +28,7 @@ from dmvpn.wire import (
 from .cache import CacheEntry, EntryType, host_length
 from .config import NhsConfig
 from .core import Core
+from .outputs import EventKind
 from .packets import originate, request_cie, request_extensions
 
 
@@ -122,7 +123,7 @@ class NhsClient:
                 s.generation += 1
                 s.tries = 0
                 self.core.event(
-                    "nhs-standby",
+                    EventKind.NHS_STANDBY,
                     f"NHS {address_text(s.config.protocol)} on standby",
                     nhs=address_text(s.config.protocol),
                 )
@@ -192,7 +193,7 @@ class NhsClient:
         )
         core.send(s.config.nbma, pkt, now, budget=False)
         core.event(
-            "deregistered",
+            EventKind.DEREGISTERED,
             f"purged our registration with NHS {address_text(s.config.protocol)}",
             nhs=address_text(s.config.protocol),
             request_id=s.request_id,
@@ -227,7 +228,7 @@ class NhsClient:
         s.last_error = why
         if was != "down":
             self.core.event(
-                "nhs-down",
+                EventKind.NHS_DOWN,
                 f"NHS {address_text(s.config.protocol)} down: {why}",
                 nhs=address_text(s.config.protocol),
                 reason=why,
@@ -255,7 +256,9 @@ class NhsClient:
             if bad == CieCode.UNIQUE_ADDRESS_REGISTERED:
                 why += " (unique address already registered)"
             self._mark_down(s, now, why)
-            self.core.event("registration-refused", f"NHS {name}: {why}", nhs=name, code=int(bad))
+            self.core.event(
+                EventKind.REGISTRATION_REFUSED, f"NHS {name}: {why}", nhs=name, code=int(bad)
+            )
             # Try again later: the old binding expires on the NHS eventually
             # (nhrpd waits 60-180 s after an error).
             s.tries = self.core.config.nhs_down_after
@@ -285,7 +288,7 @@ class NhsClient:
         if first:
             self.core.stats["registrations.succeeded"] += 1
             self.core.event(
-                "nhs-up",
+                EventKind.NHS_UP,
                 f"registered with NHS {name}",
                 nhs=name,
                 holding_time=holding,

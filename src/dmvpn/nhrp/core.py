@@ -21,6 +21,7 @@ from .outputs import (
     BindingAdded,
     BindingRemoved,
     Event,
+    EventKind,
     Output,
     ProtectPeer,
     SendPacket,
@@ -53,7 +54,7 @@ class Core:
 
     # ------------------------------------------------------------ outputs
 
-    def event(self, kind: str, message: str, **details: Any) -> None:
+    def event(self, kind: EventKind, message: str, **details: Any) -> None:
         self.stats[f"event.{kind}"] += 1
         if self.events_enabled:
             self.outputs.append(Event(kind, message, details))
@@ -105,7 +106,7 @@ class Core:
         nets = self.claims.get(nbma)
         allowed = ", ".join(str(n) for n in nets) if nets else "no address (identity unknown)"
         self.event(
-            "identity-refused",
+            EventKind.IDENTITY_REFUSED,
             f"{what} for {self.describe(protocol)} from {self.describe(nbma)} refused: its "
             f"IPsec identity may claim {allowed}",
             protocol=self.describe(protocol),

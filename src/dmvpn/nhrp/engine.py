@@ -30,7 +30,7 @@ from .cache import BOUND_TYPES, CacheEntry, EntryType, host_length
 from .client import NhsClient
 from .config import EngineConfig
 from .core import Core
-from .outputs import Output
+from .outputs import EventKind, Output
 from .ratelimit import TokenBucket
 from .resolver import Resolver
 from .routing import RoutingView
@@ -66,7 +66,7 @@ class Engine:
             CacheEntry(core.config.protocol_address, EntryType.LOCAL, now, nbma=core.nbma)
         )
         core.event(
-            "started",
+            EventKind.STARTED,
             f"engine for {address_text(core.config.protocol_address)} "
             f"({'NHS' if core.config.server else 'NHC'}) started",
         )
@@ -80,7 +80,7 @@ class Engine:
         for entry in list(self.core.cache):
             self.core.remove(entry)
         self.started = False
-        self.core.event("stopped", "engine stopped")
+        self.core.event(EventKind.STOPPED, "engine stopped")
 
     def set_claims(
         self, nbma: Address, networks: tuple[IPv4Network | IPv6Network, ...] | None
@@ -100,8 +100,13 @@ class Engine:
         core.config = config
         core.budget = TokenBucket(config.max_send, config.max_send_interval)
         self.server.redirects.interval = config.redirect_interval
-        core.event("retuned", "configuration reloaded", holding_time=config.holding_time,
-                   redirect=config.redirect, shortcut=config.shortcut)  # fmt: skip
+        core.event(
+            EventKind.RETUNED,
+            "configuration reloaded",
+            holding_time=config.holding_time,
+            redirect=config.redirect,
+            shortcut=config.shortcut,
+        )
 
     def set_nbma(self, nbma: Address, now: float) -> None:
         """Our NBMA address changed: re-register everywhere at once."""
@@ -110,7 +115,7 @@ class Engine:
         old = self.core.nbma
         self.core.nbma = nbma
         self.core.event(
-            "nbma-changed",
+            EventKind.NBMA_CHANGED,
             f"NBMA address {address_text(old)} -> {address_text(nbma)}",
             old=address_text(old),
             new=address_text(nbma),
@@ -162,7 +167,7 @@ class Engine:
         elif entry.type == EntryType.CACHED:
             core.stats["cache.expired"] += 1
             core.event(
-                "expired",
+                EventKind.EXPIRED,
                 f"{address_text(entry.protocol)}/{entry.prefix_length} expired (idle)",
                 protocol=address_text(entry.protocol),
             )
@@ -198,7 +203,7 @@ class Engine:
         except DecodeError as exc:
             core.stats["rx.malformed"] += 1
             core.event(
-                "malformed",
+                EventKind.MALFORMED,
                 f"dropped malformed NHRP from {address_text(src_nbma)}: {exc}",
                 src=address_text(src_nbma),
                 reason=exc.reason,
@@ -212,7 +217,7 @@ class Engine:
 
     def _internal_error(self, where: str, exc: Exception) -> None:
         self.core.stats["internal_errors"] += 1
-        self.core.event("internal-error", f"{where}: {type(exc).__name__}: {exc}")
+        self.core.event(EventKind.INTERNAL_ERROR, f"{where}: {type(exc).__name__}: {exc}")
 
     def _dispatch(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
         core = self.core
@@ -231,7 +236,7 @@ class Engine:
         if not core.auth_ok(pkt):
             core.stats["rx.auth_failed"] += 1
             core.event(
-                "auth-failure",
+                EventKind.AUTH_FAILURE,
                 f"{t.name.replace('_', ' ').title()} from "
                 f"{address_text(src_nbma)} failed authentication",
                 src=address_text(src_nbma),
@@ -279,7 +284,7 @@ class Engine:
             pass  # counted above; nothing waits for it (our purges set N or need no answer)
         elif t == PacketType.ERROR_INDICATION:
             core.event(
-                "error-indication",
+                EventKind.ERROR_INDICATION,
                 f"Error Indication code {pkt.error_code} from {address_text(src_nbma)}",
                 code=pkt.error_code,
                 src=address_text(src_nbma),
@@ -319,7 +324,7 @@ class Engine:
                     removed += 1
         core.stats["purge.entries_removed"] += removed
         core.event(
-            "purged",
+            EventKind.PURGED,
             f"Purge Request from {address_text(src_nbma)}: "
             f"{removed} entr{'y' if removed == 1 else 'ies'} removed",
             src=address_text(src_nbma),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, TypeAlias
 
@@ -62,11 +63,55 @@ class UnprotectPeer:
     nbma: Address
 
 
+class EventKind(StrEnum):
+    """What an :class:`Event` reports. A StrEnum, so a kind compares equal to,
+    formats and serialises as its string: JSON logs and ``/v1/events`` carry
+    the same text as when kinds were bare strings. Each is documented in
+    docs/API.md (tests/nhrp/test_event_kinds.py checks)."""
+
+    # The engine's life.
+    STARTED = "started"
+    STOPPED = "stopped"
+    RETUNED = "retuned"
+    NBMA_CHANGED = "nbma-changed"
+    # Registering with our NHSes (NHC).
+    NHS_UP = "nhs-up"
+    NHS_DOWN = "nhs-down"
+    NHS_STANDBY = "nhs-standby"
+    DEREGISTERED = "deregistered"
+    # Registrations with us (NHS); registration-refused is also what an NHC
+    # reports when its NHS refuses it.
+    REGISTERED = "registered"
+    REGISTRATION_REFUSED = "registration-refused"
+    REGISTRATION_REPLACED = "registration-replaced"
+    REGISTRATION_EXPIRED = "registration-expired"
+    REGISTRATION_PURGED = "registration-purged"
+    REGISTRATION_CLEARED = "registration-cleared"
+    # Resolution and shortcuts.
+    RESOLUTION_SENT = "resolution-sent"
+    RESOLVED = "resolved"
+    RESOLUTION_FAILED = "resolution-failed"
+    RESOLUTION_FORWARDED = "resolution-forwarded"
+    RESOLUTION_REPLY_FORWARDED = "resolution-reply-forwarded"
+    RESOLUTION_ANSWERED = "resolution-answered"
+    SHORTCUT = "shortcut"
+    REDIRECT = "redirect"
+    EXPIRED = "expired"
+    PURGED = "purged"
+    # Refusals and problems.
+    IDENTITY_REFUSED = "identity-refused"
+    ERROR_INDICATION = "error-indication"
+    AUTH_FAILURE = "auth-failure"
+    MALFORMED = "malformed"
+    DROPPED = "dropped"
+    INTERNAL_ERROR = "internal-error"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something for logs and ``dmvpn events``: a kind, a sentence, details."""
 
-    kind: str
+    kind: EventKind
     message: str
     details: dict[str, Any] = field(default_factory=dict)
 

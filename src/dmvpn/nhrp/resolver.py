@@ -21,6 +21,7 @@ from dmvpn.wire.errors import DecodeError
 from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, host_length
 from .client import NhsClient
 from .core import Core
+from .outputs import EventKind
 from .packets import originate, request_cie, request_extensions
 
 # Cisco's Resolution Request flags: "router auth src-stable nat".
@@ -74,7 +75,7 @@ class Resolver:
                 CacheEntry(target, EntryType.INCOMPLETE, now, expires=now + cfg.negative_ttl)
             )
         core.event(
-            "resolution-sent",
+            EventKind.RESOLUTION_SENT,
             f"resolving {address_text(target)} ({reason})",
             target=address_text(target),
             reason=reason,
@@ -130,7 +131,7 @@ class Resolver:
             CacheEntry(target, EntryType.NEGATIVE, now, expires=now + core.config.negative_ttl)
         )
         core.event(
-            "resolution-failed",
+            EventKind.RESOLUTION_FAILED,
             f"{address_text(target)}: {why}; traffic stays on the hub",
             target=address_text(target),
             reason=why,
@@ -226,7 +227,7 @@ class Resolver:
             self._schedule_refresh(route, now)
             core.stats["shortcuts.installed"] += 1
             core.event(
-                "shortcut",
+                EventKind.SHORTCUT,
                 f"shortcut {route.prefix} via {address_text(next_hop)} ({address_text(nbma)})",
                 prefix=str(route.prefix),
                 next_hop=address_text(next_hop),
@@ -235,7 +236,7 @@ class Resolver:
         else:
             core.stats["resolution.bound"] += 1
             core.event(
-                "resolved",
+                EventKind.RESOLVED,
                 f"{address_text(next_hop)} is at {address_text(nbma)}",
                 protocol=address_text(next_hop),
                 nbma=address_text(nbma),
@@ -274,7 +275,7 @@ class Resolver:
             header, _ = decode_ip(pkt.contents)
         except DecodeError as exc:
             core.stats["rx.bad_traffic_indication"] += 1
-            core.event("malformed", f"Traffic Indication with an unreadable packet: {exc}")
+            core.event(EventKind.MALFORMED, f"Traffic Indication with an unreadable packet: {exc}")
             return
         core.stats["redirect.received"] += 1
         self.resolve(header.dst, now, f"redirect from {address_text(pkt.src_proto)}")

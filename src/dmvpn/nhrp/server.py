@@ -29,6 +29,7 @@ from dmvpn.wire.errors import DecodeError
 
 from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, host_length
 from .core import Core
+from .outputs import EventKind
 from .packets import (
     auth_extensions,
     forwarded_extensions,
@@ -59,7 +60,7 @@ class Server:
         if not cfg.server:
             core.stats["rx.registration_not_server"] += 1
             core.event(
-                "dropped",
+                EventKind.DROPPED,
                 "Registration Request received but this node is not an NHS",
                 src=address_text(pkt.src_proto),
             )
@@ -130,7 +131,7 @@ class Server:
             # RFC 2332 5.2.4: a unique binding stands until it expires.
             core.stats["registrations.refused_unique"] += 1
             core.event(
-                "registration-refused",
+                EventKind.REGISTRATION_REFUSED,
                 f"{address_text(proto)} is uniquely registered from "
                 f"{core.describe(existing.nbma)}; refused {address_text(observed)} (code 14)",
                 protocol=address_text(proto),
@@ -165,7 +166,7 @@ class Server:
                 self._forget_nbma(old.nbma, proto)
             self._purge_handed_out(old, now)
             core.event(
-                "registration-replaced",
+                EventKind.REGISTRATION_REPLACED,
                 f"{address_text(proto)} moved from {core.describe(old.nbma)} to "
                 f"{address_text(observed)}",
                 protocol=address_text(proto),
@@ -176,7 +177,7 @@ class Server:
                 core.stats["event.registered"] += 1
                 return CieCode.SUCCESS
             core.event(
-                "registered",
+                EventKind.REGISTERED,
                 f"{address_text(proto)} registered from "
                 f"{address_text(observed)}" + (" (NAT)" if natted else ""),
                 protocol=address_text(proto),
@@ -203,7 +204,7 @@ class Server:
         self._purge_handed_out(entry, now)
         self.core.stats[f"registrations.{why}"] += 1
         self.core.event(
-            f"registration-{why}",
+            EventKind(f"registration-{why}"),
             f"{address_text(entry.protocol)} ({self.core.describe(entry.nbma)}) {why}",
             protocol=address_text(entry.protocol),
         )
@@ -317,7 +318,7 @@ class Server:
         requester = self._reply(pkt, src_nbma, (me,), flags, now, nat_cies)
         core.stats["resolution.answered_as_owner"] += 1
         core.event(
-            "resolution-answered",
+            EventKind.RESOLUTION_ANSWERED,
             f"answered {address_text(pkt.src_proto)} for "
             f"{address_text(pkt.dst_proto)} with {prefix}",
             requester=address_text(pkt.src_proto),
@@ -407,7 +408,7 @@ class Server:
         core.send(to, fwd, now)
         core.stats["resolution.forwarded"] += 1
         core.event(
-            "resolution-forwarded",
+            EventKind.RESOLUTION_FORWARDED,
             f"forwarded {address_text(pkt.src_proto)}'s request "
             f"for {address_text(pkt.dst_proto)} to {address_text(to)}",
             requester=address_text(pkt.src_proto),
@@ -456,7 +457,7 @@ class Server:
         core.send(requester.nbma, fwd, now)
         core.stats["resolution.reply_forwarded"] += 1
         core.event(
-            "resolution-reply-forwarded",
+            EventKind.RESOLUTION_REPLY_FORWARDED,
             f"forwarded the answer for {address_text(pkt.dst_proto)} to "
             f"{address_text(pkt.src_proto)} at {address_text(requester.nbma)}",
             requester=address_text(pkt.src_proto),
@@ -496,7 +497,7 @@ class Server:
         if core.send(from_nbma, ti, now):
             core.stats["redirect.sent"] += 1
             core.event(
-                "redirect",
+                EventKind.REDIRECT,
                 f"Traffic Indication to {address_text(from_nbma)}: "
                 f"{header.src} -> {header.dst} hairpinned",
                 to=address_text(from_nbma),
