@@ -30,6 +30,7 @@ from .config import NhsConfig
 from .core import Core
 from .outputs import EventKind
 from .packets import originate, request_cie, request_extensions
+from .timers import NhsTimer
 
 
 @dataclass(slots=True)
@@ -170,7 +171,7 @@ class NhsClient:
         s.tries += 1
         s.generation += 1
         s.next_retry = now + wait
-        core.schedule(s.next_retry, ("nhs", s.index, s.generation))
+        core.schedule(s.next_retry, NhsTimer(s.index, s.generation))
 
     def _purge(self, s: NhsState, now: float) -> None:
         core = self.core
@@ -264,7 +265,7 @@ class NhsClient:
             s.tries = self.core.config.nhs_down_after
             s.generation += 1
             s.next_retry = now + min(60.0, self.core.config.retry_max)
-            self.core.schedule(s.next_retry, ("nhs", s.index, s.generation))
+            self.core.schedule(s.next_retry, NhsTimer(s.index, s.generation))
             self._rebalance(now)
             return True
         holding = min((c.holding_time for c in pkt.cies), default=self.core.config.holding_time)
@@ -284,7 +285,7 @@ class NhsClient:
                         s.public_nbma = cie.nbma if cie.nbma != self.core.nbma else None
                         self.core.public_nbma = s.public_nbma
         s.generation += 1
-        self.core.schedule(s.refresh_at, ("nhs", s.index, s.generation))
+        self.core.schedule(s.refresh_at, NhsTimer(s.index, s.generation))
         if first:
             self.core.stats["registrations.succeeded"] += 1
             self.core.event(

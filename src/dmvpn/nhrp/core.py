@@ -4,7 +4,6 @@ counters, request IDs, the send budget, and binding bookkeeping."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
@@ -31,7 +30,7 @@ from .outputs import (
 )
 from .ratelimit import TokenBucket
 from .routing import RoutingView, StaticRouting
-from .timers import Timers
+from .timers import ExpireTimer, TimerKey, Timers
 
 
 class Core:
@@ -74,7 +73,7 @@ class Core:
         self.stats[f"tx.{packet.type.name.lower()}"] += 1
         return True
 
-    def schedule(self, when: float, key: Hashable) -> None:
+    def schedule(self, when: float, key: TimerKey) -> None:
         self.timers.schedule(when, key)
 
     # ------------------------------------------------------------ auth
@@ -171,7 +170,7 @@ class Core:
         else:
             self._announce(entry)
         if entry.expires is not None:
-            self.schedule(entry.expires, ("expire", entry.protocol, entry.prefix_length))
+            self.schedule(entry.expires, ExpireTimer(entry.protocol, entry.prefix_length))
         return old
 
     def remove(self, entry: CacheEntry) -> None:

@@ -35,6 +35,7 @@ from .ratelimit import TokenBucket
 from .resolver import Resolver
 from .routing import RoutingView
 from .server import Server
+from .timers import ExpireTimer, NhsTimer, ResolutionTimer, TimerKey
 
 
 class Engine:
@@ -136,20 +137,19 @@ class Engine:
     def handle_timer(self, now: float) -> None:
         for key in self.core.timers.pop_due(now):
             try:
-                self._fire(key, now)  # type: ignore[arg-type]
+                self._fire(key, now)
             except Exception as exc:  # pragma: no cover - a bug, kept out of the host
                 self._internal_error("timer", exc)
 
-    def _fire(self, key: tuple[Any, ...], now: float) -> None:
-        kind = key[0]
-        if kind == "expire":
-            self._expire(key[1], key[2], now)
-        elif kind == "nhs":
-            self.client.on_timer(key[1], key[2], now)
-        elif kind == "res":
-            self.resolver.on_timer(key[1], key[2], now)
-        elif kind == "refresh":
-            self.resolver.on_refresh(key[1], key[2], key[3], now)
+    def _fire(self, key: TimerKey, now: float) -> None:
+        if isinstance(key, ExpireTimer):
+            self._expire(key.protocol, key.prefix_length, now)
+        elif isinstance(key, NhsTimer):
+            self.client.on_timer(key.index, key.generation, now)
+        elif isinstance(key, ResolutionTimer):
+            self.resolver.on_timer(key.request_id, key.generation, now)
+        else:
+            self.resolver.on_refresh(key.protocol, key.prefix_length, key.created, now)
 
     def _expire(self, protocol: Address, prefix_length: int, now: float) -> None:
         core = self.core

@@ -23,6 +23,7 @@ from .client import NhsClient
 from .core import Core
 from .outputs import EventKind
 from .packets import originate, request_cie, request_extensions
+from .timers import RefreshTimer, ResolutionTimer
 
 # Cisco's Resolution Request flags: "router auth src-stable nat".
 REQUEST_FLAGS = ResolutionFlag.Q | ResolutionFlag.A | ResolutionFlag.S | ResolutionFlag.NAT
@@ -102,7 +103,7 @@ class Resolver:
         wait = min(cfg.retry_initial * (2**p.tries), cfg.retry_max)
         p.tries += 1
         p.generation += 1
-        core.schedule(now + wait, ("res", p.request_id, p.generation))
+        core.schedule(now + wait, ResolutionTimer(p.request_id, p.generation))
 
     def on_timer(self, request_id: int, generation: int, now: float) -> None:
         p = self.pending.get(request_id)
@@ -247,7 +248,7 @@ class Resolver:
         # nhrpd: at 2/3 of the holding time, re-resolve if in use, else let
         # the remaining third run out.
         when = now + entry.holding_time * 2 / 3
-        self.core.schedule(when, ("refresh", entry.protocol, entry.prefix_length, entry.created))
+        self.core.schedule(when, RefreshTimer(entry.protocol, entry.prefix_length, entry.created))
 
     def on_refresh(self, protocol: Address, prefix_length: int, created: float, now: float) -> None:
         core = self.core
