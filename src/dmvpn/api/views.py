@@ -24,8 +24,7 @@ from typing import Any, Literal
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from dmvpn.dataplane.forwarding import Forwarder
-from dmvpn.nhrp import CacheEntry, Engine, EntryFlag, EntryType
-from dmvpn.nhrp.client import NhsState
+from dmvpn.nhrp import CacheEntry, Engine, EntryFlag, EntryType, NhsState, NhsStatus
 from dmvpn.wire import Address, PacketType, address_text
 
 __all__ = [
@@ -196,20 +195,20 @@ def _role(engine: Engine) -> str:
 
 
 # NHS client state -> (show dmvpn State, show ip nhrp nhs status letters).
-_NHS_STATE: dict[str, tuple[str, str]] = {
-    "up": ("UP", "RE"),
-    "probing": ("NHRP", "E"),
-    "down": ("DOWN", "W"),
-    "standby": ("DOWN", "S"),
+_NHS_STATE: dict[NhsState, tuple[str, str]] = {
+    NhsState.UP: ("UP", "RE"),
+    NhsState.PROBING: ("NHRP", "E"),
+    NhsState.DOWN: ("DOWN", "W"),
+    NhsState.STANDBY: ("DOWN", "S"),
 }
 
 
-def _entry_state(entry: CacheEntry, nhs: NhsState | None, now: float) -> tuple[str, float]:
+def _entry_state(entry: CacheEntry, nhs: NhsStatus | None, now: float) -> tuple[str, float]:
     """(State, seconds in it) for `show dmvpn`."""
     age = now - entry.created
     if entry.type == EntryType.NHS and nhs is not None:
-        state = _NHS_STATE.get(nhs.state, ("DOWN", "W"))[0]
-        if nhs.state == "up" and nhs.up_since is not None:
+        state = _NHS_STATE[nhs.state][0]
+        if nhs.state is NhsState.UP and nhs.up_since is not None:
             return state, now - nhs.up_since
         return state, age
     if entry.type in (EntryType.INCOMPLETE, EntryType.NEGATIVE):
@@ -224,7 +223,7 @@ def dmvpn_interface(iface: Iface, now: float) -> dict[str, Any]:
     """One interface of `show dmvpn`: its peers (entries grouped by NBMA address)."""
     engine = iface.engine
     nexthops = _shortcut_next_hops(engine)
-    nhs_by_protocol = {s.config.protocol: s for s in engine.client.nhs}
+    nhs_by_protocol = {s.protocol: s for s in engine.nhs_states()}
     groups: dict[Any, list[tuple[bool, dict[str, Any]]]] = {}
     group_nbma: dict[Any, Address | None] = {}
     for entry in _entries(engine):
@@ -317,11 +316,11 @@ def nhs_view(node: str, ifaces: Sequence[Iface], now: float) -> dict[str, Any]:
     """`show nhrp nhs`: the NHSes of every interface, preferred first."""
     rows: list[dict[str, Any]] = []
     for iface in ifaces:
-        for s in iface.engine.client.nhs:
+        for s in iface.engine.nhs_states():
             row: dict[str, Any] = dict(s.view(now))
             row["interface"] = iface.name
             row["family"] = iface.family
-            row["status"] = _NHS_STATE.get(s.state, ("DOWN", "W"))[1]
+            row["status"] = _NHS_STATE[s.state][1]
             row["up_for_text"] = None if s.up_since is None else format_duration(row["up_for"])
             rows.append(row)
     return {"node": node, "nhs": rows}
@@ -526,10 +525,10 @@ def metric_families(node: str, ifaces: Sequence[Iface], now: float) -> Iterator[
             counts[entry.type.value] += 1
         for t, n in counts.items():
             cache.add_metric([name, fam, t], n)
-        for s in iface.engine.client.nhs:
+        for s in iface.engine.nhs_states():
             nhs_up.add_metric(
-                [name, fam, address_text(s.config.protocol), address_text(s.config.nbma)],
-                1 if s.state == "up" else 0,
+                [name, fam, address_text(s.protocol), address_text(s.nbma)],
+                1 if s.state is NhsState.UP else 0,
             )
         peers.add_metric([name, fam], dmvpn_interface(iface, now)["peer_count"])
         if iface.forwarder is not None:

@@ -6,6 +6,7 @@ packets, data-plane events and ``now``, and drains outputs (see
 """
 
 from .cache import CacheEntry, EntryFlag, EntryType
+from .client import NhsState, NhsStatus
 from .config import EngineConfig, NhsConfig, StaticMap
 from .engine import Engine
 from .outputs import (
@@ -33,6 +34,8 @@ __all__ = [
     "Event",
     "EventKind",
     "NhsConfig",
+    "NhsState",
+    "NhsStatus",
     "Output",
     "ProtectPeer",
     "RoutingView",

@@ -1,17 +1,20 @@
 """The NHC side: registering with NHSes (RFC 2332 5.2.3).
 
-Each NHS has a state: ``probing`` (request sent, no answer yet), ``up``
-(registered), ``down`` (retransmissions exhausted or refused; still retried
-with backoff), ``standby`` (a lower-priority NHS not needed while
-``max_nhs`` better ones are up). Lower priority numbers are preferred, as on
-Cisco. The spoke registers with the best ``max_nhs`` NHSes that are not down;
-when one fails the next takes its place, and when a better one answers again
-the worst is deregistered: fail over and back.
+Each NHS has a state (:class:`NhsState`): ``probing`` (request sent, no
+answer yet), ``up`` (registered), ``down`` (retransmissions exhausted or
+refused; still retried with backoff), ``standby`` (a lower-priority NHS not
+needed while ``max_nhs`` better ones are up), changed only by
+:meth:`NhsRecord.move`, which emits the nhs-up/-down/-standby events. Lower
+priority numbers are preferred, as on Cisco. The spoke registers with the
+best ``max_nhs`` NHSes that are not down; when one fails the next takes its
+place, and when a better one answers again the worst is deregistered: fail
+over and back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from dmvpn.wire import (
     Address,
@@ -33,11 +36,56 @@ from .packets import originate, request_cie, request_extensions
 from .timers import NhsTimer
 
 
+class NhsState(StrEnum):
+    """Where our registration with one NHS stands. A StrEnum: `show nhrp
+    nhs` and its JSON print the value, as when states were bare strings."""
+
+    PROBING = "probing"  # a registration sent, no answer yet
+    UP = "up"  # registered; refreshed at a third of the holding time
+    DOWN = "down"  # no answer, or refused; retried with backoff
+    STANDBY = "standby"  # not needed while max_nhs better NHSes are up
+
+
+@dataclass(frozen=True, slots=True)
+class NhsStatus:
+    """One NHS as `show nhrp nhs` reports it: a copy, taken when asked."""
+
+    protocol: Address
+    nbma: Address
+    priority: int
+    state: NhsState
+    request_id: int  # of the registration in flight or last accepted
+    retries: int
+    up_since: float | None
+    registered_until: float
+    public_nbma: Address | None  # our NBMA address as this NHS saw it (NAT)
+    last_error: str | None
+
+    def view(self, now: float) -> dict[str, object]:
+        """JSON-safe, keys as documented for `GET /v1/nhrp/nhs`."""
+        return {
+            "protocol": address_text(self.protocol),
+            "nbma": address_text(self.nbma),
+            "priority": self.priority,
+            "state": self.state.value,
+            "request_id": self.request_id,
+            "up_for": None if self.up_since is None else round(now - self.up_since, 1),
+            "expires_in": (
+                round(self.registered_until - now, 1) if self.state is NhsState.UP else None
+            ),
+            "retries": self.retries,
+            "public_nbma": address_text(self.public_nbma) if self.public_nbma else None,
+            "last_error": self.last_error,
+        }
+
+
 @dataclass(slots=True)
-class NhsState:
+class NhsRecord:
+    """The engine's record of one NHS; its state changes only through :meth:`move`."""
+
     index: int
     config: NhsConfig
-    state: str = "standby"
+    state: NhsState = NhsState.STANDBY
     request_id: int = 0  # of the registration in flight or last accepted
     tries: int = 0
     next_retry: float = 0.0
@@ -50,26 +98,51 @@ class NhsState:
     generation: int = 0  # bumps on every (re)schedule; stale timers are ignored
     error_quiet_until: float = 0.0  # no re-registration on an Error Indication before
 
-    def view(self, now: float) -> dict[str, object]:
-        return {
-            "protocol": address_text(self.config.protocol),
-            "nbma": address_text(self.config.nbma),
-            "priority": self.config.priority,
-            "state": self.state,
-            "request_id": self.request_id,
-            "up_for": None if self.up_since is None else round(now - self.up_since, 1),
-            "expires_in": (round(self.registered_until - now, 1) if self.state == "up" else None),
-            "retries": self.tries,
-            "public_nbma": address_text(self.public_nbma) if self.public_nbma else None,
-            "last_error": self.last_error,
-        }
+    def move(
+        self, to: NhsState, core: Core, *, reason: str | None = None, holding_time: int = 0
+    ) -> None:
+        """Change state, announcing the transitions operators follow:
+        nhs-up, nhs-down (with its ``reason``) and nhs-standby. Two are
+        silent, as they have always been: standby -> probing (a registration
+        starts; `registrations.sent` counts it) and the shutdown's move to
+        down, which has no reason (the engine's `stopped` event says it)."""
+        if to is self.state:
+            return
+        self.state = to
+        name = address_text(self.config.protocol)
+        if to is NhsState.UP:
+            core.event(
+                EventKind.NHS_UP,
+                f"registered with NHS {name}",
+                nhs=name,
+                holding_time=holding_time,
+                nat=address_text(self.public_nbma) if self.public_nbma else None,
+            )
+        elif to is NhsState.DOWN and reason is not None:
+            core.event(EventKind.NHS_DOWN, f"NHS {name} down: {reason}", nhs=name, reason=reason)
+        elif to is NhsState.STANDBY:
+            core.event(EventKind.NHS_STANDBY, f"NHS {name} on standby", nhs=name)
+
+    def status(self) -> NhsStatus:
+        return NhsStatus(
+            self.config.protocol,
+            self.config.nbma,
+            self.config.priority,
+            self.state,
+            self.request_id,
+            self.tries,
+            self.up_since,
+            self.registered_until,
+            self.public_nbma,
+            self.last_error,
+        )
 
 
 class NhsClient:
     def __init__(self, core: Core) -> None:
         self.core = core
         ordered = sorted(enumerate(core.config.nhs), key=lambda p: (p[1].priority, p[0]))
-        self.nhs = [NhsState(i, cfg) for i, cfg in ordered]
+        self.nhs = [NhsRecord(i, cfg) for i, cfg in ordered]
         self.by_nbma = {s.config.nbma: s for s in self.nhs}
         self.running = False
 
@@ -88,15 +161,15 @@ class NhsClient:
         carrying the request ID of the registration it withdraws (Cisco
         matches on it)."""
         for s in self.nhs:
-            if s.state == "up":
+            if s.state is NhsState.UP:
                 self._purge(s, now)
-            s.state = "down"
+            s.move(NhsState.DOWN, self.core)
             s.generation += 1
         self.running = False
 
-    def best_up(self) -> NhsState | None:
+    def best_up(self) -> NhsRecord | None:
         for s in self.nhs:
-            if s.state == "up":
+            if s.state is NhsState.UP:
                 return s
         return None
 
@@ -105,40 +178,35 @@ class NhsClient:
 
     # ------------------------------------------------------------ selection
 
-    def _wanted(self) -> list[NhsState]:
+    def _wanted(self) -> list[NhsRecord]:
         limit = self.core.config.max_nhs or len(self.nhs)
-        return [s for s in self.nhs if s.state != "down"][:limit]
+        return [s for s in self.nhs if s.state is not NhsState.DOWN][:limit]
 
     def _rebalance(self, now: float) -> None:
         if not self.running:
             return
         wanted = self._wanted()
         for s in self.nhs:
-            if s in wanted and s.state == "standby":
+            if s in wanted and s.state is NhsState.STANDBY:
                 self._register(s, now, new=True)
-            elif s not in wanted and s.state in ("up", "probing"):
+            elif s not in wanted and s.state in (NhsState.UP, NhsState.PROBING):
                 # A better NHS is back: withdraw from this one.
-                if s.state == "up":
+                if s.state is NhsState.UP:
                     self._purge(s, now)
-                s.state = "standby"
                 s.generation += 1
                 s.tries = 0
-                self.core.event(
-                    EventKind.NHS_STANDBY,
-                    f"NHS {address_text(s.config.protocol)} on standby",
-                    nhs=address_text(s.config.protocol),
-                )
+                s.move(NhsState.STANDBY, self.core)
 
     # ------------------------------------------------------------ registration
 
-    def _register(self, s: NhsState, now: float, *, new: bool) -> None:
+    def _register(self, s: NhsRecord, now: float, *, new: bool) -> None:
         core = self.core
         cfg = core.config
         if new:
             s.request_id = core.new_request_id()
             s.tries = 0
-        if s.state in ("standby",):
-            s.state = "probing"
+        if s.state is NhsState.STANDBY:
+            s.move(NhsState.PROBING, core)
         flags = RegistrationFlag.U if cfg.registration_unique else RegistrationFlag(0)
         if cfg.nat_extension:
             flags |= RegistrationFlag.NAT
@@ -173,7 +241,7 @@ class NhsClient:
         s.next_retry = now + wait
         core.schedule(s.next_retry, NhsTimer(s.index, s.generation))
 
-    def _purge(self, s: NhsState, now: float) -> None:
+    def _purge(self, s: NhsRecord, now: float) -> None:
         core = self.core
         cfg = core.config
         cie = Cie(
@@ -205,15 +273,15 @@ class NhsClient:
         if s is None or s.generation != generation or not self.running:
             return
         cfg = self.core.config
-        if s.state == "up" and now >= s.refresh_at and s.tries == 0:
+        if s.state is NhsState.UP and now >= s.refresh_at and s.tries == 0:
             # Refresh at a third of the holding time (RFC 2332 5.2.3): a new
             # registration, so a new request ID.
             self._register(s, now, new=True)
             return
-        if s.state == "up" and now >= s.registered_until:
+        if s.state is NhsState.UP and now >= s.registered_until:
             self._mark_down(s, now, "registration expired without a refresh answer")
             return
-        if s.tries >= cfg.nhs_down_after and s.state != "down":
+        if s.tries >= cfg.nhs_down_after and s.state is not NhsState.DOWN:
             self._mark_down(s, now, f"no answer to {s.tries} registration requests")
             self._register(s, now, new=False)
             self._rebalance(now)
@@ -222,18 +290,10 @@ class NhsClient:
         self.core.stats["registrations.retransmitted"] += 1
         self._register(s, now, new=False)
 
-    def _mark_down(self, s: NhsState, now: float, why: str) -> None:
-        was = s.state
-        s.state = "down"
+    def _mark_down(self, s: NhsRecord, now: float, why: str) -> None:
         s.up_since = None
         s.last_error = why
-        if was != "down":
-            self.core.event(
-                EventKind.NHS_DOWN,
-                f"NHS {address_text(s.config.protocol)} down: {why}",
-                nhs=address_text(s.config.protocol),
-                reason=why,
-            )
+        s.move(NhsState.DOWN, self.core, reason=why)
 
     # ------------------------------------------------------------ replies
 
@@ -243,7 +303,8 @@ class NhsClient:
             (
                 x
                 for x in self.nhs
-                if x.request_id == pkt.request_id and x.state in ("probing", "up", "down")
+                # A standby NHS has no registration in flight.
+                if x.request_id == pkt.request_id and x.state is not NhsState.STANDBY
             ),
             None,
         )
@@ -270,8 +331,7 @@ class NhsClient:
             return True
         holding = min((c.holding_time for c in pkt.cies), default=self.core.config.holding_time)
         holding = holding or self.core.config.holding_time
-        first = s.state != "up"
-        s.state = "up"
+        first = s.state is not NhsState.UP
         s.tries = 0
         s.last_error = None
         s.registered_until = now + holding
@@ -286,15 +346,10 @@ class NhsClient:
                         self.core.public_nbma = s.public_nbma
         s.generation += 1
         self.core.schedule(s.refresh_at, NhsTimer(s.index, s.generation))
+        # Up only now, so that nhs-up reports the NAT address just learnt.
+        s.move(NhsState.UP, self.core, holding_time=holding)
         if first:
             self.core.stats["registrations.succeeded"] += 1
-            self.core.event(
-                EventKind.NHS_UP,
-                f"registered with NHS {name}",
-                nhs=name,
-                holding_time=holding,
-                nat=address_text(s.public_nbma) if s.public_nbma else None,
-            )
             self._rebalance(now)
         return True
 
@@ -302,7 +357,7 @@ class NhsClient:
         """An NHS that answers with an Error Indication may have lost our
         registration (a restart): register again at once."""
         s = self.by_nbma.get(src_nbma)
-        if s is not None and s.state == "up" and now >= s.error_quiet_until:
+        if s is not None and s.state is NhsState.UP and now >= s.error_quiet_until:
             # Once per retry_max: an NHS that answers every registration
             # with an Error Indication (nhrpd, on a password it cannot
             # check) must not make this a registration/error storm.
@@ -312,5 +367,5 @@ class NhsClient:
     def nbma_changed(self, now: float) -> None:
         """Our NBMA address changed (DHCP, failover link): register anew."""
         for s in self.nhs:
-            if s.state != "standby":
+            if s.state is not NhsState.STANDBY:
                 self._register(s, now, new=True)

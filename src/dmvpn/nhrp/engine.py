@@ -27,7 +27,7 @@ from dmvpn.wire import (
 )
 
 from .cache import BOUND_TYPES, CacheEntry, EntryType, host_length
-from .client import NhsClient
+from .client import NhsClient, NhsStatus
 from .config import EngineConfig
 from .core import Core
 from .outputs import EventKind, Output
@@ -347,8 +347,12 @@ class Engine:
     def cache_view(self, now: float) -> list[dict[str, Any]]:
         return sorted((e.view(now) for e in self.core.cache), key=lambda v: v["protocol"])
 
+    def nhs_states(self) -> list[NhsStatus]:
+        """Our NHSes, preferred first (priority, then configuration order)."""
+        return [s.status() for s in self.client.nhs]
+
     def nhs_view(self, now: float) -> list[dict[str, object]]:
-        return [s.view(now) for s in self.client.nhs]
+        return [s.view(now) for s in self.nhs_states()]
 
     def bound(self, addr: Address) -> Address | None:
         """The NBMA address ``addr`` is bound to, if any (host entries)."""
