@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dmvpn.dataplane.forwarding import Forwarder
+from dmvpn.dataplane.plane import DataPlaneCounters
 from dmvpn.nhrp import Engine, Event
 
 from . import views
@@ -86,7 +86,7 @@ class InterfaceLike(Protocol):
     @property
     def engine(self) -> Engine: ...
     @property
-    def forwarder(self) -> Forwarder: ...
+    def forwarder(self) -> DataPlaneCounters: ...
     def apply(self) -> None: ...
 
 

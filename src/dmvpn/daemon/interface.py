@@ -1,0 +1,318 @@
+"""One DMVPN interface of a running node: its NHRP engines (two on a
+dual-stack interface, one per protocol family), its IPsec gate and its data
+plane. The engines decide; the gate decides what waits for a peer's SA; this
+module carries their outputs out to the data plane, the routing table and
+the listeners, and the data plane's inputs (and SA events) in.
+
+The constructor touches nothing; `open()` creates the devices (root), then
+`start()`, `stop()`, `close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from ipaddress import IPv4Address
+from typing import Any, Protocol
+
+from pyroute2 import IPRoute
+
+from dmvpn.config import Interface
+from dmvpn.dataplane.forwarding import FamilyDispatch
+from dmvpn.dataplane.plane import DataPlane, DataPlaneError
+from dmvpn.ipsec import IpsecManager, PeerSa
+from dmvpn.ipsec.charon import CharonError
+from dmvpn.ipsec.gate import (
+    Action,
+    Bind,
+    Deliver,
+    IpsecGate,
+    Route,
+    Touch,
+    Transmit,
+    Unbind,
+    Unroute,
+)
+from dmvpn.nhrp import (
+    BindingAdded,
+    BindingRemoved,
+    Engine,
+    EngineConfig,
+    Event,
+    ProtectPeer,
+    SendPacket,
+    ShortcutAdded,
+    ShortcutRemoved,
+    UnprotectPeer,
+)
+from dmvpn.nhrp.routing import RoutingView
+from dmvpn.wire import Address, address_text
+
+from .routing import RTPROT_DMVPN, KernelRouting
+
+__all__ = ["InterfaceRuntime", "Log"]
+
+
+class Log(Protocol):
+    def __call__(self, kind: str, message: str, **details: Any) -> None: ...
+
+
+# (interface index, family) -> the engine's view of routing.
+RoutingFactory = Callable[[int, int], RoutingView]
+
+
+class InterfaceRuntime:
+    def __init__(
+        self,
+        cfg: Interface,
+        dataplane: DataPlane,
+        ipr: IPRoute,
+        log: Log,
+        loop: asyncio.AbstractEventLoop,
+        ipsec: IpsecManager | None = None,
+        routing: RoutingFactory | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dataplane = dataplane
+        self.ipr = ipr
+        self.log = log
+        self.loop = loop
+        self.ipsec = ipsec
+        self._routing = routing or (lambda index, family: KernelRouting(ipr, index, family))
+        # IPsec proxy instantiation (docs/IPSEC.md): nothing goes to a peer,
+        # and no binding to it is used for data, before its SA is up.
+        binding = ipsec is not None and ipsec.cfg.binding_on
+        self.gate = IpsecGate(protected=ipsec is not None, hold_inbound=binding)
+        self.engines: list[Engine] = []
+        self.hooks: FamilyDispatch  # the engines by family, once open()
+        self.dynamic: set[IPv4Address] = set()  # NBMA of dynamic bindings (map multicast)
+        # Called with (interface name, event) for every engine Event: the
+        # management API's /v1/events subscribers.
+        self.listeners: list[Callable[[str, Event], None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            SendPacket: self._send,
+            BindingAdded: self._bind,
+            BindingRemoved: self._unbind,
+            ShortcutAdded: self._shortcut,
+            ShortcutRemoved: self._unshortcut,
+            ProtectPeer: self._protect,
+            UnprotectPeer: self._protect,
+            Event: self._event,
+        }
+        self._actions: dict[type, Callable[[Any], None]] = {
+            Transmit: lambda a: self.dataplane.send_nhrp(a.nbma, a.data),
+            Deliver: lambda a: self.hooks.receive(a.data, a.src_nbma, a.now),
+            Touch: lambda a: self._ipsec().touch(self.cfg.tunnel.source, a.nbma),
+            Bind: lambda a: self._use_binding(a.binding),
+            Unbind: lambda a: self._drop_binding(a.binding),
+            Route: lambda a: self._route("replace", a.shortcut),
+            Unroute: lambda a: self._route("del", a.shortcut),
+        }
+
+    # ------------------------------------------------------------ life
+
+    def open(self) -> None:
+        """Create the interface, then the engines that route through it."""
+        self.dataplane.open(self)
+        index = self.dataplane.index
+        self.engines = [Engine(self._engine_config(self.cfg, 4), self._routing(index, 4))]
+        # Dual stack: a second engine for IPv6 (`ipv6 nhrp`), registering and
+        # resolving on its own over the same GRE (docs/ARCHITECTURE.md).
+        if self.cfg.ipv6_address is not None:
+            self.engines.append(Engine(self._engine_config(self.cfg, 6), self._routing(index, 6)))
+        self.hooks = FamilyDispatch(*self.engines)
+        nhs = sorted(self.cfg.nhrp.nhs, key=lambda n: n.priority)
+        self.dataplane.set_nhs(list(dict.fromkeys(n.nbma for n in nhs)))
+        self._update_multicast()
+
+    @property
+    def engine(self) -> Engine:
+        return self.engines[0]
+
+    @property
+    def engine6(self) -> Engine | None:
+        return self.engines[1] if len(self.engines) > 1 else None
+
+    @property
+    def forwarder(self) -> DataPlane:
+        """The data plane's counters (the API's name for them)."""
+        return self.dataplane
+
+    @property
+    def ipsec_stats(self) -> dict[str, int]:
+        return self.gate.stats
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def start(self) -> None:
+        if self.ipsec is not None:
+            self.protect_path()
+        self.dataplane.start(self.loop)
+        for engine in self.engines:
+            engine.start(self.now())
+        self.apply()
+
+    def stop(self) -> None:
+        for engine in self.engines:
+            engine.stop(self.now())
+        self.apply()
+        self.dataplane.stop()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.dataplane.close()
+
+    def retune(self, cfg: Interface) -> None:
+        """New values for the live knobs (SIGHUP); tunnels stay up."""
+        self.cfg = cfg
+        for family, engine in zip((4, 6), self.engines, strict=False):
+            engine.retune(self._engine_config(cfg, family), self.now())
+        self.dataplane.set_redirect(cfg.nhrp.redirect)
+        self._update_multicast()
+        self.apply()
+
+    # ------------------------------------------------------------ IPsec
+
+    def _ipsec(self) -> IpsecManager:
+        assert self.ipsec is not None  # the gate only holds when protected
+        return self.ipsec
+
+    def _engine_config(self, cfg: Interface, family: int) -> EngineConfig:
+        ec = cfg.engine_config(family)
+        if self.ipsec is not None and self.ipsec.cfg.binding_on:
+            ec = replace(ec, identity_binding=True)
+        return ec
+
+    def protect_path(self) -> None:
+        """GRE only where the SAs apply (kernel-libipsec's device)."""
+        device = self._ipsec().cfg.device
+        try:
+            self.dataplane.protect_path(device)
+        except DataPlaneError as exc:
+            raise CharonError(f"{exc} (kernel-libipsec's device)") from None
+
+    def ipsec_up(self, peer: PeerSa) -> None:
+        """The SA to peer.remote is up: what waited goes, its bindings are used."""
+        for engine in self.engines:
+            engine.set_claims(peer.remote, self._ipsec().claims(peer))
+        self._perform(self.gate.sa_up(peer.remote))
+        self.apply()
+
+    def ipsec_down(self, peer: PeerSa) -> None:
+        """The SA went: its bindings wait again (data goes via the hub)."""
+        for engine in self.engines:
+            engine.set_claims(peer.remote, None)
+        self._perform(self.gate.sa_down(peer.remote))
+        self.apply()
+
+    # ------------------------------------------------------------ data plane hooks
+
+    def receive(self, data: bytes, src_nbma: Address, now: float) -> None:
+        self._perform(self.gate.receive(data, src_nbma, now))
+
+    def next_hop_unbound(self, next_hop: Address, now: float) -> None:
+        self.hooks.next_hop_unbound(next_hop, now)
+
+    def hairpin(self, packet: bytes, from_nbma: Address, now: float) -> None:
+        self.hooks.hairpin(packet, from_nbma, now)
+
+    def binding_used(self, addr: Address, now: float) -> None:
+        self.hooks.binding_used(addr, now)
+
+    def batch_done(self) -> None:
+        self.apply()
+
+    # ------------------------------------------------------------ outputs
+
+    def apply(self) -> None:
+        """Carry out what the engines asked for, and re-arm the timer."""
+        for engine in self.engines:
+            for out in engine.pop_outputs():
+                self._handlers[type(out)](out)
+        deadlines = [d for d in (e.get_timer() for e in self.engines) if d is not None]
+        deadline = min(deadlines) if deadlines else None
+        if deadline is not None and deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        for engine in self.engines:
+            engine.handle_timer(self.now())
+        self.apply()
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            self._actions[type(action)](action)
+
+    # The underlay is IPv4: an output naming another NBMA family has nowhere to go.
+    def _send(self, out: SendPacket) -> None:
+        if isinstance(out.nbma, IPv4Address):
+            self._perform(self.gate.send(out.nbma, out.data))
+
+    def _bind(self, out: BindingAdded) -> None:
+        if isinstance(out.nbma, IPv4Address):
+            self._perform(self.gate.bind(out))
+
+    def _unbind(self, out: BindingRemoved) -> None:
+        self._perform(self.gate.unbind(out))
+
+    def _shortcut(self, out: ShortcutAdded) -> None:
+        self._perform(self.gate.shortcut(out))
+
+    def _unshortcut(self, out: ShortcutRemoved) -> None:
+        self._perform(self.gate.unshortcut(out))
+
+    def _protect(self, out: ProtectPeer | UnprotectPeer) -> None:
+        if self.ipsec is None or not isinstance(out.nbma, IPv4Address):
+            return  # no IPsec: bindings are used at once
+        if isinstance(out, ProtectPeer):
+            self.ipsec.want(self.cfg.tunnel.source, out.nbma)
+        else:
+            self.ipsec.release(self.cfg.tunnel.source, out.nbma)
+
+    def _event(self, out: Event) -> None:
+        self.log(out.kind, out.message, interface=self.cfg.name, **out.details)
+        for listener in self.listeners:
+            listener(self.cfg.name, out)
+
+    def _use_binding(self, out: BindingAdded) -> None:
+        assert isinstance(out.nbma, IPv4Address)
+        self.dataplane.bind(out.protocol, out.nbma)
+        if out.type == "dynamic":
+            self.dynamic.add(out.nbma)
+            self._update_multicast()
+
+    def _drop_binding(self, out: BindingRemoved) -> None:
+        self.dataplane.unbind(out.protocol)
+        if out.nbma in self.dynamic and out.nbma not in self.dataplane.bindings.values():
+            self.dynamic.discard(out.nbma)
+            self._update_multicast()
+
+    def _update_multicast(self) -> None:
+        targets: list[IPv4Address] = []
+        for item in self.cfg.nhrp.map_multicast:
+            if item == "dynamic":
+                targets += sorted(self.dynamic)
+            elif item == "nhs":
+                nhs = sorted(self.cfg.nhrp.nhs, key=lambda n: n.priority)
+                targets += dict.fromkeys(n.nbma for n in nhs)
+            elif isinstance(item, IPv4Address):
+                targets.append(item)
+        self.dataplane.set_multicast(list(dict.fromkeys(targets)))
+
+    def _route(self, op: str, out: ShortcutAdded | ShortcutRemoved) -> None:
+        """A shortcut route through the interface, marked as ours (RTPROT_DMVPN)."""
+        try:
+            self.ipr.route(op, dst=str(out.prefix), gateway=address_text(out.next_hop),
+                           oif=self.dataplane.index, proto=RTPROT_DMVPN)  # fmt: skip
+        except Exception as exc:
+            if op == "replace":
+                self.log("route-error", f"could not install shortcut {out.prefix}: {exc}")
+            # A failed delete: already gone (the interface went down, or an operator).

@@ -1,0 +1,265 @@
+"""The userspace data plane: a TAP device and a raw GRE socket.
+
+Works on any Linux, with or without a GRE module. The DMVPN interface is a
+TAP (dataplane/devices.py); the forwarder (dataplane/forwarding.py) turns its
+frames into GRE and back. Plain unicast IPv4 takes the C pump
+(dataplane/pump.py) when it was built, except on a hub with redirect, which
+must see every forwarded packet; the rest, and everything when there is no
+pump, is read by asyncio readers. Bindings are mirrored into the kernel's
+neighbour table of the TAP as permanent entries with the peer's NBMA MAC.
+"""
+
+from __future__ import annotations
+
+import socket
+from asyncio import AbstractEventLoop
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from dmvpn.config import Interface
+from dmvpn.wire import Address, address_text
+from dmvpn.wire.ethernet import mac_text
+
+from .devices import GreSocket, Tap
+from .forwarding import Forwarder, PeerCounters, nbma_mac
+from .plane import DataPlane, DataPlaneError, DataPlaneHooks
+from .pump import BATCH, Pump, fastpath
+
+__all__ = ["UserspaceDataPlane"]
+
+NUD_PERMANENT = 0x80
+# ifa_flags: no duplicate address detection for the tunnel address (only we
+# own it on the cloud; nothing there would answer a probe anyway).
+IFA_F_NODAD = 0x02
+
+Log = Callable[[str, str], None]
+
+
+class UserspaceDataPlane(DataPlane):
+    def __init__(self, cfg: Interface, ipr: IPRoute, log: Log) -> None:
+        self.cfg, self.ipr, self.log = cfg, ipr, log
+        self.redirect = cfg.nhrp.redirect
+        self._tap: Tap | None = None
+        self._gre: GreSocket | None = None
+        self._forwarder: Forwarder | None = None
+        self._hooks: DataPlaneHooks | None = None
+        self._index = -1
+        self._loop: AbstractEventLoop | None = None
+        self._pump: Pump | None = None
+
+    # -- life -----------------------------------------------------------------
+
+    def open(self, hooks: DataPlaneHooks) -> None:
+        cfg, ipr = self.cfg, self.ipr
+        self._hooks = hooks
+        # A TAP with a virtio_net_hdr lets the C pump take TSO/checksum
+        # offloads (devices.py); only worth it where the pump will run.
+        self._tap = Tap(cfg.name, vnet_hdr=fastpath is not None and not self.redirect)
+        self._gre = GreSocket(cfg.tunnel.source)
+        self._index = ipr.link_lookup(ifname=cfg.name)[0]
+        mac = nbma_mac(cfg.tunnel.source)
+        if cfg.ipv6_address is not None:
+            self._ipv6_sysctls()  # before the link comes up and starts DAD/RS
+        ipr.link("set", index=self._index, address=mac_text(mac), mtu=cfg.mtu, state="up")
+        ipr.addr(
+            "replace",
+            index=self._index,
+            address=str(cfg.address.ip),
+            prefixlen=cfg.address.network.prefixlen,
+        )
+        if cfg.ipv6_address is not None:
+            ipr.addr(
+                "replace",
+                index=self._index,
+                address=str(cfg.ipv6_address.ip),
+                prefixlen=cfg.ipv6_address.network.prefixlen,
+                family=socket.AF_INET6,
+                flags=IFA_F_NODAD,
+            )
+        else:
+            # An IPv4-only overlay: keep the kernel's IPv6 chatter (router
+            # solicitations, MLD) off the cloud.
+            try:
+                Path(f"/proc/sys/net/ipv6/conf/{cfg.name}/disable_ipv6").write_text("1")
+            except OSError:
+                pass  # IPv6 compiled out or sysctl read-only: harmless
+        self._forwarder = Forwarder(
+            engine=hooks,
+            tunnel_address=cfg.address.ip,
+            local_mac=mac,
+            key=cfg.tunnel.key,
+            send_gre=self._gre.send,
+            write_tap=self._tap.write,
+            redirect=self.redirect,
+            tunnel_address6=cfg.ipv6_address.ip if cfg.ipv6_address is not None else None,
+        )
+
+    def _ipv6_sysctls(self) -> None:
+        """IPv6 on, without the chatter nobody on an NBMA cloud answers:
+        no router solicitations, no DAD; link-local addresses from the MAC
+        (EUI-64), which nd.link_local_nbma maps back to the NBMA address."""
+        base = Path(f"/proc/sys/net/ipv6/conf/{self.cfg.name}")
+        settings = (("disable_ipv6", "0"), ("accept_dad", "0"),
+                    ("router_solicitations", "0"), ("addr_gen_mode", "0"))  # fmt: skip
+        for name, value in settings:
+            try:
+                (base / name).write_text(value)
+            except OSError as exc:
+                self.log("sysctl-error", f"{base / name}: {exc.strerror}")
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def forwarder(self) -> Forwarder:
+        assert self._forwarder is not None, "open() first"
+        return self._forwarder
+
+    def start(self, loop: AbstractEventLoop) -> None:
+        """The C pump on a thread of its own when built (and not a
+        redirecting hub, which must see every forwarded packet); else asyncio
+        readers."""
+        assert self._tap is not None and self._gre is not None
+        self._loop = loop
+        if fastpath is not None and not self.redirect:
+            self._pump = Pump(self._tap, self._gre, self.cfg.tunnel.key, self.forwarder)
+            self._pump.start(self.cfg.name)
+            loop.add_reader(self._pump.fileno(), self._on_punt)
+        else:
+            loop.add_reader(self._tap.fd, self._on_tap)
+            loop.add_reader(self._gre.fileno(), self._on_gre)
+
+    def stop(self) -> None:
+        assert self._tap is not None and self._gre is not None and self._loop is not None
+        if self._pump is not None:
+            self._loop.remove_reader(self._pump.fileno())
+            self._pump.stop(self._loop.time())
+            self._pump = None
+            self._batch_done()
+        else:
+            self._loop.remove_reader(self._tap.fd)
+            self._loop.remove_reader(self._gre.fileno())
+
+    def close(self) -> None:
+        if self._tap is not None:
+            self._tap.close()  # the kernel removes the interface and its routes
+        if self._gre is not None:
+            self._gre.close()
+
+    # -- readers ----------------------------------------------------------------
+
+    def _batch_done(self) -> None:
+        assert self._hooks is not None
+        self._hooks.batch_done()
+
+    def _on_punt(self) -> None:
+        assert self._pump is not None and self._loop is not None
+        self._pump.drain(self._loop.time())
+        self._batch_done()
+
+    def _on_tap(self) -> None:
+        assert self._tap is not None and self._loop is not None
+        now = self._loop.time()
+        for _ in range(BATCH):
+            frame = self._tap.read()
+            if frame is None:
+                break
+            self.forwarder.from_tap(frame, now)
+        self._batch_done()
+
+    def _on_gre(self) -> None:
+        assert self._gre is not None and self._loop is not None
+        now = self._loop.time()
+        for _ in range(BATCH):
+            got = self._gre.recv()
+            if got is None:
+                break
+            self.forwarder.from_gre(got[0], got[1], now)
+        self._batch_done()
+
+    # -- the daemon's decisions -------------------------------------------------
+
+    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+        self.forwarder.bind(protocol, nbma)
+        if self._on_link(protocol):
+            # Mirror the binding into the kernel's neighbour table (as nhrpd
+            # does on a GRE device): an ARP reply cannot move an entry the
+            # kernel updated less than locktime ago.
+            try:
+                self.ipr.neigh(
+                    "replace",
+                    dst=address_text(protocol),
+                    lladdr=mac_text(nbma_mac(nbma)),
+                    ifindex=self._index,
+                    state=NUD_PERMANENT,
+                    family=_family(protocol),
+                )
+            except Exception as exc:
+                self.log("neigh-error", f"could not bind {address_text(protocol)}: {exc}")
+
+    def unbind(self, protocol: Address) -> None:
+        self.forwarder.unbind(protocol)
+        if self._on_link(protocol):
+            try:
+                self.ipr.neigh(
+                    "del", dst=address_text(protocol), ifindex=self._index, family=_family(protocol)
+                )
+            except Exception:
+                pass  # not there (never bound in the kernel, or removed)
+
+    def _on_link(self, protocol: Address) -> bool:
+        """In the tunnel network of its family (a neighbour, not a prefix)."""
+        if isinstance(protocol, IPv4Address):
+            return protocol in self.cfg.address.network
+        v6 = self.cfg.ipv6_address
+        return isinstance(protocol, IPv6Address) and v6 is not None and protocol in v6.network
+
+    @property
+    def bindings(self) -> Mapping[Address, IPv4Address]:
+        return self.forwarder.bindings
+
+    def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
+        self.forwarder.send_nhrp(nbma, data)
+
+    def set_nhs(self, nbmas: list[IPv4Address]) -> None:
+        self.forwarder.nhs = list(nbmas)
+
+    def set_multicast(self, nbmas: list[IPv4Address]) -> None:
+        self.forwarder.multicast = list(nbmas)
+
+    def set_redirect(self, on: bool) -> None:
+        self.forwarder.redirect = on
+        self.redirect = on
+        wants_pump = fastpath is not None and not on
+        if self._loop is not None and wants_pump != (self._pump is not None):
+            loop = self._loop
+            self.stop()  # a hub that starts redirecting must see every packet
+            self.start(loop)
+
+    def protect_path(self, device: str) -> None:
+        """GRE only through kernel-libipsec's TUN device: what we send to a
+        peer without an SA dies there (no policy), and cleartext GRE arriving
+        on the underlay never reaches this socket."""
+        assert self._gre is not None
+        try:
+            self._gre.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+        except OSError as exc:
+            raise DataPlaneError(f"cannot bind GRE to {device}: {exc.strerror}") from None
+
+    # -- what happened ------------------------------------------------------------
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        return self.forwarder.stats
+
+    @property
+    def peers(self) -> Mapping[IPv4Address, PeerCounters]:
+        return self.forwarder.peers
+
+
+def _family(addr: Address) -> int:
+    return socket.AF_INET6 if isinstance(addr, IPv6Address) else socket.AF_INET
