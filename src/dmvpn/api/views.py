@@ -23,8 +23,17 @@ from typing import Any, Literal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from dmvpn.dataplane.plane import DataPlaneCounters
-from dmvpn.nhrp import CacheEntry, Engine, EntryFlag, EntryType, NhsState, NhsStatus
+from dmvpn.dataplane.forwarding import Forwarder
+from dmvpn.nhrp import (
+    CLEAR_SCOPES,
+    CacheEntry,
+    ClearScope,
+    Engine,
+    EntryFlag,
+    EntryType,
+    NhsState,
+    NhsStatus,
+)
 from dmvpn.wire import Address, PacketType, address_text
 
 __all__ = [
@@ -55,13 +64,6 @@ ATTRIBUTE_LEGEND: dict[str, str] = {
     "T2": "Nexthop-override (a shortcut route: a prefix via the peer's tunnel address)",
 }
 
-# What `clear nhrp` removes: everything not configured ("all", like Cisco's
-# `clear ip nhrp`), or only shortcut routes (`clear ip nhrp shortcut`).
-CLEAR_SCOPES = ("all", "shortcut")
-_CLEARABLE = frozenset(
-    {EntryType.DYNAMIC, EntryType.CACHED, EntryType.INCOMPLETE, EntryType.NEGATIVE}
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Iface:
@@ -73,7 +75,7 @@ class Iface:
 
     name: str
     engine: Engine
-    forwarder: DataPlaneCounters | None = None
+    forwarder: Forwarder | None = None
     family: Literal[4, 6] = 4
 
 
@@ -375,37 +377,19 @@ def traffic_view(node: str, ifaces: Sequence[Iface]) -> dict[str, Any]:
 # ---------------------------------------------------------------- clear
 
 
-def clear_nhrp(
-    iface: Iface, now: float, scope: Literal["all", "shortcut"] = "all"
-) -> list[dict[str, Any]]:
-    """Remove what was not configured (dynamic, cached, incomplete and
-    negative entries) or, with scope "shortcut", only shortcut routes.
-
-    The engine queues the withdrawals (bindings, routes, purges of bindings a
-    hub handed out); the caller must then drain its outputs. Registrations
-    cleared on a hub come back at the spokes' next refresh, as on Cisco.
-    """
-    if scope not in CLEAR_SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(CLEAR_SCOPES)}")
-    engine = iface.engine
-    cleared: list[dict[str, Any]] = []
-    for entry in _entries(engine):
-        if entry.type not in _CLEARABLE or (scope == "shortcut" and not _is_shortcut(entry)):
-            continue
-        engine.core.remove(entry)
-        if entry.type == EntryType.DYNAMIC:
-            # The hub's bookkeeping (NBMA index, handed-out bindings to purge).
-            engine.server.registration_gone(entry, now, "cleared")
-        cleared.append(
-            {
-                "interface": iface.name,
-                "family": iface.family,
-                "protocol": f"{address_text(entry.protocol)}/{entry.prefix_length}",
-                "type": entry.type.value,
-                "nbma": _text(entry.nbma),
-            }
-        )
-    return cleared
+def clear_nhrp(iface: Iface, now: float, scope: ClearScope = "all") -> list[dict[str, Any]]:
+    """`clear nhrp` on one engine (:meth:`Engine.clear`): the rows of what
+    went. The caller must then drain the engine's outputs."""
+    return [
+        {
+            "interface": iface.name,
+            "family": iface.family,
+            "protocol": f"{address_text(entry.protocol)}/{entry.prefix_length}",
+            "type": entry.type.value,
+            "nbma": _text(entry.nbma),
+        }
+        for entry in iface.engine.clear(now, scope)
+    ]
 
 
 # ---------------------------------------------------------------- metrics

@@ -8,7 +8,7 @@ packets, data-plane events and ``now``, and drains outputs (see
 from .cache import CacheEntry, EntryFlag, EntryType
 from .client import NhsState, NhsStatus
 from .config import EngineConfig, NhsConfig, StaticMap
-from .engine import Engine
+from .engine import CLEAR_SCOPES, ClearScope, Engine
 from .outputs import (
     BindingAdded,
     BindingRemoved,
@@ -24,9 +24,11 @@ from .outputs import (
 from .routing import RoutingView, StaticRouting
 
 __all__ = [
+    "CLEAR_SCOPES",
     "BindingAdded",
     "BindingRemoved",
     "CacheEntry",
+    "ClearScope",
     "Engine",
     "EngineConfig",
     "EntryFlag",

@@ -107,6 +107,11 @@ class CacheEntry:
         return self.prefix_length == host_length(self.protocol)
 
     @property
+    def is_shortcut(self) -> bool:
+        """A phase 3 shortcut route: a prefix via a peer's tunnel address."""
+        return not self.is_host and bool(self.flags & EntryFlag.SHORTCUT)
+
+    @property
     def prefix(self) -> Network:
         return ip_network(f"{address_text(self.protocol)}/{self.prefix_length}", strict=False)
 
@@ -126,6 +131,15 @@ class CacheEntry:
             "holding_time": self.holding_time,
             "used": self.last_used is not None,
         }
+
+
+def entry_order(entry: CacheEntry) -> tuple[int, int, int]:
+    """Sort key of entries in address order: family, address, prefix length
+    (odd-length addresses, which only a fuzzer makes, first)."""
+    addr = entry.protocol
+    if isinstance(addr, IPv4Address | IPv6Address):
+        return (addr.version, int(addr), entry.prefix_length)
+    return (0, int.from_bytes(addr, "big") if addr else 0, entry.prefix_length)
 
 
 class Cache:

@@ -23,7 +23,6 @@ from dmvpn.wire import (
     NatAddressExtension,
     NhrpPacket,
     PacketType,
-    PurgeFlag,
     RegistrationFlag,
     address_text,
 )
@@ -33,6 +32,7 @@ from .config import NhsConfig
 from .core import Core
 from .outputs import EventKind
 from .packets import originate, request_cie, request_extensions
+from .purge import Purges
 from .timers import NhsTimer
 
 
@@ -139,8 +139,9 @@ class NhsRecord:
 
 
 class NhsClient:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, purges: Purges) -> None:
         self.core = core
+        self.purges = purges
         ordered = sorted(enumerate(core.config.nhs), key=lambda p: (p[1].priority, p[0]))
         self.nhs = [NhsRecord(i, cfg) for i, cfg in ordered]
         self.by_nbma = {s.config.nbma: s for s in self.nhs}
@@ -162,7 +163,7 @@ class NhsClient:
         matches on it)."""
         for s in self.nhs:
             if s.state is NhsState.UP:
-                self._purge(s, now)
+                self.purges.deregister(s.config, s.request_id, now)
             s.move(NhsState.DOWN, self.core)
             s.generation += 1
         self.running = False
@@ -192,7 +193,7 @@ class NhsClient:
             elif s not in wanted and s.state in (NhsState.UP, NhsState.PROBING):
                 # A better NHS is back: withdraw from this one.
                 if s.state is NhsState.UP:
-                    self._purge(s, now)
+                    self.purges.deregister(s.config, s.request_id, now)
                 s.generation += 1
                 s.tries = 0
                 s.move(NhsState.STANDBY, self.core)
@@ -240,33 +241,6 @@ class NhsClient:
         s.generation += 1
         s.next_retry = now + wait
         core.schedule(s.next_retry, NhsTimer(s.index, s.generation))
-
-    def _purge(self, s: NhsRecord, now: float) -> None:
-        core = self.core
-        cfg = core.config
-        cie = Cie(
-            prefix_length=host_length(cfg.protocol_address),
-            mtu=cfg.mtu,
-            nbma=core.nbma,
-            protocol=cfg.protocol_address,
-        )
-        pkt = originate(
-            cfg,
-            core.nbma,
-            PacketType.PURGE_REQUEST,
-            dst_proto=s.config.protocol,
-            flags=PurgeFlag.N,
-            request_id=s.request_id,
-            cies=(cie,),
-            extensions=request_extensions(cfg),
-        )
-        core.send(s.config.nbma, pkt, now, budget=False)
-        core.event(
-            EventKind.DEREGISTERED,
-            f"purged our registration with NHS {address_text(s.config.protocol)}",
-            nhs=address_text(s.config.protocol),
-            request_id=s.request_id,
-        )
 
     def on_timer(self, index: int, generation: int, now: float) -> None:
         s = next((x for x in self.nhs if x.index == index), None)

@@ -12,7 +12,7 @@ IPsec protection, events). No entry point raises on any input.
 from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
-from typing import Any
+from typing import Any, Literal
 
 from dmvpn.wire import (
     Address,
@@ -26,23 +26,33 @@ from dmvpn.wire import (
     decode_nhrp,
 )
 
-from .cache import BOUND_TYPES, CacheEntry, EntryType, host_length
+from .cache import BOUND_TYPES, CacheEntry, EntryType, entry_order, host_length
 from .client import NhsClient, NhsStatus
 from .config import EngineConfig
 from .core import Core
 from .outputs import EventKind, Output
+from .purge import Purges
 from .ratelimit import TokenBucket
 from .resolver import Resolver
 from .routing import RoutingView
 from .server import Server
 from .timers import ExpireTimer, NhsTimer, ResolutionTimer, TimerKey
 
+# What `clear nhrp` removes: everything not configured ("all", like Cisco's
+# `clear ip nhrp`), or only shortcut routes (`clear ip nhrp shortcut`).
+ClearScope = Literal["all", "shortcut"]
+CLEAR_SCOPES: tuple[ClearScope, ...] = ("all", "shortcut")
+_CLEARABLE = frozenset(
+    {EntryType.DYNAMIC, EntryType.CACHED, EntryType.INCOMPLETE, EntryType.NEGATIVE}
+)
+
 
 class Engine:
     def __init__(self, config: EngineConfig, routing: RoutingView | None = None) -> None:
         self.core = Core(config, routing)
-        self.client = NhsClient(self.core)
-        self.server = Server(self.core)
+        self.purges = Purges(self.core)
+        self.client = NhsClient(self.core, self.purges)
+        self.server = Server(self.core, self.purges)
         self.resolver = Resolver(self.core, self.client)
         self.started = False
 
@@ -161,10 +171,8 @@ class Engine:
                 entry = None
         if entry is None or entry.expires is None or entry.expires > now:
             return
-        core.remove(entry)
-        if entry.type == EntryType.DYNAMIC:
-            self.server.registration_gone(entry, now, "expired")
-        elif entry.type == EntryType.CACHED:
+        self.purges.drop(entry, now, "expired")
+        if entry.type == EntryType.CACHED:
             core.stats["cache.expired"] += 1
             core.event(
                 EventKind.EXPIRED,
@@ -279,7 +287,7 @@ class Engine:
             elif not self.resolver.on_resolution_reply(pkt, src_nbma, now):
                 core.stats["rx.unexpected_reply"] += 1
         elif t == PacketType.PURGE_REQUEST:
-            self._on_purge(pkt, src_nbma, now)
+            self.purges.on_request(pkt, src_nbma, now)
         elif t == PacketType.PURGE_REPLY:
             pass  # counted above; nothing waits for it (our purges set N or need no answer)
         elif t == PacketType.ERROR_INDICATION:
@@ -293,45 +301,6 @@ class Engine:
         elif t == PacketType.TRAFFIC_INDICATION:
             self.resolver.on_traffic_indication(pkt, now)
 
-    def _on_purge(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
-        """RFC 2332 5.2.5: drop the bindings named by the CIEs, then answer
-        unless N is set. A registrant may purge its own registration; a
-        zero-CIE purge (OpenNHRP, sent right after it registers) drops what
-        we learned through resolution for the sender, never its registration."""
-        core = self.core
-        removed = 0
-        if pkt.cies:
-            for cie in pkt.cies:
-                target = cie.protocol or pkt.src_proto
-                entry = core.cache.lookup(target)
-                if entry is None:
-                    continue
-                if entry.type == EntryType.CACHED or (
-                    entry.type == EntryType.DYNAMIC
-                    and target == pkt.src_proto
-                    and entry.nbma == src_nbma
-                ):
-                    core.remove(entry)
-                    removed += 1
-                    if entry.type == EntryType.DYNAMIC:
-                        self.server.registration_gone(entry, now, "purged")
-        else:
-            for entry in list(core.cache):
-                if entry.type == EntryType.CACHED and (
-                    entry.next_hop == pkt.src_proto or entry.protocol == pkt.src_proto
-                ):
-                    core.remove(entry)
-                    removed += 1
-        core.stats["purge.entries_removed"] += removed
-        core.event(
-            EventKind.PURGED,
-            f"Purge Request from {address_text(src_nbma)}: "
-            f"{removed} entr{'y' if removed == 1 else 'ies'} removed",
-            src=address_text(src_nbma),
-            removed=removed,
-        )
-        self.server.purge_reply(pkt, src_nbma, now)
-
     @staticmethod
     def _extension_offset(pkt: NhrpPacket, cls: type) -> int:
         """Offset of the first extension of class ``cls`` in the packet in
@@ -342,7 +311,38 @@ class Engine:
                 return at
         return 0
 
+    # ------------------------------------------------------------ operator
+
+    def clear(self, now: float, scope: ClearScope = "all") -> list[CacheEntry]:
+        """`clear nhrp`: remove what was not configured (dynamic, cached,
+        incomplete and negative entries) or, with scope "shortcut", only the
+        shortcut routes; returns what went, in address order.
+
+        The withdrawals (bindings, routes, purges of bindings a hub handed
+        out) are queued as outputs. Cleared registrations come back at the
+        spokes' next refresh, as on Cisco.
+        """
+        if scope not in CLEAR_SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(CLEAR_SCOPES)}")
+        cleared: list[CacheEntry] = []
+        for entry in self.entries():
+            if entry.type not in _CLEARABLE or (scope == "shortcut" and not entry.is_shortcut):
+                continue
+            self.purges.drop(entry, now, "cleared")
+            cleared.append(entry)
+        return cleared
+
     # ------------------------------------------------------------ views
+
+    def entries(self) -> list[CacheEntry]:
+        """Every cache entry, in address order (:func:`entry_order`). The
+        engine's own records: read them, do not change them."""
+        return sorted(self.core.cache, key=entry_order)
+
+    def shortcuts(self) -> list[CacheEntry]:
+        """The shortcut routes (phase 3), in address order."""
+        found = (e for e in self.core.cache.prefixes.values() if e.is_shortcut)
+        return sorted(found, key=entry_order)
 
     def cache_view(self, now: float) -> list[dict[str, Any]]:
         return sorted((e.view(now) for e in self.core.cache), key=lambda v: v["protocol"])

@@ -18,7 +18,6 @@ from dmvpn.wire import (
     NatAddressExtension,
     NhrpPacket,
     PacketType,
-    PurgeFlag,
     RegistrationFlag,
     ResolutionFlag,
     ReverseTransitNhsExtension,
@@ -35,9 +34,9 @@ from .packets import (
     forwarded_extensions,
     originate,
     reply_extensions,
-    request_extensions,
     self_cie,
 )
+from .purge import Purges
 from .ratelimit import PerKeyInterval
 from .routing import Network
 
@@ -46,11 +45,10 @@ _PROTECTED = frozenset({EntryType.STATIC, EntryType.LOCAL, EntryType.NHS})
 
 
 class Server:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, purges: Purges) -> None:
         self.core = core
+        self.purges = purges
         self.redirects = PerKeyInterval(core.config.redirect_interval)
-        # Observed NBMA -> tunnel addresses registered from it (hairpin lookups).
-        self.by_nbma: dict[Address, set[Address]] = {}
 
     # ------------------------------------------------------------ registration
 
@@ -160,11 +158,8 @@ class Server:
         if existing is not None and existing.type == EntryType.DYNAMIC:
             entry.created = existing.created if existing.nbma == observed else now
         old = core.install(entry)
-        self.by_nbma.setdefault(observed, set()).add(proto)
         if old is not None and old.nbma != observed:
-            if old.nbma is not None:
-                self._forget_nbma(old.nbma, proto)
-            self._purge_handed_out(old, now)
+            self.purges.void_handed_out(old, now)
             core.event(
                 EventKind.REGISTRATION_REPLACED,
                 f"{address_text(proto)} moved from {core.describe(old.nbma)} to "
@@ -189,44 +184,6 @@ class Server:
         else:
             core.stats["registrations.refreshed"] += 1
         return CieCode.SUCCESS
-
-    def _forget_nbma(self, nbma: Address, proto: Address) -> None:
-        protos = self.by_nbma.get(nbma)
-        if protos is not None:
-            protos.discard(proto)
-            if not protos:
-                del self.by_nbma[nbma]
-
-    def registration_gone(self, entry: CacheEntry, now: float, why: str) -> None:
-        """A dynamic entry expired or was purged."""
-        if entry.nbma is not None:
-            self._forget_nbma(entry.nbma, entry.protocol)
-        self._purge_handed_out(entry, now)
-        self.core.stats[f"registrations.{why}"] += 1
-        self.core.event(
-            EventKind(f"registration-{why}"),
-            f"{address_text(entry.protocol)} ({self.core.describe(entry.nbma)}) {why}",
-            protocol=address_text(entry.protocol),
-        )
-
-    def _purge_handed_out(self, entry: CacheEntry, now: float) -> None:
-        """Tell everyone we gave the old binding to that it is void (RFC 2332 5.2.5)."""
-        if not entry.handed_out:
-            return
-        cfg = self.core.config
-        for nbma, proto in entry.handed_out:
-            cie = Cie(prefix_length=entry.prefix_length, protocol=entry.protocol)
-            pkt = originate(
-                cfg,
-                self.core.nbma,
-                PacketType.PURGE_REQUEST,
-                dst_proto=proto,
-                request_id=self.core.new_request_id(),
-                cies=(cie,),
-                extensions=request_extensions(cfg),
-            )
-            self.core.send(nbma, pkt, now)
-        entry.handed_out = None
 
     # ------------------------------------------------------------ resolution
 
@@ -527,18 +484,3 @@ class Server:
         )
         core.send(src_nbma, err, now)
         core.stats[f"tx.error.{code}"] += 1
-
-    # ------------------------------------------------------------ purge
-
-    def purge_reply(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
-        if pkt.flags & PurgeFlag.N:
-            return
-        cfg = self.core.config
-        reply = pkt.evolve(
-            type=PacketType.PURGE_REPLY,
-            hop_count=255,
-            extensions=reply_extensions(cfg, pkt, self_cie(cfg, self.core.nbma))
-            if pkt.extensions
-            else (),
-        )
-        self.core.send(src_nbma, reply, now)
