@@ -432,10 +432,21 @@ def _cleanup_on_failure(lab: Lab) -> Iterator[_Flag]:
 
 @contextlib.contextmanager
 def _shielded() -> Iterator[None]:
-    """Ignore Ctrl-C and friends while the lab is being taken down (it takes seconds)."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
+    """Hold Ctrl-C and friends while the lab is being taken down (it takes
+    seconds): the teardown finishes, then the command still ends as
+    interrupted (128 + signal), as the user asked, rather than with success."""
+    caught: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+
+    # A signal the caller ignores (nohup, a background job) stays ignored.
+    watched = [s for s in _SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+    old = {s: signal.signal(s, hold) for s in watched}
     try:
         yield
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+    if caught:
+        sys.exit(128 + caught[0])
