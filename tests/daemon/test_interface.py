@@ -1,0 +1,226 @@
+"""The daemon's InterfaceRuntime over a fake data plane: no root, no devices.
+
+What crosses the DataPlane seam, and how the IPsec gate sits between the
+engine and the data plane: a registration goes out at start without IPsec,
+waits for the NHS's SA with it, and goes once the SA is up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping
+from ipaddress import IPv4Address, IPv4Network
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dmvpn.config import parse_config
+from dmvpn.daemon.interface import InterfaceRuntime
+from dmvpn.dataplane.forwarding import PeerCounters
+from dmvpn.dataplane.plane import DataPlane, DataPlaneHooks
+from dmvpn.nhrp import Engine, SendPacket
+from dmvpn.nhrp.routing import PrefixTable
+from dmvpn.wire import Address, PacketType, decode_nhrp
+
+HUB = IPv4Address("192.0.2.1")
+SPOKE_NBMA = IPv4Address("198.51.100.11")
+HUB_CONFIG = {
+    "node": "hub1",
+    "interfaces": [
+        {
+            "name": "dmvpn0",
+            "address": "10.0.0.1/24",
+            "tunnel": {"source": str(HUB), "key": 42},
+            "nhrp": {"network_id": 1, "holdtime": 60, "redirect": True},
+        }
+    ],
+}
+SPOKE = {
+    "node": "spoke1",
+    "interfaces": [
+        {
+            "name": "dmvpn0",
+            "address": "10.0.0.11/24",
+            "tunnel": {"source": "198.51.100.11", "key": 42},
+            "nhrp": {
+                "network_id": 1,
+                "holdtime": 60,
+                "shortcut": True,
+                "nhs": [{"address": "10.0.0.1", "nbma": str(HUB)}],
+                "map_multicast": ["nhs"],
+            },
+        }
+    ],
+}
+
+
+class FakeDataPlane(DataPlane):
+    """Records what the daemon asks; `deliver` plays a packet arriving."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[IPv4Address, bytes]] = []
+        self.bound: dict[Address, IPv4Address] = {}
+        self.nhs: list[IPv4Address] = []
+        self.multicast: list[IPv4Address] = []
+        self.redirect = False
+        self.protected: str | None = None
+        self.state = "new"
+        self.hooks: DataPlaneHooks | None = None
+
+    def open(self, hooks: DataPlaneHooks) -> None:
+        self.hooks, self.state = hooks, "open"
+
+    @property
+    def index(self) -> int:
+        return 7
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = "started"
+
+    def stop(self) -> None:
+        self.state = "stopped"
+
+    def close(self) -> None:
+        self.state = "closed"
+
+    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+        self.bound[protocol] = nbma
+
+    def unbind(self, protocol: Address) -> None:
+        self.bound.pop(protocol, None)
+
+    @property
+    def bindings(self) -> Mapping[Address, IPv4Address]:
+        return self.bound
+
+    def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
+        self.sent.append((nbma, data))
+
+    def set_nhs(self, nbmas: list[IPv4Address]) -> None:
+        self.nhs = nbmas
+
+    def set_multicast(self, nbmas: list[IPv4Address]) -> None:
+        self.multicast = nbmas
+
+    def set_redirect(self, on: bool) -> None:
+        self.redirect = on
+
+    def protect_path(self, device: str) -> None:
+        self.protected = device
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        return {}
+
+    @property
+    def peers(self) -> Mapping[IPv4Address, PeerCounters]:
+        return {}
+
+
+class StaticRouting:
+    """Everything routed via the NHS, nothing local."""
+
+    def __init__(self) -> None:
+        self.table = PrefixTable()
+
+    def next_hop(self, destination: Address) -> Address | None:
+        return IPv4Address("10.0.0.1")
+
+    def local_prefix(self, destination: Address) -> IPv4Network | None:
+        return None
+
+
+class FakeIpsec:
+    def __init__(self) -> None:
+        self.cfg = SimpleNamespace(binding_on=False, device="ipsec0")
+        self.calls: list[tuple[str, IPv4Address]] = []
+
+    def touch(self, local: IPv4Address, remote: IPv4Address) -> None:
+        self.calls.append(("touch", remote))
+
+    def want(self, local: IPv4Address, remote: IPv4Address) -> None:
+        self.calls.append(("want", remote))
+
+    def release(self, local: IPv4Address, remote: IPv4Address) -> None:
+        self.calls.append(("release", remote))
+
+    def claims(self, peer: Any) -> tuple[()]:
+        return ()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def _runtime(
+    loop: asyncio.AbstractEventLoop, ipsec: FakeIpsec | None = None
+) -> tuple[InterfaceRuntime, FakeDataPlane, list[tuple[str, str]]]:
+    cfg = parse_config(SPOKE).interfaces[0]
+    dp = FakeDataPlane()
+    logged: list[tuple[str, str]] = []
+    rt = InterfaceRuntime(
+        cfg,
+        dp,
+        ipr=None,
+        log=lambda kind, message, **_: logged.append((kind, message)),  # type: ignore[arg-type]
+        loop=loop,
+        ipsec=ipsec,
+        routing=lambda index, family: StaticRouting(),  # type: ignore[arg-type]
+    )
+    return rt, dp, logged
+
+
+def _types(sent: list[tuple[IPv4Address, bytes]]) -> list[tuple[IPv4Address, PacketType]]:
+    return [(nbma, decode_nhrp(data).type) for nbma, data in sent]
+
+
+def test_construction_touches_nothing_open_creates_and_configures(loop) -> None:  # type: ignore[no-untyped-def]
+    rt, dp, _ = _runtime(loop)
+    assert dp.state == "new" and rt.engines == []
+    rt.open()
+    assert dp.state == "open" and dp.hooks is rt
+    assert dp.nhs == [HUB] and dp.multicast == [HUB]  # map multicast nhs
+    assert len(rt.engines) == 1 and rt.engine6 is None
+
+
+def _hub_answers(rt: InterfaceRuntime, dp: FakeDataPlane, now: float) -> None:
+    """A real hub engine answers what the spoke sent; the answers come back in."""
+    hub = Engine(parse_config(HUB_CONFIG).interfaces[0].engine_config(4), StaticRouting())
+    hub.start(now)
+    for nbma, data in dp.sent:
+        assert nbma == HUB
+        hub.receive(data, SPOKE_NBMA, now)
+    for out in hub.pop_outputs():
+        if isinstance(out, SendPacket) and out.nbma == SPOKE_NBMA:
+            rt.receive(out.data, HUB, now)
+    rt.batch_done()
+
+
+def test_without_ipsec_the_registration_goes_out_at_start(loop) -> None:  # type: ignore[no-untyped-def]
+    rt, dp, logged = _runtime(loop)
+    rt.open()
+    rt.start()
+    assert dp.state == "started" and dp.protected is None
+    assert _types(dp.sent) == [(HUB, PacketType.REGISTRATION_REQUEST)]
+    _hub_answers(rt, dp, loop.time())
+    assert ("nhs-up", "registered with NHS 10.0.0.1") in logged
+    assert dp.bound == {IPv4Address("10.0.0.1"): HUB}  # the NHS's binding reached the plane
+    rt.stop()
+    # Stopping deregisters (a purge to the NHS) before the data plane goes.
+    assert _types(dp.sent)[-1] == (HUB, PacketType.PURGE_REQUEST)
+    assert dp.state == "closed"
+
+
+def test_with_ipsec_the_registration_waits_for_the_nhs_sa(loop) -> None:  # type: ignore[no-untyped-def]
+    ipsec = FakeIpsec()
+    rt, dp, _ = _runtime(loop, ipsec)
+    rt.open()
+    rt.start()
+    assert dp.protected == "ipsec0"  # GRE only where the SAs apply
+    assert dp.sent == [] and ("touch", HUB) in ipsec.calls
+    assert rt.ipsec_stats["held"] == 1
+    rt.ipsec_up(SimpleNamespace(local=IPv4Address("198.51.100.11"), remote=HUB))  # type: ignore[arg-type]
+    assert _types(dp.sent) == [(HUB, PacketType.REGISTRATION_REQUEST)]
