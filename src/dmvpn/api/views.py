@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from dmvpn.dataplane.forwarding import Forwarder
+from dmvpn.dataplane.plane import DataPlaneCounters
 from dmvpn.nhrp import (
     CLEAR_SCOPES,
     CacheEntry,
@@ -75,7 +75,7 @@ class Iface:
 
     name: str
     engine: Engine
-    forwarder: Forwarder | None = None
+    forwarder: DataPlaneCounters | None = None
     family: Literal[4, 6] = 4
 
 
