@@ -86,7 +86,7 @@ def spoke_config(index: int) -> EngineConfig:
 def spoke_request(index: int) -> NhrpPacket:
     """The Registration Request a real spoke engine sends first."""
     spoke = Engine(spoke_config(index))
-    spoke.core.events_enabled = False
+    spoke.events_enabled = False
     spoke.start(0.0)
     sent = [o for o in spoke.pop_outputs() if isinstance(o, SendPacket)]
     assert len(sent) == 1 and sent[0].packet.type == PacketType.REGISTRATION_REQUEST
@@ -110,7 +110,7 @@ def build_workload(spokes: int) -> Workload:
 
 def hub_engine() -> Engine:
     hub = Engine(EngineConfig(protocol_address=HUB_TUNNEL, nbma_address=HUB_NBMA, server=True))
-    hub.core.events_enabled = False
+    hub.events_enabled = False
     hub.start(0.0)
     hub.pop_outputs()
     return hub
@@ -170,8 +170,8 @@ def bench_hub(spokes: int, profile: str | None) -> dict[str, Any]:
         "registrations_refreshed": stats.get("registrations.refreshed", 0),
         "replies_sent": stats.get("tx.registration_reply", 0),
         "rate_limited": stats.get("tx.rate_limited", 0),
-        "cache_entries": len(hub.core.cache),
-        "timer_heap_entries": len(hub.core.timers),
+        "cache_entries": len(hub.entries()),
+        "timer_heap_entries": hub.timer_count,
     }
     assert checks["registrations_accepted"] == spokes, checks
     assert checks["registrations_refreshed"] == spokes, checks

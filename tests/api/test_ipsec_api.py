@@ -59,7 +59,7 @@ def spoke1(tmp_path: Path) -> Iterator[Served]:
     net.run_until(5.0)
     served = Served(tmp_path / "spoke1.sock", net, "spoke1")
     engine = net.nodes["spoke1"].engine
-    local = address_text(engine.core.nbma)
+    local = address_text(engine.nbma)
     hub = address_text(engine.config.nhs[0].nbma)
     served.server.ipsec = FakeIpsec(_sa_view(local, hub))
     try:

@@ -199,7 +199,7 @@ def test_clear_all_and_clear_shortcut() -> None:
     cleared = clear_nhrp(_iface(net, "spoke1")[0], net.now, "all")
     assert [c["protocol"] for c in cleared] == [f"{spoke_tunnel(1)}/32"]
     assert any(isinstance(o, BindingRemoved) for o in spoke1.pop_outputs())
-    left = {e.type for e in spoke1.core.cache}
+    left = {e.type for e in spoke1.entries()}
     assert left == {EntryType.NHS, EntryType.LOCAL}  # configuration stays
     # On the hub, registrations go too (they return at the next refresh).
     hub = net.nodes["hub1"].engine
@@ -464,7 +464,7 @@ def test_clear_nhrp_on_the_ipv6_engine_leaves_the_ipv4_one_alone() -> None:
     # On the hub, clearing IPv6 drops the IPv6 registrations only.
     cleared = clear_nhrp(hub.ifaces()[1], 2.0)
     assert sorted(c["protocol"] for c in cleared) == ["fd00::11/128", "fd00::12/128"]
-    assert {e.type for e in hub.e4.core.cache} >= {EntryType.DYNAMIC}
+    assert {e.type for e in hub.e4.entries()} >= {EntryType.DYNAMIC}
 
 
 def test_metrics_of_a_dual_stack_interface_have_a_family_label() -> None:

@@ -59,7 +59,7 @@ def test_phase2_first_packet_via_hub_then_direct() -> None:
     assert first.path == ("spoke1", "hub1", "spoke2")
     # The routing next hop (spoke2's tunnel address) is resolved via the NHS,
     # which answers from its registrations.
-    entry = net.nodes["spoke1"].engine.core.cache.host(spoke_tunnel(1))
+    entry = net.nodes["spoke1"].engine.entry(spoke_tunnel(1))
     assert entry is not None and entry.type == EntryType.INCOMPLETE
     net.run_until(net.now + 0.1)
     assert net.nodes["hub1"].engine.stats["resolution.answered_from_cache"] == 1
@@ -154,12 +154,12 @@ def test_nbma_change_unique_is_refused_until_expiry() -> None:
     spoke = net.nodes["spoke1"].engine
     refused = net.events("spoke1", "registration-refused")
     assert refused and refused[0].details["code"] == 14
-    hub_entry = net.nodes["hub1"].engine.core.cache.host(spoke_tunnel(0))
+    hub_entry = net.nodes["hub1"].engine.entry(spoke_tunnel(0))
     assert hub_entry is not None and hub_entry.nbma == IPv4Address("198.18.0.1")
     # After the old binding expires, the retry succeeds.
     net.run_until(net.now + 120)
     assert spoke.nhs_view(net.now)[0]["state"] == "up"
-    hub_entry = net.nodes["hub1"].engine.core.cache.host(spoke_tunnel(0))
+    hub_entry = net.nodes["hub1"].engine.entry(spoke_tunnel(0))
     assert hub_entry is not None and hub_entry.nbma == IPv4Address("198.18.7.7")
 
 
@@ -169,7 +169,7 @@ def test_nbma_change_no_unique_replaces_at_once() -> None:
     _registered_all(net)
     net.change_nbma("spoke1", IPv4Address("198.18.7.7"))
     net.run_until(net.now + 1)
-    hub_entry = net.nodes["hub1"].engine.core.cache.host(spoke_tunnel(0))
+    hub_entry = net.nodes["hub1"].engine.entry(spoke_tunnel(0))
     assert hub_entry is not None and hub_entry.nbma == IPv4Address("198.18.7.7")
     assert not net.events("spoke1", "registration-refused")
 
@@ -178,7 +178,7 @@ def test_spoke_behind_nat() -> None:
     net = build_cloud(spokes=2, phase=3, nat_spokes=frozenset({0}))
     net.start()
     _registered_all(net)
-    hub_entry = net.nodes["hub1"].engine.core.cache.host(spoke_tunnel(0))
+    hub_entry = net.nodes["hub1"].engine.entry(spoke_tunnel(0))
     assert hub_entry is not None
     assert hub_entry.nbma == IPv4Address("198.18.0.1")  # post-NAT
     assert hub_entry.claimed_nbma == IPv4Address("172.16.0.1")
@@ -192,7 +192,7 @@ def test_spoke_behind_nat() -> None:
     assert net.stats["nhrp_unroutable"] == 0
     # spoke1 told spoke2 its public address in the NAT extension of its answer.
     assert net.nodes["spoke2"].engine.stats["resolution.nat_extension"] == 1
-    entry = net.nodes["spoke2"].engine.core.cache.host(spoke_tunnel(0))
+    entry = net.nodes["spoke2"].engine.entry(spoke_tunnel(0))
     assert entry is not None and entry.nbma == IPv4Address("198.18.0.1")
     assert entry.claimed_nbma == IPv4Address("172.16.0.1")
 

@@ -100,13 +100,6 @@ def _text(addr: Address | None) -> str | None:
     return None if addr is None else address_text(addr)
 
 
-def _sort_key(entry: CacheEntry) -> tuple[int, int, int]:
-    addr = entry.protocol
-    if isinstance(addr, IPv4Address | IPv6Address):
-        return (addr.version, int(addr), entry.prefix_length)
-    return (0, int.from_bytes(addr, "big") if addr else 0, entry.prefix_length)
-
-
 def _addr_key(addr: Address | None) -> tuple[int, int]:
     if addr is None:
         return (9, 0)  # incomplete entries (no NBMA address yet) last
@@ -115,20 +108,8 @@ def _addr_key(addr: Address | None) -> tuple[int, int]:
     return (0, int.from_bytes(addr, "big") if addr else 0)
 
 
-def _entries(engine: Engine) -> list[CacheEntry]:
-    return sorted(engine.core.cache, key=_sort_key)
-
-
 def _shortcut_next_hops(engine: Engine) -> set[Address]:
-    return {
-        e.next_hop
-        for e in engine.core.cache.prefixes.values()
-        if e.next_hop is not None and e.flags & EntryFlag.SHORTCUT
-    }
-
-
-def _is_shortcut(entry: CacheEntry) -> bool:
-    return not entry.is_host and bool(entry.flags & EntryFlag.SHORTCUT)
+    return {e.next_hop for e in engine.shortcuts() if e.next_hop is not None}
 
 
 def _is_own(entry: CacheEntry, engine: Engine) -> bool:
@@ -155,7 +136,7 @@ def attributes(entry: CacheEntry, shortcut_next_hops: set[Address]) -> list[str]
         out.append("L")
     if t == EntryType.CACHED and entry.is_host and entry.protocol in shortcut_next_hops:
         out.append("T1")
-    if _is_shortcut(entry):
+    if entry.is_shortcut:
         out.append("T2")
     return out
 
@@ -178,7 +159,7 @@ def cisco_flags(entry: CacheEntry, shortcut_next_hops: set[Address]) -> list[str
         out.append("nhop")
     if entry.type == EntryType.CACHED and entry.is_host and entry.protocol in shortcut_next_hops:
         out.append("rib")
-    if _is_shortcut(entry):
+    if entry.is_shortcut:
         out += ["rib", "nho"]
     if f & EntryFlag.NAT:
         out.append("nat")
@@ -228,7 +209,7 @@ def dmvpn_interface(iface: Iface, now: float) -> dict[str, Any]:
     nhs_by_protocol = {s.protocol: s for s in engine.nhs_states()}
     groups: dict[Any, list[tuple[bool, dict[str, Any]]]] = {}
     group_nbma: dict[Any, Address | None] = {}
-    for entry in _entries(engine):
+    for entry in engine.entries():
         if _is_own(entry, engine):
             continue
         nhs = nhs_by_protocol.get(entry.protocol) if entry.type == EntryType.NHS else None
@@ -260,8 +241,8 @@ def dmvpn_interface(iface: Iface, now: float) -> dict[str, Any]:
         "family": iface.family,
         "type": _role(engine),
         "tunnel_address": address_text(engine.config.protocol_address),
-        "nbma_address": address_text(engine.core.nbma),
-        "public_nbma": _text(engine.core.public_nbma),
+        "nbma_address": address_text(engine.nbma),
+        "public_nbma": _text(engine.public_nbma),
         "peer_count": len(peers),
         "peers": peers,
     }
@@ -287,7 +268,7 @@ def _nhrp_entry(
     view["family"] = iface.family
     view["prefix_length"] = entry.prefix_length
     view["cisco_flags"] = cisco_flags(entry, nexthops)
-    view["shortcut"] = _is_shortcut(entry)
+    view["shortcut"] = entry.is_shortcut
     # The texts format the rounded numbers beside them, so both always agree.
     view["created_text"] = format_duration(view["created"])
     view["expires_text"] = format_duration(view["expires_in"])
@@ -299,7 +280,7 @@ def nhrp_view(node: str, ifaces: Sequence[Iface], now: float) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     for iface in ifaces:
         nexthops = _shortcut_next_hops(iface.engine)
-        entries += [_nhrp_entry(iface, e, nexthops, now) for e in _entries(iface.engine)]
+        entries += [_nhrp_entry(iface, e, nexthops, now) for e in iface.engine.entries()]
     return {"node": node, "entries": entries}
 
 
@@ -308,9 +289,7 @@ def shortcut_view(node: str, ifaces: Sequence[Iface], now: float) -> dict[str, A
     entries: list[dict[str, Any]] = []
     for iface in ifaces:
         nexthops = _shortcut_next_hops(iface.engine)
-        entries += [
-            _nhrp_entry(iface, e, nexthops, now) for e in _entries(iface.engine) if _is_shortcut(e)
-        ]
+        entries += [_nhrp_entry(iface, e, nexthops, now) for e in iface.engine.shortcuts()]
     return {"node": node, "entries": entries}
 
 
@@ -504,11 +483,8 @@ def metric_families(node: str, ifaces: Sequence[Iface], now: float) -> Iterator[
                         break
                 else:
                     other.add_metric([name, fam, key], n)
-        counts = dict.fromkeys((t.value for t in EntryType), 0)
-        for entry in iface.engine.core.cache:
-            counts[entry.type.value] += 1
-        for t, n in counts.items():
-            cache.add_metric([name, fam, t], n)
+        for t, n in iface.engine.entry_counts().items():
+            cache.add_metric([name, fam, t.value], n)
         for s in iface.engine.nhs_states():
             nhs_up.add_metric(
                 [name, fam, address_text(s.protocol), address_text(s.nbma)],

@@ -28,7 +28,7 @@ from dmvpn.wire import (
 
 from .cache import BOUND_TYPES, CacheEntry, EntryType, entry_order, host_length
 from .client import NhsClient, NhsStatus
-from .config import EngineConfig
+from .config import EngineConfig, NhsConfig
 from .core import Core
 from .outputs import EventKind, Output
 from .purge import Purges
@@ -49,25 +49,56 @@ _CLEARABLE = frozenset(
 
 class Engine:
     def __init__(self, config: EngineConfig, routing: RoutingView | None = None) -> None:
-        self.core = Core(config, routing)
-        self.purges = Purges(self.core)
-        self.client = NhsClient(self.core, self.purges)
-        self.server = Server(self.core, self.purges)
-        self.resolver = Resolver(self.core, self.client)
+        self._core = Core(config, routing)
+        self._purges = Purges(self._core)
+        self._client = NhsClient(self._core, self._purges)
+        self._server = Server(self._core, self._purges)
+        self._resolver = Resolver(self._core, self._client)
         self.started = False
 
     @property
     def config(self) -> EngineConfig:
-        return self.core.config
+        return self._core.config
 
     @property
     def stats(self) -> dict[str, int]:
-        return dict(self.core.stats)
+        """Every counter by name (a copy): rx.*, tx.*, registrations.*, event.*..."""
+        return dict(self._core.stats)
+
+    @property
+    def nbma(self) -> Address:
+        """Our NBMA address."""
+        return self._core.nbma
+
+    @property
+    def public_nbma(self) -> Address | None:
+        """Our NBMA address as an NHS saw it, when we are behind NAT."""
+        return self._core.public_nbma
+
+    @property
+    def events_enabled(self) -> bool:
+        """Whether Event outputs are queued; counted as event.<kind> either
+        way. Off saves a big hub (or simulator) the formatting."""
+        return self._core.events_enabled
+
+    @events_enabled.setter
+    def events_enabled(self, on: bool) -> None:
+        self._core.events_enabled = on
+
+    @property
+    def registered(self) -> bool:
+        """Whether any NHS has accepted our registration."""
+        return self._client.any_up()
+
+    @property
+    def timer_count(self) -> int:
+        """Timers in the heap, stale ones included (lazy cancellation)."""
+        return len(self._core.timers)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self, now: float) -> None:
-        core = self.core
+        core = self._core
         if self.started:
             return
         self.started = True
@@ -81,17 +112,17 @@ class Engine:
             f"engine for {address_text(core.config.protocol_address)} "
             f"({'NHS' if core.config.server else 'NHC'}) started",
         )
-        self.client.start(now)
+        self._client.start(now)
 
     def stop(self, now: float) -> None:
         """Clean shutdown: deregister (purge) from NHSes, withdraw everything."""
         if not self.started:
             return
-        self.client.stop(now)
-        for entry in list(self.core.cache):
-            self.core.remove(entry)
+        self._client.stop(now)
+        for entry in list(self._core.cache):
+            self._core.remove(entry)
         self.started = False
-        self.core.event(EventKind.STOPPED, "engine stopped")
+        self._core.event(EventKind.STOPPED, "engine stopped")
 
     def set_claims(
         self, nbma: Address, networks: tuple[IPv4Network | IPv6Network, ...] | None
@@ -99,18 +130,18 @@ class Engine:
         """What the peer at ``nbma`` may claim (identity binding): the
         networks its authenticated IPsec identity covers; None forgets it."""
         if networks is None:
-            self.core.claims.pop(nbma, None)
+            self._core.claims.pop(nbma, None)
         else:
-            self.core.claims[nbma] = networks
+            self._core.claims[nbma] = networks
 
     def retune(self, config: EngineConfig, now: float) -> None:
         """Take new values for the knobs read at each use (SIGHUP): holding
         time, redirect, shortcut, authentication, max-send... Bindings,
         registrations and shortcuts stay; the next refresh carries them."""
-        core = self.core
+        core = self._core
         core.config = config
         core.budget = TokenBucket(config.max_send, config.max_send_interval)
-        self.server.redirects.interval = config.redirect_interval
+        self._server.redirects.interval = config.redirect_interval
         core.event(
             EventKind.RETUNED,
             "configuration reloaded",
@@ -121,31 +152,31 @@ class Engine:
 
     def set_nbma(self, nbma: Address, now: float) -> None:
         """Our NBMA address changed: re-register everywhere at once."""
-        if nbma == self.core.nbma:
+        if nbma == self._core.nbma:
             return
-        old = self.core.nbma
-        self.core.nbma = nbma
-        self.core.event(
+        old = self._core.nbma
+        self._core.nbma = nbma
+        self._core.event(
             EventKind.NBMA_CHANGED,
             f"NBMA address {address_text(old)} -> {address_text(nbma)}",
             old=address_text(old),
             new=address_text(nbma),
         )
         if self.started:
-            self.client.nbma_changed(now)
+            self._client.nbma_changed(now)
 
     # ------------------------------------------------------------ outputs
 
     def pop_outputs(self) -> list[Output]:
-        out = self.core.outputs
-        self.core.outputs = []
+        out = self._core.outputs
+        self._core.outputs = []
         return out
 
     def get_timer(self) -> float | None:
-        return self.core.timers.next_deadline()
+        return self._core.timers.next_deadline()
 
     def handle_timer(self, now: float) -> None:
-        for key in self.core.timers.pop_due(now):
+        for key in self._core.timers.pop_due(now):
             try:
                 self._fire(key, now)
             except Exception as exc:  # pragma: no cover - a bug, kept out of the host
@@ -155,14 +186,14 @@ class Engine:
         if isinstance(key, ExpireTimer):
             self._expire(key.protocol, key.prefix_length, now)
         elif isinstance(key, NhsTimer):
-            self.client.on_timer(key.index, key.generation, now)
+            self._client.on_timer(key.index, key.generation, now)
         elif isinstance(key, ResolutionTimer):
-            self.resolver.on_timer(key.request_id, key.generation, now)
+            self._resolver.on_timer(key.request_id, key.generation, now)
         else:
-            self.resolver.on_refresh(key.protocol, key.prefix_length, key.created, now)
+            self._resolver.on_refresh(key.protocol, key.prefix_length, key.created, now)
 
     def _expire(self, protocol: Address, prefix_length: int, now: float) -> None:
-        core = self.core
+        core = self._core
         if prefix_length == host_length(protocol):
             entry = core.cache.host(protocol)
         else:
@@ -171,7 +202,7 @@ class Engine:
                 entry = None
         if entry is None or entry.expires is None or entry.expires > now:
             return
-        self.purges.drop(entry, now, "expired")
+        self._purges.drop(entry, now, "expired")
         if entry.type == EntryType.CACHED:
             core.stats["cache.expired"] += 1
             core.event(
@@ -186,7 +217,7 @@ class Engine:
         """The data plane has a packet for tunnel next hop ``next_hop`` with
         no binding: phase 2 resolution (it sends via the hub meanwhile)."""
         try:
-            self.resolver.resolve(next_hop, now, "next hop without binding")
+            self._resolver.resolve(next_hop, now, "next hop without binding")
         except Exception as exc:  # pragma: no cover
             self._internal_error("next_hop_unbound", exc)
 
@@ -194,17 +225,17 @@ class Engine:
         """A hub forwarded ``packet`` (an IP packet) that came in from the peer
         at ``from_nbma`` back out of the DMVPN interface (phase 3)."""
         try:
-            self.server.hairpin(packet, from_nbma, now)
+            self._server.hairpin(packet, from_nbma, now)
         except Exception as exc:  # pragma: no cover
             self._internal_error("hairpin", exc)
 
     def binding_used(self, addr: Address, now: float) -> None:
-        self.resolver.binding_used(addr, now)
+        self._resolver.binding_used(addr, now)
 
     # ------------------------------------------------------------ packets
 
     def receive(self, data: bytes, src_nbma: Address, now: float) -> None:
-        core = self.core
+        core = self._core
         core.stats["rx.packets"] += 1
         try:
             pkt = decode_nhrp(data)
@@ -224,17 +255,17 @@ class Engine:
             self._internal_error("receive", exc)
 
     def _internal_error(self, where: str, exc: Exception) -> None:
-        self.core.stats["internal_errors"] += 1
-        self.core.event(EventKind.INTERNAL_ERROR, f"{where}: {type(exc).__name__}: {exc}")
+        self._core.stats["internal_errors"] += 1
+        self._core.event(EventKind.INTERNAL_ERROR, f"{where}: {type(exc).__name__}: {exc}")
 
     def _dispatch(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
-        core = self.core
+        core = self._core
         cfg = core.config
         t = pkt.type
         core.stats[f"rx.{t.name.lower()}"] += 1
         if pkt.version != 1:
             core.stats["rx.bad_version"] += 1
-            self.server.send_error(pkt, src_nbma, ErrorCode.PROTOCOL_ERROR, 16, now)
+            self._server.send_error(pkt, src_nbma, ErrorCode.PROTOCOL_ERROR, 16, now)
             return
         if pkt.hop_count == 0 and t != PacketType.ERROR_INDICATION:
             core.stats["rx.hop_count_zero"] += 1  # Cisco drops these too
@@ -251,7 +282,7 @@ class Engine:
                 protocol=address_text(pkt.src_proto),
             )
             if cfg.auth_failure == "error":
-                self.server.send_error(
+                self._server.send_error(
                     pkt,
                     src_nbma,
                     ErrorCode.AUTHENTICATION_FAILURE,
@@ -264,7 +295,7 @@ class Engine:
                 # RFC 2332 5.3: unrecognized compulsory extension -> error 1
                 # (nhrpd drops silently).
                 core.stats["rx.unknown_compulsory_extension"] += 1
-                self.server.send_error(
+                self._server.send_error(
                     pkt,
                     src_nbma,
                     ErrorCode.UNRECOGNIZED_EXTENSION,
@@ -273,21 +304,21 @@ class Engine:
                 )
                 return
         if t == PacketType.REGISTRATION_REQUEST:
-            self.server.on_registration_request(pkt, src_nbma, now)
+            self._server.on_registration_request(pkt, src_nbma, now)
         elif t == PacketType.REGISTRATION_REPLY:
-            if not self.client.on_registration_reply(pkt, now):
+            if not self._client.on_registration_reply(pkt, now):
                 core.stats["rx.unexpected_reply"] += 1
         elif t == PacketType.RESOLUTION_REQUEST:
-            self.server.on_resolution_request(pkt, src_nbma, now)
+            self._server.on_resolution_request(pkt, src_nbma, now)
         elif t == PacketType.RESOLUTION_REPLY:
             if pkt.src_proto != cfg.protocol_address and cfg.server:
                 # An answer to someone else's request, sent back through us
                 # (nhrpd routes its replies via the NHS): RFC 2332 5.3.3.
-                self.server.forward_reply(pkt, src_nbma, now)
-            elif not self.resolver.on_resolution_reply(pkt, src_nbma, now):
+                self._server.forward_reply(pkt, src_nbma, now)
+            elif not self._resolver.on_resolution_reply(pkt, src_nbma, now):
                 core.stats["rx.unexpected_reply"] += 1
         elif t == PacketType.PURGE_REQUEST:
-            self.purges.on_request(pkt, src_nbma, now)
+            self._purges.on_request(pkt, src_nbma, now)
         elif t == PacketType.PURGE_REPLY:
             pass  # counted above; nothing waits for it (our purges set N or need no answer)
         elif t == PacketType.ERROR_INDICATION:
@@ -297,9 +328,9 @@ class Engine:
                 code=pkt.error_code,
                 src=address_text(src_nbma),
             )
-            self.client.on_error(src_nbma, now)
+            self._client.on_error(src_nbma, now)
         elif t == PacketType.TRAFFIC_INDICATION:
-            self.resolver.on_traffic_indication(pkt, now)
+            self._resolver.on_traffic_indication(pkt, now)
 
     @staticmethod
     def _extension_offset(pkt: NhrpPacket, cls: type) -> int:
@@ -328,7 +359,7 @@ class Engine:
         for entry in self.entries():
             if entry.type not in _CLEARABLE or (scope == "shortcut" and not entry.is_shortcut):
                 continue
-            self.purges.drop(entry, now, "cleared")
+            self._purges.drop(entry, now, "cleared")
             cleared.append(entry)
         return cleared
 
@@ -337,33 +368,50 @@ class Engine:
     def entries(self) -> list[CacheEntry]:
         """Every cache entry, in address order (:func:`entry_order`). The
         engine's own records: read them, do not change them."""
-        return sorted(self.core.cache, key=entry_order)
+        return sorted(self._core.cache, key=entry_order)
+
+    def entry(self, protocol: Address) -> CacheEntry | None:
+        """The host entry for ``protocol``, of any type, if there is one."""
+        return self._core.cache.host(protocol)
+
+    def entry_counts(self) -> dict[EntryType, int]:
+        """Cache entries by type, every type present (metrics)."""
+        counts = dict.fromkeys(EntryType, 0)
+        for e in self._core.cache:
+            counts[e.type] += 1
+        return counts
 
     def shortcuts(self) -> list[CacheEntry]:
         """The shortcut routes (phase 3), in address order."""
-        found = (e for e in self.core.cache.prefixes.values() if e.is_shortcut)
+        found = (e for e in self._core.cache.prefixes.values() if e.is_shortcut)
         return sorted(found, key=entry_order)
 
     def cache_view(self, now: float) -> list[dict[str, Any]]:
-        return sorted((e.view(now) for e in self.core.cache), key=lambda v: v["protocol"])
+        return sorted((e.view(now) for e in self._core.cache), key=lambda v: v["protocol"])
 
     def nhs_states(self) -> list[NhsStatus]:
         """Our NHSes, preferred first (priority, then configuration order)."""
-        return [s.status() for s in self.client.nhs]
+        return [s.status() for s in self._client.nhs]
+
+    def current_nhs(self) -> NhsConfig | None:
+        """The preferred NHS we are registered with: where traffic without
+        a binding goes (via the hub) and where we send Resolution Requests."""
+        best = self._client.best_up()
+        return best.config if best is not None else None
 
     def nhs_view(self, now: float) -> list[dict[str, object]]:
         return [s.view(now) for s in self.nhs_states()]
 
     def bound(self, addr: Address) -> Address | None:
         """The NBMA address ``addr`` is bound to, if any (host entries)."""
-        entry = self.core.cache.host(addr)
+        entry = self._core.cache.host(addr)
         if entry is not None and entry.type in BOUND_TYPES:
             return entry.nbma
         return None
 
     def route(self, addr: Address) -> tuple[Address, Address] | None:
         """(next hop, NBMA) of the shortcut route holding ``addr``, if any."""
-        entry = self.core.cache.lookup(addr)
+        entry = self._core.cache.lookup(addr)
         if entry is None or entry.next_hop is None or entry.nbma is None:
             return None
         return entry.next_hop, entry.nbma

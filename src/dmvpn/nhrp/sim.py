@@ -62,8 +62,8 @@ class SimRouting:
             return None
         value = found[1]
         if value == VIA_NHS:
-            best = self.node.engine.client.best_up()
-            return best.config.protocol if best is not None else None
+            nhs = self.node.engine.current_nhs()
+            return nhs.protocol if nhs is not None else None
         return value if isinstance(value, IPv4Address) else None
 
     def local_prefix(self, destination: Address) -> Network | None:
@@ -130,7 +130,7 @@ class SimNetwork:
                  public: Address | None = None, is_hub: bool = False) -> SimNode:  # fmt: skip
         node = SimNode(name, config, public or config.nbma_address,
                        IPv4Network(lan) if lan else None, is_hub)  # fmt: skip
-        node.engine.core.events_enabled = self.events_enabled
+        node.engine.events_enabled = self.events_enabled
         if node.lan is not None:
             node.routing.local.add(node.lan, True)
         self.nodes[name] = node
@@ -228,7 +228,7 @@ class SimNetwork:
         """A reboot: the node comes back with an empty cache."""
         node = self.nodes[name]
         node.engine = Engine(node.config, node.routing)
-        node.engine.core.events_enabled = self.events_enabled
+        node.engine.events_enabled = self.events_enabled
         node.bindings.clear()
         node.shortcuts = PrefixTable()
         node.wake = None
@@ -289,10 +289,10 @@ class SimNetwork:
                 # (Cisco's temporary entry).
                 engine.next_hop_unbound(next_hop, self.now)
                 self._after(node)
-                best = engine.client.best_up()
-                if best is None:
+                nhs = engine.current_nhs()
+                if nhs is None:
                     return None
-                nbma = best.config.nbma
+                nbma = nhs.nbma
             else:
                 engine.binding_used(next_hop, self.now)
         hop = self.by_public.get(nbma) if nbma is not None else None
@@ -310,7 +310,7 @@ class SimNetwork:
     # ------------------------------------------------------------ views
 
     def registered(self, name: str) -> bool:
-        return self.nodes[name].engine.client.any_up()
+        return self.nodes[name].engine.registered
 
     def events(self, node: str | None = None, kind: str | None = None) -> list[Event]:
         return [e for _, n, e in self.log
