@@ -7,6 +7,12 @@ Inputs (each with ``now``): :meth:`start`, :meth:`stop`, :meth:`receive`
 :meth:`set_nbma`, and :meth:`handle_timer` when :meth:`get_timer` is due.
 Outputs: :meth:`pop_outputs` (packets to send, bindings, shortcut routes,
 IPsec protection, events). No entry point raises on any input.
+
+Everything else a host reads or does goes through this class too: the views
+(:meth:`entries`, :meth:`shortcuts`, :meth:`nhs_states`, counters...) and
+the operator's actions (:meth:`clear`, :meth:`retune`, :meth:`set_claims`).
+The parts behind it (``_core``, ``_client``, ``_server``, ``_resolver``,
+``_purges``) are private to :mod:`dmvpn.nhrp`, so they can change freely.
 """
 
 from __future__ import annotations
