@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dmvpn.lab import Lab, Topology
 from dmvpn.lab.frrnode import FrrNodes
-from dmvpn.lab.vm import ensure_kernel
+from dmvpn.lab.guestkernel import ensure_kernel
 
 HZ = os.sysconf("SC_CLK_TCK")
 

@@ -21,17 +21,9 @@ from pathlib import Path
 import pytest
 
 from dmvpn.lab import Lab, LabError, Topology
+from dmvpn.lab.guestkernel import _Cpio, _interpreter, extract_elf, module_order
 from dmvpn.lab.netns import FRR_NBMA_TAP
-from dmvpn.lab.vm import (
-    GuestSpec,
-    Nic,
-    VirtualMachine,
-    _Cpio,
-    _interpreter,
-    _mac,
-    extract_elf,
-    module_order,
-)
+from dmvpn.lab.vm import GuestSpec, Nic, VirtualMachine, _mac
 
 DMVPN = str(Path(sys.executable).with_name("dmvpn"))
 

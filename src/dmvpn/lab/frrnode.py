@@ -24,17 +24,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .frrconf import GUEST_LAN, GUEST_NBMA, guest_setup, nhrpd_conf, vtysh_command, zebra_conf
+from .guestkernel import GuestKernel, ensure_kernel
 from .netns import FRR_LAN_TAP, FRR_NBMA_TAP, Lab, LabError
 from .runner import REGISTRATION_TIMEOUT, Runner
-from .vm import (
-    BOOT_TIMEOUT,
-    GuestKernel,
-    GuestResult,
-    GuestSpec,
-    Nic,
-    VirtualMachine,
-    ensure_kernel,
-)
+from .vm import BOOT_TIMEOUT, GuestResult, GuestSpec, Nic, VirtualMachine
 
 __all__ = ["BOOT_TIMEOUT", "FrrNodes", "GuestResult", "nhs_in_cache", "wait_registered"]
 
