@@ -320,28 +320,21 @@ class Forwarder:
 
     # ------------------------------------------------------------ C fast path
 
-    def fast_tap_result(self, peers: list[tuple[bytes, int, int, bytes]],
-                        punted: list[bytes], now: float) -> None:  # fmt: skip
-        """Account for what `_fastpath.tap_to_gre` forwarded, and handle
-        what it left to us (ARP, multicast, anything not plain unicast IPv4)."""
-        for nbma, packets, size, dst in peers:
-            if packets:
-                self._sent_data(IPv4Address(nbma), packets, size, dst, now)
-        for frame in punted:
-            self.from_tap(frame, now)
+    def pump_sent(self, nbma: bytes, packets: int, size: int, dst: bytes, now: float) -> None:
+        """Account for data the C pump sent to a peer (its 'S' totals,
+        dataplane/pump.py), as if this path had sent it: counters, and use
+        reports to the engine for the last destination."""
+        if packets:
+            self._sent_data(IPv4Address(nbma), packets, size, dst, now)
 
-    def fast_gre_result(self, peers: list[tuple[bytes, int, int, bytes]],
-                        punted: list[tuple[bytes, bytes]], now: float) -> None:  # fmt: skip
-        """The same for `_fastpath.gre_to_tap` (NHRP, other keys, multicast...)."""
-        for nbma, packets, size, _dst in peers:
-            self.stats["rx.data"] += packets
-            src = IPv4Address(nbma)
-            peer = self.peers.get(src) or self._new_peer(src)
-            if peer is not None:
-                peer.rx_packets += packets
-                peer.rx_bytes += size
-        for gre, src4 in punted:
-            self.from_gre(gre, IPv4Address(src4), now)
+    def pump_received(self, nbma: bytes, packets: int, size: int) -> None:
+        """The same for data the C pump received from a peer."""
+        self.stats["rx.data"] += packets
+        src = IPv4Address(nbma)
+        peer = self.peers.get(src) or self._new_peer(src)
+        if peer is not None:
+            peer.rx_packets += packets
+            peer.rx_bytes += size
 
     def _arp_from_kernel(self, data: bytes, now: float) -> None:
         try:

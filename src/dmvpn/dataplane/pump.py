@@ -104,6 +104,6 @@ class Pump:
                     nbma = msg[off : off + 4]
                     txp, txb, rxp, rxb = _TOTALS.unpack_from(msg, off + 4)
                     dst = msg[off + 36 : off + 40]
-                    fw.fast_tap_result([(nbma, txp, txb, dst)], [], now)
-                    fw.fast_gre_result([(nbma, rxp, rxb, dst)], [], now)
+                    fw.pump_sent(nbma, txp, txb, dst, now)
+                    fw.pump_received(nbma, rxp, rxb)
         return True
