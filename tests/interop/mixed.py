@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from dmvpn.lab import Lab, Topology
+from dmvpn.lab.frrconf import FRR_LOGS
 from dmvpn.lab.frrnode import FrrNodes, nhs_in_cache, wait_registered
 from dmvpn.lab.runner import Runner
 
@@ -129,7 +130,7 @@ class Cloud:
         return m.group(1) if m else None
 
     def nhrpd_log(self, node: str) -> str:
-        return self.frr.run(node, "cat /run/frr/nhrpd.log").output
+        return self.frr.run(node, f"cat {FRR_LOGS}/nhrpd.log").output
 
     def ping(self, host: str, dst: str, count: int = 3) -> bool:
         res = self.lab.exec(host, ["ping", "-c", str(count), "-i", "0.3", "-W", "1", dst],
@@ -212,8 +213,6 @@ def mixed_cloud(topology: dict[str, Any], prefix: str, tmp: Path) -> Iterator[Cl
                 cloud.stop_capture()
                 keep = os.environ.get("DMVPN_INTEROP_KEEP")
                 if keep:  # for a post-mortem: the guests' logs and the capture
-                    for node in frr.nodes:
-                        frr.run(node, "cp /run/frr/*.log /run/out/")
                     shutil.copytree(lab.run_dir, Path(keep) / prefix, dirs_exist_ok=True,
                                     ignore=shutil.ignore_patterns("*.sock"))  # fmt: skip
                     shutil.copy(cloud.pcap, Path(keep) / prefix)

@@ -54,6 +54,9 @@ def test_lab_up_show_exec_down_with_frr_nodes(tmp_path: Path) -> None:
         nodes = {n["name"]: n for n in status["nodes"]}
         assert [nodes[n]["kind"] for n in ("hub1", "spoke1", "spoke2")] == ["frr", "frr", "dmvpn"]
         qemu_pids += nodes["hub1"]["pids"] + nodes["spoke1"]["pids"]
+        # The guest's console and nhrpd's own log land in the lab's run directory.
+        assert "NHRP" in Path(nodes["spoke1"]["log"]).read_text()
+        assert "up: kernel 6.1.0-" in Path(nodes["spoke1"]["console"]).read_text()
         assert len(qemu_pids) == 2 and all(_alive(p) for p in qemu_pids)
         table = lab("status", "--prefix", PREFIX).stdout
         assert "FRR nhrpd in QEMU running" in table

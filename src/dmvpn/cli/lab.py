@@ -172,7 +172,8 @@ def _status_data(lab: Lab) -> dict[str, Any]:
             # FRR zebra + nhrpd in a QEMU guest.
             node["daemon"] = "running" if row["pids"] else "stopped"
             node["config"] = str(frr.dir(row["name"]) / "nhrpd.conf")
-            node["log"] = str(frr.dir(row["name"]) / "console.log")
+            node["log"] = str(frr.dir(row["name"]) / "logs" / "nhrpd.log")
+            node["console"] = str(frr.dir(row["name"]) / "console.log")
             node["socket"] = None
         else:
             name = row["name"]

@@ -21,6 +21,7 @@ from ipaddress import IPv4Interface
 from .topology import NodePlan, Topology
 
 __all__ = [
+    "FRR_LOGS",
     "GUEST_LAN",
     "GUEST_NBMA",
     "GUEST_TUNNEL",
@@ -35,6 +36,10 @@ __all__ = [
 GUEST_NBMA = "nbma0"
 GUEST_LAN = "lan0"
 GUEST_TUNNEL = "mgre0"
+# FRR logs straight into the guest's work directory (the 9p share, so they
+# land in the lab's run directory as <node>.frr/logs/): a sticky world-writable
+# directory, because FRR writes as its own user.
+FRR_LOGS = "/run/out/logs"
 # nhrpd learns of hairpinned traffic (to send Traffic Indications) only through
 # NFLOG: `nhrp nflog-group` plus an iptables rule (real-peers.md).
 NFLOG_GROUP = 1
@@ -56,7 +61,7 @@ def nhrpd_conf(topo: Topology, name: str) -> str:
     """nhrpd's configuration for an frr hub or spoke."""
     me = _frr_node(topo, name)
     redirect = me.role == "hub" and topo.phase == 3
-    lines = [f"hostname {name}", "log file /run/frr/nhrpd.log debugging", "debug nhrp common"]
+    lines = [f"hostname {name}", f"log file {FRR_LOGS}/nhrpd.log debugging", "debug nhrp common"]
     if redirect:
         lines.append(f"nhrp nflog-group {NFLOG_GROUP}")
     lines += ["!", f"interface {GUEST_TUNNEL}", " ip nhrp network-id 1"]
@@ -78,7 +83,7 @@ def nhrpd_conf(topo: Topology, name: str) -> str:
 
 
 def zebra_conf(name: str) -> str:
-    return f"hostname {name}\nlog file /run/frr/zebra.log\n!\n"
+    return f"hostname {name}\nlog file {FRR_LOGS}/zebra.log\n!\n"
 
 
 def guest_setup(topo: Topology, name: str) -> str:

@@ -9,7 +9,7 @@ open. Its files sit in its directory in the lab's run directory, which
     <node>.frr/boot.sh       set-up, then zebra and nhrpd (ready once nhrpd listens)
     <node>.frr/kernel.log    the guest's serial console (boot messages, panics)
     <node>.frr/console.log   the guest init's output
-    <node>.frr/*.log         FRR's logs, copied out when the guest halts
+    <node>.frr/logs/         FRR's logs (zebra.log, nhrpd.log), written by FRR itself
 
 The guest's root is the host's / (Debian 12, FRR 8.4) by default, or a
 directory holding another Debian (the topology's `frr_root`, e.g. one made by
@@ -23,7 +23,15 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .frrconf import GUEST_LAN, GUEST_NBMA, guest_setup, nhrpd_conf, vtysh_command, zebra_conf
+from .frrconf import (
+    FRR_LOGS,
+    GUEST_LAN,
+    GUEST_NBMA,
+    guest_setup,
+    nhrpd_conf,
+    vtysh_command,
+    zebra_conf,
+)
 from .guestkernel import GuestKernel, ensure_kernel
 from .netns import FRR_LAN_TAP, FRR_NBMA_TAP, Lab, LabError
 from .runner import REGISTRATION_TIMEOUT, Runner
@@ -35,10 +43,11 @@ __all__ = ["BOOT_TIMEOUT", "FrrNodes", "GuestResult", "nhs_in_cache", "wait_regi
 _MEMORY_MB = 256
 
 # Run by the guest once its root is up (dmvpn.lab.vm); "ready" once nhrpd listens.
-_BOOT = """\
+_BOOT = f"""\
 modprobe -a ip_gre
 . /run/out/setup.sh
-mkdir -p /run/frr
+mkdir -p /run/frr {FRR_LOGS}
+chmod 1777 {FRR_LOGS}
 cp /run/out/zebra.conf /run/out/nhrpd.conf /run/frr/
 chown -R frr:frr /run/frr
 /usr/lib/frr/zebra -d -f /run/frr/zebra.conf -i /run/frr/zebra.pid -z /run/frr/zserv.api \\
@@ -56,8 +65,6 @@ EOS
 sh /run/frr/start-nhrpd
 echo "=== nhrpd $(cat /run/frr/nhrpd.pid) started"
 """
-# FRR cannot write to the 9p share: its logs are copied out before halting.
-_HALT = "cp /run/frr/*.log /run/out/ 2>/dev/null || true\n"
 
 
 class FrrNodes:
@@ -97,7 +104,6 @@ class FrrNodes:
             nics=tuple(nics),
             memory_mb=_MEMORY_MB,
             boot=_BOOT,
-            halt=_HALT,
         )
 
     # -- starting -------------------------------------------------------------
@@ -147,7 +153,7 @@ class FrrNodes:
         nhrpd only logs unknown lines and runs on without them: FRR 8.4 has no
         `ip nhrp authentication`, and would silently run unauthenticated.
         """
-        res = self.run(node, "grep -ihE 'unknown command|error occurred' /run/frr/*.log || true")
+        res = self.run(node, f"grep -ihE 'unknown command|error occurred' {FRR_LOGS}/*.log || true")
         return " | ".join(line.strip() for line in res.output.splitlines() if line.strip())
 
     def tail(self, node: str, lines: int = 20) -> str:
@@ -193,7 +199,7 @@ class FrrNodes:
     # -- stopping -------------------------------------------------------------
 
     def stop(self, node: str, timeout: float = 15.0) -> None:
-        """Ask the guest to copy FRR's logs out and power off; kill QEMU by PID if not."""
+        """Ask the guest to power off; kill QEMU by PID if it does not."""
         self.vm(node).stop(timeout)
 
     def stop_all(self) -> None:
