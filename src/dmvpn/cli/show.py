@@ -7,6 +7,10 @@ the only socket in /run/dmvpn. Text output follows Cisco's `show dmvpn` and
 A dual-stack interface shows both engines in the same tables, each row with
 its family (`show dmvpn` has an "IPv4 NHRP Details" and an "IPv6 NHRP
 Details" section per interface, as Cisco prints); `--family 4|6` keeps one.
+
+Why one module of this length: every `show` renderer shares the same client,
+table layout and Cisco-style formatting helpers; split per command they would
+each need all of them.
 """
 
 from __future__ import annotations

@@ -33,6 +33,10 @@ so that no process keeps a deleted namespace alive.
 Beside the state file, the run directory (/run/dmvpn-lab/<prefix>/ by default)
 holds what runs in the lab: node configs, JSON logs, management sockets (see
 `dmvpn.lab.runner`). `down()` removes it with the namespaces.
+
+Why one module of this length: building and taking down must agree on every
+name and record (state file, prefixes, PIDs with start times), so they stay
+together; the raw-socket ping at the end is the only other thing here.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ clashes before anything is built.
 A hub or spoke is `kind: dmvpn` (our daemon, the default) or `kind: frr`:
 FRR's nhrpd on a kernel mGRE in User-Mode Linux, configured from the same
 settings (`dmvpn.lab.frrconf`, `dmvpn.lab.uml`), for interop.
+
+Why one module of this length: the schema, its validation and the addressing
+plan derived from it are one concern (what the lab is), and each is small.
 """
 
 from __future__ import annotations
