@@ -67,14 +67,19 @@ def main() -> None:
         "encode": rate(pkt.encode, args.seconds),
     }
     base = results["baseline_unpack_fixed_header"]
-    print(json.dumps({
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "packet_bytes": len(data),
-        "per_second": {k: round(v) for k, v in results.items()},
-        "cost_vs_unpack": {k: round(base / v, 1) for k, v in results.items()},
-        "microseconds": {k: round(1e6 / v, 2) for k, v in results.items()},
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "python": platform.python_version(),
+                "packet_bytes": len(data),
+                "per_second": {k: round(v) for k, v in results.items()},
+                "cost_vs_unpack": {k: round(base / v, 1) for k, v in results.items()},
+                "microseconds": {k: round(1e6 / v, 2) for k, v in results.items()},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

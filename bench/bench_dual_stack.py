@@ -40,9 +40,11 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_dual_stack.py needs root (network namespaces)")
-    result: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-                              "command": " ".join(["python", *sys.argv]),
-                              "load": os.getloadavg()[0]}  # fmt: skip
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+        "load": os.getloadavg()[0],
+    }
     topo = Topology.from_data({"phase": 3, "ipv6": True})
     lab = Lab(topo, prefix="dmvb6-", state_path=Path(tempfile.mkdtemp()) / "lab.json")
     lab.up()
@@ -54,19 +56,21 @@ def main() -> None:
         v4 = str(host2.lan.ip)  # type: ignore[union-attr]
         v6 = str(host2.lan6.ip)  # type: ignore[union-attr]
         for dst in (v4, v6):  # bring both shortcuts up (hub redirect, resolution)
-            lab.exec("host1", ["ping", "-c", "5", "-i", "0.2", "-W", "1", dst],
-                     capture_output=True)  # fmt: skip
+            lab.exec("host1", ["ping", "-c", "5", "-i", "0.2", "-W", "1", dst], capture_output=True)
         time.sleep(1)
         rounds = []
         for _ in range(args.rounds):
             six = iperf(lab, "host2", "host1", v6, args.seconds)
             four = iperf(lab, "host2", "host1", v4, args.seconds)
-            rounds.append({"ipv6_mbit": round(six), "ipv4_mbit": round(four),
-                           "ratio": round(six / four, 3)})  # fmt: skip
+            rounds.append(
+                {"ipv6_mbit": round(six), "ipv4_mbit": round(four), "ratio": round(six / four, 3)}
+            )
         result["throughput"] = rounds
         r4, r6 = rtts(lab, "host1", v4), rtts(lab, "host1", v6)
-        result["rtt_ms"] = {"ipv4_median": round(statistics.median(r4), 3),
-                            "ipv6_median": round(statistics.median(r6), 3)}  # fmt: skip
+        result["rtt_ms"] = {
+            "ipv4_median": round(statistics.median(r4), 3),
+            "ipv6_median": round(statistics.median(r6), 3),
+        }
     finally:
         lab.down()
     print(json.dumps(result, indent=2))

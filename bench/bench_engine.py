@@ -257,14 +257,19 @@ def main() -> None:
     hub = bench_hub(args.spokes, args.profile)
     sim = bench_sim(args.sim_spokes, args.profile)
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    print(json.dumps({
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "cpu_affinity": cpus,
-        "hub": hub,
-        "simulator": sim,
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "python": platform.python_version(),
+                "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+                "cpu_affinity": cpus,
+                "hub": hub,
+                "simulator": sim,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,7 @@ def cloud(topo: Topology, prefix: str, tmp: Path, ipsec: bool) -> tuple[Lab, lis
         path = tmp / f"{plan.name}.yaml"
         path.write_text(yaml.safe_dump(config))
         log = (tmp / f"{plan.name}.log").open("a")
-        procs.append(lab.popen(plan.name, [DMVPN, "run", "-c", str(path)], stdout=log,
-                               stderr=log))  # fmt: skip
+        procs.append(lab.popen(plan.name, [DMVPN, "run", "-c", str(path)], stdout=log, stderr=log))
     deadline = time.monotonic() + 30
     spokes = [p.name for p in topo.spokes]
     while not all('"nhs-up"' in (tmp / f"{s}.log").read_text() for s in spokes):
@@ -86,13 +85,28 @@ def measure(topo: Topology, prefix: str, ipsec: bool, seconds: float) -> dict[st
             out["underlay_mbit"] = round(iperf(lab, "spoke2", "spoke1", spoke2_nbma, seconds))
         else:
             show = subprocess.run(
-                ["ip", "netns", "exec", f"{prefix}spoke1", DMVPN, "show", "ipsec", "--json",
-                 "--socket", str(tmp / "spoke1.sock")], capture_output=True, text=True,
-            )  # fmt: skip
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    f"{prefix}spoke1",
+                    DMVPN,
+                    "show",
+                    "ipsec",
+                    "--json",
+                    "--socket",
+                    str(tmp / "spoke1.sock"),
+                ],
+                capture_output=True,
+                text=True,
+            )
             peers = {p["remote"]: p for p in json.loads(show.stdout)["peers"]}
             child = peers[spoke2_nbma]["child"]
-            out["sa"] = {"encryption": child["encryption"], "mode": child["mode"],
-                         "encap": child["encap"]}  # fmt: skip
+            out["sa"] = {
+                "encryption": child["encryption"],
+                "mode": child["mode"],
+                "encap": child["encap"],
+            }
     finally:
         for p in procs:
             p.terminate()
@@ -108,8 +122,9 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_ipsec.py needs root (network namespaces)")
-    topo = Topology.from_data({"phase": 3, "nodes": {"spokes": [{"name": "spoke1"},
-                                                                {"name": "spoke2"}]}})  # fmt: skip
+    topo = Topology.from_data(
+        {"phase": 3, "nodes": {"spokes": [{"name": "spoke1"}, {"name": "spoke2"}]}}
+    )
     plain = measure(topo, "dmvbp-", False, args.seconds)
     protected = measure(topo, "dmvbi-", True, args.seconds)
     result = {

@@ -49,12 +49,18 @@ from dmvpn.lab.topology import Topology
 
 
 def iperf(lab: Lab, server: str, client: str, address: str, seconds: float) -> float:
-    srv = lab.popen(server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)  # fmt: skip
+    srv = lab.popen(
+        server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(0.5)
     try:
-        out = lab.exec(client, ["iperf3", "-c", address, "-t", str(seconds), "-J"],
-                       capture_output=True, text=True, check=True).stdout  # fmt: skip
+        out = lab.exec(
+            client,
+            ["iperf3", "-c", address, "-t", str(seconds), "-J"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     finally:
         srv.wait(timeout=10)
     result: dict[str, Any] = json.loads(out)
@@ -74,16 +80,22 @@ def _reap(proc: subprocess.Popen[Any]) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def cpu_per_gb(lab: Lab, server: str, client: str, address: str, mbit: int,
-               seconds: float, daemons: list[int]) -> float:  # fmt: skip
+def cpu_per_gb(
+    lab: Lab, server: str, client: str, address: str, mbit: int, seconds: float, daemons: list[int]
+) -> float:
     """CPU seconds per GB received, at a fixed rate, of the iperf3 client
     and server and the given daemon processes."""
     before = sum(_cpu(pid) for pid in daemons)
-    srv = lab.popen(server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)  # fmt: skip
+    srv = lab.popen(
+        server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(0.5)
-    cli = lab.popen(client, ["iperf3", "-c", address, "-b", f"{mbit}M", "-t", str(seconds), "-J"],
-                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+    cli = lab.popen(
+        client,
+        ["iperf3", "-c", address, "-b", f"{mbit}M", "-t", str(seconds), "-J"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert cli.stdout is not None
     out = cli.stdout.read()
     cpu = _reap(cli) + _reap(srv)
@@ -93,16 +105,26 @@ def cpu_per_gb(lab: Lab, server: str, client: str, address: str, mbit: int,
 
 
 def rtts(lab: Lab, node: str, address: str, count: int = 50) -> list[float]:
-    out = lab.exec(node, ["ping", "-c", str(count), "-i", "0.02", "-W", "1", address],
-                   capture_output=True, text=True).stdout  # fmt: skip
+    out = lab.exec(
+        node,
+        ["ping", "-c", str(count), "-i", "0.02", "-W", "1", address],
+        capture_output=True,
+        text=True,
+    ).stdout
     return [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
 
 
 def switch_over(lab: Lab, address: str) -> dict[str, Any]:
-    out = lab.exec("host1", ["ping", "-D", "-c", "1000", "-i", "0.002", "-W", "1", address],
-                   capture_output=True, text=True).stdout  # fmt: skip
-    replies = [(int(seq), int(ttl), float(ts)) for ts, seq, ttl in
-               re.findall(r"\[([\d.]+)\].*icmp_seq=(\d+) ttl=(\d+)", out)]  # fmt: skip
+    out = lab.exec(
+        "host1",
+        ["ping", "-D", "-c", "1000", "-i", "0.002", "-W", "1", address],
+        capture_output=True,
+        text=True,
+    ).stdout
+    replies = [
+        (int(seq), int(ttl), float(ts))
+        for ts, seq, ttl in re.findall(r"\[([\d.]+)\].*icmp_seq=(\d+) ttl=(\d+)", out)
+    ]
     if not replies:
         raise RuntimeError(f"no replies: {out[-500:]}")
     direct_ttl = max(ttl for _, ttl, _ in replies)
@@ -137,20 +159,27 @@ sys.exit(main())
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--without-offloads", action="store_true",
-                    help="also measure a lab whose TAPs have no offloads")  # fmt: skip
+    ap.add_argument(
+        "--without-offloads",
+        action="store_true",
+        help="also measure a lab whose TAPs have no offloads",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_lab.py needs root (network namespaces)")
-    result: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-                              "command": " ".join(["python", *sys.argv]),
-                              "load": os.getloadavg()[0]}  # fmt: skip
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+        "load": os.getloadavg()[0],
+    }
     result.update(measure(dmvpn_command(), args.seconds))
     if args.without_offloads:
         result["without_offloads"] = measure([sys.executable, "-c", NO_OFFLOADS], args.seconds)
-        result["offload_gain"] = round(result["throughput_mbit"]["overlay_shortcut"] /
-                                       result["without_offloads"]["throughput_mbit"]
-                                       ["overlay_shortcut"], 2)  # fmt: skip
+        result["offload_gain"] = round(
+            result["throughput_mbit"]["overlay_shortcut"]
+            / result["without_offloads"]["throughput_mbit"]["overlay_shortcut"],
+            2,
+        )
     print(json.dumps(result, indent=2))
 
 
@@ -176,15 +205,20 @@ def measure(dmvpn: list[str], seconds: float) -> dict[str, Any]:
         }
         base = iperf(lab, "spoke2", "spoke1", spoke2_nbma, seconds)
         overlay = iperf(lab, "host2", "host1", host2, seconds)
-        result["throughput_mbit"] = {"underlay": round(base), "overlay_shortcut": round(overlay),
-                                     "ratio": round(overlay / base, 4)}  # fmt: skip
+        result["throughput_mbit"] = {
+            "underlay": round(base),
+            "overlay_shortcut": round(overlay),
+            "ratio": round(overlay / base, 4),
+        }
         daemons = [runner.procs[n].pid for n in ("spoke1", "spoke2")]
         under_cpu = cpu_per_gb(lab, "spoke2", "spoke1", spoke2_nbma, RATE, seconds, [])
         over_cpu = cpu_per_gb(lab, "host2", "host1", host2, RATE, seconds, daemons)
         result["cpu_s_per_gb_at_fixed_rate"] = {
-            "rate_mbit": RATE, "underlay": round(under_cpu, 2),
-            "overlay_shortcut": round(over_cpu, 2), "ratio": round(over_cpu / under_cpu, 1),
-        }  # fmt: skip
+            "rate_mbit": RATE,
+            "underlay": round(under_cpu, 2),
+            "overlay_shortcut": round(over_cpu, 2),
+            "ratio": round(over_cpu / under_cpu, 1),
+        }
     finally:
         lab.down()
     return result

@@ -52,9 +52,11 @@ def _raw(length: int) -> st.SearchStrategy[Address]:
 
 def any_address(max_len: int) -> st.SearchStrategy[Address]:
     return st.one_of(
-        st.just(b""), ipv4, ipv6,
+        st.just(b""),
+        ipv4,
+        ipv6,
         st.integers(1, max_len).filter(lambda n: n not in (4, 16)).flatmap(_raw),
-    )  # fmt: skip
+    )
 
 
 def family_address(family: str, optional: bool = True) -> st.SearchStrategy[Address]:
@@ -68,12 +70,16 @@ def cies(
     return st.builds(
         Cie,
         code=st.sampled_from([0, 4, 5, 11, 12, 13, 14]) if realistic else u8,
-        prefix_length=u8, mtu=u16, holding_time=u16, preference=u8,
-        nbma=nbma, protocol=proto,
+        prefix_length=u8,
+        mtu=u16,
+        holding_time=u16,
+        preference=u8,
+        nbma=nbma,
+        protocol=proto,
         nbma_sub=st.just(b"") if realistic else st.binary(max_size=8),
         nbma_e164=st.just(False) if realistic else st.booleans(),
         nbma_sub_e164=st.just(False) if realistic else st.booleans(),
-    )  # fmt: skip
+    )
 
 
 _KNOWN_EXT = {int(t) for t in ExtensionType}
@@ -88,14 +94,25 @@ def extensions(
         st.builds(ForwardTransitNhsExtension, cies=cie_list, compulsory=st.booleans()),
         st.builds(ReverseTransitNhsExtension, cies=cie_list, compulsory=st.booleans()),
         st.builds(NatAddressExtension, cies=cie_list, compulsory=st.booleans()),
-        st.builds(AuthenticationExtension, data=st.binary(max_size=16),
-                  auth_type=st.just(1) if realistic else u32, compulsory=st.booleans()),
-        st.builds(VendorPrivateExtension, oui=st.binary(min_size=3, max_size=3),
-                  data=st.binary(max_size=16), compulsory=st.booleans()),
-        st.builds(UnknownExtension,
-                  type=st.integers(0, 0x3FFF).filter(lambda t: t not in _KNOWN_EXT),
-                  data=st.binary(max_size=16), compulsory=st.booleans()),
-    )  # fmt: skip
+        st.builds(
+            AuthenticationExtension,
+            data=st.binary(max_size=16),
+            auth_type=st.just(1) if realistic else u32,
+            compulsory=st.booleans(),
+        ),
+        st.builds(
+            VendorPrivateExtension,
+            oui=st.binary(min_size=3, max_size=3),
+            data=st.binary(max_size=16),
+            compulsory=st.booleans(),
+        ),
+        st.builds(
+            UnknownExtension,
+            type=st.integers(0, 0x3FFF).filter(lambda t: t not in _KNOWN_EXT),
+            data=st.binary(max_size=16),
+            compulsory=st.booleans(),
+        ),
+    )
     return st.tuples(st.lists(one, max_size=5), st.booleans()).map(
         lambda pair: (*pair[0], EndExtension()) if pair[1] else tuple(pair[0])
     )
@@ -168,9 +185,10 @@ def nhrp_packets(
     fields: dict[str, object] = {}
     if ptype <= PacketType.PURGE_REPLY:
         fields = {
-            "flags": draw(u16), "request_id": draw(u32),
+            "flags": draw(u16),
+            "request_id": draw(u32),
             "cies": tuple(draw(st.lists(cie, max_size=4))),
-        }  # fmt: skip
+        }
     elif ptype == PacketType.ERROR_INDICATION:
         if realistic:
             inner = draw(nhrp_packets(realistic=True, types=[t for t in PacketType if t <= 6]))
@@ -186,8 +204,18 @@ def nhrp_packets(
     else:
         exts = draw(extensions(cie, realistic))
     return NhrpPacket(
-        type=ptype, afn=afn, protocol_type=pro, snap=snap, hop_count=hop, version=version,
-        src_nbma=draw(nbma), src_nbma_sub=sub, src_proto=draw(proto), dst_proto=draw(proto),
-        src_nbma_e164=e164, src_nbma_sub_e164=sub_e164, extensions=exts,
+        type=ptype,
+        afn=afn,
+        protocol_type=pro,
+        snap=snap,
+        hop_count=hop,
+        version=version,
+        src_nbma=draw(nbma),
+        src_nbma_sub=sub,
+        src_proto=draw(proto),
+        dst_proto=draw(proto),
+        src_nbma_e164=e164,
+        src_nbma_sub_e164=sub_e164,
+        extensions=exts,
         **fields,  # type: ignore[arg-type]
-    )  # fmt: skip
+    )

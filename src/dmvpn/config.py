@@ -258,8 +258,11 @@ class Ipsec(_Strict):
         if self.psk is not None and any(c is not None for c in certs):
             raise ValueError("choose one authentication: psk, or ca + certificate + private_key")
         if self.psk is None and not all(c is not None for c in certs):
-            missing = [n for n, c in zip(("ca", "certificate", "private_key"), certs, strict=True)
-                       if c is None]  # fmt: skip
+            missing = [
+                n
+                for n, c in zip(("ca", "certificate", "private_key"), certs, strict=True)
+                if c is None
+            ]
             if len(missing) == 3:
                 raise ValueError("needs authentication: psk, or ca + certificate + private_key")
             raise ValueError(f"certificate authentication also needs {', '.join(missing)}")

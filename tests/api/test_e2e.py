@@ -61,8 +61,9 @@ class Cloud:
         cfg = self.work / f"{node}.yaml"
         cfg.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str))))
         log = (self.work / f"{node}.log").open("a")
-        self.procs[node] = self.lab.popen(node, [DMVPN, "run", "-c", str(cfg)],
-                                          stdout=log, stderr=log)  # fmt: skip
+        self.procs[node] = self.lab.popen(
+            node, [DMVPN, "run", "-c", str(cfg)], stdout=log, stderr=log
+        )
 
     def stop(self, node: str) -> None:
         proc = self.procs.pop(node)
@@ -137,18 +138,25 @@ def test_show_clear_events_and_metrics_on_a_running_cloud(cloud: Cloud) -> None:
     hub, peer = itf["peers"]
     assert hub["nbma"] == "172.30.0.1"
     assert [(e["tunnel_address"], e["state"], e["attrb"]) for e in hub["entries"]] == [
-        ("10.0.0.1", "UP", "S")]  # fmt: skip
+        ("10.0.0.1", "UP", "S")
+    ]
     assert peer["nbma"] == "172.30.0.12"
     assert [(e["target"], e["attrb"]) for e in peer["entries"]] == [
-        (f"{spoke2}/32", "DT1"), ("192.168.2.0/24", "DT2")]  # fmt: skip
+        (f"{spoke2}/32", "DT1"),
+        ("192.168.2.0/24", "DT2"),
+    ]
     text = c.dmvpn("spoke1", "show", "dmvpn").stdout
     assert "Type:Spoke, NHRP Peers:2," in text
-    assert any(line.split()[:3] == ["2", "172.30.0.12", spoke2] and line.endswith("DT1")
-               for line in text.splitlines())  # fmt: skip
+    assert any(
+        line.split()[:3] == ["2", "172.30.0.12", spoke2] and line.endswith("DT1")
+        for line in text.splitlines()
+    )
     (hub_itf,) = c.json("hub1", "show", "dmvpn")["interfaces"]
     assert hub_itf["type"] == "hub"
     assert {p["nbma"]: p["entries"][0]["attrb"] for p in hub_itf["peers"]} == {
-        "172.30.0.11": "D", "172.30.0.12": "D"}  # fmt: skip
+        "172.30.0.11": "D",
+        "172.30.0.12": "D",
+    }
 
     # show nhrp, like show ip nhrp.
     nhrp = c.dmvpn("spoke1", "show", "nhrp").stdout
@@ -170,15 +178,32 @@ def test_show_clear_events_and_metrics_on_a_running_cloud(cloud: Cloud) -> None:
 
     # events: follow shortcut events while clear nhrp drops the shortcut and
     # new traffic brings it back.
-    events = c.lab.popen("spoke1", [*CLI, "events", "--socket", c.sock("spoke1"), "--json",
-                                    "--kind", "shortcut", "--count", "1"],
-                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    events = c.lab.popen(
+        "spoke1",
+        [
+            *CLI,
+            "events",
+            "--socket",
+            c.sock("spoke1"),
+            "--json",
+            "--kind",
+            "shortcut",
+            "--count",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        c.wait("the events client to subscribe",
-               lambda: "dmvpn_api_event_subscribers 1.0" in c.metrics("spoke1"))  # fmt: skip
+        c.wait(
+            "the events client to subscribe",
+            lambda: "dmvpn_api_event_subscribers 1.0" in c.metrics("spoke1"),
+        )
         cleared = c.json("spoke1", "clear", "nhrp")
         assert sorted(e["protocol"] for e in cleared["cleared"]) == [
-            f"{spoke2}/32", "192.168.2.0/24"]  # fmt: skip
+            f"{spoke2}/32",
+            "192.168.2.0/24",
+        ]
         assert c.run("spoke1", "ip", "route", "show", "proto", "177").stdout == ""
         assert c.json("spoke1", "show", "nhrp", "shortcut")["entries"] == []
         time.sleep(8.5)  # the hub redirects a flow at most once per 8 s
@@ -200,14 +225,20 @@ def test_show_clear_events_and_metrics_on_a_running_cloud(cloud: Cloud) -> None:
     time.sleep(0.3)
     m = c.metrics("spoke1")
     assert 'dmvpn_node_info{node="spoke1",version="0.1.0"} 1.0' in m
-    assert ('dmvpn_nhrp_nhs_up{family="4",interface="dmvpn0",nbma="172.30.0.1",'
-            'nhs="10.0.0.1"} 1.0') in m  # fmt: skip
+    assert (
+        'dmvpn_nhrp_nhs_up{family="4",interface="dmvpn0",nbma="172.30.0.1",nhs="10.0.0.1"} 1.0'
+    ) in m
     assert 'dmvpn_nhrp_cache_entries{family="4",interface="dmvpn0",type="cached"} 2.0' in m
-    assert ('dmvpn_nhrp_messages_total{direction="received",family="4",interface="dmvpn0",'
-            'type="traffic_indication"} 2.0') in m  # fmt: skip
+    assert (
+        'dmvpn_nhrp_messages_total{direction="received",family="4",interface="dmvpn0",'
+        'type="traffic_indication"} 2.0'
+    ) in m
     assert 'dmvpn_nhrp_shortcuts_installed_total{family="4",interface="dmvpn0"} 2.0' in m
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in m.splitlines() if line and not line.startswith("#")}  # fmt: skip
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in m.splitlines()
+        if line and not line.startswith("#")
+    }
     direct = 'dmvpn_peer_packets_total{direction="tx",interface="dmvpn0",peer="172.30.0.12"}'
     assert samples[direct] >= 2  # the pings after each shortcut went straight to spoke2
     assert samples[direct.replace("packets", "bytes")] > 100 * samples[direct] / 2

@@ -28,28 +28,74 @@ class FakeIpsec:
 
 def _sa_view(local: str, remote: str) -> dict[str, Any]:
     return {
-        "charon": {"mode": "managed", "pid": 4242, "vici_socket": "/run/x/charon.vici",
-                   "version": "charon 5.9.8", "ready": True, "restarts": 1},
-        "authentication": "certificate", "identity": "10.0.0.11", "identity_binding": True,
+        "charon": {
+            "mode": "managed",
+            "pid": 4242,
+            "vici_socket": "/run/x/charon.vici",
+            "version": "charon 5.9.8",
+            "ready": True,
+            "restarts": 1,
+        },
+        "authentication": "certificate",
+        "identity": "10.0.0.11",
+        "identity_binding": True,
         "stats": {"initiated": 1, "failed": 0, "torn_down": 0, "lost": 0},
         "peers": [
-            {"local": local, "remote": remote, "state": "up", "for": 12.0, "bindings": 1,
-             "initiated": True, "failures": 0, "retry_in": None, "last_error": None,
-             "idle_for": None,
-             "ike": {"state": "ESTABLISHED", "local_id": "10.0.0.11", "remote_id": "10.0.0.1",
-                     "encryption": "AES_GCM_16-256", "prf": "PRF_HMAC_SHA2_384",
-                     "dh_group": "CURVE_25519", "age": 12, "rekey_in": 14000, "nat": True},
-             "child": {"state": "INSTALLED", "mode": "TUNNEL", "encap": True,
-                       "encryption": "AES_GCM_16-256", "spi_in": "c1", "spi_out": "c2",
-                       "packets_in": 3, "bytes_in": 420, "packets_out": 4, "bytes_out": 2048,
-                       "age": 12, "rekey_in": 3300, "local_ts": [f"{local}/32[gre]"],
-                       "remote_ts": [f"{remote}/32[gre]"]}},
-            {"local": local, "remote": "203.0.113.9", "state": "failed", "for": 3.0,
-             "bindings": 1, "initiated": False, "failures": 2, "retry_in": 2.0,
-             "last_error": "received AUTHENTICATION_FAILED notify error", "idle_for": None,
-             "ike": None, "child": None},
+            {
+                "local": local,
+                "remote": remote,
+                "state": "up",
+                "for": 12.0,
+                "bindings": 1,
+                "initiated": True,
+                "failures": 0,
+                "retry_in": None,
+                "last_error": None,
+                "idle_for": None,
+                "ike": {
+                    "state": "ESTABLISHED",
+                    "local_id": "10.0.0.11",
+                    "remote_id": "10.0.0.1",
+                    "encryption": "AES_GCM_16-256",
+                    "prf": "PRF_HMAC_SHA2_384",
+                    "dh_group": "CURVE_25519",
+                    "age": 12,
+                    "rekey_in": 14000,
+                    "nat": True,
+                },
+                "child": {
+                    "state": "INSTALLED",
+                    "mode": "TUNNEL",
+                    "encap": True,
+                    "encryption": "AES_GCM_16-256",
+                    "spi_in": "c1",
+                    "spi_out": "c2",
+                    "packets_in": 3,
+                    "bytes_in": 420,
+                    "packets_out": 4,
+                    "bytes_out": 2048,
+                    "age": 12,
+                    "rekey_in": 3300,
+                    "local_ts": [f"{local}/32[gre]"],
+                    "remote_ts": [f"{remote}/32[gre]"],
+                },
+            },
+            {
+                "local": local,
+                "remote": "203.0.113.9",
+                "state": "failed",
+                "for": 3.0,
+                "bindings": 1,
+                "initiated": False,
+                "failures": 2,
+                "retry_in": 2.0,
+                "last_error": "received AUTHENTICATION_FAILED notify error",
+                "idle_for": None,
+                "ike": None,
+                "child": None,
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -82,8 +128,11 @@ def test_show_ipsec_text_and_json(spoke1: Served) -> None:
     assert "IKE SA: ESTABLISHED, 10.0.0.11 <-> 10.0.0.1, AES_GCM_16-256" in text
     assert "Child SA: INSTALLED TUNNEL UDP-encap, AES_GCM_16-256, SPIs c1_i c2_o" in text
     assert "in  3 pkts 420 B, out 4 pkts 2.0 KB" in text
-    assert ("Peer 203.0.113.9" in text and "last error: received AUTHENTICATION_FAILED "
-            "notify error (2 failures, retry in 2s)" in text)  # fmt: skip
+    assert (
+        "Peer 203.0.113.9" in text
+        and "last error: received AUTHENTICATION_FAILED notify error (2 failures, retry in 2s)"
+        in text
+    )
 
 
 def test_show_dmvpn_shows_each_peers_sa(spoke1: Served) -> None:

@@ -47,9 +47,14 @@ class FakeRuntime:
 
 
 def _runtime(name: str, engine: Engine) -> FakeRuntime:
-    fw = Forwarder(engine=engine, tunnel_address=engine.config.protocol_address,  # type: ignore[arg-type]
-                   local_mac=b"\x02\0\0\0\0\1", key=None, send_gre=lambda n, d: None,
-                   write_tap=lambda f: None)  # fmt: skip
+    fw = Forwarder(
+        engine=engine,
+        tunnel_address=engine.config.protocol_address,  # type: ignore[arg-type]
+        local_mac=b"\x02\0\0\0\0\1",
+        key=None,
+        send_gre=lambda n, d: None,
+        write_tap=lambda f: None,
+    )
     return FakeRuntime(SimpleNamespace(name=name), engine, fw)
 
 
@@ -115,15 +120,23 @@ def test_show_commands_over_the_socket(spoke1: Served) -> None:
     assert "Type:Spoke, NHRP Peers:2," in lines
     i = lines.index(" # Ent  Peer NBMA Addr Peer Tunnel Add State  UpDn Tm Attrb")
     assert lines[i + 2].split() == ["1", "192.0.2.1", "10.0.0.1", "UP", "00:00:05", "S"]
-    assert lines[i + 3].split() == ["2", "198.18.0.2", str(spoke_tunnel(1)), "UP", "00:00:00",
-                                    "DT1"]  # fmt: skip
+    assert lines[i + 3].split() == [
+        "2",
+        "198.18.0.2",
+        str(spoke_tunnel(1)),
+        "UP",
+        "00:00:00",
+        "DT1",
+    ]
     assert lines[i + 4].split() == [str(spoke_tunnel(1)), "UP", "00:00:00", "DT2"]
     as_json = json.loads(_cli(show_group, "dmvpn", "--socket", sock, "--json").output)
     assert as_json["node"] == "spoke1" and as_json["interfaces"][0]["peer_count"] == 2
 
     out = _cli(show_group, "nhrp", "--socket", sock).output
-    assert f"{spoke_lan(1)} via {spoke_tunnel(1)}\n   dmvpn0 created 00:00:00, expire 01:59:59\n" \
-           "   Type: cached, Flags: rib nho\n   NBMA address: 198.18.0.2\n" in out  # fmt: skip
+    assert (
+        f"{spoke_lan(1)} via {spoke_tunnel(1)}\n   dmvpn0 created 00:00:00, expire 01:59:59\n"
+        "   Type: cached, Flags: rib nho\n   NBMA address: 198.18.0.2\n" in out
+    )
     assert "10.0.0.1/32 via 10.0.0.1\n   dmvpn0 created 00:00:05, never expire\n" in out
 
     # Options given to the `nhrp` group reach its subcommands too.
@@ -151,7 +164,9 @@ def test_clear_over_the_socket_withdraws_through_the_runtime(spoke1: Served) -> 
     assert data["scope"] == "all"
     assert [c["protocol"] for c in data["cleared"]] == [f"{spoke_tunnel(1)}/32"]
     assert json.loads(_cli(show_group, "nhrp", "shortcut", "--json", "--socket", sock).output) == {
-        "node": "spoke1", "entries": []}  # fmt: skip
+        "node": "spoke1",
+        "entries": [],
+    }
     client = ApiClient(spoke1.server.path)
     with pytest.raises(Exception, match="scope must be one of: all, shortcut"):
         client.request("POST", "/v1/nhrp/clear", {"scope": "nope"})
@@ -198,10 +213,13 @@ def test_events_command_prints_n_events(spoke1: Served) -> None:
 def test_metrics_endpoint(spoke1: Served) -> None:
     text = ApiClient(spoke1.server.path).text("/metrics")
     assert 'dmvpn_node_info{node="spoke1",version="0.1.0"} 1.0' in text
-    assert ('dmvpn_nhrp_messages_total{direction="received",family="4",interface="dmvpn0",'
-            'type="traffic_indication"} 1.0') in text  # fmt: skip
-    assert ('dmvpn_nhrp_nhs_up{family="4",interface="dmvpn0",nbma="192.0.2.1",'
-            'nhs="10.0.0.1"} 1.0') in text  # fmt: skip
+    assert (
+        'dmvpn_nhrp_messages_total{direction="received",family="4",interface="dmvpn0",'
+        'type="traffic_indication"} 1.0'
+    ) in text
+    assert (
+        'dmvpn_nhrp_nhs_up{family="4",interface="dmvpn0",nbma="192.0.2.1",nhs="10.0.0.1"} 1.0'
+    ) in text
 
 
 def test_socket_lifecycle(tmp_path: Path, spoke1: Served) -> None:
@@ -302,8 +320,9 @@ class DualRuntime:
 
 def test_a_dual_stack_interface_over_the_socket(tmp_path: Path) -> None:
     _, s1 = _dual_cloud()
-    rt = DualRuntime(SimpleNamespace(name="dmvpn0"), s1.e4, s1.e6,
-                     _runtime("dmvpn0", s1.e4).forwarder)  # fmt: skip
+    rt = DualRuntime(
+        SimpleNamespace(name="dmvpn0"), s1.e4, s1.e6, _runtime("dmvpn0", s1.e4).forwarder
+    )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -322,8 +341,7 @@ def test_a_dual_stack_interface_over_the_socket(tmp_path: Path) -> None:
         v4 = lines.index("Interface: dmvpn0, IPv4 NHRP Details")
         v6 = lines.index("Interface: dmvpn0, IPv6 NHRP Details")
         assert v4 < v6 and lines[v6 + 1] == "Type:Spoke, NHRP Peers:2,"
-        assert lines[v6 + 6].split() == ["2", "198.51.100.12", "fd00::12", "UP", "00:00:01",
-                                         "DT1"]  # fmt: skip
+        assert lines[v6 + 6].split() == ["2", "198.51.100.12", "fd00::12", "UP", "00:00:01", "DT1"]
         only6 = json.loads(_cli(show_group, "dmvpn", "--socket", sock, "-f", "6", "--json").output)
         assert [(i["family"], i["tunnel_address"]) for i in only6["interfaces"]] == [
             (6, "fd00::11")
@@ -343,8 +361,10 @@ def test_a_dual_stack_interface_over_the_socket(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="family must be 4 or 6, not '5'"):
             client.request("GET", "/v1/nhrp?family=5")
         text = client.text("/metrics")
-        assert ('dmvpn_nhrp_messages_total{direction="received",family="6",interface="dmvpn0",'
-                'type="traffic_indication"} 1.0') in text  # fmt: skip
+        assert (
+            'dmvpn_nhrp_messages_total{direction="received",family="6",interface="dmvpn0",'
+            'type="traffic_indication"} 1.0'
+        ) in text
         assert 'dmvpn_peers{family="6",interface="dmvpn0"} 2.0' in text
         # clear, one family: the IPv4 engine keeps everything.
         out = _cli(clear_group, "nhrp", "shortcut", "--socket", sock, "--family", "6")

@@ -96,9 +96,15 @@ def test_show_dmvpn_on_a_phase3_spoke_after_a_shortcut() -> None:
     assert peer["nbma"] == str(spoke_nbma(1)) and peer["entry_count"] == 2
     first, route = peer["entries"]
     assert (first["target"], first["tunnel_address"], first["attrb"]) == (
-        f"{spoke_tunnel(1)}/32", str(spoke_tunnel(1)), "DT1")  # fmt: skip
+        f"{spoke_tunnel(1)}/32",
+        str(spoke_tunnel(1)),
+        "DT1",
+    )
     assert (route["target"], route["tunnel_address"], route["attributes"]) == (
-        str(spoke_lan(1)), str(spoke_tunnel(1)), ["D", "T2"])  # fmt: skip
+        str(spoke_lan(1)),
+        str(spoke_tunnel(1)),
+        ["D", "T2"],
+    )
     assert route["state"] == "UP" and 1.0 < route["updn_seconds"] < 3.0
     assert route["updn"] == "00:00:0" + str(int(route["updn_seconds"]))
 
@@ -127,8 +133,11 @@ def test_incomplete_entries_are_peers_without_nbma() -> None:
     last = itf["peers"][-1]
     assert last["nbma"] is None
     assert last["entries"][0]["state"] == "NHRP" and last["entries"][0]["attrb"] == "I"
-    (entry,) = [e for e in nhrp_view("n", _iface(net, "spoke1"), net.now)["entries"]
-                if e["type"] == "incomplete"]  # fmt: skip
+    (entry,) = [
+        e
+        for e in nhrp_view("n", _iface(net, "spoke1"), net.now)["entries"]
+        if e["type"] == "incomplete"
+    ]
     assert entry["protocol"] == "10.0.1.99/32" and entry["nbma"] is None
     assert entry["expires_text"] == "00:03:00"
 
@@ -157,7 +166,9 @@ def test_nhs_view_status_letters_with_failover() -> None:
     net = _cloud(hubs=2, spokes=1, max_nhs=1)
     rows = nhs_view("spoke1", _iface(net, "spoke1"), net.now)["nhs"]
     assert [(r["protocol"], r["state"], r["status"]) for r in rows] == [
-        ("10.0.0.1", "up", "RE"), ("10.0.0.2", "standby", "S")]  # fmt: skip
+        ("10.0.0.1", "up", "RE"),
+        ("10.0.0.2", "standby", "S"),
+    ]
     assert rows[0]["up_for_text"] == format_duration(rows[0]["up_for"])
     net.kill("hub1")
     net.run_until(net.now + 7300)  # the registration runs out, retries go unanswered
@@ -234,9 +245,14 @@ def _scrape(node: str, ifaces: list[Iface], now: float) -> dict[Sample, float]:
 
 def _forwarder(engine: Engine) -> tuple[Forwarder, list[tuple[IPv4Address, bytes]]]:
     sent: list[tuple[IPv4Address, bytes]] = []
-    fw = Forwarder(engine=engine, tunnel_address=A("10.0.0.1"), local_mac=b"\x02\xaa\0\0\0\1",
-                   key=42, send_gre=lambda n, d: sent.append((n, d)),
-                   write_tap=lambda f: None)  # fmt: skip
+    fw = Forwarder(
+        engine=engine,
+        tunnel_address=A("10.0.0.1"),
+        local_mac=b"\x02\xaa\0\0\0\1",
+        key=42,
+        send_gre=lambda n, d: sent.append((n, d)),
+        write_tap=lambda f: None,
+    )
     return fw, sent
 
 
@@ -255,8 +271,10 @@ def test_metrics_cover_messages_cache_nhs_peers_and_errors() -> None:
     dm = (("interface", "dmvpn0"),)  # the forwarder's metrics: one per interface
     e4 = (("family", "4"), *dm)  # the engine's: one per family
     assert m["dmvpn_node_info", (("node", "hub1"), ("version", "0.1.0"))] == 1
-    key = ("dmvpn_nhrp_messages_total", (("direction", "received"), *e4,
-                                         ("type", "registration_request")))  # fmt: skip
+    key = (
+        "dmvpn_nhrp_messages_total",
+        (("direction", "received"), *e4, ("type", "registration_request")),
+    )
     assert m[key] == 2
     key = ("dmvpn_nhrp_messages_total", (("direction", "sent"), *e4, ("type", "purge_request")))
     assert m[key] == 0  # every type is exported, zero or not
@@ -345,8 +363,9 @@ class _DualNode:
     def __init__(self, nbma: str, v4: str, v6: str, *, hub: bool, lan: int = 0) -> None:
         self.nbma = A(nbma)
         self.routing = StaticRouting()
-        common: dict[str, Any] = dict(nbma_address=self.nbma, server=hub, redirect=hub,
-                                      shortcut=not hub)  # fmt: skip
+        common: dict[str, Any] = dict(
+            nbma_address=self.nbma, server=hub, redirect=hub, shortcut=not hub
+        )
         nhs4 = () if hub else (NhsConfig(A("10.0.0.1"), A("192.0.2.1")),)
         nhs6 = () if hub else (NhsConfig(B("fd00::1"), A("192.0.2.1")),)
         self.e4 = Engine(EngineConfig(protocol_address=A(v4), nhs=nhs4, **common), StaticRouting())
@@ -426,14 +445,20 @@ def test_show_nhrp_nhs_and_shortcut_carry_the_family() -> None:
     _, s1 = _dual_cloud()
     entries = nhrp_view("spoke1", s1.ifaces(), 2.0)["entries"]
     by_family = {(e["family"], e["protocol"], e["type"]) for e in entries}
-    assert {(4, "10.0.0.1/32", "nhs"), (6, "fd00::1/128", "nhs"),
-            (6, "fd00::12/128", "cached"), (6, "fd00:2::/64", "cached")} <= by_family  # fmt: skip
+    assert {
+        (4, "10.0.0.1/32", "nhs"),
+        (6, "fd00::1/128", "nhs"),
+        (6, "fd00::12/128", "cached"),
+        (6, "fd00:2::/64", "cached"),
+    } <= by_family
     assert all(e["family"] == 6 for e in entries if ":" in e["protocol"])
     assert all(e["family"] == 4 for e in entries if ":" not in e["protocol"])
     (shortcut,) = shortcut_view("spoke1", s1.ifaces(), 2.0)["entries"]
     assert (shortcut["family"], shortcut["protocol"], shortcut["next_hop"]) == (
-        6, "fd00:2::/64", "fd00::12"
-    )  # fmt: skip
+        6,
+        "fd00:2::/64",
+        "fd00::12",
+    )
     rows = nhs_view("spoke1", s1.ifaces(), 2.0)["nhs"]
     assert [(n["family"], n["protocol"], n["nbma"], n["status"]) for n in rows] == [
         (4, "10.0.0.1", "192.0.2.1", "RE"),
@@ -458,8 +483,15 @@ def test_clear_nhrp_on_the_ipv6_engine_leaves_the_ipv4_one_alone() -> None:
     v4, v6 = s1.ifaces()
     assert clear_nhrp(v4, 2.0) == []  # nothing dynamic in IPv4: only the NHS
     cleared = clear_nhrp(v6, 2.0, "shortcut")
-    assert cleared == [{"interface": "dmvpn0", "family": 6, "protocol": "fd00:2::/64",
-                        "type": "cached", "nbma": "198.51.100.12"}]  # fmt: skip
+    assert cleared == [
+        {
+            "interface": "dmvpn0",
+            "family": 6,
+            "protocol": "fd00:2::/64",
+            "type": "cached",
+            "nbma": "198.51.100.12",
+        }
+    ]
     assert any(isinstance(o, ShortcutRemoved) for o in s1.e6.pop_outputs())
     # On the hub, clearing IPv6 drops the IPv6 registrations only.
     cleared = clear_nhrp(hub.ifaces()[1], 2.0)

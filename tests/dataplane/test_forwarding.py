@@ -45,9 +45,15 @@ def _forwarder(redirect: bool = False) -> tuple[Forwarder, FakeEngine, list, lis
     engine = FakeEngine()
     sent: list[tuple[IPv4Address, bytes]] = []
     tap: list[bytes] = []
-    fw = Forwarder(engine=engine, tunnel_address=A("10.0.0.11"), local_mac=LOCAL_MAC, key=42,
-                   send_gre=lambda n, d: sent.append((n, d)), write_tap=tap.append,
-                   redirect=redirect)  # fmt: skip
+    fw = Forwarder(
+        engine=engine,
+        tunnel_address=A("10.0.0.11"),
+        local_mac=LOCAL_MAC,
+        key=42,
+        send_gre=lambda n, d: sent.append((n, d)),
+        write_tap=tap.append,
+        redirect=redirect,
+    )
     fw.nhs = [HUB]
     return fw, engine, sent, tap
 
@@ -209,8 +215,9 @@ def test_dad_router_solicitation_and_mld_never_reach_the_cloud() -> None:
     # MLDv2 report behind a hop-by-hop header with the router alert.
     report = bytes([143, 0, 0, 0, 0, 0, 0, 0])
     hbh = bytes([58, 0, 5, 2, 0, 0, 1, 0])
-    mld = IPv6Header(src=B6("fe80::aa"), dst=B6("ff02::16"), next_header=0,
-                     hop_limit=1).encode(hbh + report)  # fmt: skip
+    mld = IPv6Header(src=B6("fe80::aa"), dst=B6("ff02::16"), next_header=0, hop_limit=1).encode(
+        hbh + report
+    )
     fw.from_tap(b"\x33\x33\x00\x00\x00\x16" + LOCAL_MAC + ETH6 + mld, 0.0)
     assert sent == [] and tap == [] and engine.calls == []
     assert fw.stats["nd.dropped.dad"] == 1
@@ -227,8 +234,10 @@ def test_ipv6_frames_become_gre_86dd_and_multicast_is_replicated() -> None:
     assert nbma == PEER and gre.key == 42 and gre.protocol == 0x86DD and gre.payload == packet
     assert engine.calls == [("used", B6("fd00:2::10"))]
     fw.multicast = [HUB, PEER]
-    hello = IPv6Header(src=B6("fe80::aa"), dst=B6("ff02::5"), next_header=89,
-                       hop_limit=1).encode(bytes(16))  # fmt: skip  # OSPFv3 AllSPFRouters
+    # OSPFv3 AllSPFRouters
+    hello = IPv6Header(src=B6("fe80::aa"), dst=B6("ff02::5"), next_header=89, hop_limit=1).encode(
+        bytes(16)
+    )
     fw.from_tap(b"\x33\x33\x00\x00\x00\x05" + LOCAL_MAC + ETH6 + hello, 0.0)
     assert [(n, decode_gre(d).protocol) for n, d in sent[1:]] == [(HUB, 0x86DD), (PEER, 0x86DD)]
 
@@ -271,10 +280,17 @@ def test_family_dispatch_sends_each_family_to_its_engine() -> None:
     hooks.hairpin(b"\x60" + bytes(39), HUB, 0.0)
     hooks.hairpin(b"\x45" + bytes(19), PEER, 0.0)
     hooks.binding_used(B6("fd00:2::10"), 0.0)
-    assert e6.calls == [("receive", b"\x00\x01\x86\xdd rest", HUB), ("unbound", B6("fd00::12")),
-                        ("hairpin", HUB), ("used", B6("fd00:2::10"))]  # fmt: skip
-    assert e4.calls == [("receive", b"\x00\x01\x08\x00 rest", HUB), ("unbound", A("10.0.0.12")),
-                        ("hairpin", PEER)]  # fmt: skip
+    assert e6.calls == [
+        ("receive", b"\x00\x01\x86\xdd rest", HUB),
+        ("unbound", B6("fd00::12")),
+        ("hairpin", HUB),
+        ("used", B6("fd00:2::10")),
+    ]
+    assert e4.calls == [
+        ("receive", b"\x00\x01\x08\x00 rest", HUB),
+        ("unbound", A("10.0.0.12")),
+        ("hairpin", PEER),
+    ]
     # IPv4 only: everything to the one engine, as before.
     only = FamilyDispatch(e4)
     only.receive(b"\x00\x01\x86\xdd", HUB, 0.0)
@@ -293,10 +309,13 @@ def test_mutated_ipv6_frames_and_gre_never_raise() -> None:
         _ns_frame("fe80::c6ff:fe33:640c", src=B6("fe80::aa")),
         _ns_frame("fd00::11", src=B6("::")),
         nbma_mac(PEER) + LOCAL_MAC + ETH6 + _icmp6(B6("fd00:1::1"), B6("fd00:2::1"), bytes(8)),
-        b"\x33\x33\x00\x00\x00\x16" + LOCAL_MAC + ETH6
+        b"\x33\x33\x00\x00\x00\x16"
+        + LOCAL_MAC
+        + ETH6
         + IPv6Header(src=B6("fe80::aa"), dst=B6("ff02::16"), next_header=0).encode(
-            bytes([58, 0, 5, 2, 0, 0, 1, 0, 143]) + bytes(7)),
-    ]  # fmt: skip
+            bytes([58, 0, 5, 2, 0, 0, 1, 0, 143]) + bytes(7)
+        ),
+    ]
     for i in range(20_000):
         frame = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 4)):

@@ -65,8 +65,15 @@ def ip_ok(ip: bytes) -> bool:
     return csum(ip[: (ip[0] & 15) * 4]) == 0xFFFF
 
 
-def tcp_segment(seq: int, payload: bytes, flags: int = ACK, *, ip_id: int = 1,
-                good: bool = True, partial: bool = False) -> bytes:  # fmt: skip
+def tcp_segment(
+    seq: int,
+    payload: bytes,
+    flags: int = ACK,
+    *,
+    ip_id: int = 1,
+    good: bool = True,
+    partial: bool = False,
+) -> bytes:
     """An IPv4 (DF) + TCP packet with timestamps. ``partial``: the checksum
     field holds only the pseudo-header sum, as the kernel hands it over with
     checksum offload."""
@@ -80,8 +87,9 @@ def tcp_segment(seq: int, payload: bytes, flags: int = ACK, *, ip_id: int = 1,
         if not good:
             check ^= 0x0101
     tcp = hdr[:16] + struct.pack("!H", check) + hdr[18:] + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + tcp_len, ip_id, 0x4000, 64, 6, 0,
-                     SRC.packed, DST.packed)  # fmt: skip
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + tcp_len, ip_id, 0x4000, 64, 6, 0, SRC.packed, DST.packed
+    )
     ip = ip[:10] + struct.pack("!H", 0xFFFF - csum(ip)) + ip[12:]
     return ip + tcp
 
@@ -171,8 +179,9 @@ def test_checksum_offload_is_finished_and_offloaded_frames_to_python_are_cut(rig
     rig.start()
     # No GSO, checksum left partial by the kernel: completed before sending.
     one = tcp_segment(5, b"hello", ACK | PSH, partial=True)
-    rig.kernel.send(VNET.pack(NEEDS_CSUM, 0, 0, 0, 34, 16) + PEER_MAC + LOCAL_MAC +
-                    b"\x08\x00" + one)  # fmt: skip
+    rig.kernel.send(
+        VNET.pack(NEEDS_CSUM, 0, 0, 0, 34, 16) + PEER_MAC + LOCAL_MAC + b"\x08\x00" + one
+    )
     sent = _gre_inner(rig.peer.recv(65535))
     assert tcp_ok(sent) and sent[52:] == b"hello" and sent[:16] == one[:16]
     # A super-segment Python must handle (destination MAC not a peer's):
@@ -180,8 +189,9 @@ def test_checksum_offload_is_finished_and_offloaded_frames_to_python_are_cut(rig
     payload = bytes(range(256)) * 10
     big = tcp_segment(1, payload, ACK, partial=True)
     other = b"\x00\x11\x22\x33\x44\x55"
-    rig.kernel.send(VNET.pack(NEEDS_CSUM, GSO_TCPV4, 66, 1000, 34, 16) + other + LOCAL_MAC +
-                    b"\x08\x00" + big)  # fmt: skip
+    rig.kernel.send(
+        VNET.pack(NEEDS_CSUM, GSO_TCPV4, 66, 1000, 34, 16) + other + LOCAL_MAC + b"\x08\x00" + big
+    )
     punted = [rig.punt.recv(70000) for _ in range(3)]
     assert all(m[:1] == b"T" and m[1:7] == other for m in punted)
     assert all(ip_ok(m[15:]) and tcp_ok(m[15:]) for m in punted)
@@ -226,14 +236,18 @@ def test_different_flows_and_gaps_are_not_merged(rig: Rig) -> None:
     gap = tcp_segment(300, b"b" * 100)  # seq 200 missing: a new run
     other = bytearray(tcp_segment(400, b"c" * 100))
     other[20:22] = struct.pack("!H", 40001)  # another source port: another flow
-    other[36:38] = struct.pack("!H", 0xFFFF - csum(pseudo(SRC, DST, 132) + bytes(other[20:36])
-                                                   + bytes(2) + bytes(other[38:])))  # fmt: skip
+    other[36:38] = struct.pack(
+        "!H",
+        0xFFFF - csum(pseudo(SRC, DST, 132) + bytes(other[20:36]) + bytes(2) + bytes(other[38:])),
+    )
     # The next segment of that flow, but with a corrupt IP header checksum:
     # passed on as it is (the receiver drops it), not merged and repaired.
     bad_ip = bytearray(tcp_segment(500, b"d" * 100))
     bad_ip[20:22] = struct.pack("!H", 40001)
-    bad_ip[36:38] = struct.pack("!H", 0xFFFF - csum(pseudo(SRC, DST, 132) + bytes(bad_ip[20:36])
-                                                    + bytes(2) + bytes(bad_ip[38:])))  # fmt: skip
+    bad_ip[36:38] = struct.pack(
+        "!H",
+        0xFFFF - csum(pseudo(SRC, DST, 132) + bytes(bad_ip[20:36]) + bytes(2) + bytes(bad_ip[38:])),
+    )
     bad_ip[10] ^= 0x01
     for seg in (a1, gap, bytes(other), bytes(bad_ip)):
         rig.peer.sendto(GrePacket(0x0800, seg, key=KEY).encode(), ("127.0.0.2", 0))

@@ -53,8 +53,9 @@ c.close(); print({SIZE}, h.hexdigest(), flush=True)
 @pytest.fixture
 def cloud() -> Iterator[tuple[Lab, Topology]]:
     topo = Topology.from_data({"phase": 3})
-    lab = Lab(topo, prefix=f"dmo{os.getpid() % 100000}-",
-              state_path=Path(tempfile.mkdtemp()) / "lab.json")  # fmt: skip
+    lab = Lab(
+        topo, prefix=f"dmo{os.getpid() % 100000}-", state_path=Path(tempfile.mkdtemp()) / "lab.json"
+    )
     lab.up()
     try:
         runner = Runner(lab)
@@ -66,16 +67,28 @@ def cloud() -> Iterator[tuple[Lab, Topology]]:
 
 
 def _link(lab: Lab, node: str, dev: str) -> dict[str, int]:
-    out = lab.exec(node, ["cat", *(f"/sys/class/net/{dev}/statistics/{k}" for k in
-                                   ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"))],
-                   capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    return dict(zip(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"), map(int, out),
-                    strict=True))  # fmt: skip
+    out = lab.exec(
+        node,
+        [
+            "cat",
+            *(
+                f"/sys/class/net/{dev}/statistics/{k}"
+                for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return dict(
+        zip(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"), map(int, out), strict=True)
+    )
 
 
 def _frag_creates(lab: Lab, node: str) -> int:
-    snmp = lab.exec(node, ["cat", "/proc/net/snmp"], capture_output=True, text=True,
-                    check=True).stdout.splitlines()  # fmt: skip
+    snmp = lab.exec(
+        node, ["cat", "/proc/net/snmp"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     names, values = [line.split() for line in snmp if line.startswith("Ip:")][:2]
     return int(values[names.index("FragCreates")])
 
@@ -86,8 +99,9 @@ def test_bulk_tcp_over_a_shortcut_is_intact_and_offloaded(cloud: tuple[Lab, Topo
     # Bring the shortcut up: a reply straight from spoke2 has one hop less (TTL 62).
     deadline = time.monotonic() + 15
     while True:
-        out = lab.exec("host1", ["ping", "-c", "1", "-W", "1", host2],
-                       capture_output=True, text=True).stdout  # fmt: skip
+        out = lab.exec(
+            "host1", ["ping", "-c", "1", "-W", "1", host2], capture_output=True, text=True
+        ).stdout
         if "ttl=62" in out:
             break
         assert time.monotonic() < deadline, f"no shortcut to {host2}: {out}"
@@ -97,8 +111,13 @@ def test_bulk_tcp_over_a_shortcut_is_intact_and_offloaded(cloud: tuple[Lab, Topo
     rx = lab.popen("host2", [sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
     try:
         assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
-        done = lab.exec("host1", [sys.executable, "-c", SENDER, host2], capture_output=True,
-                        text=True, timeout=120)  # fmt: skip
+        done = lab.exec(
+            "host1",
+            [sys.executable, "-c", SENDER, host2],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, f"sender failed: {done.stderr[-2000:]}"
         sent = done.stdout.split()
         got = rx.stdout.readline().split()

@@ -64,9 +64,13 @@ def test_python_path_reads_and_writes_through_the_vnet_header() -> None:
     ns = f"dmtap{os.getpid() % 100000}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        res = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT],
-                             capture_output=True, text=True, timeout=30,
-                             cwd=Path(__file__).parent)  # fmt: skip
+        res = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=Path(__file__).parent,
+        )
         assert res.returncode == 0, res.stderr
         out = json.loads(res.stdout)
     finally:

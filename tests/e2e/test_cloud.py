@@ -37,8 +37,9 @@ class Cloud:
             yaml.safe_dump(json.loads(json.dumps(self.topo.node_config(node), default=str)))
         )
         log = (self.logs / f"{node}.log").open("a")
-        self.procs[node] = self.lab.popen(node, [DMVPN, "run", "-c", str(cfg)], stdout=log,
-                                          stderr=log)  # fmt: skip
+        self.procs[node] = self.lab.popen(
+            node, [DMVPN, "run", "-c", str(cfg)], stdout=log, stderr=log
+        )
 
     def stop(self, node: str) -> None:
         proc = self.procs.pop(node)
@@ -78,16 +79,16 @@ def cloud_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
 
     def make(phase: int, holdtime: int = 60) -> Cloud:
         topo = Topology.from_data({"phase": phase, "holdtime": holdtime})
-        lab = Lab(topo, prefix=f"dme{os.getpid() % 100000}-",
-                  state_path=tmp_path / "lab.json")  # fmt: skip
+        lab = Lab(topo, prefix=f"dme{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
         labs.append(lab)
         lab.up()
         cloud = Cloud(lab, topo, tmp_path)
         for plan in topo.routers:
             cloud.start(plan.name)
         spokes = [p.name for p in topo.spokes]
-        cloud.wait("every spoke to register",
-                   lambda: all(cloud.events(s, "nhs-up") for s in spokes))  # fmt: skip
+        cloud.wait(
+            "every spoke to register", lambda: all(cloud.events(s, "nhs-up") for s in spokes)
+        )
         return cloud
 
     try:
@@ -135,8 +136,11 @@ def test_clean_stop_and_hub_restart(cloud_factory) -> None:  # type: ignore[no-u
     # refresh (a third of the 12 s holding time).
     cloud.stop("hub1")
     cloud.start("hub1")
-    cloud.wait("spoke1 and spoke2 to re-register",
-               lambda: len(cloud.events("hub1", "registered")) >= 5, timeout=20)  # fmt: skip
+    cloud.wait(
+        "spoke1 and spoke2 to re-register",
+        lambda: len(cloud.events("hub1", "registered")) >= 5,
+        timeout=20,
+    )
     host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
     assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", host2]).returncode == 0
 
@@ -163,8 +167,9 @@ def test_spoke_returns_with_a_new_nbma_address(cloud_factory) -> None:  # type: 
     path = cloud.logs / "spoke1.yaml"
     path.write_text(yaml.safe_dump(json.loads(json.dumps(config, default=str))))
     log = (cloud.logs / "spoke1.log").open("a")
-    cloud.procs["spoke1"] = cloud.lab.popen("spoke1", [DMVPN, "run", "-c", str(path)],
-                                            stdout=log, stderr=log)  # fmt: skip
+    cloud.procs["spoke1"] = cloud.lab.popen(
+        "spoke1", [DMVPN, "run", "-c", str(path)], stdout=log, stderr=log
+    )
 
     # no-unique: the hub replaces the binding at once (RFC 2332 5.2.3).
     def rebound() -> bool:
@@ -201,8 +206,12 @@ def test_underlay_capture_decodes_cleanly(cloud_factory, tmp_path: Path) -> None
     pcap = tmp_path / "underlay.pcap"
     cloud: Cloud = cloud_factory(3, holdtime=12)
     errors = (tmp_path / "tshark.err").open("w")
-    tshark = cloud.lab.popen("inet", ["tshark", "-q", "-i", "br0", "-w", str(pcap), "-f",
-                                      "ip proto 47"], stdout=errors, stderr=errors)  # fmt: skip
+    tshark = cloud.lab.popen(
+        "inet",
+        ["tshark", "-q", "-i", "br0", "-w", str(pcap), "-f", "ip proto 47"],
+        stdout=errors,
+        stderr=errors,
+    )
     time.sleep(1.5)  # tshark needs a moment before it captures
     host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
     cloud.lab.exec("host1", ["ping", "-c", "3", "-i", "0.3", "-W", "1", host2])
@@ -210,19 +219,37 @@ def test_underlay_capture_decodes_cleanly(cloud_factory, tmp_path: Path) -> None
     tshark.terminate()
     tshark.wait(timeout=10)
     fields = subprocess.run(
-        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "gre.key", "-e", "nhrp.hdr.op.type",
-         "-o", "nhrp.auth_ext_has_addr:FALSE"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split("\n")  # fmt: skip
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-T",
+            "fields",
+            "-e",
+            "gre.key",
+            "-e",
+            "nhrp.hdr.op.type",
+            "-o",
+            "nhrp.auth_ext_has_addr:FALSE",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     rows = [line.split("\t") for line in fields if line.strip()]
     assert rows and {r[0] for r in rows} == {"0x0000002a"}  # key 42 on every GRE packet
     nhrp_types = {r[1] for r in rows if len(r) > 1 and r[1]}
     assert {"3", "4", "8", "1", "2"} <= nhrp_types, nhrp_types
-    expert = subprocess.run(["tshark", "-r", str(pcap), "-q", "-z", "expert,warn"],
-                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    expert = subprocess.run(
+        ["tshark", "-r", str(pcap), "-q", "-z", "expert,warn"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "Malformed" not in expert and "NHRP" not in expert, expert
-    decoded = subprocess.run([DMVPN, "decode", "--json", "--nhrp-only", str(pcap)],
-                             capture_output=True, text=True)  # fmt: skip
+    decoded = subprocess.run(
+        [DMVPN, "decode", "--json", "--nhrp-only", str(pcap)], capture_output=True, text=True
+    )
     assert decoded.returncode == 0, decoded.stderr
     recs = [json.loads(line) for line in decoded.stdout.splitlines()]
     assert recs and all(r["roundtrip"] for r in recs)

@@ -41,12 +41,18 @@ class ApiCloud(Cloud):
         cfg = self.logs / f"{node}.yaml"
         cfg.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str))))
         log = (self.logs / f"{node}.log").open("a")
-        self.procs[node] = self.lab.popen(node, [DMVPN, "run", "-c", str(cfg)], stdout=log,
-                                          stderr=log)  # fmt: skip
+        self.procs[node] = self.lab.popen(
+            node, [DMVPN, "run", "-c", str(cfg)], stdout=log, stderr=log
+        )
 
     def show(self, node: str, *argv: str) -> str:
-        res = self.lab.exec(node, [DMVPN, "show", *argv, "--socket", self.sock(node)],
-                            capture_output=True, text=True, timeout=30)  # fmt: skip
+        res = self.lab.exec(
+            node,
+            [DMVPN, "show", *argv, "--socket", self.sock(node)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 0, (argv, res.stderr)
         return res.stdout
 
@@ -54,10 +60,17 @@ class ApiCloud(Cloud):
         return json.loads(self.show(node, *argv, "--json"))
 
     def metrics(self, node: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        scrape = ("import sys; from pathlib import Path; from dmvpn.cli.show import ApiClient; "
-                  "sys.stdout.write(ApiClient(Path(sys.argv[1])).text('/metrics'))")  # fmt: skip
-        res = self.lab.exec(node, [sys.executable, "-c", scrape, self.sock(node)],
-                            capture_output=True, text=True, timeout=30)  # fmt: skip
+        scrape = (
+            "import sys; from pathlib import Path; from dmvpn.cli.show import ApiClient; "
+            "sys.stdout.write(ApiClient(Path(sys.argv[1])).text('/metrics'))"
+        )
+        res = self.lab.exec(
+            node,
+            [sys.executable, "-c", scrape, self.sock(node)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 0, res.stderr
         return {
             (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -81,8 +94,12 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
         lab.up()
         pcap = tmp_path / "underlay.pcap"
         errors = (tmp_path / "tshark.err").open("w")
-        tshark = lab.popen("inet", ["tshark", "-q", "-i", "br0", "-w", str(pcap), "-f",
-                                    "ip proto 47"], stdout=errors, stderr=errors)  # fmt: skip
+        tshark = lab.popen(
+            "inet",
+            ["tshark", "-q", "-i", "br0", "-w", str(pcap), "-f", "ip proto 47"],
+            stdout=errors,
+            stderr=errors,
+        )
         time.sleep(1.5)  # tshark needs a moment before it captures
         for plan in topo.routers:
             cloud.start(plan.name)
@@ -105,8 +122,13 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
         first = _hops6(cloud, "host1", host2, wait=3)
         assert first == ["fd00:1::1", "fd00::1", "fd00::12", host2], first
         # ... the hub's Traffic Indication brings an IPv6 shortcut, then direct.
-        cloud.wait("spoke1's IPv6 shortcut route", lambda: "fd00:2::/64 via fd00::12" in
-                   cloud.sh("spoke1", "ip", "-6", "route", "show", "proto", "177"))  # fmt: skip
+        cloud.wait(
+            "spoke1's IPv6 shortcut route",
+            lambda: (
+                "fd00:2::/64 via fd00::12"
+                in cloud.sh("spoke1", "ip", "-6", "route", "show", "proto", "177")
+            ),
+        )
         later = _hops6(cloud, "host1", host2, wait=3)
         assert later == ["fd00:1::1", "fd00::12", host2], later
         assert cloud.events("hub1", "redirect")
@@ -119,10 +141,14 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
         # Link multicast (ff02::1, as OSPFv3's ff02::5) from the hub reaches
         # every spoke; they answer from their EUI-64 link-local addresses,
         # whose link-layer address the daemon derives from the NBMA address.
-        out = cloud.sh("hub1", "ping", "-6", "-c", "2", "-i", "0.5", "-W", "1", "-I", "dmvpn0",
-                       "ff02::1")  # fmt: skip
-        answered = {line.split()[3].rstrip(":").split("%")[0] for line in out.splitlines()
-                    if " bytes from " in line}  # fmt: skip
+        out = cloud.sh(
+            "hub1", "ping", "-6", "-c", "2", "-i", "0.5", "-W", "1", "-I", "dmvpn0", "ff02::1"
+        )
+        answered = {
+            line.split()[3].rstrip(":").split("%")[0]
+            for line in out.splitlines()
+            if " bytes from " in line
+        }
         assert {"fe80::acff:fe1e:b", "fe80::acff:fe1e:c", "fe80::acff:fe1e:d"} <= answered, out
         # DAD passed (nothing answered the kernel's probes; none reached the cloud).
         for node in ("hub1", *spokes):
@@ -133,10 +159,19 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
         # SIGTERM: the spoke purges both registrations; the hub drops the
         # IPv6 binding from its neighbour table.
         cloud.stop("spoke3")
-        cloud.wait("hub1 to drop spoke3's registrations", lambda: {"10.0.0.13", "fd00::13"} <= {
-            e["protocol"] for e in cloud.events("hub1", "registration-purged")})  # fmt: skip
-        cloud.wait("hub1's neighbour entry for fd00::13 to go", lambda: "fd00::13 " not in
-                   cloud.sh("hub1", "ip", "-6", "neigh", "show", "dev", "dmvpn0"))  # fmt: skip
+        cloud.wait(
+            "hub1 to drop spoke3's registrations",
+            lambda: (
+                {"10.0.0.13", "fd00::13"}
+                <= {e["protocol"] for e in cloud.events("hub1", "registration-purged")}
+            ),
+        )
+        cloud.wait(
+            "hub1's neighbour entry for fd00::13 to go",
+            lambda: (
+                "fd00::13 " not in cloud.sh("hub1", "ip", "-6", "neigh", "show", "dev", "dmvpn0")
+            ),
+        )
     finally:
         if tshark is not None:
             tshark.terminate()
@@ -146,10 +181,25 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
         lab.down()
 
     fields = subprocess.run(
-        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "gre.proto", "-e", "nhrp.hdr.op.type",
-         "-e", "nhrp.hdr.pro.type", "-e", "icmpv6.type"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-T",
+            "fields",
+            "-e",
+            "gre.proto",
+            "-e",
+            "nhrp.hdr.op.type",
+            "-e",
+            "nhrp.hdr.pro.type",
+            "-e",
+            "icmpv6.type",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = [line.split("\t") for line in fields.splitlines() if line.strip()]
     v6_nhrp = {r[1] for r in rows if r[0] == "0x2001" and r[2] == "0x86dd"}
     # Registrations, replies, resolution request and reply, Traffic Indication.
@@ -159,16 +209,21 @@ def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
     # No Neighbor Discovery, router solicitation or MLD on the cloud.
     icmp6 = {r[3] for r in rows if len(r) > 3 and r[3]}
     assert not icmp6 & {"133", "134", "135", "136", "143", "130", "131", "132"}, icmp6
-    expert = subprocess.run(["tshark", "-r", str(pcap), "-q", "-z", "expert,warn"],
-                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    expert = subprocess.run(
+        ["tshark", "-r", str(pcap), "-q", "-z", "expert,warn"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "Malformed" not in expert and "NHRP" not in expert, expert
 
 
 def test_dual_stack_over_ipsec(tmp_path: Path) -> None:
     """The IPv6 engine waits for the same GRE SAs as the IPv4 one: IPv6
     reaches host2 via the hub, then over the spoke-to-spoke SA directly."""
-    topo = Topology.from_data({"phase": 3, "holdtime": 30, "ipv6": True,
-                               "ipsec_psk": "dual-stack-test-psk-0123"})  # fmt: skip
+    topo = Topology.from_data(
+        {"phase": 3, "holdtime": 30, "ipv6": True, "ipsec_psk": "dual-stack-test-psk-0123"}
+    )
     lab = Lab(topo, prefix=f"dm6s{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
     cloud = Cloud(lab, topo, tmp_path)
     try:
@@ -180,17 +235,30 @@ def test_dual_stack_over_ipsec(tmp_path: Path) -> None:
         def both_up(spoke: str) -> bool:
             return {e["nhs"] for e in cloud.events(spoke, "nhs-up")} == {"10.0.0.1", "fd00::1"}
 
-        cloud.wait("every spoke to register both families over IPsec",
-                   lambda: all(map(both_up, spokes)), timeout=30)  # fmt: skip
+        cloud.wait(
+            "every spoke to register both families over IPsec",
+            lambda: all(map(both_up, spokes)),
+            timeout=30,
+        )
         # Four charons and their first IKE exchanges share two cores: replies
         # may take longer than a second while the spoke-to-spoke SA comes up.
         first = _hops6(cloud, "host1", "fd00:2::10", wait=3)
         assert first[1] == "fd00::1" and first[-1] == "fd00:2::10", first
-        cloud.wait("spoke1's IPv6 shortcut route over the new SA", lambda: "fd00:2::/64 via "
-                   "fd00::12" in cloud.sh("spoke1", "ip", "-6", "route", "show", "proto", "177"),
-                   timeout=20)  # fmt: skip
-        cloud.wait("the direct IPv6 path", lambda: _hops6(cloud, "host1", "fd00:2::10", wait=3)
-                   == ["fd00:1::1", "fd00::12", "fd00:2::10"])  # fmt: skip
+        cloud.wait(
+            "spoke1's IPv6 shortcut route over the new SA",
+            lambda: (
+                "fd00:2::/64 via "
+                "fd00::12" in cloud.sh("spoke1", "ip", "-6", "route", "show", "proto", "177")
+            ),
+            timeout=20,
+        )
+        cloud.wait(
+            "the direct IPv6 path",
+            lambda: (
+                _hops6(cloud, "host1", "fd00:2::10", wait=3)
+                == ["fd00:1::1", "fd00::12", "fd00:2::10"]
+            ),
+        )
         assert cloud.events("spoke1", "ipsec-up")
     finally:
         for node in list(cloud.procs):
@@ -215,7 +283,9 @@ def _show_both_families(cloud: ApiCloud, record: Path) -> None:
     assert {e["family"] for e in entries if ":" not in e["protocol"]} == {4}
     nhs = cloud.show_json("spoke1", "nhrp", "nhs")["nhs"]
     assert [(n["family"], n["protocol"], n["state"]) for n in nhs] == [
-        (4, "10.0.0.1", "up"), (6, "fd00::1", "up")]  # fmt: skip
+        (4, "10.0.0.1", "up"),
+        (6, "fd00::1", "up"),
+    ]
     traffic = cloud.show_json("spoke1", "nhrp", "traffic")["interfaces"]
     assert [t["family"] for t in traffic] == [4, 6]
     assert traffic[1]["received"]["traffic_indication"] >= 1
@@ -227,11 +297,16 @@ def _show_both_families(cloud: ApiCloud, record: Path) -> None:
     assert m["dmvpn_nhrp_shortcuts_installed_total", f6] >= 1
     assert m["dmvpn_peers", f6] == 2
     # The text an operator reads (kept for the docs' examples).
-    record.write_text("".join(
-        f"{node}# dmvpn show {' '.join(argv)}\n{cloud.show(node, *argv)}\n"
-        for node, argv in (("spoke1", ["dmvpn"]), ("spoke1", ["nhrp"]),
-                           ("spoke1", ["nhrp", "shortcut", "--family", "6"]),
-                           ("spoke1", ["nhrp", "nhs"]),
-                           ("spoke1", ["nhrp", "traffic", "--family", "6"]),
-                           ("hub1", ["dmvpn", "--family", "6"]))
-    ))  # fmt: skip
+    record.write_text(
+        "".join(
+            f"{node}# dmvpn show {' '.join(argv)}\n{cloud.show(node, *argv)}\n"
+            for node, argv in (
+                ("spoke1", ["dmvpn"]),
+                ("spoke1", ["nhrp"]),
+                ("spoke1", ["nhrp", "shortcut", "--family", "6"]),
+                ("spoke1", ["nhrp", "nhs"]),
+                ("spoke1", ["nhrp", "traffic", "--family", "6"]),
+                ("hub1", ["dmvpn", "--family", "6"]),
+            )
+        )
+    )

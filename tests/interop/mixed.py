@@ -70,8 +70,13 @@ class Cloud:
     def dmvpn_show(self, node: str, *args: str) -> Any:
         """`dmvpn show ARGS --json` against a dmvpn node's daemon."""
         sock = str(self.runner.socket_path(node))
-        res = self.lab.exec(node, [DMVPN, "show", *args, "--json", "--socket", sock],
-                            capture_output=True, text=True, timeout=30)  # fmt: skip
+        res = self.lab.exec(
+            node,
+            [DMVPN, "show", *args, "--json", "--socket", sock],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 0, res.stderr
         return json.loads(res.stdout)
 
@@ -103,8 +108,9 @@ class Cloud:
     def _sh(self, node: str, command: str) -> str:
         if self.kind(node) == "frr":
             return self.frr.run(node, command).output
-        return str(self.lab.exec(node, ["sh", "-c", command], capture_output=True,
-                                 text=True).stdout)  # fmt: skip
+        return str(
+            self.lab.exec(node, ["sh", "-c", command], capture_output=True, text=True).stdout
+        )
 
     def tunnel_nbma(self, node: str, dst: str) -> str:
         """The NBMA address the node's kernel sends packets for dst to: its
@@ -124,8 +130,9 @@ class Cloud:
 
     def shortcut_route(self, node: str, prefix: str) -> str | None:
         """A dmvpn node's NHRP shortcut route (protocol 177) for prefix: its next hop."""
-        out = self.lab.exec(node, ["ip", "route", "show", "proto", "177", prefix],
-                            capture_output=True, text=True).stdout  # fmt: skip
+        out = self.lab.exec(
+            node, ["ip", "route", "show", "proto", "177", prefix], capture_output=True, text=True
+        ).stdout
         m = re.search(r"via (\S+)", out)
         return m.group(1) if m else None
 
@@ -133,8 +140,13 @@ class Cloud:
         return self.frr.run(node, f"cat {FRR_LOGS}/nhrpd.log").output
 
     def ping(self, host: str, dst: str, count: int = 3) -> bool:
-        res = self.lab.exec(host, ["ping", "-c", str(count), "-i", "0.3", "-W", "1", dst],
-                            capture_output=True, text=True, timeout=30)  # fmt: skip
+        res = self.lab.exec(
+            host,
+            ["ping", "-c", str(count), "-i", "0.3", "-W", "1", dst],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return res.returncode == 0
 
     # -- the capture (case 6) ---------------------------------------------------
@@ -142,9 +154,11 @@ class Cloud:
     def start_capture(self) -> None:
         errors = (self.pcap.parent / "dumpcap.err").open("w")
         self.capture = self.lab.popen(
-            "inet", ["dumpcap", "-q", "-i", "br0", "-f", "ip proto 47", "-w", str(self.pcap)],
-            stdout=errors, stderr=errors,
-        )  # fmt: skip
+            "inet",
+            ["dumpcap", "-q", "-i", "br0", "-f", "ip proto 47", "-w", str(self.pcap)],
+            stdout=errors,
+            stderr=errors,
+        )
         self.wait("the capture to start", lambda: self.pcap.exists() and self.pcap.stat().st_size)
 
     def stop_capture(self) -> None:
@@ -156,8 +170,11 @@ class Cloud:
         """Every NHRP packet decodes and re-encodes exactly (ours) and dissects
         cleanly (tshark); returns NBMA source -> NHRP types sent."""
         self.stop_capture()
-        decoded = subprocess.run([DMVPN, "decode", "--json", "--nhrp-only", str(self.pcap)],
-                                 capture_output=True, text=True)  # fmt: skip
+        decoded = subprocess.run(
+            [DMVPN, "decode", "--json", "--nhrp-only", str(self.pcap)],
+            capture_output=True,
+            text=True,
+        )
         assert decoded.returncode == 0, decoded.stderr[-2000:]
         recs = [json.loads(line) for line in decoded.stdout.splitlines()]
         assert recs, "no NHRP captured"
@@ -169,10 +186,23 @@ class Cloud:
         by_frame = {r["frame"]: r for r in recs}
         self.truncated_by_nhrpd = []
         malformed = subprocess.run(
-            ["tshark", "-r", str(self.pcap), "-o", "nhrp.auth_ext_has_addr:FALSE",
-             "-Y", "nhrp && (_ws.malformed || _ws.expert.severity >= warning)",
-             "-T", "fields", "-e", "frame.number"], capture_output=True, text=True, check=True,
-        ).stdout.split()  # fmt: skip
+            [
+                "tshark",
+                "-r",
+                str(self.pcap),
+                "-o",
+                "nhrp.auth_ext_has_addr:FALSE",
+                "-Y",
+                "nhrp && (_ws.malformed || _ws.expert.severity >= warning)",
+                "-T",
+                "fields",
+                "-e",
+                "frame.number",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         for frame in map(int, malformed):
             r = by_frame[frame]
             nhrp = r["nhrp"]
@@ -183,8 +213,10 @@ class Cloud:
             self.truncated_by_nhrpd.append(frame)
         count = subprocess.run(
             ["tshark", "-r", str(self.pcap), "-Y", "nhrp", "-T", "fields", "-e", "frame.number"],
-            capture_output=True, text=True, check=True,
-        ).stdout.split()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         assert len(count) == len(recs)  # tshark sees every NHRP packet we do
         senders: dict[str, set[str]] = {}
         for r in recs:
@@ -213,8 +245,12 @@ def mixed_cloud(topology: dict[str, Any], prefix: str, tmp: Path) -> Iterator[Cl
                 cloud.stop_capture()
                 keep = os.environ.get("DMVPN_INTEROP_KEEP")
                 if keep:  # for a post-mortem: the guests' logs and the capture
-                    shutil.copytree(lab.run_dir, Path(keep) / prefix, dirs_exist_ok=True,
-                                    ignore=shutil.ignore_patterns("*.sock"))  # fmt: skip
+                    shutil.copytree(
+                        lab.run_dir,
+                        Path(keep) / prefix,
+                        dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.sock"),
+                    )
                     shutil.copy(cloud.pcap, Path(keep) / prefix)
         finally:
             lab.down()

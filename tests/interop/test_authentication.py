@@ -63,8 +63,10 @@ def test_matching_passwords_register_everywhere(cloud: Cloud) -> None:
     assert cache["10.0.0.11/32"]["nbma"] == "172.30.0.11"
     assert cache["10.0.0.12/32"]["nbma"] == "172.30.0.12"
     expected = {"10.0.0.11": ("dynamic", "172.30.0.11"), "10.0.0.12": ("dynamic", "172.30.0.12")}
-    cloud.wait("nhrpd's hub to list both spokes",
-               lambda: expected.items() <= cloud.nhrpd_cache("hub2").items())  # fmt: skip
+    cloud.wait(
+        "nhrpd's hub to list both spokes",
+        lambda: expected.items() <= cloud.nhrpd_cache("hub2").items(),
+    )
     assert not cloud.runner.events("hub1", "auth-failure")
     assert not cloud.runner.events("spoke2", "auth-failure")
 
@@ -79,18 +81,24 @@ def test_our_hub_refuses_nhrpd_with_another_password(cloud: Cloud) -> None:
     config["interfaces"][0]["nhrp"]["authentication"] = "other1"
     path.write_text(yaml.safe_dump(config))
     os.kill(cloud.runner.running()["hub1"], signal.SIGHUP)
-    cloud.wait("hub1 to reload", lambda: [e for e in cloud.runner.events("hub1", "reloaded")
-                                          if e["ts"] >= since])  # fmt: skip
+    cloud.wait(
+        "hub1 to reload",
+        lambda: [e for e in cloud.runner.events("hub1", "reloaded") if e["ts"] >= since],
+    )
 
     def refused() -> list[dict[str, object]]:
-        return [e for e in cloud.runner.events("hub1", "auth-failure")
-                if e["ts"] >= since and e["src"] == "172.30.0.11"]  # fmt: skip
+        return [
+            e
+            for e in cloud.runner.events("hub1", "auth-failure")
+            if e["ts"] >= since and e["src"] == "172.30.0.11"
+        ]
 
     cloud.wait("our hub to refuse nhrpd spoke1", refused, timeout=20)
     assert refused()[0]["message"] == "Registration Request from 172.30.0.11 failed authentication"
-    cloud.wait("nhrpd to log our refusal",
-               lambda: "From 172.30.0.1: error: authentication failure"
-               in cloud.nhrpd_log("spoke1"))  # fmt: skip
+    cloud.wait(
+        "nhrpd to log our refusal",
+        lambda: "From 172.30.0.1: error: authentication failure" in cloud.nhrpd_log("spoke1"),
+    )
     # Back to the cloud's password for the next test.
     config["interfaces"][0]["nhrp"]["authentication"] = PASSWORD
     path.write_text(yaml.safe_dump(config))
@@ -111,20 +119,32 @@ def test_nhrpd_hub_and_ours_refuse_our_spoke_with_another_password(cloud: Cloud)
     with log.open("wb") as out:
         proc = cloud.lab.popen("spoke2", [DMVPN, "run", "-c", str(path)], stdout=out, stderr=out)
     try:
-        cloud.wait("our hub to refuse spoke2",
-                   lambda: [e for e in cloud.runner.events("hub1", "auth-failure")
-                            if e["ts"] >= since and e["src"] == "172.30.0.12"])  # fmt: skip
-        cloud.wait("nhrpd's hub to refuse spoke2",
-                   lambda: "From 172.30.0.12: error: authentication failure"
-                   in cloud.nhrpd_log("hub2"))  # fmt: skip
+        cloud.wait(
+            "our hub to refuse spoke2",
+            lambda: [
+                e
+                for e in cloud.runner.events("hub1", "auth-failure")
+                if e["ts"] >= since and e["src"] == "172.30.0.12"
+            ],
+        )
+        cloud.wait(
+            "nhrpd's hub to refuse spoke2",
+            lambda: "From 172.30.0.12: error: authentication failure" in cloud.nhrpd_log("hub2"),
+        )
 
         def refusals() -> set[str]:  # what our spoke says about the answers
             return {e["message"] for e in _events(log, "auth-failure")}
 
-        cloud.wait("our spoke to log both refusals",
-                   lambda: refusals() >= {
-                       "Error Indication from 172.30.0.1 failed authentication",
-                       "Error Indication from 172.30.0.2 failed authentication"})  # fmt: skip
+        cloud.wait(
+            "our spoke to log both refusals",
+            lambda: (
+                refusals()
+                >= {
+                    "Error Indication from 172.30.0.1 failed authentication",
+                    "Error Indication from 172.30.0.2 failed authentication",
+                }
+            ),
+        )
         assert not _events(log, "nhs-up")
     finally:
         proc.terminate()

@@ -109,10 +109,13 @@ def test_unique_registration_from_a_new_nbma_is_refused_with_code_14(cloud: Clou
     _renumber(cloud, "spoke4", "172.30.0.14", "172.30.0.24")
     refused = cloud.wait(
         "our hub to refuse spoke4's new NBMA",
-        lambda: [e for e in cloud.runner.events("hub1", "registration-refused")
-                 if e["ts"] >= since and e.get("nbma") == "172.30.0.24"],
+        lambda: [
+            e
+            for e in cloud.runner.events("hub1", "registration-refused")
+            if e["ts"] >= since and e.get("nbma") == "172.30.0.24"
+        ],
         timeout=HOLDTIME,
-    )  # fmt: skip
+    )
     assert refused < HOLDTIME
     (event, *_) = [
         e for e in cloud.runner.events("hub1", "registration-refused") if e["ts"] >= since
@@ -127,10 +130,16 @@ def test_unique_registration_from_a_new_nbma_is_refused_with_code_14(cloud: Clou
         lambda: cloud.cache("hub1").get("10.0.0.14/32", {}).get("nbma") == "172.30.0.24",
         timeout=HOLDTIME + 70,  # nhrpd backs off 1, 2, 4 ... 32 s
     )
-    expired = [e for e in cloud.runner.events("hub1", "registration-expired")
-               if e["protocol"] == "10.0.0.14"]  # fmt: skip
-    accepted = [e for e in cloud.runner.events("hub1", "registered")
-                if e["protocol"] == "10.0.0.14" and e["nbma"] == "172.30.0.24"]  # fmt: skip
+    expired = [
+        e
+        for e in cloud.runner.events("hub1", "registration-expired")
+        if e["protocol"] == "10.0.0.14"
+    ]
+    accepted = [
+        e
+        for e in cloud.runner.events("hub1", "registered")
+        if e["protocol"] == "10.0.0.14" and e["nbma"] == "172.30.0.24"
+    ]
     assert len(expired) == 1 and len(accepted) == 1
     assert expired[0]["ts"] <= accepted[0]["ts"] and accepted[0]["unique"] is True
 
@@ -145,8 +154,11 @@ def test_no_unique_registration_moves_to_the_new_nbma(cloud: Cloud) -> None:
     )
     moved = [e for e in cloud.runner.events("hub1", "registration-replaced") if e["ts"] >= since]
     assert [e["protocol"] for e in moved] == ["10.0.0.12"]
-    assert not [e for e in cloud.runner.events("hub1", "registration-refused") if e["ts"] >= since
-                and e["protocol"] == "10.0.0.12"]  # fmt: skip
+    assert not [
+        e
+        for e in cloud.runner.events("hub1", "registration-refused")
+        if e["ts"] >= since and e["protocol"] == "10.0.0.12"
+    ]
 
 
 def test_a_vanished_nhrpd_spoke_expires_on_time(cloud: Cloud) -> None:
@@ -160,8 +172,11 @@ def test_a_vanished_nhrpd_spoke_expires_on_time(cloud: Cloud) -> None:
         lambda: "10.0.0.11/32" not in cloud.cache("hub1"),
         timeout=HOLDTIME + 10,
     )
-    (event,) = [e for e in cloud.runner.events("hub1", "registration-expired")
-                if e["protocol"] == "10.0.0.11"]  # fmt: skip
+    (event,) = [
+        e
+        for e in cloud.runner.events("hub1", "registration-expired")
+        if e["protocol"] == "10.0.0.11"
+    ]
     assert HOLDTIME * 2 / 3 - 2 <= event["ts"] - killed <= HOLDTIME + 1, took
     assert "10.0.0.12/32" in cloud.cache("hub1")  # the others stay
 

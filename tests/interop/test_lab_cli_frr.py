@@ -84,8 +84,9 @@ def test_lab_up_show_exec_down_with_frr_nodes(tmp_path: Path) -> None:
         assert link.returncode == 0 and "ikey 0.0.0.77" in link.stdout, link.stdout
         assert lab("exec", "--prefix", PREFIX, "spoke1", "--", "false").returncode == 1
         # The hosts behind an nhrpd spoke and ours reach each other.
-        ping = lab("exec", "--prefix", PREFIX, "host1", "--", "ping", "-c", "2", "-W", "2",
-                   "192.168.2.10")  # fmt: skip
+        ping = lab(
+            "exec", "--prefix", PREFIX, "host1", "--", "ping", "-c", "2", "-W", "2", "192.168.2.10"
+        )
         assert ping.returncode == 0, ping.stdout
     finally:
         down = lab("down", "--prefix", PREFIX)
@@ -96,6 +97,7 @@ def test_lab_up_show_exec_down_with_frr_nodes(tmp_path: Path) -> None:
     assert not Path(f"/run/dmvpn-lab/{PREFIX}").exists()
     assert not Path(f"/run/dmvpn-lab/{PREFIX}.json").exists()
     # No QEMU whose files were in the lab's run directory.
-    leftovers = subprocess.run(["pgrep", "-f", f"/run/dmvpn-lab/{PREFIX}/"], capture_output=True,
-                               text=True)  # fmt: skip
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"/run/dmvpn-lab/{PREFIX}/"], capture_output=True, text=True
+    )
     assert leftovers.stdout == "", leftovers.stdout

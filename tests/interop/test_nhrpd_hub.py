@@ -54,8 +54,10 @@ def test_dmvpn_spokes_register_with_the_nhrpd_hub(cloud: Cloud) -> None:
         (up,) = cloud.runner.events(spoke, "nhs-up")
         assert up["nhs"] == "10.0.0.1" and up["holding_time"] == HOLDTIME
     expected = {f"10.0.0.{n}": ("dynamic", f"172.30.0.{n}") for n in (11, 12, 13, 14)}
-    cloud.wait("nhrpd's hub to list every spoke",
-               lambda: expected.items() <= cloud.nhrpd_cache("hub1").items())  # fmt: skip
+    cloud.wait(
+        "nhrpd's hub to list every spoke",
+        lambda: expected.items() <= cloud.nhrpd_cache("hub1").items(),
+    )
     assert cloud.nhs_up("spoke3") == {"10.0.0.1"}
 
 
@@ -65,8 +67,10 @@ def test_dmvpn_spokes_shortcut_through_the_nhrpd_hubs_redirect(cloud: Cloud) -> 
     host2 = cloud.lan_ip("host2")
     assert cloud.tunnel_nbma("spoke1", host2) == "172.30.0.1"
     assert cloud.ping("host1", host2)
-    cloud.wait("spoke1's shortcut to host2's LAN",
-               lambda: cloud.shortcut_route("spoke1", "192.168.2.0/24") == "10.0.0.12")  # fmt: skip
+    cloud.wait(
+        "spoke1's shortcut to host2's LAN",
+        lambda: cloud.shortcut_route("spoke1", "192.168.2.0/24") == "10.0.0.12",
+    )
     assert cloud.tunnel_nbma("spoke1", host2) == "172.30.0.12"
     (sent,) = cloud.runner.events("spoke1", "resolution-sent")
     assert sent["target"] == host2 and sent["reason"] == "redirect from 10.0.0.1"
@@ -83,10 +87,10 @@ def test_dmvpn_and_nhrpd_spokes_shortcut_both_ways(cloud: Cloud, src: str, dst: 
             return cloud.nhrpd_shortcuts(node).get(lan) == via
         return cloud.shortcut_route(node, lan) == via
 
-    cloud.wait(f"{src}'s shortcut to {dst}",
-               lambda: shortcut(src, _lan(cloud, dst), cloud.tunnel(dst)))  # fmt: skip
-    cloud.wait(f"{dst}'s shortcut back",
-               lambda: shortcut(dst, _lan(cloud, src), cloud.tunnel(src)))  # fmt: skip
+    cloud.wait(
+        f"{src}'s shortcut to {dst}", lambda: shortcut(src, _lan(cloud, dst), cloud.tunnel(dst))
+    )
+    cloud.wait(f"{dst}'s shortcut back", lambda: shortcut(dst, _lan(cloud, src), cloud.tunnel(src)))
     assert cloud.tunnel_nbma(src, cloud.lan_ip(PEER[dst])) == cloud.nbma(dst)
     assert cloud.tunnel_nbma(dst, cloud.lan_ip(PEER[src])) == cloud.nbma(src)
     assert cloud.ping(PEER[src], cloud.lan_ip(PEER[dst]))
@@ -110,8 +114,10 @@ def test_nhrpd_hub_lets_a_unique_registration_move_without_code_14(cloud: Cloud)
         proc = cloud.lab.popen("spoke4", [DMVPN, "run", "-c", str(path)], stdout=out, stderr=out)
     try:
         moved = ("dynamic", "172.30.0.24")
-        cloud.wait("nhrpd to bind spoke4 at its new NBMA",
-                   lambda: cloud.nhrpd_cache("hub1").get("10.0.0.14") == moved)  # fmt: skip
+        cloud.wait(
+            "nhrpd to bind spoke4 at its new NBMA",
+            lambda: cloud.nhrpd_cache("hub1").get("10.0.0.14") == moved,
+        )
         assert '"kind": "nhs-up"' in log.read_text()
         assert '"registration-refused"' not in log.read_text()
     finally:
@@ -123,9 +129,11 @@ def test_a_vanished_dmvpn_spoke_expires_from_nhrpd_on_time(cloud: Cloud) -> None
     pid = cloud.runner.running()["spoke2"]
     os.kill(pid, 9)  # no purge, no deregistration: just gone
     killed = time.monotonic()
-    cloud.wait("nhrpd's hub to drop spoke2",
-               lambda: "10.0.0.12" not in cloud.nhrpd_cache("hub1"),
-               timeout=HOLDTIME + 10)  # fmt: skip
+    cloud.wait(
+        "nhrpd's hub to drop spoke2",
+        lambda: "10.0.0.12" not in cloud.nhrpd_cache("hub1"),
+        timeout=HOLDTIME + 10,
+    )
     gone = time.monotonic() - killed
     # Our last refresh was at most HOLDTIME/3 before the kill; each check
     # costs a vtysh round trip (~1-2 s).
@@ -169,8 +177,9 @@ def test_nhrpd_drops_an_unknown_compulsory_extension_and_misses_a_loop(cloud: Cl
     # this NHS is a loop (code 3). dmvpn does both (tests/nhrp). nhrpd 8.4,
     # met on the wire: drops the first silently, and forwards the second to
     # the owner (our spoke1), who answers it.
-    res = cloud.lab.exec("spoke2", [sys.executable, "-c", _PROBE], capture_output=True,
-                         text=True, timeout=30)  # fmt: skip
+    res = cloud.lab.exec(
+        "spoke2", [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=30
+    )
     assert res.returncode == 0, res.stderr
     answers = json.loads(res.stdout)
     assert answers["101"] == []

@@ -29,11 +29,28 @@ class Ca:
 
 def make_ca(dir: Path, name: str = "ca") -> Ca:
     dir.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-             "-subj", f"/CN=dmvpn test {name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=dir)  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=dmvpn test {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=dir,
+    )
     return Ca(dir, name)
 
 
@@ -42,10 +59,37 @@ def make_cert(ca: Ca, node: str, ip: str) -> tuple[Path, Path]:
     d = ca.dir
     ext = d / f"{node}.ext"
     ext.write_text(f"subjectAltName=IP:{ip}\nkeyUsage=critical,digitalSignature\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", f"{node}.key", "-out", f"{node}.csr", "-subj", f"/CN={node}",
-             cwd=d)  # fmt: skip
-    _openssl("x509", "-req", "-in", f"{node}.csr", "-CA", ca.cert.name, "-CAkey", ca.key.name,
-             "-CAcreateserial", "-out", f"{node}.pem", "-days", "2", "-extfile", ext.name,
-             cwd=d)  # fmt: skip
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        f"{node}.key",
+        "-out",
+        f"{node}.csr",
+        "-subj",
+        f"/CN={node}",
+        cwd=d,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{node}.csr",
+        "-CA",
+        ca.cert.name,
+        "-CAkey",
+        ca.key.name,
+        "-CAcreateserial",
+        "-out",
+        f"{node}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        ext.name,
+        cwd=d,
+    )
     return d / f"{node}.pem", d / f"{node}.key"

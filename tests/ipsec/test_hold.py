@@ -67,8 +67,12 @@ print(json.dumps(out))
 
 
 def test_hold_drops_ike_until_released_and_dies_with_its_process() -> None:
-    run = subprocess.run(["unshare", "--net", sys.executable, "-c", SCRIPT],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     every = {"500": True, "4500": True, "501": True, "500v6": True, "4500v6": True}

@@ -94,8 +94,9 @@ class Interop:
     def log(self, kind: str) -> list[dict[str, Any]]:
         path = self.tmp / "spoke1.log"
         lines = path.read_text().splitlines() if path.exists() else []
-        return [r for r in (json.loads(x) for x in lines if x.startswith("{"))
-                if r.get("kind") == kind]  # fmt: skip
+        return [
+            r for r in (json.loads(x) for x in lines if x.startswith("{")) if r.get("kind") == kind
+        ]
 
     def wait(self, what: str, check: Any, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -136,28 +137,37 @@ def test_dmvpn_spoke_and_strongswan_kernel_esp_hub(interop: Interop, tmp_path: P
     lab = interop.lab
     pcap = tmp_path / "underlay.pcap"
     errors = (tmp_path / "tshark.err").open("w")
-    tshark = lab.popen("inet", ["tshark", "-q", "-i", "br0", "-w", str(pcap)], stdout=errors,
-                       stderr=errors)  # fmt: skip
+    tshark = lab.popen(
+        "inet", ["tshark", "-q", "-i", "br0", "-w", str(pcap)], stdout=errors, stderr=errors
+    )
     time.sleep(1.5)
     config = json.loads(json.dumps(lab.topology.node_config("spoke1"), default=str))
     config["ipsec"] = {"psk": PSK, "run_dir": str(tmp_path / "spoke1-charon")}
     config["socket"] = str(tmp_path / "spoke1.sock")
     (tmp_path / "spoke1.yaml").write_text(json.dumps(config))
     log = (tmp_path / "spoke1.log").open("a")
-    interop.proc = lab.popen("spoke1", [DMVPN, "run", "-c", str(tmp_path / "spoke1.yaml")],
-                             stdout=log, stderr=log)  # fmt: skip
+    interop.proc = lab.popen(
+        "spoke1", [DMVPN, "run", "-c", str(tmp_path / "spoke1.yaml")], stdout=log, stderr=log
+    )
     try:
         interop.wait("the SA to the frr hub", lambda: interop.log("ipsec-up"))
         interop.wait("registration with nhrpd over it", lambda: interop.log("nhs-up"))
         cache = interop.guest("vtysh --vty_socket /run/frr -c 'show ip nhrp cache'")
-        assert any(line.split()[1:4] == ["dynamic", "10.0.0.11", "172.30.0.11"]
-                   for line in cache.splitlines() if len(line.split()) > 3), cache  # fmt: skip
+        assert any(
+            line.split()[1:4] == ["dynamic", "10.0.0.11", "172.30.0.11"]
+            for line in cache.splitlines()
+            if len(line.split()) > 3
+        ), cache
         sas = interop.guest("swanctl --list-sas --uri unix:///run/charon.vici")
         assert "ESTABLISHED" in sas and "INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-256" in sas, sas
         assert "172.30.0.1/32[gre]" in sas and "172.30.0.11/32[gre]" in sas
         # Data over the same SA: spoke1 pings the hub's tunnel address.
-        ping = lab.exec("spoke1", ["ping", "-c", "3", "-i", "0.3", "-W", "2", "10.0.0.1"],
-                        capture_output=True, text=True)  # fmt: skip
+        ping = lab.exec(
+            "spoke1",
+            ["ping", "-c", "3", "-i", "0.3", "-W", "2", "10.0.0.1"],
+            capture_output=True,
+            text=True,
+        )
         assert ping.returncode == 0, ping.stdout
         xfrm = interop.guest("ip -s xfrm state")
         assert "encap type espinudp" in xfrm and "mode tunnel" in xfrm
@@ -165,8 +175,22 @@ def test_dmvpn_spoke_and_strongswan_kernel_esp_hub(interop: Interop, tmp_path: P
         tshark.terminate()
         tshark.wait(timeout=10)
     out = subprocess.run(
-        ["tshark", "-r", str(pcap), "-Y", "ip", "-T", "fields", "-e", "ip.proto",
-         "-e", "udp.dstport"], capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-Y",
+            "ip",
+            "-T",
+            "fields",
+            "-e",
+            "ip.proto",
+            "-e",
+            "udp.dstport",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = {tuple(line.split("\t")) for line in out.splitlines() if line.strip()}
     assert rows and rows <= {("17", "500"), ("17", "4500")}, rows

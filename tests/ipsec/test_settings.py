@@ -63,14 +63,26 @@ def test_certificates_and_identity() -> None:
     assert conn["remote"] == {"auth": "pubkey", "cacerts": [b"CA"], "id": "%any"}
     assert [c for c, _ in secrets(cfg, creds)] == ["load_cert", "load_cert", "load_key"]
     psk = Ipsec(psk="a-long-shared-secret")
-    assert secrets(psk, {}) == [("load_shared", {"id": "dmvpn-psk", "type": "IKE",
-                                                  "data": "a-long-shared-secret",
-                                                  "owners": []})]  # fmt: skip
+    assert secrets(psk, {}) == [
+        (
+            "load_shared",
+            {"id": "dmvpn-psk", "type": "IKE", "data": "a-long-shared-secret", "owners": []},
+        )
+    ]
 
 
 def test_reload_refuses_an_ipsec_change() -> None:
-    base = {"node": "n", "interfaces": [{"name": "d", "address": "10.0.0.1/24",
-            "tunnel": {"source": "192.0.2.1"}, "nhrp": {"network_id": 1}}]}  # fmt: skip
+    base = {
+        "node": "n",
+        "interfaces": [
+            {
+                "name": "d",
+                "address": "10.0.0.1/24",
+                "tunnel": {"source": "192.0.2.1"},
+                "nhrp": {"network_id": 1},
+            }
+        ],
+    }
     old = parse_config(dict(base, ipsec={"psk": "a-long-shared-secret"}))
     new = parse_config(dict(base, ipsec={"psk": "another-long-secret"}))
     plan = plan_reload(old, new)
@@ -89,8 +101,12 @@ def test_lab_topology_turns_ipsec_on_for_every_dmvpn_router() -> None:
         assert config.ipsec is not None and config.ipsec.psk == "lab-psk-0123456789"
     assert "ipsec" not in Topology.from_data({}).node_config("spoke1")
     with pytest.raises(TopologyError) as info:
-        Topology.from_data({"ipsec_psk": "lab-psk-0123456789",
-                            "nodes": {"hubs": [{"name": "hub1", "kind": "frr"}]}})  # fmt: skip
+        Topology.from_data(
+            {
+                "ipsec_psk": "lab-psk-0123456789",
+                "nodes": {"hubs": [{"name": "hub1", "kind": "frr"}]},
+            }
+        )
     assert info.value.problems == [
         "ipsec_psk: frr nodes run no strongSwan in the lab; use ipsec_psk with dmvpn nodes only"
     ]

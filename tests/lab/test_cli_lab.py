@@ -187,27 +187,50 @@ def test_netns_status_table(cloud: dict[str, Any]) -> None:
     lines = res.stdout.splitlines()
     assert lines[0] == f"lab '{PREFIX}': phase 3 DMVPN, 1 hub, 3 spokes, holdtime 60 s"
     assert lines[1].split() == [
-        "NODE", "ROLE", "KIND", "NAMESPACE", "UNDERLAY", "TUNNEL", "LAN", "STATE"
-    ]  # fmt: skip
+        "NODE",
+        "ROLE",
+        "KIND",
+        "NAMESPACE",
+        "UNDERLAY",
+        "TUNNEL",
+        "LAN",
+        "STATE",
+    ]
     by_node = {line.split()[0]: line.split() for line in lines[2:]}
-    assert by_node["hub1"][:7] == ["hub1", "hub", "dmvpn", PREFIX + "hub1", "172.30.0.1/24",
-                                   "10.0.0.1/24", "-"]  # fmt: skip
+    assert by_node["hub1"][:7] == [
+        "hub1",
+        "hub",
+        "dmvpn",
+        PREFIX + "hub1",
+        "172.30.0.1/24",
+        "10.0.0.1/24",
+        "-",
+    ]
     assert by_node["spoke2"][4:8] == ["172.30.0.12/24", "10.0.0.12/24", "192.168.2.1/24", "dmvpn"]
     assert by_node["spoke2"][8] == "running"
-    assert by_node["host3"][1:] == ["host", "-", PREFIX + "host3", "-", "-", "192.168.3.10/24",
-                                    "up"]  # fmt: skip
+    assert by_node["host3"][1:] == [
+        "host",
+        "-",
+        PREFIX + "host3",
+        "-",
+        "-",
+        "192.168.3.10/24",
+        "up",
+    ]
 
 
 def test_netns_exec(cloud: dict[str, Any]) -> None:
     # LAN to LAN across the cloud, and the command's exit status is ours.
-    res = lab_cli("exec", "--prefix", PREFIX, "host1", "--", "ping", "-c", "2", "-W", "1",
-                  "192.168.3.10")  # fmt: skip
+    res = lab_cli(
+        "exec", "--prefix", PREFIX, "host1", "--", "ping", "-c", "2", "-W", "1", "192.168.3.10"
+    )
     assert res.returncode == 0 and "2 received" in res.stdout, res.stdout + res.stderr
     assert lab_cli("exec", "--prefix", PREFIX, "host2", "--", "sh", "-c", "exit 7").returncode == 7
     res = lab_cli("exec", "--prefix", PREFIX, "spoke1", "--", "ip", "-br", "addr", "show", "lan0")
     assert "192.168.1.1/24" in res.stdout
-    res = lab_cli("exec", "--prefix", PREFIX, "inet", "--", "ip", "-br", "link", "show",
-                  "master", "br0")  # fmt: skip
+    res = lab_cli(
+        "exec", "--prefix", PREFIX, "inet", "--", "ip", "-br", "link", "show", "master", "br0"
+    )
     ports = {line.split()[0].split("@")[0] for line in res.stdout.splitlines()}
     assert ports == {"v-hub1", "v-spoke1", "v-spoke2", "v-spoke3"}
     res = lab_cli("exec", "--prefix", PREFIX, "spoke9", "--", "true")
@@ -266,8 +289,9 @@ def test_netns_topology_file_then_down_after_the_daemons_crashed(tmp_path: Path)
         for hub in ("hq", "dr"):
             log = Path(status["run_dir"], f"{hub}.log").read_text()
             assert log.count('"kind": "registered"') == 2, hub
-        res = lab_cli("exec", "--prefix", OTHER, "pc1", "--", "ping", "-c", "2", "-W", "1",
-                      "192.168.50.10")  # fmt: skip
+        res = lab_cli(
+            "exec", "--prefix", OTHER, "pc1", "--", "ping", "-c", "2", "-W", "1", "192.168.50.10"
+        )
         assert res.returncode == 0, res.stdout
         # A crash: every daemon killed at once, nothing cleaned up by them.
         pids = _daemon_pids(OTHER)
@@ -278,8 +302,14 @@ def test_netns_topology_file_then_down_after_the_daemons_crashed(tmp_path: Path)
             while _alive(pid):
                 time.sleep(0.02)
         states = {n["name"]: n["daemon"] for n in _status(OTHER)["nodes"]}
-        assert states == {"hq": "stopped", "dr": "stopped", "paris": "stopped",
-                          "lyon": "stopped", "pc1": None, "host2": None}  # fmt: skip
+        assert states == {
+            "hq": "stopped",
+            "dr": "stopped",
+            "paris": "stopped",
+            "lyon": "stopped",
+            "pc1": None,
+            "host2": None,
+        }
         res = lab_cli("down", "--prefix", OTHER)
         assert res.returncode == 0 and "deleted 7 namespace(s)" in res.stdout, res.stderr
         _assert_nothing_left(OTHER, pids)

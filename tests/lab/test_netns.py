@@ -120,28 +120,40 @@ def test_custom_topology_with_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (CUSTOM.replace("{name: spoke2}", "{name: spoke2, nbmaa: 172.30.0.99}"),
-         "nodes.spokes.1.nbmaa: Extra inputs are not permitted"),
+        (
+            CUSTOM.replace("{name: spoke2}", "{name: spoke2, nbmaa: 172.30.0.99}"),
+            "nodes.spokes.1.nbmaa: Extra inputs are not permitted",
+        ),
         ("phase: 4\n", "phase: Input should be 1, 2 or 3"),
         ("holdtme: 60\n", "holdtme: Extra inputs are not permitted"),
         ("authentication: much-too-long\n", "authentication: String should have at most 8"),
         ("nodes: {hubs: []}\n", "nodes.hubs: List should have at least 1 item"),
         ("nodes: {spokes: [{name: Spoke-1}]}\n", "nodes.spokes.0.name: String should match"),
-        ("nodes: {spokes: [{name: s1, nbma: 172.30.0.1}]}\n",
-         "nodes.spokes.0.nbma 172.30.0.1 is also the underlay address of hub1"),
-        ("nodes: {spokes: [{name: s1, tunnel: 10.9.0.1}]}\n",
-         "nodes.spokes.0.tunnel 10.9.0.1 is not a host address of 10.0.0.0/24"),
-        ("nodes: {spokes: [{name: s1}, {name: s2, lan: 192.168.1.0/25}]}\n",
-         "nodes.spokes.1.lan 192.168.1.0/25 overlaps s1's LAN 192.168.1.0/24"),
-        ("nodes: {spokes: [{name: s1, lan: 10.1.0.0/24}]}\n",
-         "nodes.spokes.0.lan 10.1.0.0/24 is outside lan_summary 192.168.0.0/16"),
-        ("nodes: {spokes: [{name: s1, host: hub1}]}\n",
-         "nodes.spokes.0.host: name 'hub1' is already used by nodes.hubs.0.name"),
+        (
+            "nodes: {spokes: [{name: s1, nbma: 172.30.0.1}]}\n",
+            "nodes.spokes.0.nbma 172.30.0.1 is also the underlay address of hub1",
+        ),
+        (
+            "nodes: {spokes: [{name: s1, tunnel: 10.9.0.1}]}\n",
+            "nodes.spokes.0.tunnel 10.9.0.1 is not a host address of 10.0.0.0/24",
+        ),
+        (
+            "nodes: {spokes: [{name: s1}, {name: s2, lan: 192.168.1.0/25}]}\n",
+            "nodes.spokes.1.lan 192.168.1.0/25 overlaps s1's LAN 192.168.1.0/24",
+        ),
+        (
+            "nodes: {spokes: [{name: s1, lan: 10.1.0.0/24}]}\n",
+            "nodes.spokes.0.lan 10.1.0.0/24 is outside lan_summary 192.168.0.0/16",
+        ),
+        (
+            "nodes: {spokes: [{name: s1, host: hub1}]}\n",
+            "nodes.spokes.0.host: name 'hub1' is already used by nodes.hubs.0.name",
+        ),
         ("nodes: {hubs: [{name: inet}]}\n", "nodes.hubs.0.name: 'inet' is reserved"),
         ("[1, 2]\n", "(top level): expected a mapping of settings"),
         ("phase: [unclosed\n", "line 2, column 1: not valid YAML"),
     ],
-)  # fmt: skip
+)
 def test_bad_topology_is_rejected_with_the_field_path(
     tmp_path: Path, text: str, expected: str
 ) -> None:
@@ -238,8 +250,10 @@ def test_netns_every_namespace_exists(lab: Lab) -> None:
     assert lab.state_path.exists()
     assert _addresses(lab, "hub1") == {"lo": ["127.0.0.1/8"], "nbma0": ["172.30.0.1/24"]}
     assert _addresses(lab, "spoke1") == {
-        "lo": ["127.0.0.1/8"], "nbma0": ["172.30.0.11/24"], "lan0": ["192.168.1.1/24"]
-    }  # fmt: skip
+        "lo": ["127.0.0.1/8"],
+        "nbma0": ["172.30.0.11/24"],
+        "lan0": ["192.168.1.1/24"],
+    }
     assert _addresses(lab, "host3") == {"lo": ["127.0.0.1/8"], "eth0": ["192.168.3.10/24"]}
     assert _json(lab, "host1", "route", "show", "default")[0]["gateway"] == "192.168.1.1"
     ports = {str(p["ifname"]) for p in _json(lab, "inet", "link", "show", "master", "br0")}
@@ -287,10 +301,15 @@ def test_netns_down_stops_processes_and_removes_everything(
     polite = lab.popen("hub1", ["sleep", "60"])
     stubborn = lab.popen(
         "spoke1",
-        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
-         "signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, "
+            "signal.SIG_IGN); print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert stubborn.stdout is not None and stubborn.stdout.readline() == "ready\n"
     pids = {s["name"]: s["pids"] for s in lab.status()}
     assert pids["hub1"] == [polite.pid] and pids["spoke1"] == [stubborn.pid]

@@ -8,9 +8,23 @@ from dmvpn.cli import main
 
 
 def test_sim_json_has_the_documented_fields() -> None:
-    res = CliRunner().invoke(main, ["sim", "--spokes", "50", "--phase", "3", "--json",
-                                    "--kill-hub-at", "5", "--restart-hub-after", "5",
-                                    "--holding-time", "60"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "sim",
+            "--spokes",
+            "50",
+            "--phase",
+            "3",
+            "--json",
+            "--kill-hub-at",
+            "5",
+            "--restart-hub-after",
+            "5",
+            "--holding-time",
+            "60",
+        ],
+    )
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)
     for key in (

@@ -403,8 +403,9 @@ def test_error_indications_from_an_nhs_cause_one_reregistration_not_a_storm() ->
             nhs=(NhsConfig(A("10.0.0.1"), A("192.0.2.1")),),
         )
     )
-    hub = Engine(EngineConfig(protocol_address=A("10.0.0.1"), nbma_address=A("192.0.2.1"),
-                              server=True))  # fmt: skip
+    hub = Engine(
+        EngineConfig(protocol_address=A("10.0.0.1"), nbma_address=A("192.0.2.1"), server=True)
+    )
     spoke.start(0.0)
     hub.start(0.0)
     hub.pop_outputs()

@@ -17,9 +17,13 @@ SPOKE_NBMA = A("169.254.100.1")  # the Cisco spoke of the capture, claiming 155.
 
 
 def _hub(binding: bool) -> Engine:
-    cfg = EngineConfig(protocol_address=A("155.1.0.5"), nbma_address=A("169.254.100.5"),
-                       server=True, authentication=b"NHRPAUTH",
-                       identity_binding=binding)  # fmt: skip
+    cfg = EngineConfig(
+        protocol_address=A("155.1.0.5"),
+        nbma_address=A("169.254.100.5"),
+        server=True,
+        authentication=b"NHRPAUTH",
+        identity_binding=binding,
+    )
     engine = Engine(cfg)
     engine.start(0.0)
     engine.pop_outputs()
@@ -45,8 +49,10 @@ def test_registration_of_an_address_the_identity_may_not_claim_is_refused(vector
     assert code == CieCode.ADMINISTRATIVELY_PROHIBITED
     assert not [o for o in outs if isinstance(o, BindingAdded)]
     (event,) = [o for o in outs if isinstance(o, Event) and o.kind == "identity-refused"]
-    assert event.message == ("registration for 155.1.0.1 from 169.254.100.1 refused: its IPsec "
-                             "identity may claim 155.1.0.2/32")  # fmt: skip
+    assert event.message == (
+        "registration for 155.1.0.1 from 169.254.100.1 refused: its IPsec "
+        "identity may claim 155.1.0.2/32"
+    )
     assert hub.stats["identity.refused"] == 1
     assert not [e for e in hub.cache_view(10.0) if e["type"] == "dynamic"]
 

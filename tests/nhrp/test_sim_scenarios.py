@@ -249,17 +249,32 @@ def test_hierarchical_hubs_shortcut_across_regions() -> None:
     A = IPv4Address
     top = A("10.0.0.1"), A("192.0.2.1")
     regions = {"r1": (A("10.0.0.2"), A("192.0.2.2")), "r2": (A("10.0.0.3"), A("192.0.2.3"))}
-    net.add_node("top", EngineConfig(protocol_address=top[0], nbma_address=top[1], server=True,
-                                     redirect=True), is_hub=True)  # fmt: skip
+    net.add_node(
+        "top",
+        EngineConfig(protocol_address=top[0], nbma_address=top[1], server=True, redirect=True),
+        is_hub=True,
+    )
     for name, (tun, nbma) in regions.items():
-        node = net.add_node(name, EngineConfig(protocol_address=tun, nbma_address=nbma,
-                                               server=True, redirect=True,
-                                               nhs=(NhsConfig(*top),)), is_hub=True)  # fmt: skip
+        node = net.add_node(
+            name,
+            EngineConfig(
+                protocol_address=tun,
+                nbma_address=nbma,
+                server=True,
+                redirect=True,
+                nhs=(NhsConfig(*top),),
+            ),
+            is_hub=True,
+        )
         node.routing.routes.add("10.128.0.0/9", top[0])
     spokes = {"spoke1": ("r1", 0), "spoke2": ("r2", 1)}
     for name, (region, i) in spokes.items():
-        cfg = EngineConfig(protocol_address=spoke_tunnel(i), nbma_address=A("198.18.0.1") + i,
-                           nhs=(NhsConfig(*regions[region]),), shortcut=True)  # fmt: skip
+        cfg = EngineConfig(
+            protocol_address=spoke_tunnel(i),
+            nbma_address=A("198.18.0.1") + i,
+            nhs=(NhsConfig(*regions[region]),),
+            shortcut=True,
+        )
         node = net.add_node(name, cfg, lan=str(spoke_lan(i)))
         node.routing.routes.add("10.128.0.0/9", VIA_NHS)
         net.nodes[region].routing.routes.add(spoke_lan(i), spoke_tunnel(i))

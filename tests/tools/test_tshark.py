@@ -71,8 +71,11 @@ def _tshark_json(pcap: Path) -> list[dict]:  # type: ignore[type-arg]
     args = ["-T", "json", "-V", "-o", "nhrp.auth_ext_has_addr:FALSE"]
     out = subprocess.run(
         [TSHARK or "tshark", "-r", str(pcap), *args],
-        capture_output=True, text=True, check=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -101,9 +104,11 @@ _WARN = 0x600000
 def _serious(severity: str, message: str) -> bool:
     text = message.lower()
     return (
-        not severity.isdigit() or int(severity) >= _WARN
-        or "malformed" in text or "checksum" in text
-    )  # fmt: skip
+        not severity.isdigit()
+        or int(severity) >= _WARN
+        or "malformed" in text
+        or "checksum" in text
+    )
 
 
 def test_tshark_accepts_generated_packets(tmp_path: Path) -> None:

@@ -12,14 +12,33 @@ from click.testing import CliRunner
 from dmvpn.cli import main
 
 JSON_KEYS = {
-    "frame", "time", "outer_src", "outer_dst", "gre_key", "gre_protocol", "nhrp", "error",
+    "frame",
+    "time",
+    "outer_src",
+    "outer_dst",
+    "gre_key",
+    "gre_protocol",
+    "nhrp",
+    "error",
     "roundtrip",
-}  # fmt: skip
+}
 NHRP_KEYS = {
-    "type", "type_code", "afn", "protocol_type", "hop_count", "version", "flags", "flag_names",
-    "request_id", "src_nbma", "src_nbma_subaddress", "src_proto", "dst_proto", "cies",
+    "type",
+    "type_code",
+    "afn",
+    "protocol_type",
+    "hop_count",
+    "version",
+    "flags",
+    "flag_names",
+    "request_id",
+    "src_nbma",
+    "src_nbma_subaddress",
+    "src_proto",
+    "dst_proto",
+    "cies",
     "extensions",
-}  # fmt: skip
+}
 
 
 def _json_lines(output: str) -> list[dict]:  # type: ignore[type-arg]
@@ -47,9 +66,16 @@ def test_decode_json_of_cisco_capture(vectors: Path) -> None:
         "155.1.0.5",
     )
     assert n["cies"][0] == {
-        "code": 0, "code_name": "success", "prefix_length": 32, "mtu": 17912,
-        "holding_time": 7200, "preference": 0, "nbma": "", "nbma_subaddress": "", "protocol": "",
-    }  # fmt: skip
+        "code": 0,
+        "code_name": "success",
+        "prefix_length": 32,
+        "mtu": 17912,
+        "holding_time": 7200,
+        "preference": 0,
+        "nbma": "",
+        "nbma_subaddress": "",
+        "protocol": "",
+    }
     exts = {e["name"]: e for e in n["extensions"]}
     assert exts["authentication"]["text"] == "NHRPAUTH" and exts["authentication"]["compulsory"]
     assert exts["nat_address"]["compulsory"] is False
@@ -63,8 +89,10 @@ def test_decode_reports_malformed_and_exits_1(vectors: Path) -> None:
     (rec,) = _json_lines(res.output)
     assert rec["nhrp"] is None and rec["roundtrip"] is False
     assert rec["error"] == {
-        "layer": "nhrp", "reason": "ar$pktsz 30547 exceeds the 40 bytes available", "offset": 10,
-    }  # fmt: skip
+        "layer": "nhrp",
+        "reason": "ar$pktsz 30547 exceeds the 40 bytes available",
+        "offset": 10,
+    }
 
 
 def test_decode_text_reads_like_debug_nhrp(vectors: Path) -> None:

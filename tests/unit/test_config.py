@@ -111,8 +111,12 @@ def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
     assert sec is not None and not sec.uses_certificates
     assert sec.ike_proposals == ["aes256gcm16-prfsha384-x25519"]
     assert sec.esp_proposals == ["aes256gcm16-x25519"]
-    assert (sec.mode, sec.charon, sec.idle_timeout, sec.binding_on) == ("tunnel", "managed",
-                                                                         120, False)  # fmt: skip
+    assert (sec.mode, sec.charon, sec.idle_timeout, sec.binding_on) == (
+        "tunnel",
+        "managed",
+        120,
+        False,
+    )
     res = CliRunner().invoke(main, ["check", str(path)])
     assert res.exit_code == 0, res.output
     assert "ipsec pre-shared key, charon managed, tunnel mode" in res.output
@@ -123,27 +127,42 @@ def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
     [
         ("{}", "ipsec: needs authentication: psk, or ca + certificate + private_key"),
         ("{psk: short}", "ipsec.psk: String should have at least 16 characters"),
-        ("{psk: a-long-shared-secret, ca: ca.pem}",
-         "ipsec: choose one authentication: psk, or ca + certificate + private_key"),
+        (
+            "{psk: a-long-shared-secret, ca: ca.pem}",
+            "ipsec: choose one authentication: psk, or ca + certificate + private_key",
+        ),
         ("{ca: ca.pem}", "ipsec: certificate authentication also needs certificate, private_key"),
-        ("{psk: a-long-shared-secret, mode: transport}",
-         "ipsec: mode: transport needs kernel ESP; the userspace data plane (kernel-libipsec) "
-         "does tunnel mode only"),
-        ("{psk: a-long-shared-secret, charon: external}",
-         "ipsec: charon: external needs vici_socket (the running charon's socket)"),
-        ("{psk: a-long-shared-secret, dpd_delay: 10q}",
-         "ipsec.dpd_delay: '10q' is not a duration (a number of seconds, or 30s/10m/4h/1d)"),
-        ("{psk: a-long-shared-secret, ike_proposals: ['aes256 gcm']}",
-         "ipsec.ike_proposals.0: String should match pattern"),
-        ("{psk: a-long-shared-secret, ike_lifetime: 1h, child_lifetime: 2h}",
-         "ipsec: ike_lifetime must be longer than child_lifetime"),
+        (
+            "{psk: a-long-shared-secret, mode: transport}",
+            "ipsec: mode: transport needs kernel ESP; the userspace data plane (kernel-libipsec) "
+            "does tunnel mode only",
+        ),
+        (
+            "{psk: a-long-shared-secret, charon: external}",
+            "ipsec: charon: external needs vici_socket (the running charon's socket)",
+        ),
+        (
+            "{psk: a-long-shared-secret, dpd_delay: 10q}",
+            "ipsec.dpd_delay: '10q' is not a duration (a number of seconds, or 30s/10m/4h/1d)",
+        ),
+        (
+            "{psk: a-long-shared-secret, ike_proposals: ['aes256 gcm']}",
+            "ipsec.ike_proposals.0: String should match pattern",
+        ),
+        (
+            "{psk: a-long-shared-secret, ike_lifetime: 1h, child_lifetime: 2h}",
+            "ipsec: ike_lifetime must be longer than child_lifetime",
+        ),
         ("{psk: a-long-shared-secret, pks: x}", "ipsec.pks: Extra inputs are not permitted"),
-        ("{psk: a-long-shared-secret, run_dir: /run/dmvpn/x}",
-         "ipsec: run_dir must not be under /run (charon's own /run hides it)"),
+        (
+            "{psk: a-long-shared-secret, run_dir: /run/dmvpn/x}",
+            "ipsec: run_dir must not be under /run (charon's own /run hides it)",
+        ),
     ],
-)  # fmt: skip
-def test_bad_ipsec_sections_name_field_and_reason(tmp_path: Path, section: str,
-                                                  expected: str) -> None:  # fmt: skip
+)
+def test_bad_ipsec_sections_name_field_and_reason(
+    tmp_path: Path, section: str, expected: str
+) -> None:
     problems = _problems(tmp_path, IPSEC_BASE + f"ipsec: {section}\n")
     assert any(p.startswith(expected) for p in problems), problems
 
@@ -153,14 +172,18 @@ def test_ipsec_certificates_are_read_relative_to_the_file(tmp_path: Path) -> Non
     (tmp_path / "node.pem").write_text("CERT")
     section = "ipsec: {ca: ca.pem, certificate: node.pem, private_key: node.key}\n"
     problems = _problems(tmp_path, IPSEC_BASE + section)
-    assert problems == [f"ipsec.private_key: cannot read {tmp_path / 'node.key'}: "
-                        "No such file or directory"]  # fmt: skip
+    assert problems == [
+        f"ipsec.private_key: cannot read {tmp_path / 'node.key'}: No such file or directory"
+    ]
     (tmp_path / "node.key").write_text("KEY")
     path = tmp_path / "node.yaml"
     config = load_config(path)
     assert config.ipsec is not None and config.ipsec.binding_on  # default with certificates
-    assert config.ipsec.read_credentials() == {"ca": b"CA", "certificate": b"CERT",
-                                               "private_key": b"KEY"}  # fmt: skip
+    assert config.ipsec.read_credentials() == {
+        "ca": b"CA",
+        "certificate": b"CERT",
+        "private_key": b"KEY",
+    }
     assert config.ipsec_identity() == "10.0.0.11"  # the tunnel address, from the cert's SAN
 
 
@@ -168,9 +191,14 @@ def test_ipsec_needs_one_tunnel_source_per_interface() -> None:
     from dmvpn.config import parse_config
 
     itf = {"address": "10.0.0.11/24", "tunnel": {"source": "198.51.100.11"}}
-    data = {"node": "n", "ipsec": {"psk": "a-long-shared-secret"}, "interfaces": [
-        dict(itf, name="a", nhrp={"network_id": 1}),
-        dict(itf, name="b", address="10.0.1.11/24", nhrp={"network_id": 2})]}  # fmt: skip
+    data = {
+        "node": "n",
+        "ipsec": {"psk": "a-long-shared-secret"},
+        "interfaces": [
+            dict(itf, name="a", nhrp={"network_id": 1}),
+            dict(itf, name="b", address="10.0.1.11/24", nhrp={"network_id": 2}),
+        ],
+    }
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert info.value.problems == [
@@ -250,10 +278,17 @@ routes:
         ({"IPV6": "10.0.0.12/24"}, "interfaces.0.ipv6_address:"),
     ],
 )
-def test_dual_stack_errors_name_field_and_reason(tmp_path: Path, changes: dict[str, str],
-                                                 expected: str) -> None:  # fmt: skip
-    values = {"IPV6": "fd00::11/64", "NHS": "fd00::1", "MAP": "fd00::7",
-              "PREFIX": "fd00::/16", "VIA": "fd00::1", **changes}  # fmt: skip
+def test_dual_stack_errors_name_field_and_reason(
+    tmp_path: Path, changes: dict[str, str], expected: str
+) -> None:
+    values = {
+        "IPV6": "fd00::11/64",
+        "NHS": "fd00::1",
+        "MAP": "fd00::7",
+        "PREFIX": "fd00::/16",
+        "VIA": "fd00::1",
+        **changes,
+    }
     text = DUAL
     for key, value in values.items():
         text = text.replace(key, value)

@@ -44,8 +44,10 @@ def test_linktypes(tmp_path: Path, linktype: int, frame: bytes) -> None:
     (rec,) = [dissect_frame(lt, n, ts, f) for n, (ts, f) in enumerate(frames, 1)]
     assert rec is not None and rec.nhrp is not None and rec.roundtrip
     assert (rec.outer_src, rec.outer_dst, rec.gre and rec.gre.key) == (
-        "198.51.100.11", "192.0.2.1", 100,
-    )  # fmt: skip
+        "198.51.100.11",
+        "192.0.2.1",
+        100,
+    )
 
 
 def test_non_gre_frames_are_skipped() -> None:

@@ -38,9 +38,13 @@ def _fix_checksum(data: bytearray) -> bytes:
 
 def test_resolution_request_layout() -> None:
     pkt = NhrpPacket(
-        type=PacketType.RESOLUTION_REQUEST, src_nbma=A, src_proto=B, dst_proto=C,
-        flags=ResolutionFlag.Q | ResolutionFlag.NAT, request_id=0x11223344,
-    )  # fmt: skip
+        type=PacketType.RESOLUTION_REQUEST,
+        src_nbma=A,
+        src_proto=B,
+        dst_proto=C,
+        flags=ResolutionFlag.Q | ResolutionFlag.NAT,
+        request_id=0x11223344,
+    )
     data = pkt.encode()
     assert len(data) == 20 + 8 + 12
     assert data[:10] == bytes.fromhex("0001 0800 0000000000 ff".replace(" ", ""))
@@ -54,9 +58,14 @@ def test_resolution_request_layout() -> None:
 def test_error_indication_layout_and_contents() -> None:
     inner = NhrpPacket(type=PacketType.REGISTRATION_REQUEST, src_nbma=A, src_proto=C, dst_proto=B)
     err = NhrpPacket(
-        type=PacketType.ERROR_INDICATION, src_nbma=A, src_proto=B, dst_proto=C,
-        error_code=ErrorCode.HOP_COUNT_EXCEEDED, error_offset=8, contents=inner.encode(),
-    )  # fmt: skip
+        type=PacketType.ERROR_INDICATION,
+        src_nbma=A,
+        src_proto=B,
+        dst_proto=C,
+        error_code=ErrorCode.HOP_COUNT_EXCEEDED,
+        error_offset=8,
+        contents=inner.encode(),
+    )
     data = err.encode()
     assert data[20:28] == bytes.fromhex("04040000000f0008")
     back = decode_nhrp(data)
@@ -70,9 +79,10 @@ def test_nhrpd_error_indication_reencodes_exactly() -> None:
     # its own peer's NBMA as source NBMA, the packet in error cut short.
     data = bytes.fromhex(
         "0001080000000000000000 50c0a6000001070400 040400020 00b0000ac1e000c0a0000020a00000c"
-        "000108000000000000ff006a9ad5003401030400040400020000 0002ac1e000c0a00000c0a000002"
-        .replace(" ", "")
-    )  # fmt: skip
+        "000108000000000000ff006a9ad5003401030400040400020000 0002ac1e000c0a00000c0a000002".replace(
+            " ", ""
+        )
+    )
     pkt = decode_nhrp(data)
     assert pkt.type == PacketType.ERROR_INDICATION and pkt.error_code == 11
     assert pkt.indication_unused == 2 and len(pkt.contents) == 40
@@ -84,9 +94,13 @@ def test_nhrpd_error_indication_reencodes_exactly() -> None:
 def test_traffic_indication_contents_end_at_extoff() -> None:
     embedded = bytes.fromhex("4500001c0000400040010000c0a80b0ac0a80c0a") + bytes(8)
     ti = NhrpPacket(
-        type=PacketType.TRAFFIC_INDICATION, src_nbma=A, src_proto=B, dst_proto=C,
-        contents=embedded, extensions=(AuthenticationExtension(data=b"pw"), EndExtension()),
-    )  # fmt: skip
+        type=PacketType.TRAFFIC_INDICATION,
+        src_nbma=A,
+        src_proto=B,
+        dst_proto=C,
+        contents=embedded,
+        extensions=(AuthenticationExtension(data=b"pw"), EndExtension()),
+    )
     data = ti.encode()
     extoff = int.from_bytes(data[14:16], "big")
     assert data[extoff - len(embedded) : extoff] == embedded
@@ -95,12 +109,17 @@ def test_traffic_indication_contents_end_at_extoff() -> None:
 
 def test_ipv6_both_layers_subaddress_and_e164() -> None:
     pkt = NhrpPacket(
-        type=PacketType.REGISTRATION_REQUEST, afn=2, protocol_type=0x86DD,
-        src_nbma=IPv6Address("2001:db8::1"), src_nbma_sub=b"\x01\x02", src_nbma_e164=True,
-        src_nbma_sub_e164=True, src_proto=IPv6Address("2001:db8:1::1"),
+        type=PacketType.REGISTRATION_REQUEST,
+        afn=2,
+        protocol_type=0x86DD,
+        src_nbma=IPv6Address("2001:db8::1"),
+        src_nbma_sub=b"\x01\x02",
+        src_nbma_e164=True,
+        src_nbma_sub_e164=True,
+        src_proto=IPv6Address("2001:db8:1::1"),
         dst_proto=IPv6Address("2001:db8:1::2"),
         cies=(Cie(nbma=b"\x12\x34\x56", nbma_e164=True, nbma_sub=b"\x09", protocol=b""),),
-    )  # fmt: skip
+    )
     data = pkt.encode()
     assert data[18] == 0x40 | 16 and data[19] == 0x40 | 2
     assert decode_nhrp(data) == pkt
@@ -108,10 +127,16 @@ def test_ipv6_both_layers_subaddress_and_e164() -> None:
 
 def test_unknown_extensions_keep_their_compulsory_bit() -> None:
     pkt = NhrpPacket(
-        type=PacketType.RESOLUTION_REQUEST, src_nbma=A, src_proto=B, dst_proto=C,
-        extensions=(UnknownExtension(type=0x77, data=b"\x01", compulsory=True),
-                    UnknownExtension(type=0x78, data=b"", compulsory=False), EndExtension()),
-    )  # fmt: skip
+        type=PacketType.RESOLUTION_REQUEST,
+        src_nbma=A,
+        src_proto=B,
+        dst_proto=C,
+        extensions=(
+            UnknownExtension(type=0x77, data=b"\x01", compulsory=True),
+            UnknownExtension(type=0x78, data=b"", compulsory=False),
+            EndExtension(),
+        ),
+    )
     back = decode_nhrp(pkt.encode())
     assert back.extensions == pkt.extensions
     assert [e.compulsory for e in back.extensions] == [True, False, True]
@@ -120,24 +145,33 @@ def test_unknown_extensions_keep_their_compulsory_bit() -> None:
 def test_nat_extension_number_with_device_capabilities_value() -> None:
     # RFC 2735 Device Capabilities shares number 9: 8 bytes, not CIEs. Kept raw.
     pkt = NhrpPacket(
-        type=PacketType.RESOLUTION_REQUEST, src_nbma=A, src_proto=B, dst_proto=C,
+        type=PacketType.RESOLUTION_REQUEST,
+        src_nbma=A,
+        src_proto=B,
+        dst_proto=C,
         extensions=(UnknownExtension(type=9, data=bytes(8)), EndExtension()),
-    )  # fmt: skip
+    )
     back = decode_nhrp(pkt.encode())
     assert back == pkt
     nat = NhrpPacket(
-        type=PacketType.REGISTRATION_REQUEST, src_nbma=A, src_proto=B, dst_proto=C,
+        type=PacketType.REGISTRATION_REQUEST,
+        src_nbma=A,
+        src_proto=B,
+        dst_proto=C,
         extensions=(NatAddressExtension(cies=()), EndExtension()),
-    )  # fmt: skip
+    )
     assert decode_nhrp(nat.encode()) == nat
 
 
 def _base() -> bytearray:
     pkt = NhrpPacket(
-        type=PacketType.REGISTRATION_REQUEST, src_nbma=A, src_proto=B, dst_proto=C,
+        type=PacketType.REGISTRATION_REQUEST,
+        src_nbma=A,
+        src_proto=B,
+        dst_proto=C,
         cies=(Cie(prefix_length=32, holding_time=7200),),
         extensions=(AuthenticationExtension(data=b"secret"), EndExtension()),
-    )  # fmt: skip
+    )
     return bytearray(pkt.encode())
 
 

@@ -51,9 +51,13 @@ def test_cisco_registration_fields(vectors: Path) -> None:
     assert (cie.code, cie.prefix_length, cie.mtu, cie.holding_time) == (0, 32, 17912, 7200)
     kinds = [type(e) for e in p.extensions]
     assert kinds == [
-        ResponderAddressExtension, ForwardTransitNhsExtension, ReverseTransitNhsExtension,
-        AuthenticationExtension, NatAddressExtension, EndExtension,
-    ]  # fmt: skip
+        ResponderAddressExtension,
+        ForwardTransitNhsExtension,
+        ReverseTransitNhsExtension,
+        AuthenticationExtension,
+        NatAddressExtension,
+        EndExtension,
+    ]
     auth = p.extensions[3]
     assert isinstance(auth, AuthenticationExtension)
     assert (auth.auth_type, auth.data, auth.compulsory) == (1, b"NHRPAUTH", True)
@@ -92,9 +96,11 @@ def test_opennhrp_purge_with_zero_cies(vectors: Path) -> None:
     recs = records(vectors / "cloutd_NHRP.pcapng")
     types = [r.nhrp.type for r in recs if r.nhrp]
     assert types == [
-        PacketType.REGISTRATION_REQUEST, PacketType.REGISTRATION_REPLY,
-        PacketType.PURGE_REQUEST, PacketType.PURGE_REPLY,
-    ]  # fmt: skip
+        PacketType.REGISTRATION_REQUEST,
+        PacketType.REGISTRATION_REPLY,
+        PacketType.PURGE_REQUEST,
+        PacketType.PURGE_REPLY,
+    ]
     purge = recs[2].nhrp
     assert purge is not None and purge.cies == () and purge.hop_count == 16
     # OpenNHRP orders extensions 4, 5, 3 (and 9) before End.

@@ -120,24 +120,26 @@ class _NodeCollector(Collector):
             "dmvpn_api_event_subscribers", "Clients following /v1/events (dmvpn events)"
         )
         subscribers.add_metric([], s.subscribers)
-        return [*views.metric_families(s.node, s.ifaces(), s.now()), subscribers,
-                *self._ipsec()]  # fmt: skip
+        return [*views.metric_families(s.node, s.ifaces(), s.now()), subscribers, *self._ipsec()]
 
     def _ipsec(self) -> list[Metric]:
         if self.server.ipsec is None:
             return []
         view = self.server.ipsec.view()
-        peers = GaugeMetricFamily("dmvpn_ipsec_peers", "IPsec peers (SAs wanted or up) by state",
-                                  labels=["state"])  # fmt: skip
+        peers = GaugeMetricFamily(
+            "dmvpn_ipsec_peers", "IPsec peers (SAs wanted or up) by state", labels=["state"]
+        )
         states: dict[str, int] = {"connecting": 0, "up": 0, "failed": 0}
         for p in view["peers"]:
             states[p["state"]] = states.get(p["state"], 0) + 1
         for state, n in sorted(states.items()):
             peers.add_metric([state], n)
         sas = CounterMetricFamily(
-            "dmvpn_ipsec_sas", "IPsec SAs: initiated/failed (attempts), torn_down (idle), "
-            "lost (went down while wanted)", labels=["result"],
-        )  # fmt: skip
+            "dmvpn_ipsec_sas",
+            "IPsec SAs: initiated/failed (attempts), torn_down (idle), "
+            "lost (went down while wanted)",
+            labels=["result"],
+        )
         for result, n in sorted(view["stats"].items()):
             sas.add_metric([result], n)
         restarts = CounterMetricFamily(
@@ -333,9 +335,15 @@ class ApiServer:
             for itf in data["interfaces"]:
                 for peer in itf["peers"]:
                     sa = sas.get((itf["nbma_address"], peer["nbma"]))
-                    peer["ipsec"] = None if sa is None else {
-                        "state": sa["state"], "for": sa["for"], "last_error": sa["last_error"],
-                    }  # fmt: skip
+                    peer["ipsec"] = (
+                        None
+                        if sa is None
+                        else {
+                            "state": sa["state"],
+                            "for": sa["for"],
+                            "last_error": sa["last_error"],
+                        }
+                    )
         return _json(data)
 
     async def _nhrp(self, request: web.Request) -> web.Response:
@@ -370,8 +378,7 @@ class ApiServer:
             stats = getattr(rt, "ipsec_stats", None)
             if stats is not None:
                 held[rt.cfg.name] = dict(stats)
-        return _json({"node": self.node, "enabled": True, **self.ipsec.view(),
-                      "interfaces": held})  # fmt: skip
+        return _json({"node": self.node, "enabled": True, **self.ipsec.view(), "interfaces": held})
 
     async def _clear(self, request: web.Request) -> web.Response:
         body: Any = {}
@@ -425,10 +432,14 @@ class ApiServer:
                 if line is None:
                     break
                 if sub.dropped:
-                    note = {"ts": round(time.time(), 3), "node": self.node, "interface": None,
-                            "kind": "events-dropped",
-                            "message": f"{sub.dropped} events dropped (client too slow)",
-                            "details": {"count": sub.dropped}}  # fmt: skip
+                    note = {
+                        "ts": round(time.time(), 3),
+                        "node": self.node,
+                        "interface": None,
+                        "kind": "events-dropped",
+                        "message": f"{sub.dropped} events dropped (client too slow)",
+                        "details": {"count": sub.dropped},
+                    }
                     sub.dropped = 0
                     await resp.write((json.dumps(note) + "\n").encode())
                 await resp.write(line)

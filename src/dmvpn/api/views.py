@@ -376,16 +376,29 @@ def clear_nhrp(iface: Iface, now: float, scope: ClearScope = "all") -> list[dict
 
 _METRIC_PREFIXES: tuple[tuple[str, str, str, str], ...] = (
     # (stats key prefix, metric name, label, help)
-    ("registrations.", "dmvpn_nhrp_registrations", "result",
-     "Registrations: sent/succeeded/retransmitted (as NHC); accepted/refreshed/refused/"
-     "expired/purged/cleared (as NHS)"),
-    ("resolution.", "dmvpn_nhrp_resolutions", "result",
-     "Resolutions: requests_sent/retransmitted/bound/failed/refreshes (as requester); "
-     "forwarded/answered_as_owner/answered_from_cache (as NHS or owner)"),
-    ("redirect.", "dmvpn_nhrp_redirects", "result",
-     "Phase 3 redirects (Traffic Indications): sent/rate_limited (hub), received/ignored (spoke)"),
+    (
+        "registrations.",
+        "dmvpn_nhrp_registrations",
+        "result",
+        "Registrations: sent/succeeded/retransmitted (as NHC); accepted/refreshed/refused/"
+        "expired/purged/cleared (as NHS)",
+    ),
+    (
+        "resolution.",
+        "dmvpn_nhrp_resolutions",
+        "result",
+        "Resolutions: requests_sent/retransmitted/bound/failed/refreshes (as requester); "
+        "forwarded/answered_as_owner/answered_from_cache (as NHS or owner)",
+    ),
+    (
+        "redirect.",
+        "dmvpn_nhrp_redirects",
+        "result",
+        "Phase 3 redirects (Traffic Indications): sent/rate_limited (hub), "
+        "received/ignored (spoke)",
+    ),
     ("event.", "dmvpn_nhrp_events", "kind", "Engine events by kind (as streamed by /v1/events)"),
-)  # fmt: skip
+)
 
 _SINGLE_COUNTERS: dict[str, tuple[str, str]] = {
     "shortcuts.installed": ("dmvpn_nhrp_shortcuts_installed", "Shortcut routes installed"),
@@ -408,17 +421,20 @@ def metric_families(node: str, ifaces: Sequence[Iface], now: float) -> Iterator[
     """
     yield _info(node)
     messages = CounterMetricFamily(
-        "dmvpn_nhrp_messages", "NHRP messages by type and direction",
+        "dmvpn_nhrp_messages",
+        "NHRP messages by type and direction",
         labels=["interface", "family", "type", "direction"],
-    )  # fmt: skip
+    )
     errors = CounterMetricFamily(
-        "dmvpn_nhrp_errors", "NHRP packets dropped or refused, and internal errors, by kind",
+        "dmvpn_nhrp_errors",
+        "NHRP packets dropped or refused, and internal errors, by kind",
         labels=["interface", "family", "kind"],
-    )  # fmt: skip
+    )
     error_ind = CounterMetricFamily(
-        "dmvpn_nhrp_error_indications_sent", "Error Indications sent, by RFC 2332 error code",
+        "dmvpn_nhrp_error_indications_sent",
+        "Error Indications sent, by RFC 2332 error code",
         labels=["interface", "family", "code"],
-    )  # fmt: skip
+    )
     by_prefix = {
         prefix: CounterMetricFamily(name, help_, labels=["interface", "family", label])
         for prefix, name, label, help_ in _METRIC_PREFIXES
@@ -433,30 +449,35 @@ def metric_families(node: str, ifaces: Sequence[Iface], now: float) -> Iterator[
         labels=["interface", "family", "type"],
     )
     nhs_up = GaugeMetricFamily(
-        "dmvpn_nhrp_nhs_up", "1 when registered with this NHS, else 0",
+        "dmvpn_nhrp_nhs_up",
+        "1 when registered with this NHS, else 0",
         labels=["interface", "family", "nhs", "nbma"],
-    )  # fmt: skip
+    )
     peers = GaugeMetricFamily(
         "dmvpn_peers",
         "NBMA peers in `show dmvpn` (bound, or resolving)",
         labels=["interface", "family"],
     )
     pkts = CounterMetricFamily(
-        "dmvpn_peer_packets", "GRE packets (data and NHRP) exchanged with an NBMA peer",
+        "dmvpn_peer_packets",
+        "GRE packets (data and NHRP) exchanged with an NBMA peer",
         labels=["interface", "peer", "direction"],
-    )  # fmt: skip
+    )
     octets = CounterMetricFamily(
-        "dmvpn_peer_bytes", "GRE bytes (GRE header + payload) exchanged with an NBMA peer",
+        "dmvpn_peer_bytes",
+        "GRE bytes (GRE header + payload) exchanged with an NBMA peer",
         labels=["interface", "peer", "direction"],
-    )  # fmt: skip
+    )
     dataplane = CounterMetricFamily(
-        "dmvpn_dataplane_packets", "Data-plane counters (forwarder), by counter name",
+        "dmvpn_dataplane_packets",
+        "Data-plane counters (forwarder), by counter name",
         labels=["interface", "counter"],
-    )  # fmt: skip
+    )
     other = CounterMetricFamily(
-        "dmvpn_nhrp_other", "Engine counters with no metric of their own",
+        "dmvpn_nhrp_other",
+        "Engine counters with no metric of their own",
         labels=["interface", "family", "counter"],
-    )  # fmt: skip
+    )
     for iface in ifaces:
         name = iface.name
         fam = str(iface.family)

@@ -33,11 +33,15 @@ def check_cmd(config: Path) -> None:
             # The IPv6 engine registers with the `ipv6 nhrp nhs` entries only.
             nhs6 = len(itf.nhrp.nhs) - len(nhs4)
             dual = f", IPv6 {itf.ipv6_address}" + ("" if itf.is_hub else f" ({nhs6} IPv6 NHS)")
-        click.echo(f"{config}: ok: node {node.node}, {itf.name} {itf.address} "
-                   f"network-id {itf.nhrp.network_id}, {role}{dual}")  # fmt: skip
+        click.echo(
+            f"{config}: ok: node {node.node}, {itf.name} {itf.address} "
+            f"network-id {itf.nhrp.network_id}, {role}{dual}"
+        )
     if node.ipsec is not None:
         sec = node.ipsec
         auth = "certificates" if sec.uses_certificates else "pre-shared key"
-        click.echo(f"{config}: ok: ipsec {auth}, charon {sec.charon}, {sec.mode} mode, "
-                   f"IKE {' '.join(sec.ike_proposals)}, ESP {' '.join(sec.esp_proposals)}, "
-                   f"identity binding {'on' if sec.binding_on else 'off'}")  # fmt: skip
+        click.echo(
+            f"{config}: ok: ipsec {auth}, charon {sec.charon}, {sec.mode} mode, "
+            f"IKE {' '.join(sec.ike_proposals)}, ESP {' '.join(sec.esp_proposals)}, "
+            f"identity binding {'on' if sec.binding_on else 'off'}"
+        )

@@ -207,8 +207,18 @@ def _print_status(lab: Lab) -> None:
             running = f"running (pid {n['pids'][0]})" if n["pids"] else "stopped"
             state = f"{what} {running}"
         kind = "-" if n["role"] == "host" else n["kind"]
-        rows.append([n["name"], n["role"], kind, n["namespace"], n["underlay"] or "-",
-                     n["tunnel"] or "-", n["lan"] or "-", state])  # fmt: skip
+        rows.append(
+            [
+                n["name"],
+                n["role"],
+                kind,
+                n["namespace"],
+                n["underlay"] or "-",
+                n["tunnel"] or "-",
+                n["lan"] or "-",
+                state,
+            ]
+        )
     for line in table_lines(rows):
         click.echo(line)
 

@@ -179,19 +179,35 @@ def resolve_socket(socket_path: Path | None, node: str | None, run_dir: Path = R
 
 def _common(func: F) -> F:
     """--socket, --node, --interface, --family and --json, on every command."""
-    func = click.option("--json", "as_json", is_flag=True, default=None,
-                        help="Print the API's JSON (stable keys: docs/API.md).")(func)  # fmt: skip
-    func = click.option("-f", "--family", type=click.Choice(["4", "6"]), default=None,
-                        help="Only the IPv4 or the IPv6 engine (default: both).")(func)  # fmt: skip
-    func = click.option("-i", "--interface", default=None,
-                        help="Only this DMVPN interface.")(func)  # fmt: skip
-    func = click.option("--node", default=None, envvar="DMVPN_NODE",
-                        help=f"Node name: its socket is {RUN_DIR}/NAME.sock.")(func)  # fmt: skip
     func = click.option(
-        "--socket", "socket_path", default=None, envvar="DMVPN_SOCKET",
+        "--json",
+        "as_json",
+        is_flag=True,
+        default=None,
+        help="Print the API's JSON (stable keys: docs/API.md).",
+    )(func)
+    func = click.option(
+        "-f",
+        "--family",
+        type=click.Choice(["4", "6"]),
+        default=None,
+        help="Only the IPv4 or the IPv6 engine (default: both).",
+    )(func)
+    func = click.option("-i", "--interface", default=None, help="Only this DMVPN interface.")(func)
+    func = click.option(
+        "--node",
+        default=None,
+        envvar="DMVPN_NODE",
+        help=f"Node name: its socket is {RUN_DIR}/NAME.sock.",
+    )(func)
+    func = click.option(
+        "--socket",
+        "socket_path",
+        default=None,
+        envvar="DMVPN_SOCKET",
         type=click.Path(dir_okay=False, path_type=Path),
         help="The daemon's API socket (default: from --node, or the only one running).",
-    )(func)  # fmt: skip
+    )(func)
     return func
 
 
@@ -345,8 +361,10 @@ _TYPE_TITLES = (
 def _by_type(counts: dict[str, int], extra: list[tuple[int, str]]) -> list[str]:
     cells = [f"{counts.get(key, 0):>6} {title}" for key, title in _TYPE_TITLES]
     cells += [f"{n:>6} {title}" for n, title in extra]
-    return ["   " + "".join(f"{c:<28}" for c in cells[i : i + 3]).rstrip() + "\n"
-            for i in range(0, len(cells), 3)]  # fmt: skip
+    return [
+        "   " + "".join(f"{c:<28}" for c in cells[i : i + 3]).rstrip() + "\n"
+        for i in range(0, len(cells), 3)
+    ]
 
 
 def render_traffic(data: dict[str, Any]) -> str:
@@ -384,11 +402,13 @@ def render_ipsec(data: dict[str, Any]) -> str:
         return f"{data['node']}: IPsec is not configured (no `ipsec` section)\n"
     c = data["charon"]
     where = f"pid {c['pid']}" if c["pid"] else c["mode"]
-    out = [f"charon: {c['version'] or '?'} ({where}), VICI {c['vici_socket']}, "
-           f"{'ready' if c['ready'] else 'NOT READY'}, restarts {c['restarts']}\n",
-           f"authentication: {data['authentication']}, identity "
-           f"{data['identity'] or '(IKE address)'}, identity binding "
-           f"{'on' if data['identity_binding'] else 'off'}\n"]  # fmt: skip
+    out = [
+        f"charon: {c['version'] or '?'} ({where}), VICI {c['vici_socket']}, "
+        f"{'ready' if c['ready'] else 'NOT READY'}, restarts {c['restarts']}\n",
+        f"authentication: {data['authentication']}, identity "
+        f"{data['identity'] or '(IKE address)'}, identity binding "
+        f"{'on' if data['identity_binding'] else 'off'}\n",
+    ]
     if not data["peers"]:
         out.append("no IPsec peers\n")
     for p in data["peers"]:
@@ -404,9 +424,11 @@ def render_ipsec(data: dict[str, Any]) -> str:
             out.append(f"  idle for {p['idle_for']:.0f}s (torn down when idle long enough)\n")
         ike, child = p["ike"], p["child"]
         if ike:
-            out.append(f"  IKE SA: {ike['state']}, {ike['local_id']} <-> {ike['remote_id']}, "
-                       f"{ike['encryption']}/{ike['prf']}/{ike['dh_group']}, age {ike['age']}s, "
-                       f"rekey in {ike['rekey_in']}s\n")  # fmt: skip
+            out.append(
+                f"  IKE SA: {ike['state']}, {ike['local_id']} <-> {ike['remote_id']}, "
+                f"{ike['encryption']}/{ike['prf']}/{ike['dh_group']}, age {ike['age']}s, "
+                f"rekey in {ike['rekey_in']}s\n"
+            )
         if child:
             ts = f"{','.join(child['local_ts'] or [])} === {','.join(child['remote_ts'] or [])}"
             out.append(
@@ -563,8 +585,14 @@ def _clear(opts: dict[str, Any], scope: str) -> None:
     "-n", "--count", type=click.IntRange(min=1), default=None, help="Exit after this many events."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def events_cmd(socket_path: Path | None, node: str | None, interface: str | None,
-               kinds: tuple[str, ...], count: int | None, as_json: bool) -> None:  # fmt: skip
+def events_cmd(
+    socket_path: Path | None,
+    node: str | None,
+    interface: str | None,
+    kinds: tuple[str, ...],
+    count: int | None,
+    as_json: bool,
+) -> None:
     """Follow the engine's events live (registrations, resolutions, redirects,
     shortcuts, errors) until interrupted or the daemon stops."""
     client = ApiClient(resolve_socket(socket_path, node))

@@ -51,10 +51,18 @@ from dmvpn.nhrp.sim import run_scenario
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sim_cmd(
-    hubs: int, spokes: int, phase: int, loss: float, kill_hub_at: float | None,
-    restart_hub_after: float | None, traffic_seconds: int, holding_time: int,
-    hub_max_send: int, seed: int, as_json: bool,
-) -> None:  # fmt: skip
+    hubs: int,
+    spokes: int,
+    phase: int,
+    loss: float,
+    kill_hub_at: float | None,
+    restart_hub_after: float | None,
+    traffic_seconds: int,
+    holding_time: int,
+    hub_max_send: int,
+    seed: int,
+    as_json: bool,
+) -> None:
     """Every spoke registers; spokes 1-2, 3-4, ... send each other a packet
     a second; optionally hub1 fails. Deterministic for a given seed."""
     if restart_hub_after is not None and kill_hub_at is None:
@@ -62,10 +70,17 @@ def sim_cmd(
     # The simulator reads no clock; the wall time is measured here.
     wall = time.perf_counter()
     result = run_scenario(
-        hubs=hubs, spokes=spokes, phase=phase, loss=loss, seed=seed, kill_hub_at=kill_hub_at,
-        restart_hub_after=restart_hub_after, traffic_seconds=traffic_seconds,
-        holding_time=holding_time, hub_max_send=hub_max_send,
-    )  # fmt: skip
+        hubs=hubs,
+        spokes=spokes,
+        phase=phase,
+        loss=loss,
+        seed=seed,
+        kill_hub_at=kill_hub_at,
+        restart_hub_after=restart_hub_after,
+        traffic_seconds=traffic_seconds,
+        holding_time=holding_time,
+        hub_max_send=hub_max_send,
+    )
     result["wall_seconds"] = round(time.perf_counter() - wall, 3)
     if as_json:
         click.echo(json.dumps(result))

@@ -310,8 +310,13 @@ class InterfaceRuntime:
     def _route(self, op: str, out: ShortcutAdded | ShortcutRemoved) -> None:
         """A shortcut route through the interface, marked as ours (RTPROT_DMVPN)."""
         try:
-            self.ipr.route(op, dst=str(out.prefix), gateway=address_text(out.next_hop),
-                           oif=self.dataplane.index, proto=RTPROT_DMVPN)  # fmt: skip
+            self.ipr.route(
+                op,
+                dst=str(out.prefix),
+                gateway=address_text(out.next_hop),
+                oif=self.dataplane.index,
+                proto=RTPROT_DMVPN,
+            )
         except Exception as exc:
             if op == "replace":
                 self.log("route-error", f"could not install shortcut {out.prefix}: {exc}")

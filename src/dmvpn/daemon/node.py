@@ -41,8 +41,13 @@ class Logger:
         self.out = out
 
     def __call__(self, kind: str, message: str, **details: Any) -> None:
-        record = {"ts": round(time.time(), 3), "node": self.node, "kind": kind,
-                  "message": message, **details}  # fmt: skip
+        record = {
+            "ts": round(time.time(), 3),
+            "node": self.node,
+            "kind": kind,
+            "message": message,
+            **details,
+        }
         self.out.write(json.dumps(record, default=str) + "\n")
         self.out.flush()
 
@@ -108,8 +113,11 @@ class Node:
             if rt.cfg.name in plan.retune:
                 rt.retune(plan.retune[rt.cfg.name])
         self.config = new
-        self.log("reloaded", f"{self.path}: applied ({len(plan.retune)} interface(s) retuned, "
-                 f"+{len(plan.add_routes)}/-{len(plan.remove_routes)} routes)")  # fmt: skip
+        self.log(
+            "reloaded",
+            f"{self.path}: applied ({len(plan.retune)} interface(s) retuned, "
+            f"+{len(plan.add_routes)}/-{len(plan.remove_routes)} routes)",
+        )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,8 +127,11 @@ class Node:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         # The management API first: a node name already running here is
         # refused before any interface is touched.
-        api = ApiServer(self.config.node, self.interfaces,
-                        self.config.socket or default_socket_path(self.config.node))  # fmt: skip
+        api = ApiServer(
+            self.config.node,
+            self.interfaces,
+            self.config.socket or default_socket_path(self.config.node),
+        )
         try:
             await api.start()
         except ApiError as exc:
@@ -130,11 +141,15 @@ class Node:
         if self.config.ipsec is not None:
             try:
                 self.ipsec = IpsecManager(
-                    self.config.ipsec, self.config.node, self.config.ipsec_identity(),
-                    [i.tunnel.source for i in self.config.interfaces], self.log,
-                    on_up=self._ipsec_up, on_down=self._ipsec_down,
+                    self.config.ipsec,
+                    self.config.node,
+                    self.config.ipsec_identity(),
+                    [i.tunnel.source for i in self.config.interfaces],
+                    self.log,
+                    on_up=self._ipsec_up,
+                    on_down=self._ipsec_down,
                     on_restart=self._ipsec_restarted,
-                )  # fmt: skip
+                )
                 api.ipsec = self.ipsec
                 await self.ipsec.start()
             except (CharonError, ConfigError) as exc:
@@ -157,8 +172,10 @@ class Node:
                         ipr.route("replace", dst=str(route.prefix), gateway=str(route.via))
                     for rt in self.interfaces:
                         rt.start()
-                    self.log("running", f"node {self.config.node} up with "
-                             f"{len(self.interfaces)} interface(s)")  # fmt: skip
+                    self.log(
+                        "running",
+                        f"node {self.config.node} up with {len(self.interfaces)} interface(s)",
+                    )
                     await stop.wait()
                     self.log("stopping", "deregistering and removing interfaces")
                 finally:

@@ -15,10 +15,19 @@ from dataclasses import dataclass, field
 
 from dmvpn.config import Interface, NodeConfig, Route
 
-LIVE_NHRP_FIELDS = frozenset({
-    "holdtime", "redirect", "shortcut", "authentication", "auth_failure", "max_send",
-    "map_multicast", "resolution", "registration_no_unique",
-})  # fmt: skip
+LIVE_NHRP_FIELDS = frozenset(
+    {
+        "holdtime",
+        "redirect",
+        "shortcut",
+        "authentication",
+        "auth_failure",
+        "max_send",
+        "map_multicast",
+        "resolution",
+        "registration_no_unique",
+    }
+)
 
 
 @dataclass

@@ -169,13 +169,15 @@ class Forwarder:
         self.bindings[protocol] = nbma
         if isinstance(protocol, IPv4Address):
             # Move the kernel's neighbour entry to the new link-layer address.
-            self.write_tap(self._arp_frame(ArpOp.REPLY, protocol, nbma_mac(nbma),
-                                           self.tunnel_address, BROADCAST))  # fmt: skip
+            self.write_tap(
+                self._arp_frame(
+                    ArpOp.REPLY, protocol, nbma_mac(nbma), self.tunnel_address, BROADCAST
+                )
+            )
         elif isinstance(protocol, IPv6Address) and self.tunnel_address6 is not None:
             # The same for IPv6: an unsolicited NA with Override (RFC 4861 7.2.6).
             na = nd.advertisement(protocol, nbma_mac(nbma), nd.ALL_NODES, solicited=False)
-            self.write_tap(nd.multicast_mac(nd.ALL_NODES.packed) + nbma_mac(nbma)
-                           + ETH_IPV6 + na)  # fmt: skip
+            self.write_tap(nd.multicast_mac(nd.ALL_NODES.packed) + nbma_mac(nbma) + ETH_IPV6 + na)
 
     def unbind(self, protocol: Address) -> None:
         self.bindings.pop(protocol, None)
@@ -215,9 +217,15 @@ class Forwarder:
                 peer.tx_bytes += size
         self.stats["tx.multicast"] += 1
 
-    def _to_peer(self, dst_mac: bytes, header: bytes, payload: bytes,
-                 source: IPv4Address | IPv6Address | None, destination: bytes,
-                 now: float) -> None:  # fmt: skip
+    def _to_peer(
+        self,
+        dst_mac: bytes,
+        header: bytes,
+        payload: bytes,
+        source: IPv4Address | IPv6Address | None,
+        destination: bytes,
+        now: float,
+    ) -> None:
         """Unicast to the peer whose NBMA address the destination MAC holds.
         ``source`` (given only on a redirecting hub) detects hairpins."""
         nbma = mac_nbma(dst_mac)
@@ -234,8 +242,9 @@ class Forwarder:
         self.send_gre(nbma, data)
         self._sent_data(nbma, 1, len(data), destination, now)
 
-    def _sent_data(self, nbma: IPv4Address, packets: int, size: int, dst: bytes,
-                   now: float) -> None:  # fmt: skip
+    def _sent_data(
+        self, nbma: IPv4Address, packets: int, size: int, dst: bytes, now: float
+    ) -> None:
         """Count data sent to a peer and, at most once a second per peer,
         tell the engine the binding is in use (shortcut refresh)."""
         self.stats["tx.data"] += packets
@@ -355,11 +364,20 @@ class Forwarder:
             self.stats["arp.via_nhs"] += 1
         else:
             self.stats["arp.answered"] += 1
-        self.write_tap(self._arp_frame(ArpOp.REPLY, arp.target_ip, nbma_mac(nbma),
-                                       arp.sender_ip, arp.sender_mac))  # fmt: skip
+        self.write_tap(
+            self._arp_frame(
+                ArpOp.REPLY, arp.target_ip, nbma_mac(nbma), arp.sender_ip, arp.sender_mac
+            )
+        )
 
-    def _arp_frame(self, op: int, sender_ip: IPv4Address, sender_mac: bytes,
-                   target_ip: IPv4Address, target_mac: bytes) -> bytes:  # fmt: skip
+    def _arp_frame(
+        self,
+        op: int,
+        sender_ip: IPv4Address,
+        sender_mac: bytes,
+        target_ip: IPv4Address,
+        target_mac: bytes,
+    ) -> bytes:
         arp = ArpPacket(op, sender_mac, sender_ip, target_mac, target_ip).encode()
         eth_dst = self.local_mac if target_mac == BROADCAST else target_mac
         return eth_dst + sender_mac + ETH_ARP + arp

@@ -77,8 +77,9 @@ def parse_solicitation(packet: bytes) -> Solicitation | None:
     return Solicitation(IPv6Address(packet[8:24]), IPv6Address(packet[48:64]))
 
 
-def advertisement(target: IPv6Address, target_mac: bytes, dst: IPv6Address,
-                  *, solicited: bool = True) -> bytes:  # fmt: skip
+def advertisement(
+    target: IPv6Address, target_mac: bytes, dst: IPv6Address, *, solicited: bool = True
+) -> bytes:
     """An IPv6 Neighbor Advertisement from ``target`` (with its link-layer
     address option) to ``dst``; Override set, as the answer is NHRP's."""
     flags = _OVERRIDE | (_SOLICITED if solicited else 0)
@@ -88,9 +89,12 @@ def advertisement(target: IPv6Address, target_mac: bytes, dst: IPv6Address,
     csum = internet_checksum(pseudo + body)
     body = body[:2] + csum.to_bytes(2, "big") + body[4:]
     header = (
-        b"\x60\x00\x00\x00" + len(body).to_bytes(2, "big") + bytes([NEXT_ICMPV6, 255])
-        + target.packed + dst.packed
-    )  # fmt: skip
+        b"\x60\x00\x00\x00"
+        + len(body).to_bytes(2, "big")
+        + bytes([NEXT_ICMPV6, 255])
+        + target.packed
+        + dst.packed
+    )
     return header + body
 
 

@@ -63,8 +63,15 @@ class Pump:
 
     def start(self, name: str) -> None:
         assert fastpath is not None
-        args = (self.tap.fd, self.gre.fileno(), self.key, self.forwarder.local_mac,
-                self._punt_w.fileno(), self._stop_r, self.tap.vnet_hdr)  # fmt: skip
+        args = (
+            self.tap.fd,
+            self.gre.fileno(),
+            self.key,
+            self.forwarder.local_mac,
+            self._punt_w.fileno(),
+            self._stop_r,
+            self.tap.vnet_hdr,
+        )
         self._thread = threading.Thread(
             target=fastpath.pump, args=args, daemon=True, name=f"pump-{name}"
         )

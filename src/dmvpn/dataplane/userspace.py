@@ -102,8 +102,12 @@ class UserspaceDataPlane(DataPlane):
         no router solicitations, no DAD; link-local addresses from the MAC
         (EUI-64), which nd.link_local_nbma maps back to the NBMA address."""
         base = Path(f"/proc/sys/net/ipv6/conf/{self.cfg.name}")
-        settings = (("disable_ipv6", "0"), ("accept_dad", "0"),
-                    ("router_solicitations", "0"), ("addr_gen_mode", "0"))  # fmt: skip
+        settings = (
+            ("disable_ipv6", "0"),
+            ("accept_dad", "0"),
+            ("router_solicitations", "0"),
+            ("addr_gen_mode", "0"),
+        )
         for name, value in settings:
             try:
                 (base / name).write_text(value)

@@ -73,33 +73,47 @@ class ManagedCharon:
                 self.hold = IkeHold()
             except OSError as exc:
                 self.hold_error = str(exc)
-        self.conf.write_text(strongswan_conf(self.dir, self.vici_socket, self.log_path,
-                                             self.device_mtu))  # fmt: skip
+        self.conf.write_text(
+            strongswan_conf(self.dir, self.vici_socket, self.log_path, self.device_mtu)
+        )
         self.vici_socket.unlink(missing_ok=True)
         (self.dir / "run" / "charon.pid").unlink(missing_ok=True)
-        script = (f"mount --make-rprivate / && mount --bind {shlex.quote(str(self.dir / 'run'))} "
-                  f"/run && exec {CHARON}")  # fmt: skip
+        script = (
+            f"mount --make-rprivate / && mount --bind {shlex.quote(str(self.dir / 'run'))} "
+            f"/run && exec {CHARON}"
+        )
         env = dict(os.environ, STRONGSWAN_CONF=str(self.conf))
         out = (self.dir / "charon.out").open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                "unshare", "--mount", "sh", "-c", script, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=out, preexec_fn=_die_with_parent,
-            )  # fmt: skip
+                "unshare",
+                "--mount",
+                "sh",
+                "-c",
+                script,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                preexec_fn=_die_with_parent,
+            )
         finally:
             out.close()
         self.starts += 1
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self.proc.returncode is not None:
-                raise CharonError(f"charon exited at start with status {self.proc.returncode} "
-                                  f"(see {self.dir / 'charon.out'})")  # fmt: skip
+                raise CharonError(
+                    f"charon exited at start with status {self.proc.returncode} "
+                    f"(see {self.dir / 'charon.out'})"
+                )
             if self._socket_ready():
                 return
             if asyncio.get_running_loop().time() > deadline:
                 await self.stop()
-                raise CharonError(f"charon's VICI socket {self.vici_socket} not ready "
-                                  f"after {timeout:.0f} s")  # fmt: skip
+                raise CharonError(
+                    f"charon's VICI socket {self.vici_socket} not ready after {timeout:.0f} s"
+                )
             await asyncio.sleep(0.05)
 
     def open_ike(self) -> tuple[float, int | None] | None:

@@ -84,20 +84,35 @@ def _expr(name: str, *data: bytes) -> bytes:
 
 
 def _cmp_eq(value: bytes) -> bytes:
-    return _expr("cmp", _u32(CMP_SREG, NFT_REG_1), _u32(CMP_OP, NFT_CMP_EQ),
-                 _nested(CMP_DATA, _attr(DATA_VALUE, value)))  # fmt: skip
+    return _expr(
+        "cmp",
+        _u32(CMP_SREG, NFT_REG_1),
+        _u32(CMP_OP, NFT_CMP_EQ),
+        _nested(CMP_DATA, _attr(DATA_VALUE, value)),
+    )
 
 
 def _drop_udp_to(port: int) -> bytes:
     """`meta l4proto udp th dport PORT counter drop` as expressions."""
     l4proto = _expr("meta", _u32(META_DREG, NFT_REG_1), _u32(META_KEY, NFT_META_L4PROTO))
-    dport = _expr("payload", _u32(PAYLOAD_DREG, NFT_REG_1),
-                  _u32(PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER),
-                  _u32(PAYLOAD_OFFSET, 2), _u32(PAYLOAD_LEN, 2))  # fmt: skip
+    dport = _expr(
+        "payload",
+        _u32(PAYLOAD_DREG, NFT_REG_1),
+        _u32(PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER),
+        _u32(PAYLOAD_OFFSET, 2),
+        _u32(PAYLOAD_LEN, 2),
+    )
     verdict = _nested(IMMEDIATE_DATA, _nested(DATA_VERDICT, _u32(VERDICT_CODE, NF_DROP)))
     drop = _expr("immediate", _u32(IMMEDIATE_DREG, NFT_REG_VERDICT), verdict)
-    return _nested(RULE_EXPRESSIONS, l4proto, _cmp_eq(bytes([socket.IPPROTO_UDP])), dport,
-                   _cmp_eq(struct.pack(">H", port)), _expr("counter"), drop)  # fmt: skip
+    return _nested(
+        RULE_EXPRESSIONS,
+        l4proto,
+        _cmp_eq(bytes([socket.IPPROTO_UDP])),
+        dport,
+        _cmp_eq(struct.pack(">H", port)),
+        _expr("counter"),
+        drop,
+    )
 
 
 def _attrs(data: bytes) -> dict[int, bytes]:
@@ -107,7 +122,7 @@ def _attrs(data: bytes) -> dict[int, bytes]:
         length, kind = struct.unpack_from("=HH", data, pos)
         if length < 4:
             break
-        out.setdefault(kind & ~NLA_F_NESTED, data[pos + 4:pos + length])  # fmt: skip
+        out.setdefault(kind & ~NLA_F_NESTED, data[pos + 4 : pos + length])
         pos += (length + 3) & ~3
     return out
 
@@ -119,7 +134,7 @@ def _elems(data: bytes) -> list[bytes]:
         length, _kind = struct.unpack_from("=HH", data, pos)
         if length < 4:
             break
-        out.append(data[pos + 4:pos + length])  # fmt: skip
+        out.append(data[pos + 4 : pos + length])
         pos += (length + 3) & ~3
     return out
 
@@ -143,8 +158,15 @@ class IkeHold:
             self.sock = None
             raise
 
-    def _message(self, kind: int, flags: int, payload: bytes, seq: int,
-                 family: int = NFPROTO_INET, res_id: int = 0) -> bytes:  # fmt: skip
+    def _message(
+        self,
+        kind: int,
+        flags: int,
+        payload: bytes,
+        seq: int,
+        family: int = NFPROTO_INET,
+        res_id: int = 0,
+    ) -> bytes:
         body = struct.pack("=BBH", family, 0, socket.htons(res_id)) + payload
         return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
 
@@ -152,26 +174,40 @@ class IkeHold:
         assert self.sock is not None
         nft = NFNL_SUBSYS_NFTABLES << 8
         create = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK
-        hook = _nested(CHAIN_HOOK, _u32(HOOK_HOOKNUM, NF_INET_LOCAL_IN),
-                       _u32(HOOK_PRIORITY, PRIORITY))  # fmt: skip
+        hook = _nested(
+            CHAIN_HOOK, _u32(HOOK_HOOKNUM, NF_INET_LOCAL_IN), _u32(HOOK_PRIORITY, PRIORITY)
+        )
         parts = [
-            (nft | NFT_MSG_NEWTABLE,
-             _str(TABLE_NAME, TABLE) + _u32(TABLE_FLAGS, NFT_TABLE_F_OWNER)),
-            (nft | NFT_MSG_NEWCHAIN,
-             _str(CHAIN_TABLE, TABLE) + _str(CHAIN_NAME, CHAIN) + hook
-             + _u32(CHAIN_POLICY, NF_ACCEPT) + _str(CHAIN_TYPE, "filter")),
+            (
+                nft | NFT_MSG_NEWTABLE,
+                _str(TABLE_NAME, TABLE) + _u32(TABLE_FLAGS, NFT_TABLE_F_OWNER),
+            ),
+            (
+                nft | NFT_MSG_NEWCHAIN,
+                _str(CHAIN_TABLE, TABLE)
+                + _str(CHAIN_NAME, CHAIN)
+                + hook
+                + _u32(CHAIN_POLICY, NF_ACCEPT)
+                + _str(CHAIN_TYPE, "filter"),
+            ),
         ] + [
-            (nft | NFT_MSG_NEWRULE,
-             _str(RULE_TABLE, TABLE) + _str(RULE_CHAIN, CHAIN) + _drop_udp_to(port))
+            (
+                nft | NFT_MSG_NEWRULE,
+                _str(RULE_TABLE, TABLE) + _str(RULE_CHAIN, CHAIN) + _drop_udp_to(port),
+            )
             for port in IKE_PORTS
-        ]  # fmt: skip
+        ]
         seqs = [next(self._seq) for _ in range(len(parts) + 2)]
-        batch = [self._message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, b"", seqs[0], 0,
-                               NFNL_SUBSYS_NFTABLES)]  # fmt: skip
+        batch = [
+            self._message(
+                NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, b"", seqs[0], 0, NFNL_SUBSYS_NFTABLES
+            )
+        ]
         for (kind, payload), seq in zip(parts, seqs[1:-1], strict=True):
             batch.append(self._message(kind, create, payload, seq))
-        batch.append(self._message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, b"", seqs[-1], 0,
-                                   NFNL_SUBSYS_NFTABLES))  # fmt: skip
+        batch.append(
+            self._message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, b"", seqs[-1], 0, NFNL_SUBSYS_NFTABLES)
+        )
         self.sock.send(b"".join(batch))
         waiting = set(seqs[1:-1])
         while waiting:
@@ -192,7 +228,7 @@ class IkeHold:
             length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, pos)
             if length < 16:
                 break
-            out.append((kind, seq, data[pos + 16:pos + length]))  # fmt: skip
+            out.append((kind, seq, data[pos + 16 : pos + length]))
             pos += (length + 3) & ~3
         return out
 
@@ -203,9 +239,14 @@ class IkeHold:
         nft = NFNL_SUBSYS_NFTABLES << 8
         seq = next(self._seq)
         try:
-            self.sock.send(self._message(nft | NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP,
-                                         _str(RULE_TABLE, TABLE) + _str(RULE_CHAIN, CHAIN),
-                                         seq))  # fmt: skip
+            self.sock.send(
+                self._message(
+                    nft | NFT_MSG_GETRULE,
+                    NLM_F_REQUEST | NLM_F_DUMP,
+                    _str(RULE_TABLE, TABLE) + _str(RULE_CHAIN, CHAIN),
+                    seq,
+                )
+            )
             total = 0
             while True:
                 for kind, got, body in self._receive():

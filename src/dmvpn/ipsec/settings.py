@@ -85,8 +85,13 @@ def _auth(
     return local, remote
 
 
-def _conn(cfg: Ipsec, local_addr: IPv4Address, remote_addr: IPv4Address | None,
-          identity: str | None, creds: dict[str, bytes]) -> dict[str, Any]:  # fmt: skip
+def _conn(
+    cfg: Ipsec,
+    local_addr: IPv4Address,
+    remote_addr: IPv4Address | None,
+    identity: str | None,
+    creds: dict[str, bytes],
+) -> dict[str, Any]:
     local, remote = _auth(cfg, identity, creds)
     child = {
         "local_ts": [f"{local_addr}/32[gre]"],
@@ -118,14 +123,20 @@ def _conn(cfg: Ipsec, local_addr: IPv4Address, remote_addr: IPv4Address | None,
     }
 
 
-def responder_conn(cfg: Ipsec, local_addr: IPv4Address, identity: str | None,
-                   creds: dict[str, bytes]) -> dict[str, Any]:  # fmt: skip
+def responder_conn(
+    cfg: Ipsec, local_addr: IPv4Address, identity: str | None, creds: dict[str, bytes]
+) -> dict[str, Any]:
     """The template every peer's IKE_SA_INIT finds: GRE from any address."""
     return {f"{RESPONDER}-{local_addr}": _conn(cfg, local_addr, None, identity, creds)}
 
 
-def peer_conn(cfg: Ipsec, local_addr: IPv4Address, remote_addr: IPv4Address,
-              identity: str | None, creds: dict[str, bytes]) -> dict[str, Any]:  # fmt: skip
+def peer_conn(
+    cfg: Ipsec,
+    local_addr: IPv4Address,
+    remote_addr: IPv4Address,
+    identity: str | None,
+    creds: dict[str, bytes],
+) -> dict[str, Any]:
     """The connection we initiate to one peer (VICI cannot initiate the
     template towards a chosen address, so each peer gets its own)."""
     return {conn_name(remote_addr): _conn(cfg, local_addr, remote_addr, identity, creds)}

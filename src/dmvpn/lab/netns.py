@@ -231,8 +231,20 @@ class Lab:
         for router in topo.routers:
             ns = self.namespace(router.name)
             port = f"v-{router.name}"
-            self._ip("-n", inet, "link", "add", port, "type", "veth",
-                     "peer", "name", NBMA_INTERFACE, "netns", ns)  # fmt: skip
+            self._ip(
+                "-n",
+                inet,
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                NBMA_INTERFACE,
+                "netns",
+                ns,
+            )
             self._ip("-n", inet, "link", "set", port, "master", BRIDGE, "up")
             if router.kind == "frr":
                 # The guest owns the addresses: the namespace only bridges.
@@ -246,17 +258,36 @@ class Lab:
             )
             if router.tunnel6 is not None:
                 self._run(
-                    [self.ip, "netns", "exec", ns, "sysctl", "-qw",
-                     "net.ipv6.conf.all.forwarding=1"],
+                    [
+                        self.ip,
+                        "netns",
+                        "exec",
+                        ns,
+                        "sysctl",
+                        "-qw",
+                        "net.ipv6.conf.all.forwarding=1",
+                    ],
                     what="enable IPv6 forwarding",
-                )  # fmt: skip
+                )
         for spoke in topo.spokes:
             assert spoke.lan is not None and spoke.peer is not None
             host = topo.plan(spoke.peer)
             assert host.lan is not None
             ns, host_ns = self.namespace(spoke.name), self.namespace(host.name)
-            self._ip("-n", ns, "link", "add", LAN_INTERFACE, "type", "veth",
-                     "peer", "name", LAN_HOST_INTERFACE, "netns", host_ns)  # fmt: skip
+            self._ip(
+                "-n",
+                ns,
+                "link",
+                "add",
+                LAN_INTERFACE,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                LAN_HOST_INTERFACE,
+                "netns",
+                host_ns,
+            )
             if spoke.kind == "frr":
                 self._bridge_tap(ns, FRR_LAN_BRIDGE, LAN_INTERFACE, FRR_LAN_TAP)
             else:
@@ -268,10 +299,10 @@ class Lab:
             if spoke.lan6 is not None and host.lan6 is not None and spoke.kind == "dmvpn":
                 # Dual-stack lab (topology.ipv6); nodad: usable at once.
                 self._ip("-n", ns, "addr", "add", str(spoke.lan6), "dev", LAN_INTERFACE, "nodad")
-                self._ip("-n", host_ns, "addr", "add", str(host.lan6), "dev", LAN_HOST_INTERFACE,
-                         "nodad")  # fmt: skip
-                self._ip("-n", host_ns, "-6", "route", "add", "default", "via",
-                         str(spoke.lan6.ip))  # fmt: skip
+                self._ip(
+                    "-n", host_ns, "addr", "add", str(host.lan6), "dev", LAN_HOST_INTERFACE, "nodad"
+                )
+                self._ip("-n", host_ns, "-6", "route", "add", "default", "via", str(spoke.lan6.ip))
 
     def _bridge_tap(self, ns: str, bridge: str, port: str, tap: str) -> None:
         """An frr node's namespace: `port` and a tap for the UML guest on one bridge.

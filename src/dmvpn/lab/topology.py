@@ -312,8 +312,10 @@ class Topology(_Strict):
         order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
         self._plan = {p.name: p for p in order}
         if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
-            raise ValueError("ipsec_psk: frr nodes run no strongSwan in the lab; "
-                             "use ipsec_psk with dmvpn nodes only")  # fmt: skip
+            raise ValueError(
+                "ipsec_psk: frr nodes run no strongSwan in the lab; "
+                "use ipsec_psk with dmvpn nodes only"
+            )
         return self
 
     def _plan6(self, plan: dict[str, NodePlan]) -> dict[str, NodePlan]:

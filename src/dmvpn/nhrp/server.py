@@ -269,9 +269,13 @@ class Server:
         nat_cies = None
         if core.public_nbma is not None:
             nat_cies = (
-                Cie(prefix_length=host_length(cfg.protocol_address), mtu=cfg.mtu,
-                    nbma=core.public_nbma, protocol=cfg.protocol_address),
-            )  # fmt: skip
+                Cie(
+                    prefix_length=host_length(cfg.protocol_address),
+                    mtu=cfg.mtu,
+                    nbma=core.public_nbma,
+                    protocol=cfg.protocol_address,
+                ),
+            )
         requester = self._reply(pkt, src_nbma, (me,), flags, now, nat_cies)
         core.stats["resolution.answered_as_owner"] += 1
         core.event(
@@ -337,9 +341,12 @@ class Server:
         extensions answered); returns where the answer went."""
         cfg = self.core.config
         reply = pkt.evolve(
-            type=PacketType.RESOLUTION_REPLY, hop_count=255, flags=flags, cies=cies,
+            type=PacketType.RESOLUTION_REPLY,
+            hop_count=255,
+            flags=flags,
+            cies=cies,
             extensions=reply_extensions(cfg, pkt, self_cie(cfg, self.core.nbma), nat_cies=nat_cies),
-        )  # fmt: skip
+        )
         requester = self._requester_nbma(pkt, src_nbma)
         self.core.send(requester, reply, now)
         return requester

@@ -109,8 +109,9 @@ class Trace:
 
 
 class SimNetwork:
-    def __init__(self, *, seed: int = 1, latency: float = 0.005, loss: float = 0.0,
-                 events: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, *, seed: int = 1, latency: float = 0.005, loss: float = 0.0, events: bool = True
+    ) -> None:
         self.rng = random.Random(seed)
         self.latency = latency
         self.loss = loss
@@ -126,10 +127,18 @@ class SimNetwork:
 
     # ------------------------------------------------------------ building
 
-    def add_node(self, name: str, config: EngineConfig, *, lan: str | None = None,
-                 public: Address | None = None, is_hub: bool = False) -> SimNode:  # fmt: skip
-        node = SimNode(name, config, public or config.nbma_address,
-                       IPv4Network(lan) if lan else None, is_hub)  # fmt: skip
+    def add_node(
+        self,
+        name: str,
+        config: EngineConfig,
+        *,
+        lan: str | None = None,
+        public: Address | None = None,
+        is_hub: bool = False,
+    ) -> SimNode:
+        node = SimNode(
+            name, config, public or config.nbma_address, IPv4Network(lan) if lan else None, is_hub
+        )
         node.engine.events_enabled = self.events_enabled
         if node.lan is not None:
             node.routing.local.add(node.lan, True)
@@ -207,8 +216,7 @@ class SimNetwork:
             self.stats["nhrp_lost"] += 1
             return
         src_seen = sender.public  # NAT rewrites the source on the way out
-        self.at(self.now + self.latency,
-                lambda: self._deliver(dst, out.data, src_seen))  # fmt: skip
+        self.at(self.now + self.latency, lambda: self._deliver(dst, out.data, src_seen))
 
     def _deliver(self, node: SimNode, data: bytes, src: Address) -> None:
         if not node.alive:
@@ -313,8 +321,11 @@ class SimNetwork:
         return self.nodes[name].engine.registered
 
     def events(self, node: str | None = None, kind: str | None = None) -> list[Event]:
-        return [e for _, n, e in self.log
-                if (node is None or n == node) and (kind is None or e.kind == kind)]  # fmt: skip
+        return [
+            e
+            for _, n, e in self.log
+            if (node is None or n == node) and (kind is None or e.kind == kind)
+        ]
 
 
 # ---------------------------------------------------------------- a standard cloud
@@ -340,12 +351,21 @@ LANS = IPv4Network("10.128.0.0/9")
 
 
 def build_cloud(
-    *, hubs: int = 1, spokes: int = 3, phase: int = 3, loss: float = 0.0, seed: int = 1,
-    holding_time: int = 7200, unique: bool = True, events: bool = True,
-    nat_spokes: frozenset[int] = frozenset(), latency: float = 0.005,
-    authentication: bytes | None = None, max_nhs: int | None = None,
+    *,
+    hubs: int = 1,
+    spokes: int = 3,
+    phase: int = 3,
+    loss: float = 0.0,
+    seed: int = 1,
+    holding_time: int = 7200,
+    unique: bool = True,
+    events: bool = True,
+    nat_spokes: frozenset[int] = frozenset(),
+    latency: float = 0.005,
+    authentication: bytes | None = None,
+    max_nhs: int | None = None,
     hub_max_send: int = 100_000,
-) -> SimNetwork:  # fmt: skip
+) -> SimNetwork:
     """Hubs hub1..hubH, spokes spoke1..spokeN with LAN 10.128.(i).0/24.
 
     Phase 1: spokes route every LAN via the hub and never resolve.
@@ -368,21 +388,32 @@ def build_cloud(
 
     for i in range(hubs):
         cfg = EngineConfig(
-            protocol_address=hub_tunnel(i), nbma_address=hub_nbmas[i], server=True,
-            holding_time=holding_time, redirect=phase == 3, authentication=authentication,
-            request_id_start=1 + i * 1_000_000, max_send=hub_max_send,
-        )  # fmt: skip
+            protocol_address=hub_tunnel(i),
+            nbma_address=hub_nbmas[i],
+            server=True,
+            holding_time=holding_time,
+            redirect=phase == 3,
+            authentication=authentication,
+            request_id_start=1 + i * 1_000_000,
+            max_send=hub_max_send,
+        )
         node = net.add_node(f"hub{i + 1}", cfg, is_hub=True)
         node.routing.resolver = owner  # routes to every spoke LAN via its tunnel address
     for i in range(spokes):
         private = IPv4Address("172.16.0.0") + i + 1
         public = spoke_nbma(i)
         cfg = EngineConfig(
-            protocol_address=spoke_tunnel(i), nbma_address=private if i in nat_spokes else public,
-            nhs=nhs, max_nhs=max_nhs, holding_time=holding_time, registration_unique=unique,
-            resolution=phase >= 2, shortcut=phase == 3, authentication=authentication,
+            protocol_address=spoke_tunnel(i),
+            nbma_address=private if i in nat_spokes else public,
+            nhs=nhs,
+            max_nhs=max_nhs,
+            holding_time=holding_time,
+            registration_unique=unique,
+            resolution=phase >= 2,
+            shortcut=phase == 3,
+            authentication=authentication,
             request_id_start=1 + (hubs + i) * 1_000_000 % 0xFFFFFFF,
-        )  # fmt: skip
+        )
         node = net.add_node(f"spoke{i + 1}", cfg, lan=str(spoke_lan(i)), public=public)
         if phase == 2:
             node.routing.resolver = owner
@@ -392,16 +423,31 @@ def build_cloud(
 
 
 def run_scenario(
-    *, hubs: int = 1, spokes: int = 3, phase: int = 3, loss: float = 0.0, seed: int = 1,
-    kill_hub_at: float | None = None, restart_hub_after: float | None = None,
-    traffic_seconds: int = 10, holding_time: int = 7200, deadline: float = 600.0,
+    *,
+    hubs: int = 1,
+    spokes: int = 3,
+    phase: int = 3,
+    loss: float = 0.0,
+    seed: int = 1,
+    kill_hub_at: float | None = None,
+    restart_hub_after: float | None = None,
+    traffic_seconds: int = 10,
+    holding_time: int = 7200,
+    deadline: float = 600.0,
     hub_max_send: int = 100_000,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Every spoke registers; spoke pairs (1,2), (3,4)... exchange a packet
     each way every second; optionally hub1 dies (and comes back)."""
-    net = build_cloud(hubs=hubs, spokes=spokes, phase=phase, loss=loss, seed=seed,
-                      holding_time=holding_time, events=False,
-                      hub_max_send=hub_max_send)  # fmt: skip
+    net = build_cloud(
+        hubs=hubs,
+        spokes=spokes,
+        phase=phase,
+        loss=loss,
+        seed=seed,
+        holding_time=holding_time,
+        events=False,
+        hub_max_send=hub_max_send,
+    )
     spoke_names = [f"spoke{i + 1}" for i in range(spokes)]
     net.start()
     if kill_hub_at is not None:

@@ -28,9 +28,16 @@ class ArpPacket:
 
     def encode(self) -> bytes:
         return _ARP.pack(
-            1, 0x0800, 6, 4, self.op,
-            self.sender_mac, self.sender_ip.packed, self.target_mac, self.target_ip.packed,
-        )  # fmt: skip
+            1,
+            0x0800,
+            6,
+            4,
+            self.op,
+            self.sender_mac,
+            self.sender_ip.packed,
+            self.target_mac,
+            self.target_ip.packed,
+        )
 
 
 def decode_arp(data: bytes) -> ArpPacket:

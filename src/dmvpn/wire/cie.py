@@ -97,9 +97,17 @@ def decode_cies(data: bytes, start: int, end: int) -> tuple[Cie, ...]:
         # nbma_sub, protocol, preference, nbma_e164, nbma_sub_e164.
         cies.append(
             _make_cie(
-                code, plen, mtu, htime, address_from_bytes(data[a:s]), data[s:p],
-                address_from_bytes(data[p:nxt]), pref, bool(atl & TL_E164), bool(satl & TL_E164),
+                code,
+                plen,
+                mtu,
+                htime,
+                address_from_bytes(data[a:s]),
+                data[s:p],
+                address_from_bytes(data[p:nxt]),
+                pref,
+                bool(atl & TL_E164),
+                bool(satl & TL_E164),
             )
-        )  # fmt: skip
+        )
         off = nxt
     return tuple(cies)

@@ -50,10 +50,21 @@ class IPv4Header:
         hl = self.header_length
         total = hl + len(payload) if self.total_length is None else self.total_length
         try:
-            hdr = _V4.pack(
-                0x40 | (hl // 4), self.tos, total, self.identification, self.flags_fragment,
-                self.ttl, self.protocol, 0, self.src.packed, self.dst.packed,
-            ) + self.options  # fmt: skip
+            hdr = (
+                _V4.pack(
+                    0x40 | (hl // 4),
+                    self.tos,
+                    total,
+                    self.identification,
+                    self.flags_fragment,
+                    self.ttl,
+                    self.protocol,
+                    0,
+                    self.src.packed,
+                    self.dst.packed,
+                )
+                + self.options
+            )
         except struct.error as exc:
             raise EncodeError(f"IPv4 field out of range: {exc}") from None
         csum = internet_checksum(hdr) if self.checksum is None else self.checksum
@@ -83,10 +94,11 @@ class IPv6Header:
         first = (6 << 28) | (self.traffic_class << 20) | self.flow_label
         try:
             return (
-                _V6.pack(first, plen, self.next_header, self.hop_limit,
-                         self.src.packed, self.dst.packed)
+                _V6.pack(
+                    first, plen, self.next_header, self.hop_limit, self.src.packed, self.dst.packed
+                )
                 + payload
-            )  # fmt: skip
+            )
         except struct.error as exc:
             raise EncodeError(f"IPv6 field out of range: {exc}") from None
 
@@ -108,10 +120,17 @@ def decode_ipv4(data: bytes, *, verify_checksum: bool = False) -> tuple[IPv4Head
         raise DecodeError("IPv4 header checksum mismatch", 10)
     end = total if hl <= total <= n else n
     hdr = IPv4Header(
-        src=IPv4Address(src), dst=IPv4Address(dst), protocol=proto, ttl=ttl, tos=tos,
-        identification=ident, flags_fragment=ff, options=bytes(data[20:hl]),
-        total_length=total, checksum=csum,
-    )  # fmt: skip
+        src=IPv4Address(src),
+        dst=IPv4Address(dst),
+        protocol=proto,
+        ttl=ttl,
+        tos=tos,
+        identification=ident,
+        flags_fragment=ff,
+        options=bytes(data[20:hl]),
+        total_length=total,
+        checksum=csum,
+    )
     return hdr, bytes(data[hl:end])
 
 
@@ -123,9 +142,14 @@ def decode_ipv6(data: bytes) -> tuple[IPv6Header, bytes]:
     if first >> 28 != 6:
         raise DecodeError(f"IP version {first >> 28} is not 6", 0)
     hdr = IPv6Header(
-        src=IPv6Address(src), dst=IPv6Address(dst), next_header=nh, hop_limit=hlim,
-        traffic_class=(first >> 20) & 0xFF, flow_label=first & 0xFFFFF, payload_length=plen,
-    )  # fmt: skip
+        src=IPv6Address(src),
+        dst=IPv6Address(dst),
+        next_header=nh,
+        hop_limit=hlim,
+        traffic_class=(first >> 20) & 0xFF,
+        flow_label=first & 0xFFFFF,
+        payload_length=plen,
+    )
     return hdr, bytes(data[40 : 40 + plen])
 
 

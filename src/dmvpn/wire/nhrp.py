@@ -182,9 +182,20 @@ class NhrpPacket:
             shtl = len(nbma) | (TL_E164 if self.src_nbma_e164 else 0)
             sstl = len(sub) | (TL_E164 if self.src_nbma_sub_e164 else 0)
             _FIXED.pack_into(
-                out, 0, self.afn, self.protocol_type, self.snap, self.hop_count, pktsz, 0,
-                extoff, self.version, t, shtl, sstl,
-            )  # fmt: skip
+                out,
+                0,
+                self.afn,
+                self.protocol_type,
+                self.snap,
+                self.hop_count,
+                pktsz,
+                0,
+                extoff,
+                self.version,
+                t,
+                shtl,
+                sstl,
+            )
         except struct.error as exc:
             raise EncodeError(f"{t.name}: field out of range: {exc}") from None
         out[12:14] = internet_checksum(out).to_bytes(2, "big")
@@ -262,9 +273,25 @@ def decode_nhrp(data: bytes, *, verify_checksum: bool = True) -> NhrpPacket:
     is_error = optype == _ERROR
     # Field order of NhrpPacket, as declared above.
     return _make_packet(
-        ptype, afn, pro, snap, hop, version, src_nbma, src_sub, src_proto, dst_proto,
-        flags, reqid, cies,
-        code if is_error else 0, offset_or_unused if is_error else 0,
+        ptype,
+        afn,
+        pro,
+        snap,
+        hop,
+        version,
+        src_nbma,
+        src_sub,
+        src_proto,
+        dst_proto,
+        flags,
+        reqid,
+        cies,
+        code if is_error else 0,
+        offset_or_unused if is_error else 0,
         code if optype == _TRAFFIC else 0,
-        contents, exts, bool(shtl & TL_E164), bool(sstl & TL_E164), unused,
-    )  # fmt: skip
+        contents,
+        exts,
+        bool(shtl & TL_E164),
+        bool(sstl & TL_E164),
+        unused,
+    )
