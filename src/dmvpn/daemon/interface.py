@@ -296,16 +296,7 @@ class InterfaceRuntime:
             self._update_multicast()
 
     def _update_multicast(self) -> None:
-        targets: list[IPv4Address] = []
-        for item in self.cfg.nhrp.map_multicast:
-            if item == "dynamic":
-                targets += sorted(self.dynamic)
-            elif item == "nhs":
-                nhs = sorted(self.cfg.nhrp.nhs, key=lambda n: n.priority)
-                targets += dict.fromkeys(n.nbma for n in nhs)
-            elif isinstance(item, IPv4Address):
-                targets.append(item)
-        self.dataplane.set_multicast(list(dict.fromkeys(targets)))
+        self.dataplane.set_multicast(multicast_targets(self.cfg, self.dynamic))
 
     def _route(self, op: str, out: ShortcutAdded | ShortcutRemoved) -> None:
         """A shortcut route through the interface, marked as ours (RTPROT_DMVPN)."""
@@ -321,3 +312,17 @@ class InterfaceRuntime:
             if op == "replace":
                 self.log("route-error", f"could not install shortcut {out.prefix}: {exc}")
             # A failed delete: already gone (the interface went down, or an operator).
+
+
+def multicast_targets(cfg: Interface, dynamic: set[IPv4Address]) -> list[IPv4Address]:
+    """The `map multicast` set resolved: `dynamic` is every peer with a dynamic
+    binding, `nhs` the NHSes by priority, and static NBMA addresses as given."""
+    targets: list[IPv4Address] = []
+    for item in cfg.nhrp.map_multicast:
+        if item == "dynamic":
+            targets += sorted(dynamic)
+        elif item == "nhs":
+            targets += [n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)]
+        elif isinstance(item, IPv4Address):
+            targets.append(item)
+    return list(dict.fromkeys(targets))
