@@ -1,8 +1,11 @@
 """The narrow view of the node's routing the engine needs.
 
-The daemon backs it with the kernel routing table (pyroute2, kept current by
-a route monitor), the simulator with its own tables; nhrpd does the same
-through zebra.
+The daemon backs it with the kernel's routing table
+(`dmvpn.daemon.routing.KernelRouting`): a copy of the routes and rules that a
+route monitor keeps current from rtnetlink events once attached to the event
+loop, so that a lookup is a table read (until then, each lookup asks the
+kernel). The simulator backs it with its own tables (`StaticRouting`); nhrpd
+asks zebra the same questions.
 """
 
 from __future__ import annotations
