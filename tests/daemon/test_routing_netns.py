@@ -211,6 +211,39 @@ def test_what_the_kernel_flushes_silently_is_flushed_here_too(node: Node) -> Non
     kr.close()
 
 
+def test_nexthops_die_and_revive_with_their_link_and_other_links_cost_nothing(
+    node: Node,
+) -> None:
+    kr = KernelRouting(node.ipr, node.tun, 4)
+    kr.attach(node.loop)
+    node.ip("route add 10.70.0.0/16 nexthop via 10.0.0.70 nexthop via 172.30.0.70")
+    node.loop.run_until_complete(asyncio.sleep(0.01))
+    # Two live nexthops: the kernel's hash decides, so the kernel is asked.
+    assert kr.next_hop(a("10.70.1.1")) in (a("10.0.0.70"), None) and kr.asked == 1
+    # wan0 down: its nexthop dies (silently), the tunnel's is the only one left.
+    resyncs = kr.resyncs
+    node.ip("link set wan0 down")
+    node.settle(lambda: kr.resyncs > resyncs)
+    assert kr.next_hop(a("10.70.1.1")) == a("10.0.0.70") and kr.asked == 1
+    # Back up: the kernel revives it, silently again.
+    resyncs = kr.resyncs
+    node.ip("link set wan0 up")
+    node.settle(lambda: kr.resyncs > resyncs)
+    assert kr.next_hop(a("10.70.1.1")) in (a("10.0.0.70"), None) and kr.asked == 2
+    # A link no route uses comes, flaps and goes: no dump of the table.
+    resyncs = kr.resyncs
+    node.ip(
+        "link add xtra0 type veth peer name xtrap",
+        "link set xtra0 up",
+        "link set xtrap up",
+        "link set xtra0 down",
+        "link del xtra0",
+    )
+    node.loop.run_until_complete(asyncio.sleep(0.05))
+    assert kr.resyncs == resyncs and kr.attached
+    kr.close()
+
+
 # -- the same answers as `ip route get` --------------------------------------------
 
 

@@ -160,6 +160,17 @@ class RouteTable:
     def __len__(self) -> int:
         return sum(len(routes) for routes in self._routes.values())
 
+    def uses(self, ifindex: int, dead_only: bool = False) -> bool:
+        """Whether a route has a nexthop (a dead one) through the link: what
+        the kernel may change without an event when the link goes down, is
+        deleted, or comes back up (it revives dead nexthops silently)."""
+        return any(
+            nh.oif == ifindex and (nh.dead or not dead_only)
+            for routes in self._routes.values()
+            for r in routes
+            for nh in r.nexthops
+        )
+
     # -- changes --
 
     def apply(self, kind: int, flags: int, route: Route) -> None:

@@ -159,6 +159,7 @@ class KernelRouting:
         try:
             if self._read():
                 self.resyncs += 1
+                self._table = None  # its memory, before the new copy takes as much
                 self._table = self._dump()
         except Exception as exc:
             # Better slow than wrong: ask the kernel per lookup from now on.
@@ -186,9 +187,10 @@ class KernelRouting:
         return stale
 
     def _events(self, data: bytes) -> bool:
-        """Apply the route events of one datagram; True when only a new dump
-        can tell what the kernel did (a link went down or came up, or was
-        deleted, or an IPv4 address went)."""
+        """Apply the route and rule events of one datagram; True when only a
+        new dump can tell what the kernel did: a link with routes went down
+        or away, one with dead nexthops came up, an IPv4 address went (its
+        routes, and the link's if it was the last, go silently)."""
         assert self._table is not None
         stale = False
         for msg in parse(data):
@@ -205,14 +207,14 @@ class KernelRouting:
                 if link is None:
                     continue
                 index, up = link
-                if msg.type == RTM_DELLINK:
-                    stale |= self._links.pop(index, None) is not None
-                else:
-                    # A link seen for the first time was just created: no
-                    # route can have gone with it yet.
-                    was = self._links.get(index)
+                # A link seen for the first time was just created: no route
+                # can use it yet.
+                was = self._links.pop(index, None)
+                if msg.type == RTM_NEWLINK:
                     self._links[index] = up
-                    stale |= was is not None and was != up
+                    if was is None or was == up:
+                        continue
+                stale |= self._table.uses(index, dead_only=msg.type == RTM_NEWLINK and up)
             elif msg.type == RTM_DELADDR and addr_family(msg.payload) == AF_INET:
                 stale = True
         return stale
