@@ -88,6 +88,12 @@ class Interface(_Strict):
     # with an NHRP instance of its own (docs/ARCHITECTURE.md). None: IPv4 only.
     ipv6_address: IPv6Interface | None = None
     mtu: Annotated[int, Field(ge=576, le=9000)] = 1400
+    # Who carries the packets (docs/ARCHITECTURE.md, the data-plane seam):
+    # `userspace` (TAP + raw GRE, any Linux), `ebpf` (the same, with bound
+    # peers' unicast encapsulated by tc programs in the kernel; an error if
+    # they cannot load), `auto` (eBPF when it loads, else userspace; IPsec:
+    # userspace).
+    dataplane: Literal["userspace", "ebpf", "auto"] = "userspace"
     tunnel: Tunnel
     nhrp: Nhrp
 
@@ -331,6 +337,13 @@ class NodeConfig(_Strict):
             raise ValueError("IPv6 routes need an interface with an ipv6_address")
         if self.ipsec is not None:
             sources = [i.tunnel.source for i in self.interfaces]
+            for i, itf in enumerate(self.interfaces):
+                if itf.dataplane == "ebpf":
+                    # bpf_redirect bypasses xfrm: protected GRE would leave in clear.
+                    raise ValueError(
+                        f"interfaces.{i}.dataplane: ebpf cannot carry IPsec-protected GRE "
+                        "(its redirects bypass xfrm); use userspace or auto"
+                    )
             if len(set(sources)) != len(sources):
                 # One GRE child SA per pair of NBMA addresses: two interfaces
                 # on one source could not tell their peers' SAs apart.

@@ -36,6 +36,8 @@ def check_cmd(config: Path) -> None:
         click.echo(
             f"{config}: ok: node {node.node}, {itf.name} {itf.address} "
             f"network-id {itf.nhrp.network_id}, {role}{dual}"
+            # The default (userspace) goes unsaid; eBPF and auto are news.
+            + (f", dataplane {itf.dataplane}" if itf.dataplane != "userspace" else "")
         )
     if node.ipsec is not None:
         sec = node.ipsec

@@ -18,6 +18,7 @@ from pyroute2 import IPRoute
 
 from dmvpn.api.server import ApiError, ApiServer, default_socket_path
 from dmvpn.config import ConfigError, Interface, NodeConfig, load_config
+from dmvpn.dataplane.ebpf import EbpfDataPlane, ebpf_unavailable
 from dmvpn.dataplane.plane import DataPlane
 from dmvpn.dataplane.userspace import UserspaceDataPlane
 from dmvpn.ipsec import IpsecManager, PeerSa
@@ -27,9 +28,18 @@ from .interface import InterfaceRuntime, Log
 from .reload import plan_reload
 
 
-def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log) -> DataPlane:
-    """The data plane for an interface. Today the userspace one (TAP + raw
-    GRE), which works on any Linux; the eBPF and kernel ones plug in here."""
+def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) -> DataPlane:
+    """The data plane for an interface (`dataplane:`): the userspace one (TAP
+    + raw GRE, any Linux) or the eBPF one (the same with bound peers'
+    unicast in the kernel). `auto` takes eBPF unless IPsec is on (its
+    redirects would bypass xfrm) or the host cannot; the log says which."""
+    if cfg.dataplane == "ebpf":
+        return EbpfDataPlane(cfg, ipr, log, required=True)
+    if cfg.dataplane == "auto":
+        why = "IPsec is on (bpf_redirect bypasses xfrm)" if ipsec else ebpf_unavailable()
+        if why is None:
+            return EbpfDataPlane(cfg, ipr, log, required=False)
+        log("dataplane", f"{cfg.name}: userspace data plane ({why})")
     return UserspaceDataPlane(cfg, ipr, log)
 
 
@@ -163,7 +173,9 @@ class Node:
                 self._ipr = ipr
                 try:
                     for itf in self.config.interfaces:
-                        dataplane = make_dataplane(itf, ipr, self.log)
+                        dataplane = make_dataplane(
+                            itf, ipr, self.log, ipsec=self.config.ipsec is not None
+                        )
                         rt = InterfaceRuntime(itf, dataplane, ipr, self.log, loop, self.ipsec)
                         rt.listeners.append(api.publish)
                         self.interfaces.append(rt)
