@@ -23,11 +23,16 @@ caller asks the kernel: the ECMP hash (a route with several live nexthops),
 IPv6's choice among several routes of equal metric (router preference,
 neighbour reachability, round robin), unmodelled rules. Not modelled at all:
 IPv4 tables stay unmerged once custom rules have existed in the namespace,
-even after they are gone (this assumes merged: it differs only inside
-127.0.0.0/8 and for the default table after an error route in main);
+even after they are gone (this assumes merged: it differs only where main
+has a longer prefix inside a local-table route, as in 127.0.0.0/8, and for
+the default table after an error route in main);
 `ignore_routes_with_linkdown`; IPv6 neighbour reachability when forwarding is
 off; routes that only name a nexthop object (RTA_NH_ID without the compat
 attributes the kernel adds by default).
+
+`local_prefix` applies to the main table the filter KernelRouting has always
+applied to its dump: no gateway, not through the tunnel, not link-local,
+multicast or default.
 """
 
 from __future__ import annotations
