@@ -401,7 +401,15 @@ def test_netns_demo_shows_the_shortcut_and_leaves_nothing() -> None:
 def test_netns_demo_cleans_up_on_ctrl_c() -> None:
     _require_root()
     lab = Lab(prefix=DEMO)
-    demo = subprocess.Popen([*LAB, "demo", "--prefix", DEMO], stdout=subprocess.PIPE, text=True)
+    # As from a terminal: SIGINT at its default. A suite started in the
+    # background by a non-interactive shell inherits SIGINT ignored, and the
+    # demo rightly keeps an ignored signal ignored (nohup).
+    demo = subprocess.Popen(
+        [*LAB, "demo", "--prefix", DEMO],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 30
         pids: list[int] = []
