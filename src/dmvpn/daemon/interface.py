@@ -79,7 +79,7 @@ class InterfaceRuntime:
         self.log = log
         self.loop = loop
         self.ipsec = ipsec
-        self._routing = routing or (lambda index, family: KernelRouting(ipr, index, family))
+        self._routing = routing or MonitoredRouting(ipr, loop, log)
         # IPsec proxy instantiation (docs/IPSEC.md): nothing goes to a peer,
         # and no binding to it is used for data, before its SA is up.
         binding = ipsec is not None and ipsec.cfg.binding_on
@@ -137,8 +137,7 @@ class InterfaceRuntime:
         return self.engines[1] if len(self.engines) > 1 else None
 
     @property
-    def forwarder(self) -> DataPlane:
-        """The data plane's counters (the API's name for them)."""
+    def forwarder(self) -> DataPlane:  # the data plane's counters, as the API names them
         return self.dataplane
 
     @property
@@ -163,6 +162,8 @@ class InterfaceRuntime:
         self.dataplane.stop()
         if self._timer is not None:
             self._timer.cancel()
+        if isinstance(self._routing, MonitoredRouting):  # before the interface goes
+            self._routing.close()
         self.dataplane.close()
 
     def retune(self, cfg: Interface) -> None:
@@ -326,3 +327,26 @@ def multicast_targets(cfg: Interface, dynamic: set[IPv4Address]) -> list[IPv4Add
         elif isinstance(item, IPv4Address):
             targets.append(item)
     return list(dict.fromkeys(targets))
+
+
+class MonitoredRouting:
+    """Makes the engines' routing views: the kernel's routes through the
+    interface, kept current by a route monitor (netlink events) so that a
+    lookup is a table read, not a syscall on the engine's path."""
+
+    def __init__(self, ipr: IPRoute, loop: asyncio.AbstractEventLoop, log: Log) -> None:
+        self.ipr, self.loop, self.log = ipr, loop, log
+        self.views: list[KernelRouting] = []
+
+    def __call__(self, index: int, family: int) -> RoutingView:
+        view = KernelRouting(self.ipr, index, family)
+        try:
+            view.attach(self.loop, log=self.log)
+        except OSError as exc:  # lookups then ask the kernel, as before
+            self.log("route-monitor", f"no route monitor for IPv{family}: {exc.strerror}")
+        self.views.append(view)
+        return view
+
+    def close(self) -> None:
+        for view in self.views:
+            view.close()
