@@ -215,6 +215,8 @@ class EbpfDataPlane(UserspaceDataPlane):
         # longer in the map had counted before they left it.
         self._fast: dict[IPv4Address, FastCounters] = {}
         self._retired: dict[IPv4Address, FastCounters] = {}
+        # NBMA -> the transmit count last reported as use (binding_used).
+        self._reported: dict[IPv4Address, int] = {}
         self._poll: TimerHandle | None = None
         self._probe: socket.socket | None = None
         self._probed: dict[IPv4Address, float] = {}  # NBMA -> when last probed
@@ -313,23 +315,25 @@ class EbpfDataPlane(UserspaceDataPlane):
 
     # -- counters -------------------------------------------------------------
 
-    def _read_counters(self) -> list[IPv4Address]:
-        """Read the map; the peers whose traffic the programs sent since."""
-        if self._peers_map is None:
-            return []
-        used: list[IPv4Address] = []
-        for key, value in self._peers_map.items():
-            nbma, now = IPv4Address(key), unpack_peer(value)
-            before = self._fast.get(nbma)
-            if now.tx_packets and (before is None or now.tx_packets > before.tx_packets):
-                used.append(nbma)
-            self._fast[nbma] = now
+    def _read_counters(self) -> None:
+        """The programs' counters as they are now (show reads them fresh)."""
+        if self._peers_map is not None:
+            self._fast = {IPv4Address(k): unpack_peer(v) for k, v in self._peers_map.items()}
+
+    def _used(self) -> set[IPv4Address]:
+        """The peers the programs sent to since the last call."""
+        used = set()
+        for nbma, c in self._fast.items():
+            if c.tx_packets > self._reported.get(nbma, 0):
+                used.add(nbma)
+                self._reported[nbma] = c.tx_packets
         return used
 
     def _on_poll(self) -> None:
         assert self._loop is not None and self._hooks is not None
         self._poll = self._loop.call_later(USE_REPORT_INTERVAL, self._on_poll)
-        used = set(self._read_counters())
+        self._read_counters()
+        used = self._used()
         self._prove()
         if not used:
             return
@@ -366,6 +370,7 @@ class EbpfDataPlane(UserspaceDataPlane):
 
     def fast_peers(self) -> dict[IPv4Address, FastCounters]:
         """Per NBMA peer, what the programs carried (current and retired)."""
+        self._read_counters()
         out: dict[IPv4Address, FastCounters] = {}
         for table in (self._retired, self._fast):
             for nbma, c in table.items():
@@ -430,6 +435,7 @@ class EbpfDataPlane(UserspaceDataPlane):
         self._peers_map.delete(nbma.packed)
         self._fast.pop(nbma, None)
         self._probed.pop(nbma, None)
+        self._reported.pop(nbma, None)
         if value is not None:
             self._retired.setdefault(nbma, FastCounters()).add(unpack_peer(value))
 

@@ -7,7 +7,7 @@
  * underlay): GRE with our key from a bound peer is stripped, given an
  * Ethernet header and redirected into the TAP's ingress. Anything else
  * (ARP, ICMPv6/ND, multicast, NHRP, unbound peers, other keys) passes
- * (TC_ACT_OK) to the userspace path as if this program were not there.
+ * (PASS) to the userspace path as if this program were not there.
  *
  * The daemon owns the maps: `peers` holds exactly the NBMA addresses that
  * have a binding (a peer is fast-pathed only when bound) and their counters;
@@ -32,6 +32,11 @@
 #define IPPROTO_GRE 47
 #define IPPROTO_ICMPV6 58
 #define GRE_KEY_PRESENT 0x2000
+
+/* Not ours: tcx runs the next program on the device, if any, then passes it
+ * on (TC_ACT_OK would end the chain and skip other programs, e.g. another
+ * interface's on the same underlay). */
+#define PASS TC_ACT_UNSPEC
 
 #define CFG_ON 1     /* fast path enabled */
 #define CFG_KEY 2    /* GRE key configured */
@@ -128,43 +133,43 @@ int dmvpn_egress(struct __sk_buff *skb)
 	__u8 next;
 
 	if (!cfg)
-		return TC_ACT_OK;
+		return PASS;
 	if (bpf_skb_load_bytes(skb, 0, eth, ETH_HLEN) < 0)
-		return TC_ACT_OK;
+		return PASS;
 	if (eth[0] != 0x02 || eth[1] != 0x00)
-		return TC_ACT_OK;   /* multicast, broadcast, not a peer's MAC */
+		return PASS;   /* multicast, broadcast, not a peer's MAC */
 	proto = ((__u16)eth[12] << 8) | eth[13];
 	if (proto == ETH_P_IPV6) {
 		if (!(cfg->flags & CFG_IPV6))
-			return TC_ACT_OK;
+			return PASS;
 		/* ICMPv6 carries ND, which the userspace path answers from NHRP. */
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &next, 1) < 0 || next == IPPROTO_ICMPV6)
-			return TC_ACT_OK;
+			return PASS;
 	} else if (proto != ETH_P_IP) {
-		return TC_ACT_OK;
+		return PASS;
 	}
 	__builtin_memcpy(&nbma, &eth[2], 4);
 	peer = bpf_map_lookup_elem(&peers, &nbma);
 	if (!peer)
-		return TC_ACT_OK;   /* unbound: the userspace path (via the NHS) */
+		return PASS;   /* unbound: the userspace path (via the NHS) */
 	if (!skb->gso_size && skb->len - ETH_HLEN > cfg->max_inner)
-		return TC_ACT_OK;   /* would not fit: the kernel's fragmentation */
+		return PASS;   /* would not fit: the kernel's fragmentation */
 	if (proto == ETH_P_IP) {
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 9, &next, 1) < 0)
-			return TC_ACT_OK;
+			return PASS;
 	} else {
 		next = IPPROTO_TCP;   /* IPv6 but ICMPv6: treat as possibly partial */
 	}
 	if ((next == IPPROTO_TCP || next == IPPROTO_UDP || skb->gso_size) &&
 	    bpf_ktime_get_ns() - peer->capable_ns > CAPABLE_NS)
-		return TC_ACT_OK;   /* not proven: the userspace path finishes them */
+		return PASS;   /* not proven: the userspace path finishes them */
 
 	olen = 20 + ((cfg->flags & CFG_KEY) ? 8 : 4);
 	/* Fails (-EALREADY) on a packet still marked encapsulated, e.g. a hairpin
 	 * a peer's program encapsulated on this host: then the userspace path. */
 	if (bpf_skb_adjust_room(skb, olen, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_GRE))
-		return TC_ACT_OK;
+		return PASS;
 
 	o.ver_ihl = 0x45;
 	o.id = bpf_htons(PROBE_ID);
@@ -205,43 +210,43 @@ int dmvpn_ingress(struct __sk_buff *skb)
 	__u8 icmp_type;
 
 	if (!cfg || skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+		return PASS;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &o, 24) < 0)
-		return TC_ACT_OK;
+		return PASS;
 	if (o.ver_ihl != 0x45 || o.protocol != IPPROTO_GRE || o.daddr != cfg->local ||
 	    (o.frag_off & bpf_htons(0x3fff)))
-		return TC_ACT_OK;
+		return PASS;
 	if (cfg->flags & CFG_KEY) {
 		if (o.gre_flags != bpf_htons(GRE_KEY_PRESENT))
-			return TC_ACT_OK;
+			return PASS;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 24, &o.gre_key, 4) < 0 ||
 		    o.gre_key != cfg->key)
-			return TC_ACT_OK;   /* another cloud's key */
+			return PASS;   /* another cloud's key */
 		hlen = 8;
 	} else {
 		if (o.gre_flags != 0)
-			return TC_ACT_OK;
+			return PASS;
 		hlen = 4;
 	}
 	proto = bpf_ntohs(o.gre_proto);
 	if (proto == ETH_P_IP) {
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 20 + hlen, inner, 20) < 0)
-			return TC_ACT_OK;
+			return PASS;
 		/* Multicast and broadcast: the userspace path maps their MACs. */
 		if (inner[16] >= 224 || (inner[16] == 255 && inner[17] == 255 &&
 					 inner[18] == 255 && inner[19] == 255))
-			return TC_ACT_OK;
+			return PASS;
 	} else if (proto == ETH_P_IPV6 && (cfg->flags & CFG_IPV6)) {
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 20 + hlen, inner, 40) < 0)
-			return TC_ACT_OK;
+			return PASS;
 		if (inner[6] == IPPROTO_ICMPV6 || inner[24] == 0xff)
-			return TC_ACT_OK;   /* ND and multicast: the userspace path */
+			return PASS;   /* ND and multicast: the userspace path */
 	} else {
-		return TC_ACT_OK;   /* NHRP (0x2001) and the rest */
+		return PASS;   /* NHRP (0x2001) and the rest */
 	}
 	peer = bpf_map_lookup_elem(&peers, &o.saddr);
 	if (!peer)
-		return TC_ACT_OK;   /* not bound: the userspace path decides */
+		return PASS;   /* not bound: the userspace path decides */
 	if (proto == ETH_P_IP && o.id == bpf_htons(PROBE_ID) && inner[9] == IPPROTO_ICMP &&
 	    bpf_skb_load_bytes(skb, ETH_HLEN + 20 + hlen + 20, &icmp_type, 1) == 0 &&
 	    icmp_type == 0)
@@ -250,7 +255,7 @@ int dmvpn_ingress(struct __sk_buff *skb)
 	segs = skb->gso_segs ? skb->gso_segs : 1;
 	size = skb->len - ETH_HLEN - 20;
 	if (bpf_skb_adjust_room(skb, -(__s32)(20 + hlen), BPF_ADJ_ROOM_MAC, 0))
-		return TC_ACT_OK;
+		return PASS;
 	__sync_fetch_and_add(&peer->rx_packets, segs);
 	__sync_fetch_and_add(&peer->rx_bytes, size);
 	__builtin_memcpy(eth, cfg->tap_mac, 6);
