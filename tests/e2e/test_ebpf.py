@@ -72,12 +72,13 @@ def loaded_prog_ids() -> set[int]:
     return {p["id"] for p in json.loads(out.stdout)}
 
 
-@pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[EbpfCloud]:
+@pytest.fixture(params=[False, True], ids=["ipv4", "dual-stack"])
+def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EbpfCloud]:
     topo = Topology.from_data(
         {
             "phase": 3,
             "dataplane": "ebpf",
+            "ipv6": request.param,
             "nodes": {"spokes": [{"name": "spoke1"}, {"name": "spoke2"}]},
         }
     )
@@ -94,6 +95,42 @@ def cloud(tmp_path: Path) -> Iterator[EbpfCloud]:
         yield c
     finally:
         lab.down()
+
+
+def iperf(cloud: EbpfCloud, address: str) -> float:
+    """Mbit/s of one second of TCP host1 -> host2."""
+    server = cloud.lab.popen(
+        "host2", ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(0.5)
+        argv = ["iperf3", "-c", address, "-t", "1", "-J"]
+        out = cloud.lab.exec("host1", argv, capture_output=True, text=True, check=True).stdout
+    finally:
+        server.wait(timeout=10)
+    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def test_tcp_takes_the_fast_path_once_the_peer_is_proven(cloud: EbpfCloud) -> None:
+    """TCP (super-segments, partial checksums) goes the fast way only to a
+    peer whose kernel answered a probe; both families, GSO and the MTU."""
+    host2 = cloud.topo.plan("host2")
+    targets = [str(host2.lan.ip)]  # type: ignore[union-attr]
+    if host2.lan6 is not None:
+        targets.append(str(host2.lan6.ip))
+    for dst in targets:  # the shortcuts (redirect, resolution)
+        cloud.lab.exec("host1", ["ping", "-c", "5", "-i", "0.2", "-W", "1", dst], check=True)
+    time.sleep(2.5)  # the probe round (each second) proves spoke2
+    for dst in targets:
+        before = cloud.dataplane("spoke1")
+        mbit = iperf(cloud, dst)
+        after = cloud.dataplane("spoke1")
+        sent = after["fast.tx.bytes"] - before["fast.tx.bytes"]
+        assert sent >= mbit * 1e6 / 8 * 0.9, (dst, mbit, before, after)
+        assert after.get("tx.data", 0) - before.get("tx.data", 0) < 50, (dst, before, after)
+    # Full-size packets fit (the TAP's MTU leaves room for IPv4 + GRE + key).
+    big = ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1372", targets[0]]
+    assert cloud.lab.exec("host1", big, capture_output=True).returncode == 0
 
 
 def test_phase3_on_the_fast_path_then_clean_detach(cloud: EbpfCloud) -> None:
