@@ -840,22 +840,46 @@ async def test_both_initiated_the_lower_address_keeps_its_own() -> None:
 
 
 @virtual_time
-async def test_known_issue_a_refused_duplicate_counts_as_a_failure() -> None:
+async def test_a_refused_duplicate_is_simultaneous_initiation_and_up_at_once() -> None:
     """Both sides initiate and charon refuses ours because the peer's SA
-    came first: today this counts (and logs) as a failure, then the retry
-    finds the peer's SA and adopts it. Pinned so that a fix shows here."""
+    came first (issue 18): not a failure. The manager reads charon's SAs
+    before backing off and adopts the peer's at once, with no 1 s retry."""
     rig = await Rig.started()
 
     def peer_first(local: IPv4Address, remote: IPv4Address) -> None:
         rig.charon.add_sa(local, remote, initiator=False)
 
     rig.charon.while_initiating = peer_first
-    rig.charon.refuse[S2] = ["CHILD_SA gre{2} already exists, refusing a duplicate"]
+    rig.charon.refuse[S2] = ["not establishing CHILD_SA gre{3} due to existing duplicate {2}"]
     rig.m.want(A, S2)
-    await asyncio.sleep(1 + SETTLE)
-    assert rig.m.stats["failed"] == 1 and len(rig.events("ipsec-failed")) == 1
-    assert rig.m.is_up(A, S2) and not rig.peer(S2)["initiated"]
-    assert rig.peer(S2)["last_error"] is None
+    await asyncio.sleep(SETTLE)
+    assert rig.m.is_up(A, S2) and rig.ups == [S2] and not rig.peer(S2)["initiated"]
+    assert rig.m.stats["failed"] == 0 and not rig.events("ipsec-failed")
+    peer = rig.peer(S2)
+    assert (peer["failures"], peer["retry_in"], peer["last_error"]) == (0, None, None)
+    (up,) = rig.events("ipsec-up")
+    assert up.message == "IPsec to 172.30.0.12 up (brought up by the peer)"
+    assert len(rig.charon.sent("initiate")) == 1
+    await asyncio.sleep(3)  # no retry comes later either
+    assert len(rig.charon.sent("initiate")) == 1 and rig.ups == [S2]
+    await rig.m.stop()
+
+
+@virtual_time
+async def test_any_failed_initiate_checks_for_the_peers_sa_before_backing_off() -> None:
+    """Whatever charon says of our attempt (a timeout, say), an SA the peer
+    brought up meanwhile counts: up at once."""
+    rig = await Rig.started()
+
+    def peer_meanwhile(local: IPv4Address, remote: IPv4Address) -> None:
+        rig.charon.add_sa(local, remote, initiator=False)
+
+    rig.charon.while_initiating = peer_meanwhile
+    rig.charon.refuse[S2] = ["peer not responding, giving up after 5 retransmits"]
+    rig.m.want(A, S2)
+    await asyncio.sleep(SETTLE)
+    assert rig.m.is_up(A, S2) and rig.m.stats["failed"] == 0
+    assert not rig.events("ipsec-failed")
     await rig.m.stop()
 
 

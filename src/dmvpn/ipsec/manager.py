@@ -701,6 +701,15 @@ class IpsecManager:
             found = await self._find(peer)
             self._up(peer, found or {}, initiated=True, took=self._now() - started)
             return
+        # Simultaneous initiation is normal (both spokes answer each other's
+        # resolution): charon refuses ours as a duplicate of the SA the peer
+        # brought up meanwhile. That SA carries the traffic: up now, no backoff.
+        found = await self._find(peer)
+        if not self._current(peer) or self.stopping:
+            return
+        if found is not None:
+            self._up(peer, found, initiated=False)
+            return
         self.stats["failed"] += 1
         peer.fail(_reason(lines), self._now())
         if peer.wanted:
