@@ -18,7 +18,8 @@ from dmvpn.config import parse_config
 from dmvpn.daemon.interface import InterfaceRuntime
 from dmvpn.dataplane.forwarding import PeerCounters
 from dmvpn.dataplane.plane import DataPlane, DataPlaneHooks
-from dmvpn.nhrp import Engine, SendPacket
+from dmvpn.nhrp import Engine, SendPacket, ShortcutAdded
+from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import PrefixTable
 from dmvpn.wire import Address, PacketType, decode_nhrp
 
@@ -130,6 +131,19 @@ class StaticRouting:
         return None
 
 
+class FakeIpr:
+    """pyroute2's IPRoute as the runtime uses it for shortcut routes."""
+
+    def __init__(self) -> None:
+        self.routes: list[tuple[str, str]] = []
+        self.fail = False
+
+    def route(self, op: str, **kw: Any) -> None:
+        if self.fail:
+            raise OSError(101, "Network is unreachable")
+        self.routes.append((op, kw["dst"]))
+
+
 class FakeIpsec:
     def __init__(self) -> None:
         self.cfg = SimpleNamespace(binding_on=False, device="ipsec0")
@@ -164,7 +178,7 @@ def _runtime(
     rt = InterfaceRuntime(
         cfg,
         dp,
-        ipr=None,
+        ipr=FakeIpr(),  # type: ignore[arg-type]
         log=lambda kind, message, **_: logged.append((kind, message)),  # type: ignore[arg-type]
         loop=loop,
         ipsec=ipsec,
@@ -224,3 +238,55 @@ def test_with_ipsec_the_registration_waits_for_the_nhs_sa(loop) -> None:  # type
     assert rt.ipsec_stats["held"] == 1
     rt.ipsec_up(SimpleNamespace(local=IPv4Address("198.51.100.11"), remote=HUB))  # type: ignore[arg-type]
     assert _types(dp.sent) == [(HUB, PacketType.REGISTRATION_REQUEST)]
+
+
+LAN2 = IPv4Network("192.168.2.0/24")
+T2, S2 = IPv4Address("10.0.0.12"), IPv4Address("198.51.100.12")
+SHORTCUT = "shortcut 192.168.2.0/24 via 10.0.0.12 (198.51.100.12)"
+
+
+def _engine_shortcut(rt: InterfaceRuntime) -> None:
+    """What the engine outputs when a resolution answer gives a shortcut:
+    the route, then its event."""
+    sc = ShortcutAdded(LAN2, T2, S2)
+    for out in (sc, shortcut_event(sc)):
+        rt._handlers[type(out)](out)
+
+
+def test_without_ipsec_shortcut_is_logged_with_the_route_installed(loop) -> None:  # type: ignore[no-untyped-def]
+    rt, _, logged = _runtime(loop)
+    rt.open()
+    _engine_shortcut(rt)
+    assert rt.ipr.routes == [("replace", "192.168.2.0/24")]  # type: ignore[attr-defined]
+    assert [m for k, m in logged if k.startswith("shortcut")] == [SHORTCUT]
+
+
+def test_with_ipsec_a_held_shortcut_is_logged_deferred_then_installed(loop) -> None:  # type: ignore[no-untyped-def]
+    rt, _, logged = _runtime(loop, FakeIpsec())
+    rt.open()
+    _engine_shortcut(rt)
+    # Not `shortcut` while the route waits for the SA: deferred, and why.
+    assert rt.ipr.routes == []  # type: ignore[attr-defined]
+    assert [(k, m) for k, m in logged if k.startswith("shortcut")] == [
+        ("shortcut-deferred", f"{SHORTCUT} deferred: waiting for the IPsec SA to 198.51.100.12")
+    ]
+    logged.clear()
+    rt.ipsec_up(SimpleNamespace(local=IPv4Address("198.51.100.11"), remote=S2))  # type: ignore[arg-type]
+    assert rt.ipr.routes == [("replace", "192.168.2.0/24")]  # type: ignore[attr-defined]
+    assert [(k, m) for k, m in logged if k.startswith("shortcut")] == [("shortcut", SHORTCUT)]
+    logged.clear()
+    rt.ipsec_down(SimpleNamespace(local=IPv4Address("198.51.100.11"), remote=S2))  # type: ignore[arg-type]
+    assert rt.ipr.routes[-1] == ("del", "192.168.2.0/24")  # type: ignore[attr-defined]
+    assert [(k, m) for k, m in logged if k.startswith("shortcut")] == [
+        ("shortcut-deferred", f"{SHORTCUT} deferred: the IPsec SA to 198.51.100.12 went down")
+    ]
+
+
+def test_a_route_that_cannot_be_installed_is_not_logged_as_a_shortcut(loop) -> None:  # type: ignore[no-untyped-def]
+    rt, _, logged = _runtime(loop, FakeIpsec())
+    rt.open()
+    _engine_shortcut(rt)
+    rt.ipr.fail = True  # type: ignore[attr-defined]
+    logged.clear()
+    rt.ipsec_up(SimpleNamespace(local=IPv4Address("198.51.100.11"), remote=S2))  # type: ignore[arg-type]
+    assert [k for k, _ in logged] == ["route-error"]

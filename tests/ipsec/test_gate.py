@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
-from dmvpn.ipsec.gate import Bind, Deliver, IpsecGate, Route, Touch, Transmit, Unbind, Unroute
+from dmvpn.ipsec.gate import (
+    Bind,
+    Defer,
+    Deliver,
+    IpsecGate,
+    Route,
+    Touch,
+    Transmit,
+    Unbind,
+    Unroute,
+)
 from dmvpn.nhrp import BindingAdded, BindingRemoved, ShortcutAdded, ShortcutRemoved
 
 PEER = IPv4Address("172.30.0.12")
@@ -50,11 +60,14 @@ def test_bindings_and_shortcuts_are_used_only_once_the_sa_is_up() -> None:
     gate = IpsecGate(protected=True)
     b = BindingAdded(T2, PEER, "dynamic")
     sc = ShortcutAdded(LAN2, T2, PEER)
-    assert gate.bind(b) == [] and gate.shortcut(sc) == []
-    assert gate.stats["deferred"] == 2
+    assert gate.bind(b) == []
+    # The route is reported held, and why; installing it later is announced.
+    assert gate.shortcut(sc) == [Defer(sc, "waiting for the IPsec SA to 172.30.0.12")]
+    assert gate.holds(LAN2) and gate.stats["deferred"] == 2
     gate.send(PEER, b"req")
     # SA up: the held packet first, then the binding, then the route.
-    assert gate.sa_up(PEER) == [Transmit(PEER, b"req"), Bind(b), Route(sc)]
+    assert gate.sa_up(PEER) == [Transmit(PEER, b"req"), Bind(b), Route(sc, announce=True)]
+    assert not gate.holds(LAN2)
     assert gate.pending_binds == {} and gate.pending_shortcuts == {}
 
 
@@ -79,13 +92,17 @@ def test_an_sa_going_down_takes_its_bindings_back_until_it_returns() -> None:
     # Route first, then the binding it relies on; the other peer untouched.
     assert gate.sa_down(PEER) == [
         Unroute(ShortcutRemoved(LAN2, T2)),
+        Defer(sc, "the IPsec SA to 172.30.0.12 went down"),
         Unbind(BindingRemoved(T2, PEER)),
     ]
     assert gate.send(PEER, b"x") == [Touch(PEER)]
-    assert gate.sa_up(PEER) == [Transmit(PEER, b"x"), Bind(b), Route(sc)]
+    assert gate.sa_up(PEER) == [Transmit(PEER, b"x"), Bind(b), Route(sc, announce=True)]
     # Withdrawn while applied: removed for real.
     assert gate.unbind(BindingRemoved(T2, PEER)) == [Unbind(BindingRemoved(T2, PEER))]
-    assert gate.sa_down(PEER) == [Unroute(ShortcutRemoved(LAN2, T2))]
+    assert gate.sa_down(PEER) == [
+        Unroute(ShortcutRemoved(LAN2, T2)),
+        Defer(sc, "the IPsec SA to 172.30.0.12 went down"),
+    ]
 
 
 def test_inbound_nhrp_waits_only_under_identity_binding() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_network
 from typing import Any, Protocol
 
 from pyroute2 import IPRoute
@@ -26,6 +26,7 @@ from dmvpn.ipsec.charon import CharonError
 from dmvpn.ipsec.gate import (
     Action,
     Bind,
+    Defer,
     Deliver,
     IpsecGate,
     Route,
@@ -40,12 +41,14 @@ from dmvpn.nhrp import (
     Engine,
     EngineConfig,
     Event,
+    EventKind,
     ProtectPeer,
     SendPacket,
     ShortcutAdded,
     ShortcutRemoved,
     UnprotectPeer,
 )
+from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import RoutingView
 from dmvpn.wire import Address, address_text
 
@@ -95,9 +98,9 @@ class InterfaceRuntime:
         self._handlers: dict[type, Callable[[Any], None]] = {
             SendPacket: self._send,
             BindingAdded: self._bind,
-            BindingRemoved: self._unbind,
-            ShortcutAdded: self._shortcut,
-            ShortcutRemoved: self._unshortcut,
+            BindingRemoved: lambda o: self._perform(self.gate.unbind(o)),
+            ShortcutAdded: lambda o: self._perform(self.gate.shortcut(o)),
+            ShortcutRemoved: lambda o: self._perform(self.gate.unshortcut(o)),
             ProtectPeer: self._protect,
             UnprotectPeer: self._protect,
             Event: self._event,
@@ -108,7 +111,8 @@ class InterfaceRuntime:
             Touch: lambda a: self._ipsec().touch(self.cfg.tunnel.source, a.nbma),
             Bind: lambda a: self._use_binding(a.binding),
             Unbind: lambda a: self._drop_binding(a.binding),
-            Route: lambda a: self._route("replace", a.shortcut),
+            Route: lambda a: self._route("replace", a.shortcut, a.announce),
+            Defer: lambda a: self._publish(shortcut_event(a.shortcut, a.why)),
             Unroute: lambda a: self._route("del", a.shortcut),
         }
 
@@ -261,15 +265,6 @@ class InterfaceRuntime:
         if isinstance(out.nbma, IPv4Address):
             self._perform(self.gate.bind(out))
 
-    def _unbind(self, out: BindingRemoved) -> None:
-        self._perform(self.gate.unbind(out))
-
-    def _shortcut(self, out: ShortcutAdded) -> None:
-        self._perform(self.gate.shortcut(out))
-
-    def _unshortcut(self, out: ShortcutRemoved) -> None:
-        self._perform(self.gate.unshortcut(out))
-
     def _protect(self, out: ProtectPeer | UnprotectPeer) -> None:
         if self.ipsec is None or not isinstance(out.nbma, IPv4Address):
             return  # no IPsec: bindings are used at once
@@ -279,6 +274,14 @@ class InterfaceRuntime:
             self.ipsec.release(self.cfg.tunnel.source, out.nbma)
 
     def _event(self, out: Event) -> None:
+        # A shortcut the gate holds was reported as deferred (Defer); `shortcut`
+        # follows when the route is installed.
+        if out.kind is not EventKind.SHORTCUT or not self.gate.holds(
+            ip_network(out.details["prefix"])
+        ):
+            self._publish(out)
+
+    def _publish(self, out: Event) -> None:
         self.log(out.kind, out.message, interface=self.cfg.name, **out.details)
         for listener in self.listeners:
             listener(self.cfg.name, out)
@@ -299,20 +302,31 @@ class InterfaceRuntime:
     def _update_multicast(self) -> None:
         self.dataplane.set_multicast(multicast_targets(self.cfg, self.dynamic))
 
-    def _route(self, op: str, out: ShortcutAdded | ShortcutRemoved) -> None:
-        """A shortcut route through the interface, marked as ours (RTPROT_DMVPN)."""
-        try:
-            self.ipr.route(
-                op,
-                dst=str(out.prefix),
-                gateway=address_text(out.next_hop),
-                oif=self.dataplane.index,
-                proto=RTPROT_DMVPN,
-            )
-        except Exception as exc:
-            if op == "replace":
-                self.log("route-error", f"could not install shortcut {out.prefix}: {exc}")
-            # A failed delete: already gone (the interface went down, or an operator).
+    def _route(self, op: str, out: ShortcutAdded | ShortcutRemoved, announce: bool = False) -> None:
+        error = shortcut_route(self.ipr, self.dataplane.index, op, out)
+        if error is not None and op == "replace":
+            self.log("route-error", f"could not install shortcut {out.prefix}: {error}")
+        elif announce and isinstance(out, ShortcutAdded):
+            self._publish(shortcut_event(out))
+        # A failed delete: already gone (the interface went down, or an operator).
+
+
+def shortcut_route(
+    ipr: IPRoute, index: int, op: str, out: ShortcutAdded | ShortcutRemoved
+) -> Exception | None:
+    """A shortcut route through the interface, marked as ours (RTPROT_DMVPN);
+    what went wrong, if anything."""
+    try:
+        ipr.route(
+            op,
+            dst=str(out.prefix),
+            gateway=address_text(out.next_hop),
+            oif=index,
+            proto=RTPROT_DMVPN,
+        )
+    except Exception as exc:
+        return exc
+    return None
 
 
 def multicast_targets(cfg: Interface, dynamic: set[IPv4Address]) -> list[IPv4Address]:

@@ -21,12 +21,13 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import TypeAlias
 
 from dmvpn.nhrp import BindingAdded, BindingRemoved, ShortcutAdded, ShortcutRemoved
-from dmvpn.wire import Address
+from dmvpn.wire import Address, address_text
 
 __all__ = [
     "HELD_PER_PEER",
     "Action",
     "Bind",
+    "Defer",
     "Deliver",
     "IpsecGate",
     "Route",
@@ -82,9 +83,19 @@ class Unbind:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Install this shortcut route."""
+    """Install this shortcut route; `announce`: report it (`shortcut`) once
+    installed, because the engine's own event was reported as deferred."""
 
     shortcut: ShortcutAdded
+    announce: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """This shortcut route waits for the peer's SA (`shortcut-deferred`, why)."""
+
+    shortcut: ShortcutAdded
+    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +105,7 @@ class Unroute:
     shortcut: ShortcutRemoved
 
 
-Action: TypeAlias = Transmit | Deliver | Touch | Bind | Unbind | Route | Unroute
+Action: TypeAlias = Transmit | Deliver | Touch | Bind | Unbind | Route | Defer | Unroute
 
 
 class IpsecGate:
@@ -151,14 +162,19 @@ class IpsecGate:
         self.applied_binds.pop(out.protocol, None)
         return [Unbind(out)]
 
-    def shortcut(self, out: ShortcutAdded) -> list[Action]:
+    def shortcut(self, out: ShortcutAdded, announce: bool = False) -> list[Action]:
         if not self.is_up(out.nbma):
             self.pending_shortcuts[out.prefix] = out
             self.stats["deferred"] += 1
-            return []
+            return [Defer(out, f"waiting for the IPsec SA to {address_text(out.nbma)}")]
         if self.protected:
             self.applied_shortcuts[out.prefix] = out
-        return [Route(out)]
+        return [Route(out, announce)]
+
+    def holds(self, prefix: Prefix) -> bool:
+        """The shortcut route for `prefix` waits for its SA (the engine's
+        `shortcut` event for it would say too much)."""
+        return prefix in self.pending_shortcuts
 
     def unshortcut(self, out: ShortcutRemoved) -> list[Action]:
         if self.pending_shortcuts.pop(out.prefix, None) is not None:
@@ -193,7 +209,7 @@ class IpsecGate:
         for prefix, sc in list(self.pending_shortcuts.items()):
             if sc.nbma == nbma:
                 del self.pending_shortcuts[prefix]
-                actions += self.shortcut(sc)
+                actions += self.shortcut(sc, announce=True)
         return actions
 
     def sa_down(self, nbma: IPv4Address) -> list[Action]:
@@ -204,6 +220,7 @@ class IpsecGate:
             if sc.nbma == nbma:
                 del self.applied_shortcuts[prefix]
                 actions.append(Unroute(ShortcutRemoved(sc.prefix, sc.next_hop)))
+                actions.append(Defer(sc, f"the IPsec SA to {nbma} went down"))
                 self.pending_shortcuts[prefix] = sc
         for key, out in list(self.applied_binds.items()):
             if out.nbma == nbma:

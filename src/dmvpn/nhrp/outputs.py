@@ -7,7 +7,7 @@ from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, TypeAlias
 
-from dmvpn.wire import Address, NhrpPacket
+from dmvpn.wire import Address, NhrpPacket, address_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,11 @@ class EventKind(StrEnum):
     RESOLUTION_FORWARDED = "resolution-forwarded"
     RESOLUTION_REPLY_FORWARDED = "resolution-reply-forwarded"
     RESOLUTION_ANSWERED = "resolution-answered"
+    # `shortcut` once the route is installed: the engine emits it with
+    # ShortcutAdded, and a host that holds the route back (the IPsec gate)
+    # reports `shortcut-deferred` instead, then `shortcut` when it installs it.
     SHORTCUT = "shortcut"
+    SHORTCUT_DEFERRED = "shortcut-deferred"
     REDIRECT = "redirect"
     EXPIRED = "expired"
     PURGED = "purged"
@@ -114,6 +118,22 @@ class Event:
     kind: EventKind
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def shortcut_event(sc: ShortcutAdded, deferred: str | None = None) -> Event:
+    """The event for a shortcut route: `shortcut`, or `shortcut-deferred`
+    with why (the engine's and the host's words for it are the same)."""
+    text = f"shortcut {sc.prefix} via {address_text(sc.next_hop)} ({address_text(sc.nbma)})"
+    details: dict[str, Any] = {
+        "prefix": str(sc.prefix),
+        "next_hop": address_text(sc.next_hop),
+        "nbma": address_text(sc.nbma),
+    }
+    if deferred is None:
+        return Event(EventKind.SHORTCUT, text, details)
+    return Event(
+        EventKind.SHORTCUT_DEFERRED, f"{text} deferred: {deferred}", details | {"why": deferred}
+    )
 
 
 Output: TypeAlias = (

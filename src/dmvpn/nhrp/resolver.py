@@ -21,7 +21,7 @@ from dmvpn.wire.errors import DecodeError
 from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, host_length
 from .client import NhsClient
 from .core import Core
-from .outputs import EventKind
+from .outputs import EventKind, ShortcutAdded, shortcut_event
 from .packets import originate, request_cie, request_extensions
 from .timers import RefreshTimer, ResolutionTimer
 
@@ -227,13 +227,8 @@ class Resolver:
             core.install(route)
             self._schedule_refresh(route, now)
             core.stats["shortcuts.installed"] += 1
-            core.event(
-                EventKind.SHORTCUT,
-                f"shortcut {route.prefix} via {address_text(next_hop)} ({address_text(nbma)})",
-                prefix=str(route.prefix),
-                next_hop=address_text(next_hop),
-                nbma=address_text(nbma),
-            )
+            said = shortcut_event(ShortcutAdded(route.prefix, next_hop, nbma))
+            core.event(said.kind, said.message, **said.details)
         else:
             core.stats["resolution.bound"] += 1
             core.event(
