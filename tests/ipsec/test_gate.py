@@ -34,7 +34,7 @@ def test_without_ipsec_everything_passes_straight_through() -> None:
     assert gate.shortcut(sc) == [Route(sc)]
     # Nothing kept to take back: no SA can go down.
     assert gate.sa_down(PEER) == []
-    assert gate.stats == {"held": 0, "held_dropped": 0, "deferred": 0}
+    assert gate.stats == {"held": 0, "held_dropped": 0, "deferred": 0, "resent": 0}
 
 
 def test_nhrp_to_a_peer_waits_for_its_sa_and_goes_in_order() -> None:
@@ -43,7 +43,7 @@ def test_nhrp_to_a_peer_waits_for_its_sa_and_goes_in_order() -> None:
     assert gate.send(PEER, b"two") == [Touch(PEER)]
     assert gate.send(OTHER, b"elsewhere") == [Touch(OTHER)]
     assert gate.stats["held"] == 3
-    assert gate.sa_up(PEER) == [Transmit(PEER, b"one"), Transmit(PEER, b"two")]
+    assert gate.sa_up(PEER, 1.0) == [Transmit(PEER, b"one"), Transmit(PEER, b"two")]
     assert gate.send(PEER, b"three") == [Transmit(PEER, b"three")]  # up: no wait
     assert list(gate.held) == [OTHER]  # the other peer's still waits
 
@@ -52,8 +52,8 @@ def test_at_most_held_per_peer_wait_the_oldest_dropped() -> None:
     gate = IpsecGate(protected=True, held_per_peer=3)
     for i in range(5):
         gate.send(PEER, bytes([i]))
-    assert gate.stats == {"held": 5, "held_dropped": 2, "deferred": 0}
-    assert gate.sa_up(PEER) == [Transmit(PEER, bytes([i])) for i in (2, 3, 4)]
+    assert gate.stats == {"held": 5, "held_dropped": 2, "deferred": 0, "resent": 0}
+    assert gate.sa_up(PEER, 1.0) == [Transmit(PEER, bytes([i])) for i in (2, 3, 4)]
 
 
 def test_bindings_and_shortcuts_are_used_only_once_the_sa_is_up() -> None:
@@ -66,7 +66,7 @@ def test_bindings_and_shortcuts_are_used_only_once_the_sa_is_up() -> None:
     assert gate.holds(LAN2) and gate.stats["deferred"] == 2
     gate.send(PEER, b"req")
     # SA up: the held packet first, then the binding, then the route.
-    assert gate.sa_up(PEER) == [Transmit(PEER, b"req"), Bind(b), Route(sc, announce=True)]
+    assert gate.sa_up(PEER, 1.0) == [Transmit(PEER, b"req"), Bind(b), Route(sc, announce=True)]
     assert not gate.holds(LAN2)
     assert gate.pending_binds == {} and gate.pending_shortcuts == {}
 
@@ -77,16 +77,16 @@ def test_a_binding_withdrawn_before_the_sa_came_up_was_never_used() -> None:
     gate.shortcut(ShortcutAdded(LAN2, T2, PEER))
     assert gate.unbind(BindingRemoved(T2, PEER)) == []
     assert gate.unshortcut(ShortcutRemoved(LAN2, T2)) == []
-    assert gate.sa_up(PEER) == []  # nothing left to apply
+    assert gate.sa_up(PEER, 1.0) == []  # nothing left to apply
 
 
 def test_an_sa_going_down_takes_its_bindings_back_until_it_returns() -> None:
     gate = IpsecGate(protected=True)
-    gate.sa_up(PEER)
+    gate.sa_up(PEER, 1.0)
     b = BindingAdded(T2, PEER, "dynamic")
     other = BindingAdded(IPv4Address("10.0.0.13"), OTHER, "dynamic")
     sc = ShortcutAdded(LAN2, T2, PEER)
-    gate.sa_up(OTHER)
+    gate.sa_up(OTHER, 1.0)
     assert gate.bind(b) == [Bind(b)] and gate.bind(other) == [Bind(other)]
     assert gate.shortcut(sc) == [Route(sc)]
     # Route first, then the binding it relies on; the other peer untouched.
@@ -96,7 +96,7 @@ def test_an_sa_going_down_takes_its_bindings_back_until_it_returns() -> None:
         Unbind(BindingRemoved(T2, PEER)),
     ]
     assert gate.send(PEER, b"x") == [Touch(PEER)]
-    assert gate.sa_up(PEER) == [Transmit(PEER, b"x"), Bind(b), Route(sc, announce=True)]
+    assert gate.sa_up(PEER, 1.0) == [Transmit(PEER, b"x"), Bind(b), Route(sc, announce=True)]
     # Withdrawn while applied: removed for real.
     assert gate.unbind(BindingRemoved(T2, PEER)) == [Unbind(BindingRemoved(T2, PEER))]
     assert gate.sa_down(PEER) == [
@@ -114,7 +114,7 @@ def test_inbound_nhrp_waits_only_under_identity_binding() -> None:
     gate.send(PEER, b"reply")
     # The peer's packets reach the engine with the time they arrived, before
     # what waited to go out.
-    assert gate.sa_up(PEER) == [
+    assert gate.sa_up(PEER, 1.0) == [
         Deliver(b"reg", PEER, 1.0),
         Deliver(b"res", PEER, 1.5),
         Transmit(PEER, b"reply"),
@@ -128,3 +128,30 @@ def test_ipv6_nbma_addresses_are_not_gated() -> None:
     assert gate.receive(b"x", v6, 1.0) == [Deliver(b"x", v6, 1.0)]
     sc = ShortcutAdded(LAN2, T2, v6)
     assert gate.shortcut(sc) == [Route(sc)]
+
+
+def test_held_packets_go_once_more_after_the_sa_came_up_unless_answered() -> None:
+    """The first copy can reach the peer before its inbound SA is installed
+    (issue 18): what was held goes again resend_after later, once."""
+    gate = IpsecGate(protected=True, resend_after=0.03)
+    gate.send(PEER, b"reply")
+    gate.send(OTHER, b"request")
+    assert gate.deadline() is None  # nothing sent yet
+    assert gate.sa_up(PEER, 10.0) == [Transmit(PEER, b"reply")]
+    assert gate.sa_up(OTHER, 10.01) == [Transmit(OTHER, b"request")]
+    assert gate.deadline() == 10.03
+    assert gate.on_timer(10.02) == []  # not yet
+    # OTHER answers: its copy arrived, nothing to resend.
+    assert gate.receive(b"answer", OTHER, 10.025) == [Deliver(b"answer", OTHER, 10.025)]
+    assert gate.on_timer(10.03) == [Transmit(PEER, b"reply")]
+    assert gate.stats["resent"] == 1
+    assert gate.deadline() is None and gate.on_timer(11.0) == []  # once only
+
+
+def test_nothing_is_resent_after_the_sa_went_or_when_nothing_was_held() -> None:
+    gate = IpsecGate(protected=True)
+    assert gate.sa_up(OTHER, 1.0) == [] and gate.deadline() is None
+    gate.send(PEER, b"x")
+    gate.sa_up(PEER, 1.0)
+    gate.sa_down(PEER)
+    assert gate.deadline() is None and gate.on_timer(2.0) == []

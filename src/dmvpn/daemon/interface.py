@@ -203,7 +203,7 @@ class InterfaceRuntime:
         """The SA to peer.remote is up: what waited goes, its bindings are used."""
         for engine in self.engines:
             engine.set_claims(peer.remote, self._ipsec().claims(peer))
-        self._perform(self.gate.sa_up(peer.remote))
+        self._perform(self.gate.sa_up(peer.remote, self.now()))
         self.apply()
 
     def ipsec_down(self, peer: PeerSa) -> None:
@@ -237,7 +237,8 @@ class InterfaceRuntime:
         for engine in self.engines:
             for out in engine.pop_outputs():
                 self._handlers[type(out)](out)
-        deadlines = [d for d in (e.get_timer() for e in self.engines) if d is not None]
+        timers = [*(e.get_timer() for e in self.engines), self.gate.deadline()]
+        deadlines = [d for d in timers if d is not None]
         deadline = min(deadlines) if deadlines else None
         if deadline is not None and deadline != self._timer_at:
             if self._timer is not None:
@@ -250,6 +251,7 @@ class InterfaceRuntime:
         self._timer_at = None
         for engine in self.engines:
             engine.handle_timer(self.now())
+        self._perform(self.gate.on_timer(self.now()))
         self.apply()
 
     def _perform(self, actions: list[Action]) -> None:

@@ -25,6 +25,7 @@ from dmvpn.wire import Address, address_text
 
 __all__ = [
     "HELD_PER_PEER",
+    "RESEND_AFTER",
     "Action",
     "Bind",
     "Defer",
@@ -39,6 +40,10 @@ __all__ = [
 
 # NHRP packets held per peer while its SA comes up (oldest dropped beyond).
 HELD_PER_PEER = 16
+# Held packets go again this long after the SA came up unless the peer has
+# answered: the first may have left before the peer's charon installed its
+# inbound SA (issue 18), and NHRP's own retry is a second away.
+RESEND_AFTER = 0.03
 
 Prefix: TypeAlias = IPv4Network | IPv6Network
 
@@ -112,13 +117,20 @@ class IpsecGate:
     """One per interface. Inputs are methods; each returns the actions to take."""
 
     def __init__(
-        self, protected: bool, hold_inbound: bool = False, held_per_peer: int = HELD_PER_PEER
+        self,
+        protected: bool,
+        hold_inbound: bool = False,
+        held_per_peer: int = HELD_PER_PEER,
+        resend_after: float = RESEND_AFTER,
     ) -> None:
         self.protected = protected
         # Under identity binding only: without it, NHRP from a peer is read
         # whether or not the daemon has seen its SA yet.
         self.hold_inbound = protected and hold_inbound
         self.held_per_peer = held_per_peer
+        self.resend_after = resend_after
+        # Sent when the SA came up, to go once more at the time unless answered.
+        self.resend: dict[IPv4Address, tuple[float, list[bytes]]] = {}
         self.up: set[IPv4Address] = set()  # peers whose SA is up
         self.held: dict[IPv4Address, deque[bytes]] = {}  # NHRP waiting to go out
         self.inbound: dict[IPv4Address, deque[tuple[bytes, float]]] = {}  # waiting to go in
@@ -129,7 +141,7 @@ class IpsecGate:
         self.applied_binds: dict[Address, BindingAdded] = {}
         self.applied_shortcuts: dict[Prefix, ShortcutAdded] = {}
         # For `show ipsec` and metrics (names unchanged since they were the daemon's).
-        self.stats: dict[str, int] = {"held": 0, "held_dropped": 0, "deferred": 0}
+        self.stats: dict[str, int] = {"held": 0, "held_dropped": 0, "deferred": 0, "resent": 0}
 
     def is_up(self, nbma: Address) -> bool:
         # Only IPv4 NBMA addresses are protected (the underlay is IPv4).
@@ -189,6 +201,8 @@ class IpsecGate:
         the SA exists and the daemon just has not read it: it waits, briefly,
         rather than being refused for want of an identity."""
         if not self.hold_inbound or self.is_up(src_nbma):
+            if isinstance(src_nbma, IPv4Address):
+                self.resend.pop(src_nbma, None)  # the peer answers: what we sent arrived
             return [Deliver(data, src_nbma, now)]
         assert isinstance(src_nbma, IPv4Address)
         queue = self.inbound.setdefault(src_nbma, deque(maxlen=self.held_per_peer))
@@ -197,11 +211,15 @@ class IpsecGate:
 
     # -- SA events -----------------------------------------------------------
 
-    def sa_up(self, nbma: IPv4Address) -> list[Action]:
-        """The SA is up: what waited goes, in the order it was produced."""
+    def sa_up(self, nbma: IPv4Address, now: float) -> list[Action]:
+        """The SA is up: what waited goes, in the order it was produced (and
+        again at `now + resend_after` unless the peer answers first)."""
         self.up.add(nbma)
         actions: list[Action] = [Deliver(d, nbma, t) for d, t in self.inbound.pop(nbma, ())]
-        actions += [Transmit(nbma, d) for d in self.held.pop(nbma, ())]
+        held = list(self.held.pop(nbma, ()))
+        actions += [Transmit(nbma, d) for d in held]
+        if held:
+            self.resend[nbma] = (now + self.resend_after, held)
         for key, out in list(self.pending_binds.items()):
             if out.nbma == nbma:
                 del self.pending_binds[key]
@@ -212,9 +230,24 @@ class IpsecGate:
                 actions += self.shortcut(sc, announce=True)
         return actions
 
+    def deadline(self) -> float | None:
+        """When `on_timer` has something to do."""
+        return min((at for at, _ in self.resend.values()), default=None)
+
+    def on_timer(self, now: float) -> list[Action]:
+        """What was sent when an SA came up goes once more, if still unanswered."""
+        actions: list[Action] = []
+        for nbma, (at, sent) in list(self.resend.items()):
+            if at <= now:
+                del self.resend[nbma]
+                self.stats["resent"] += len(sent)
+                actions += [Transmit(nbma, d) for d in sent]
+        return actions
+
     def sa_down(self, nbma: IPv4Address) -> list[Action]:
         """The SA went: its bindings and shortcuts wait again (data via the hub)."""
         self.up.discard(nbma)
+        self.resend.pop(nbma, None)
         actions: list[Action] = []
         for prefix, sc in list(self.applied_shortcuts.items()):
             if sc.nbma == nbma:
