@@ -13,8 +13,10 @@ import asyncio
 import functools
 import itertools
 import json
+import queue
 import selectors
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Executor
 from concurrent.futures import Future as ConcurrentFuture
@@ -204,7 +206,14 @@ class FakeCharon:
         self.refuse: dict[IPv4Address, list[str]] = {}
         # called (under the lock) when an initiate arrives: the peer acts meanwhile
         self.while_initiating: Callable[[IPv4Address, IPv4Address], None] | None = None
+        # What `emit` sends to listeners: no events unless a test sends them,
+        # so that the others see the poll only.
+        self.events: queue.Queue[str] = queue.Queue()
         self._ids = itertools.count(1)
+
+    def emit(self, kind: str) -> None:
+        """charon tells its listeners (child-updown, ike-updown)."""
+        self.events.put(kind)
 
     def session(self) -> FakeSession:
         if not self.running:
@@ -304,6 +313,20 @@ class FakeSession:
             if self.c.sas.pop(message["ike-id"], None) is None:
                 raise vici.exception.CommandException("no matching SAs to terminate found")
         yield _wire({"msg": f"deleting IKE_SA {message['ike-id']}"})
+
+    def listen(
+        self, event_types: list[str], timeout: float | None = None
+    ) -> Iterator[tuple[Any, Any]]:
+        # Real time on the listener's thread (not logged: when it runs is
+        # not the virtual clock's).
+        while self.c.running:
+            try:
+                kind = self.c.events.get(timeout=timeout)
+            except queue.Empty:
+                yield None, None
+                continue
+            if kind in event_types:
+                yield kind.encode(), {}
 
     def list_sas(self, message: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         with self.c.lock:
@@ -880,6 +903,36 @@ async def test_any_failed_initiate_checks_for_the_peers_sa_before_backing_off() 
     await asyncio.sleep(SETTLE)
     assert rig.m.is_up(A, S2) and rig.m.stats["failed"] == 0
     assert not rig.events("ipsec-failed")
+    await rig.m.stop()
+
+
+async def _until(check: Callable[[], bool], real_seconds: float = 5.0) -> None:
+    """Let the loop run without moving its virtual clock (always something
+    ready) until `check()`: for what arrives from a real thread."""
+    deadline = time.monotonic() + real_seconds
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0)
+
+
+@virtual_time
+async def test_charons_events_make_an_sa_count_at_once_not_at_the_next_poll() -> None:
+    """child-updown wakes the manager: an SA the peer brought up during our
+    backoff is adopted in the same instant, and one that went is reported."""
+    rig = await Rig.started()
+    rig.charon.refuse[S2] = ["peer not responding, giving up after 5 retransmits"]
+    rig.m.want(A, S2)
+    await asyncio.sleep(0.5)  # failed; the retry is at 1 s, the poll at 2 s
+    assert rig.peer(S2)["state"] == "failed"
+    with rig.charon.lock:
+        rig.charon.add_sa(A, S2, initiator=False)
+    at = now()
+    rig.charon.emit("child-updown")
+    await _until(lambda: rig.m.is_up(A, S2))
+    assert rig.m.is_up(A, S2) and now() == at and rig.ups == [S2]
+    rig.charon.drop(A, S2)
+    rig.charon.emit("ike-updown")
+    await _until(lambda: rig.downs == [S2])
+    assert rig.downs == [S2] and now() == at
     await rig.m.stop()
 
 

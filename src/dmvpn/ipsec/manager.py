@@ -20,7 +20,9 @@ How it is divided, so that the decisions can be tested without charon
 - `Vici` makes the blocking VICI calls, each over a session from a factory
   (`vici.Session` on charon's socket; a fake one in tests).
 - `IpsecManager` is the asyncio shell around them: a task per peer's
-  attempt, a poll every 2 s, a watch on a managed charon. VICI calls run on
+  attempt, a read of charon's SAs whenever charon's events (`child-updown`,
+  `ike-updown`, on a listener thread) say one came or went and every 2 s
+  as a safety net, a watch on a managed charon. VICI calls run on
   worker threads, so the event loop never waits on charon.
 
 Time is the event loop's clock (`loop.time()`, monotonic): retries, backoff,
@@ -38,6 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,8 +59,14 @@ from .settings import CHILD, conn_name, peer_conn, responder_conn, secrets
 
 # Retry a failed peer after 1, 2, 4 ... at most 60 s.
 BACKOFF_MAX = 60.0
-# How often SA state and counters are read from charon.
+# How often SA state and counters are read from charon: a safety net (and
+# the counters) only, since charon's events make the manager read them at once.
 POLL_INTERVAL = 2.0
+# charon's events that an SA came up or went.
+SA_EVENTS = ["child-updown", "ike-updown"]
+# How often the event listener checks whether to stop, and waits to reconnect.
+LISTEN_TIMEOUT = 1.0
+RELISTEN_DELAY = 0.5
 INITIATE_TIMEOUT_MS = 15000
 # Lines from charon's initiate log that say why an SA failed.
 _REASONS = (
@@ -325,6 +335,9 @@ class ViciSession(Protocol):
     def initiate(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]: ...
     def terminate(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]: ...
     def list_sas(self, message: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]: ...
+    def listen(
+        self, event_types: list[str], timeout: float | None = None
+    ) -> Iterator[tuple[Any, Any]]: ...
 
 
 def unix_session(path: Path) -> Callable[[], ViciSession]:
@@ -363,6 +376,16 @@ class Vici:
             v.load_conn(conn)
         version = _text(v.version())
         return f"{version.get('daemon')} {version.get('version')}"
+
+    def listen(self, wake: Callable[[], None], stop: Callable[[], bool]) -> None:
+        """Block until `stop()`, calling `wake()` at each of charon's SA
+        events. Returns when charon closes the session; raises when it cannot
+        be reached."""
+        for kind, _ in self.session().listen(SA_EVENTS, timeout=LISTEN_TIMEOUT):
+            if stop():
+                return
+            if kind is not None:
+                wake()
 
     def list_sas(self) -> list[Sa]:
         out = []
@@ -478,6 +501,7 @@ class IpsecManager:
         self.restarts = 0
         self.stats: dict[str, int] = {"initiated": 0, "failed": 0, "torn_down": 0, "lost": 0}
         self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()  # charon said an SA came or went: read them now
 
     @staticmethod
     def _now() -> float:
@@ -513,6 +537,24 @@ class IpsecManager:
             **held,
         )
         self._tasks.append(asyncio.create_task(self._poll()))
+        # A thread of its own, not the pool: it blocks for the manager's life.
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._listen, args=(loop,), name="vici-events", daemon=True).start()
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """charon's SA events wake the poll (on the listener's thread)."""
+
+        def wake() -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._wake.set)
+
+        while not self.stopping:
+            try:
+                self.vici.listen(wake, lambda: self.stopping)
+            except Exception:
+                pass  # charon gone or restarting; the poll covers the gap
+            if not self.stopping:
+                time.sleep(RELISTEN_DELAY)
 
     async def stop(self) -> None:
         self.stopping = True
@@ -721,9 +763,14 @@ class IpsecManager:
         self.on_up(peer)
 
     async def _poll(self) -> None:
-        """Counters and liveness, every POLL_INTERVAL."""
+        """SA state at once when charon's events say it changed; counters and
+        liveness every POLL_INTERVAL in any case."""
         while not self.stopping:
-            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+            except TimeoutError:
+                pass
+            self._wake.clear()
             if not self.ready.is_set():
                 continue
             try:
