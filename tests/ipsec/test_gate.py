@@ -17,6 +17,7 @@ from dmvpn.ipsec.gate import (
     Unroute,
 )
 from dmvpn.nhrp import BindingAdded, BindingRemoved, ShortcutAdded, ShortcutRemoved
+from dmvpn.wire import NhrpPacket, PacketType
 
 PEER = IPv4Address("172.30.0.12")
 OTHER = IPv4Address("172.30.0.13")
@@ -130,20 +131,38 @@ def test_ipv6_nbma_addresses_are_not_gated() -> None:
     assert gate.shortcut(sc) == [Route(sc)]
 
 
+def _nhrp(type: PacketType, request_id: int) -> bytes:
+    return NhrpPacket(
+        type=type,
+        src_nbma=OTHER,
+        src_proto=IPv4Address("10.0.0.11"),
+        dst_proto=T2,
+        request_id=request_id,
+    ).encode()
+
+
 def test_held_packets_go_once_more_after_the_sa_came_up_unless_answered() -> None:
     """The first copy can reach the peer before its inbound SA is installed
-    (issue 18): what was held goes again resend_after later, once."""
+    (issue 18): what was held goes again resend_after later, once; a
+    request the peer answered meanwhile does not."""
     gate = IpsecGate(protected=True, resend_after=0.03)
-    gate.send(PEER, b"reply")
-    gate.send(OTHER, b"request")
+    request = _nhrp(PacketType.RESOLUTION_REQUEST, 7)
+    reply = _nhrp(PacketType.RESOLUTION_REPLY, 9)  # our answer to the peer's request
+    gate.send(PEER, reply)
+    gate.send(OTHER, request)
     assert gate.deadline() is None  # nothing sent yet
-    assert gate.sa_up(PEER, 10.0) == [Transmit(PEER, b"reply")]
-    assert gate.sa_up(OTHER, 10.01) == [Transmit(OTHER, b"request")]
+    assert gate.sa_up(PEER, 10.0) == [Transmit(PEER, reply)]
+    assert gate.sa_up(OTHER, 10.01) == [Transmit(OTHER, request)]
     assert gate.deadline() == 10.03
     assert gate.on_timer(10.02) == []  # not yet
-    # OTHER answers: its copy arrived, nothing to resend.
-    assert gate.receive(b"answer", OTHER, 10.025) == [Deliver(b"answer", OTHER, 10.025)]
-    assert gate.on_timer(10.03) == [Transmit(PEER, b"reply")]
+    # PEER sends NHRP of its own (its reply to another request of ours):
+    # that says nothing of whether our reply arrived.
+    theirs = _nhrp(PacketType.RESOLUTION_REPLY, 1)
+    assert gate.receive(theirs, PEER, 10.02) == [Deliver(theirs, PEER, 10.02)]
+    # OTHER answers our request: it arrived, nothing to resend there.
+    answer = _nhrp(PacketType.RESOLUTION_REPLY, 7)
+    assert gate.receive(answer, OTHER, 10.025) == [Deliver(answer, OTHER, 10.025)]
+    assert gate.on_timer(10.03) == [Transmit(PEER, reply)]
     assert gate.stats["resent"] == 1
     assert gate.deadline() is None and gate.on_timer(11.0) == []  # once only
 

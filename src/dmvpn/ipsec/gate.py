@@ -21,7 +21,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import TypeAlias
 
 from dmvpn.nhrp import BindingAdded, BindingRemoved, ShortcutAdded, ShortcutRemoved
-from dmvpn.wire import Address, address_text
+from dmvpn.wire import Address, PacketType, address_text, decode_nhrp
+from dmvpn.wire.errors import DecodeError
 
 __all__ = [
     "HELD_PER_PEER",
@@ -40,12 +41,19 @@ __all__ = [
 
 # NHRP packets held per peer while its SA comes up (oldest dropped beyond).
 HELD_PER_PEER = 16
-# Held packets go again this long after the SA came up unless the peer has
-# answered: the first may have left before the peer's charon installed its
-# inbound SA (issue 18), and NHRP's own retry is a second away.
+# Held packets go again this long after the SA came up (a request only if
+# the peer has not answered it): the first may have left before the peer's
+# charon installed its inbound SA (issue 18); NHRP's own retry is 1 s away.
 RESEND_AFTER = 0.03
 
+_ANSWERS = {
+    PacketType.RESOLUTION_REPLY: PacketType.RESOLUTION_REQUEST,
+    PacketType.REGISTRATION_REPLY: PacketType.REGISTRATION_REQUEST,
+    PacketType.PURGE_REPLY: PacketType.PURGE_REQUEST,
+}
+
 Prefix: TypeAlias = IPv4Network | IPv6Network
+Key: TypeAlias = tuple[PacketType, int]  # a request's type and request id
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +137,10 @@ class IpsecGate:
         self.hold_inbound = protected and hold_inbound
         self.held_per_peer = held_per_peer
         self.resend_after = resend_after
-        # Sent when the SA came up, to go once more at the time unless answered.
-        self.resend: dict[IPv4Address, tuple[float, list[bytes]]] = {}
+        # Sent when the SA came up, to go once more at the time: each packet
+        # with the (type, request id) of the request it is (None: no answer
+        # to wait for), so that an answer takes it off.
+        self.resend: dict[IPv4Address, tuple[float, list[tuple[bytes, Key | None]]]] = {}
         self.up: set[IPv4Address] = set()  # peers whose SA is up
         self.held: dict[IPv4Address, deque[bytes]] = {}  # NHRP waiting to go out
         self.inbound: dict[IPv4Address, deque[tuple[bytes, float]]] = {}  # waiting to go in
@@ -201,8 +211,8 @@ class IpsecGate:
         the SA exists and the daemon just has not read it: it waits, briefly,
         rather than being refused for want of an identity."""
         if not self.hold_inbound or self.is_up(src_nbma):
-            if isinstance(src_nbma, IPv4Address):
-                self.resend.pop(src_nbma, None)  # the peer answers: what we sent arrived
+            if isinstance(src_nbma, IPv4Address) and src_nbma in self.resend:
+                self._answered(src_nbma, data)
             return [Deliver(data, src_nbma, now)]
         assert isinstance(src_nbma, IPv4Address)
         queue = self.inbound.setdefault(src_nbma, deque(maxlen=self.held_per_peer))
@@ -219,7 +229,7 @@ class IpsecGate:
         held = list(self.held.pop(nbma, ()))
         actions += [Transmit(nbma, d) for d in held]
         if held:
-            self.resend[nbma] = (now + self.resend_after, held)
+            self.resend[nbma] = (now + self.resend_after, [(d, _request(d)) for d in held])
         for key, out in list(self.pending_binds.items()):
             if out.nbma == nbma:
                 del self.pending_binds[key]
@@ -241,8 +251,26 @@ class IpsecGate:
             if at <= now:
                 del self.resend[nbma]
                 self.stats["resent"] += len(sent)
-                actions += [Transmit(nbma, d) for d in sent]
+                actions += [Transmit(nbma, d) for d, _ in sent]
         return actions
+
+    def _answered(self, nbma: IPv4Address, data: bytes) -> None:
+        """A request the peer answered arrived: it need not go again. (Other
+        NHRP from the peer says nothing of ours: it may come over the SA the
+        peer initiated while ours went over one it had not installed yet.)"""
+        try:
+            pkt = decode_nhrp(data, verify_checksum=False)
+        except DecodeError:
+            return
+        asked = _ANSWERS.get(pkt.type)
+        if asked is None:
+            return
+        at, sent = self.resend[nbma]
+        left = [(d, key) for d, key in sent if key != (asked, pkt.request_id)]
+        if left:
+            self.resend[nbma] = (at, left)
+        else:
+            del self.resend[nbma]
 
     def sa_down(self, nbma: IPv4Address) -> list[Action]:
         """The SA went: its bindings and shortcuts wait again (data via the hub)."""
@@ -261,3 +289,14 @@ class IpsecGate:
                 actions.append(Unbind(BindingRemoved(out.protocol, out.nbma)))
                 self.pending_binds[key] = out
         return actions
+
+
+def _request(data: bytes) -> Key | None:
+    """The request this packet is (an answer would take it off the resend)."""
+    try:
+        pkt = decode_nhrp(data, verify_checksum=False)
+    except DecodeError:
+        return None
+    if pkt.type in _ANSWERS.values():
+        return (pkt.type, pkt.request_id)
+    return None
