@@ -100,8 +100,9 @@ def test_the_lab_topology_sets_every_routers_dataplane() -> None:
     topo = Topology.from_data({"dataplane": "ebpf"})
     for plan in topo.dmvpn_routers:
         assert topo.node_config(plan.name)["interfaces"][0]["dataplane"] == "ebpf"
-    plain = Topology.from_data({})
-    assert "dataplane" not in plain.node_config("spoke1")["interfaces"][0]
+    assert "dataplane" not in Topology.from_data({}).node_config("spoke1")["interfaces"][0]
+    chosen = Topology.from_data({"dataplane": "userspace"}).node_config("spoke1")
+    assert chosen["interfaces"][0]["dataplane"] == "userspace"
 
 
 def test_construction_touches_nothing() -> None:

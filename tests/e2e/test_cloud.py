@@ -73,12 +73,15 @@ class Cloud:
         return [line.split()[1] for line in out.splitlines()[1:] if len(line.split()) > 1]
 
 
-@pytest.fixture
-def cloud_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+# Every cloud test runs on both data planes (docs/ARCHITECTURE.md).
+@pytest.fixture(params=["userspace", "ebpf"])
+def cloud_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     labs: list[Lab] = []
 
     def make(phase: int, holdtime: int = 60) -> Cloud:
-        topo = Topology.from_data({"phase": phase, "holdtime": holdtime})
+        topo = Topology.from_data(
+            {"phase": phase, "holdtime": holdtime, "dataplane": request.param}
+        )
         lab = Lab(topo, prefix=f"dme{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
         labs.append(lab)
         lab.up()

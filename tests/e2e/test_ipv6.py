@@ -84,9 +84,10 @@ def _hops6(cloud: Cloud, node: str, dst: str, wait: int = 1) -> list[str]:
     return [line.split()[1] for line in out.splitlines()[1:] if len(line.split()) > 1]
 
 
-def test_phase3_dual_stack_cloud(tmp_path: Path) -> None:
+@pytest.mark.parametrize("plane", ["userspace", "ebpf"])
+def test_phase3_dual_stack_cloud(tmp_path: Path, plane: str) -> None:
     assert shutil.which("tshark"), "tshark is installed by ./run.sh test"
-    topo = Topology.from_data({"phase": 3, "holdtime": 12, "ipv6": True})
+    topo = Topology.from_data({"phase": 3, "holdtime": 12, "ipv6": True, "dataplane": plane})
     lab = Lab(topo, prefix=f"dm6{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
     tshark: subprocess.Popen | None = None  # type: ignore[type-arg]
     cloud = ApiCloud(lab, topo, tmp_path)

@@ -72,9 +72,12 @@ CLANG_FLAGS = ["-O2", "-g", "-target", "bpf", "-Wall"]
 # IPv4 header + GRE header with a key: what encapsulation adds.
 OVERHEAD = 28
 # A peer proven (bpf/mgre.c, capable_ns) is probed again when its proof is
-# older than this; an unproven one at most this often (seconds).
+# older than this; an unproven one after PROBE_INTERVAL, then twice as long
+# each time up to PROBE_MAX (a userspace or non-dmvpn peer never answers
+# the right way: it gets a ping every 5 minutes, not every 5 s) (seconds).
 REPROVE_AFTER = 20.0
 PROBE_INTERVAL = 5.0
+PROBE_MAX = 300.0
 PROBE_PAYLOAD = b"dmvpn-ebpf-probe"
 SOL_RAW = 255
 ICMP_FILTER = 1
@@ -220,6 +223,7 @@ class EbpfDataPlane(UserspaceDataPlane):
         self._poll: TimerHandle | None = None
         self._probe: socket.socket | None = None
         self._probed: dict[IPv4Address, float] = {}  # NBMA -> when last probed
+        self._backoff: dict[IPv4Address, float] = {}  # NBMA -> seconds to the next probe
         self._seq = 0
 
     @property
@@ -355,11 +359,15 @@ class EbpfDataPlane(UserspaceDataPlane):
             c = self._fast.get(nbma)
             if not isinstance(protocol, IPv4Address) or protocol not in self.cfg.address.network:
                 continue
-            if c is not None and mono - c.capable_ns < REPROVE_AFTER * 1e9:
+            if c is not None and c.capable_ns and mono - c.capable_ns < REPROVE_AFTER * 1e9:
+                self._backoff.pop(nbma, None)  # proven: the next failure starts over
                 continue
             last = self._probed.get(nbma)
-            if last is not None and now - last < PROBE_INTERVAL:
+            interval = self._backoff.get(nbma, PROBE_INTERVAL)
+            if last is not None and now - last < interval:
                 continue
+            if last is not None:
+                self._backoff[nbma] = min(interval * 2, PROBE_MAX)
             self._probed[nbma] = now
             self._seq = (self._seq + 1) & 0xFFFF
             try:
@@ -435,6 +443,7 @@ class EbpfDataPlane(UserspaceDataPlane):
         self._peers_map.delete(nbma.packed)
         self._fast.pop(nbma, None)
         self._probed.pop(nbma, None)
+        self._backoff.pop(nbma, None)
         self._reported.pop(nbma, None)
         if value is not None:
             self._retired.setdefault(nbma, FastCounters()).add(unpack_peer(value))

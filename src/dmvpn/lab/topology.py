@@ -182,8 +182,9 @@ class Topology(_Strict):
     frr_root: Annotated[str, Field(pattern=r"^/")] = "/"
     # A dual-stack overlay (module docstring): IPv6 tunnel addresses and LANs.
     ipv6: bool = False
-    # Every dmvpn router's data plane (config.Interface.dataplane).
-    dataplane: Literal["userspace", "ebpf", "auto"] = "userspace"
+    # Every dmvpn router's data plane (config.Interface.dataplane); None:
+    # the config's default.
+    dataplane: Literal["userspace", "ebpf", "auto"] | None = None
     tunnel_network6: IPv6Network = IPv6Network("fd00::/64")
     lan_summary6: IPv6Network = IPv6Network("fd00::/16")
 
@@ -460,7 +461,7 @@ class Topology(_Strict):
                     "address": str(me.tunnel),
                     **({"ipv6_address": str(me.tunnel6)} if me.tunnel6 is not None else {}),
                     "tunnel": {"source": str(me.nbma.ip), "key": self.key},
-                    **({"dataplane": self.dataplane} if self.dataplane != "userspace" else {}),
+                    **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
                     "nhrp": nhrp,
                 }
             ],
