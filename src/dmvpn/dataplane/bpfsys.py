@@ -188,12 +188,36 @@ class Loaded:
         self.progs, self.maps = {}, {}
 
 
+BPFFS_PREFIX = "dmvpn-bpffs-"
+
+
+def _stale_mounts() -> list[Path]:
+    """bpffs mounts of ours whose process died while loading (kill -9 in that
+    moment): they would keep the loaded, unattached programs alive."""
+    stale = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point, kind = Path(fields[4]), line.split(" - ", 1)[1].split()[0]
+        if kind != "bpf" or not point.name.startswith(BPFFS_PREFIX):
+            continue
+        pid = point.name[len(BPFFS_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            stale.append(point)
+    return stale
+
+
 def load_object(obj: Path, progs: list[str], maps: list[str]) -> Loaded:
     """Load every program of `obj` (bpftool), keeping only descriptors."""
     bpftool = shutil.which("bpftool")
     if bpftool is None:
         raise BpfError(errno.ENOENT, "bpftool not found (Debian package bpftool)")
-    with tempfile.TemporaryDirectory(prefix="dmvpn-bpffs-") as tmp:
+    for point in _stale_mounts():
+        _libc.umount2(os.fsencode(point), MNT_DETACH)
+        try:
+            point.rmdir()
+        except OSError:
+            pass  # not empty or gone: harmless once unmounted
+    with tempfile.TemporaryDirectory(prefix=f"{BPFFS_PREFIX}{os.getpid()}-") as tmp:
         root = Path(tmp)
         if _libc.mount(b"bpf", os.fsencode(root), b"bpf", 0, None) != 0:
             err = ctypes.get_errno()
