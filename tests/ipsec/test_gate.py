@@ -143,9 +143,9 @@ def _nhrp(type: PacketType, request_id: int) -> bytes:
 
 def test_held_packets_go_once_more_after_the_sa_came_up_unless_answered() -> None:
     """The first copy can reach the peer before its inbound SA is installed
-    (issue 18): what was held goes again resend_after later, once; a
+    (issue 18): what was held goes again at each of resend_after; a
     request the peer answered meanwhile does not."""
-    gate = IpsecGate(protected=True, resend_after=0.03)
+    gate = IpsecGate(protected=True, resend_after=(0.03,))
     request = _nhrp(PacketType.RESOLUTION_REQUEST, 7)
     reply = _nhrp(PacketType.RESOLUTION_REPLY, 9)  # our answer to the peer's request
     gate.send(PEER, reply)
@@ -174,3 +174,21 @@ def test_nothing_is_resent_after_the_sa_went_or_when_nothing_was_held() -> None:
     gate.sa_up(PEER, 1.0)
     gate.sa_down(PEER)
     assert gate.deadline() is None and gate.on_timer(2.0) == []
+
+
+def test_held_packets_go_again_at_each_resend_time_until_answered() -> None:
+    gate = IpsecGate(protected=True, resend_after=(0.01, 0.03))
+    request = _nhrp(PacketType.REGISTRATION_REQUEST, 3)
+    gate.send(PEER, request)
+    assert gate.sa_up(PEER, 5.0) == [Transmit(PEER, request)]
+    assert gate.deadline() == 5.01
+    assert gate.on_timer(5.01) == [Transmit(PEER, request)]
+    assert gate.deadline() == 5.03
+    # Answered before the second time: no more.
+    gate.receive(_nhrp(PacketType.REGISTRATION_REPLY, 3), PEER, 5.02)
+    assert gate.deadline() is None and gate.on_timer(5.03) == []
+    assert gate.stats["resent"] == 1
+    # A late timer catches up in one go (one copy, not one per time passed).
+    gate.send(OTHER, request)
+    gate.sa_up(OTHER, 6.0)
+    assert gate.on_timer(7.0) == [Transmit(OTHER, request)] and gate.deadline() is None

@@ -41,10 +41,11 @@ __all__ = [
 
 # NHRP packets held per peer while its SA comes up (oldest dropped beyond).
 HELD_PER_PEER = 16
-# Held packets go again this long after the SA came up (a request only if
+# Held packets go again these long after the SA came up (a request only if
 # the peer has not answered it): the first may have left before the peer's
-# charon installed its inbound SA (issue 18); NHRP's own retry is 1 s away.
-RESEND_AFTER = 0.03
+# charon installed its inbound SA (issue 18), which takes a few ms, more on
+# a loaded machine; NHRP's own retry is 1 s away.
+RESEND_AFTER = (0.01, 0.03)
 
 _ANSWERS = {
     PacketType.RESOLUTION_REPLY: PacketType.RESOLUTION_REQUEST,
@@ -129,7 +130,7 @@ class IpsecGate:
         protected: bool,
         hold_inbound: bool = False,
         held_per_peer: int = HELD_PER_PEER,
-        resend_after: float = RESEND_AFTER,
+        resend_after: tuple[float, ...] = RESEND_AFTER,
     ) -> None:
         self.protected = protected
         # Under identity binding only: without it, NHRP from a peer is read
@@ -140,7 +141,7 @@ class IpsecGate:
         # Sent when the SA came up, to go once more at the time: each packet
         # with the (type, request id) of the request it is (None: no answer
         # to wait for), so that an answer takes it off.
-        self.resend: dict[IPv4Address, tuple[float, list[tuple[bytes, Key | None]]]] = {}
+        self.resend: dict[IPv4Address, tuple[list[float], list[tuple[bytes, Key | None]]]] = {}
         self.up: set[IPv4Address] = set()  # peers whose SA is up
         self.held: dict[IPv4Address, deque[bytes]] = {}  # NHRP waiting to go out
         self.inbound: dict[IPv4Address, deque[tuple[bytes, float]]] = {}  # waiting to go in
@@ -223,13 +224,14 @@ class IpsecGate:
 
     def sa_up(self, nbma: IPv4Address, now: float) -> list[Action]:
         """The SA is up: what waited goes, in the order it was produced (and
-        again at `now + resend_after` unless the peer answers first)."""
+        again `resend_after` later, unless the peer answers first)."""
         self.up.add(nbma)
         actions: list[Action] = [Deliver(d, nbma, t) for d, t in self.inbound.pop(nbma, ())]
         held = list(self.held.pop(nbma, ()))
         actions += [Transmit(nbma, d) for d in held]
-        if held:
-            self.resend[nbma] = (now + self.resend_after, [(d, _request(d)) for d in held])
+        if held and self.resend_after:
+            times = [now + after for after in self.resend_after]
+            self.resend[nbma] = (times, [(d, _request(d)) for d in held])
         for key, out in list(self.pending_binds.items()):
             if out.nbma == nbma:
                 del self.pending_binds[key]
@@ -242,14 +244,17 @@ class IpsecGate:
 
     def deadline(self) -> float | None:
         """When `on_timer` has something to do."""
-        return min((at for at, _ in self.resend.values()), default=None)
+        return min((times[0] for times, _ in self.resend.values()), default=None)
 
     def on_timer(self, now: float) -> list[Action]:
         """What was sent when an SA came up goes once more, if still unanswered."""
         actions: list[Action] = []
-        for nbma, (at, sent) in list(self.resend.items()):
-            if at <= now:
-                del self.resend[nbma]
+        for nbma, (times, sent) in list(self.resend.items()):
+            if times[0] <= now:
+                while times and times[0] <= now:
+                    times.pop(0)
+                if not times:
+                    del self.resend[nbma]
                 self.stats["resent"] += len(sent)
                 actions += [Transmit(nbma, d) for d, _ in sent]
         return actions
@@ -265,10 +270,10 @@ class IpsecGate:
         asked = _ANSWERS.get(pkt.type)
         if asked is None:
             return
-        at, sent = self.resend[nbma]
+        times, sent = self.resend[nbma]
         left = [(d, key) for d, key in sent if key != (asked, pkt.request_id)]
         if left:
-            self.resend[nbma] = (at, left)
+            self.resend[nbma] = (times, left)
         else:
             del self.resend[nbma]
 
