@@ -11,7 +11,12 @@ same veths. Each round measures underlay, eBPF and userspace in turn
 
 1. TCP throughput, iperf3 (`--rounds` rounds of `--seconds`);
 2. 64-byte UDP packet rate received, iperf3 -u -b 0 -l 64;
-3. round-trip time, ping (median of 50).
+3. round-trip time, ping (median of 50);
+4. CPU seconds per GB at a fixed 400 Mbit/s (iperf3 client and server,
+   and spoke1's and spoke2's daemons for the overlays; softirq work is
+   counted where the kernel runs it, mostly in the iperf3 processes);
+5. first, host1 -> host2 phase 3 switch-over (ping every 2 ms from before
+   the shortcut: replies via the hub, lost, time to the direct path).
 
 Run: sudo .venv/bin/python bench/bench_ebpf.py [--seconds 5] [--rounds 5]
 """
@@ -31,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_lab import iperf, rtts
+from bench_lab import RATE, cpu_per_gb, iperf, rtts, switch_over
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.runner import Runner, dmvpn_command
 from dmvpn.lab.topology import Topology
@@ -79,6 +84,7 @@ def main() -> None:
     }
     tmp = Path(tempfile.mkdtemp())
     labs: dict[str, Lab] = {}
+    daemons: dict[str, list[int]] = {}
     try:
         for plane in ("ebpf", "userspace"):
             lab = labs[plane] = lab_of(plane, tmp)
@@ -86,7 +92,10 @@ def main() -> None:
             runner = Runner(lab, dmvpn_command())
             runner.start()
             runner.wait_registered()
+            daemons[plane] = [runner.procs[n].pid for n in ("spoke1", "spoke2")]
         topo = labs["ebpf"].topology
+        host2 = str(topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+        result["switch_over"] = {plane: switch_over(lab, host2) for plane, lab in labs.items()}
         tunnel = str(topo.plan("spoke2").tunnel.ip)  # type: ignore[union-attr]
         nbma = str(topo.plan("spoke2").nbma.ip)  # type: ignore[union-attr]
         for lab in labs.values():
@@ -107,6 +116,12 @@ def main() -> None:
                 tcp[name].append(iperf(lab, "spoke2", "spoke1", dst, args.seconds))
         for name, (lab, dst) in targets.items():
             udp[name].append(udp_rate(lab, "spoke2", "spoke1", dst, args.seconds))
+        cpu = {
+            name: cpu_per_gb(
+                lab, "spoke2", "spoke1", dst, RATE, args.seconds, daemons.get(name, [])
+            )
+            for name, (lab, dst) in targets.items()
+        }
         rtt = {
             name: statistics.median(rtts(lab, "spoke1", dst))
             for name, (lab, dst) in targets.items()
@@ -125,6 +140,10 @@ def main() -> None:
             k: round(udp[k][0] / udp["underlay"][0], 3) for k in ("ebpf", "userspace")
         }
         result["rtt_median_us"] = {k: round(v * 1000, 1) for k, v in rtt.items()}
+        result["cpu_s_per_gb_at_400mbit"] = {k: round(v, 2) for k, v in cpu.items()}
+        result["cpu_ratio_to_underlay"] = {
+            k: round(cpu[k] / cpu["underlay"], 2) for k in ("ebpf", "userspace")
+        }
         result["added_rtt_us"] = {
             k: round((rtt[k] - rtt["underlay"]) * 1000, 1) for k in ("ebpf", "userspace")
         }
