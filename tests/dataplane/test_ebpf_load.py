@@ -93,3 +93,60 @@ def test_a_bpffs_left_by_a_dead_loader_goes_at_the_next_load(
         subprocess.run(["umount", "-l", str(left)], check=False, capture_output=True)
         if left.exists():
             left.rmdir()
+
+
+NODE = """
+node: xtest
+socket: {sock}
+interfaces:
+  - name: dmvpn0
+    address: 10.0.0.11/24
+    dataplane: {plane}
+    tunnel: {{source: 172.30.0.11, key: 42}}
+    nhrp: {{network_id: 1, nhs: [{{address: 10.0.0.1, nbma: 172.30.0.1}}]}}
+"""
+
+
+@pytest.mark.parametrize("plane", ["auto", "ebpf"])
+def test_a_plane_that_cannot_load(tmp_path: Path, plane: str) -> None:
+    """`auto` runs on the userspace path and says why; `ebpf` refuses to
+    run and leaves no interface (the cache directory cannot be made here)."""
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(NODE.format(sock=tmp_path / "x.sock", plane=plane))
+    ns = f"dmvu{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    run = ["ip", "netns", "exec", ns]
+    proc: subprocess.Popen[str] | None = None
+    try:
+        subprocess.run([*run, "ip", "link", "add", "v0", "type", "veth", "peer", "v1"], check=True)
+        subprocess.run([*run, "ip", "addr", "add", "172.30.0.11/24", "dev", "v0"], check=True)
+        subprocess.run([*run, "ip", "link", "set", "v0", "up"], check=True)
+        dmvpn = str(Path(sys.executable).with_name("dmvpn"))
+        env = {**os.environ, "DMVPN_BPF_CACHE": "/proc/no-such-dir"}
+        proc = subprocess.Popen(
+            [*run, dmvpn, "run", "-c", str(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        try:
+            out, _ = proc.communicate(timeout=3)
+        except subprocess.TimeoutExpired:
+            links = subprocess.run([*run, "ip", "link"], capture_output=True, text=True).stdout
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+        else:
+            links = ""
+        if plane == "auto":
+            assert "dmvpn0: userspace data plane (eBPF: " in out, out
+            assert "dmvpn0" in links  # running, on the userspace path
+        else:
+            assert proc.returncode != 0 and "eBPF data plane: " in out, out
+            links = subprocess.run([*run, "ip", "link"], capture_output=True, text=True).stdout
+            assert "dmvpn0" not in links
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -239,6 +239,8 @@ class EbpfDataPlane(UserspaceDataPlane):
         except (DataPlaneError, OSError) as exc:
             self._detach()
             if self.required:
+                self.log("dataplane-error", f"{self.cfg.name}: eBPF data plane: {exc}")
+                super().close()  # the interface goes: nothing half-made stays
                 raise DataPlaneError(f"eBPF data plane: {exc}") from None
             self.log("dataplane", f"{self.cfg.name}: userspace data plane (eBPF: {exc})")
             return
@@ -311,11 +313,14 @@ class EbpfDataPlane(UserspaceDataPlane):
         if self._poll is not None:
             self._poll.cancel()
             self._poll = None
-        super().stop()
+        if self._loop is not None:  # never started (open failed): nothing runs
+            super().stop()
 
     def close(self) -> None:
         self._detach()
-        super().close()
+        if self._tap is not None:
+            super().close()
+            self._tap = self._gre = None  # closed once, whoever asks again
 
     # -- counters -------------------------------------------------------------
 
