@@ -1036,3 +1036,24 @@ async def test_a_wall_clock_step_moves_no_retry_and_no_teardown() -> None:
     ]
     assert times == pytest.approx([0, 1, 3, 7, 15, 31])
     await rig.m.stop()
+
+
+@virtual_time
+async def test_our_sa_seen_while_our_initiate_is_under_way_is_left_to_the_initiate() -> None:
+    """charon's event for the SA we are initiating can beat the initiate's
+    own answer: the review leaves it to the attempt (which reports it as
+    initiated, with its time); the peer's SA seen then is adopted at once."""
+    rig = await Rig.started()
+    peer = PeerSa(A, S2, since=now(), log=rig.log)
+    rig.m.peers[(A, S2)] = peer
+    in_flight: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    peer.task = asyncio.ensure_future(in_flight)
+    ours = _sa(1, A, S2, initiator=True)
+    await rig.m._review([ours])
+    assert peer.state is PeerState.CONNECTING and not peer.task.done() and rig.ups == []
+    theirs = _sa(2, A, S2, initiator=False)
+    await rig.m._review([theirs])
+    assert peer.state is PeerState.UP and peer.task is None and rig.ups == [S2]
+    assert not peer.initiated
+    assert rig.events("ipsec-up")[0].message == "IPsec to 172.30.0.12 up (brought up by the peer)"
+    await rig.m.stop()

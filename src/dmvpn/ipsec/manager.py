@@ -280,6 +280,11 @@ def duplicates(matches: list[Sa], local: IPv4Address, remote: IPv4Address) -> li
     return []
 
 
+def _initiator(sa: Sa) -> bool:
+    """We initiated this IKE SA (charon leaves the flag out on the responder)."""
+    return sa.get("initiator") == "yes"
+
+
 def _traffic(sa: Sa) -> int:
     total = 0
     for child in sa.get("child-sas", {}).values():
@@ -727,7 +732,7 @@ class IpsecManager:
         # spoke, the owner of an address answering a resolution).
         found = await self._find(peer)
         if found is not None:
-            self._up(peer, found, initiated=False)
+            self._up(peer, found, initiated=_initiator(found))
             return
         started = self._now()
         peer.move(PeerState.CONNECTING, started)  # the outcome is logged
@@ -750,7 +755,7 @@ class IpsecManager:
         if not self._current(peer) or self.stopping:
             return
         if found is not None:
-            self._up(peer, found, initiated=False)
+            self._up(peer, found, initiated=_initiator(found))
             return
         self.stats["failed"] += 1
         peer.fail(_reason(lines), self._now())
@@ -758,7 +763,10 @@ class IpsecManager:
             peer.task = asyncio.create_task(self._connect(peer))
 
     def _up(self, peer: PeerSa, sa: Sa, *, initiated: bool, took: float | None = None) -> None:
-        how = f"initiated in {took * 1000:.0f} ms" if took is not None else "brought up by the peer"
+        if took is not None:
+            how = f"initiated in {took * 1000:.0f} ms"
+        else:
+            how = "initiated" if initiated else "brought up by the peer"
         peer.up(sa, self._now(), initiated=initiated, how=how)
         self.on_up(peer)
 
@@ -806,9 +814,12 @@ class IpsecManager:
                     del self.peers[key]
                 continue
             if found is not None:
+                mine = _initiator(found)
+                if peer.state is PeerState.CONNECTING and peer.task is not None and mine:
+                    continue  # our initiate under way brought it up: it reports it
                 if peer.state is not PeerState.UP:
                     self._cancel(peer)  # the attempt under way, or the wait for a retry
-                    self._up(peer, found, initiated=False)
+                    self._up(peer, found, initiated=mine)
                 peer.sa = found
             if peer.idle_expired(now, self.cfg.idle_timeout):
                 await self._tear_down(peer)
