@@ -12,6 +12,10 @@ types (static, dynamic, nhs, cached, local, incomplete, negative).
 A dual-stack interface runs two engines, so it is two Ifaces (family 4, then
 6) with the same name: every row says its ``family``, as Cisco's `show dmvpn`
 prints "IPv4 NHRP Details" and "IPv6 NHRP Details" for one tunnel.
+
+Why one module of this length: `show`'s JSON views and the Prometheus
+metrics read the same engine surface and counters and must agree on names and
+families; apart, every change to one would need the other.
 """
 
 from __future__ import annotations

@@ -245,21 +245,10 @@ class RouteTable:
         else:
             best.remove(network)
         if table == RT_TABLE_MAIN:
-            if any(self._counts_as_connected(r) for r in routes):
+            if any(_counts_as_connected(r, self.tap_index) for r in routes):
                 self._connected.add(network, True)
             else:
                 self._connected.remove(network)
-
-    def _counts_as_connected(self, route: Route) -> bool:
-        # The filter KernelRouting has always applied to `ip route show table main`.
-        net = route.network
-        return (
-            route.oif != self.tap_index
-            and route.gateway is None
-            and net.prefixlen != 0
-            and not net.is_link_local
-            and not net.is_multicast  # fe80::/64 and ff00::/8 are on every interface
-        )
 
     def set_rules(self, rules: list[Rule]) -> None:
         """The rules of a dump, in the kernel's order."""
@@ -398,3 +387,15 @@ class RouteTable:
             return None
         found = self._connected.lookup(destination)
         return found[0] if found is not None else None
+
+
+def _counts_as_connected(route: Route, tap_index: int) -> bool:
+    # The filter KernelRouting has always applied to `ip route show table main`.
+    net = route.network
+    return (
+        route.oif != tap_index
+        and route.gateway is None
+        and net.prefixlen != 0
+        and not net.is_link_local
+        and not net.is_multicast  # fe80::/64 and ff00::/8 are on every interface
+    )

@@ -6,6 +6,10 @@ routes, the bindings and shortcut routes the engine installs) lets a data
 packet be followed hop by hop, so the phase 1/2/3 paths can be observed:
 first packets through the hub, then the direct path once it forms.
 Nothing reads the wall clock; the same seed gives the same run.
+
+Why one module of this length: the simulated network (nodes, links, NAT,
+routing tables, virtual time) is one model; its parts are small and only
+make sense together.
 """
 
 from __future__ import annotations
