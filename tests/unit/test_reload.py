@@ -41,3 +41,6 @@ def test_structural_changes_are_refused_with_the_reason() -> None:
     data = yaml.safe_load(yaml.safe_dump(SPOKE))
     data["interfaces"][0]["tunnel"]["key"] = 7
     assert "tunnel changed" in plan_reload(old, parse_config(data)).refused[0]
+    data = yaml.safe_load(yaml.safe_dump(SPOKE))
+    data["interfaces"][0]["dataplane"] = "ebpf"
+    assert "dataplane changed" in plan_reload(old, parse_config(data)).refused[0]

@@ -67,7 +67,9 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
         if a == b:
             continue
         fixed = []
-        for key in ("address", "ipv6_address", "mtu", "tunnel"):
+        # The data plane owns the interface's devices and programs: another
+        # one means a new interface.
+        for key in ("address", "ipv6_address", "mtu", "tunnel", "dataplane"):
             if getattr(a, key) != getattr(b, key):
                 fixed.append(key)
         for key in type(a.nhrp).model_fields:
