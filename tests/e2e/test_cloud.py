@@ -31,11 +31,14 @@ class Cloud:
         self.logs = logs
         self.procs: dict[str, subprocess.Popen] = {}  # type: ignore[type-arg]
 
+    def config(self, node: str) -> dict:  # type: ignore[type-arg]
+        """The node's config, with a management socket of this test's own: the
+        default /run/dmvpn/<node>.sock would clash with another suite's lab."""
+        return {**self.topo.node_config(node), "socket": str(self.logs / f"{node}.sock")}
+
     def start(self, node: str) -> None:
         cfg = self.logs / f"{node}.yaml"
-        cfg.write_text(
-            yaml.safe_dump(json.loads(json.dumps(self.topo.node_config(node), default=str)))
-        )
+        cfg.write_text(yaml.safe_dump(json.loads(json.dumps(self.config(node), default=str))))
         log = (self.logs / f"{node}.log").open("a")
         self.procs[node] = self.lab.popen(
             node, [DMVPN, "run", "-c", str(cfg)], stdout=log, stderr=log
@@ -165,7 +168,7 @@ def test_spoke_returns_with_a_new_nbma_address(cloud_factory) -> None:  # type: 
     new = "172.30.0.111"
     cloud.sh("spoke1", "ip", "addr", "del", old, "dev", "nbma0")
     cloud.sh("spoke1", "ip", "addr", "add", f"{new}/24", "dev", "nbma0")
-    config = cloud.topo.node_config("spoke1")
+    config = cloud.config("spoke1")
     config["interfaces"][0]["tunnel"]["source"] = new
     path = cloud.logs / "spoke1.yaml"
     path.write_text(yaml.safe_dump(json.loads(json.dumps(config, default=str))))
@@ -191,7 +194,7 @@ def test_spoke_returns_with_a_new_nbma_address(cloud_factory) -> None:  # type: 
 def test_bad_config_is_refused_and_changes_nothing(cloud_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cloud: Cloud = cloud_factory(3)
     bad = tmp_path / "bad.yaml"
-    config = cloud.topo.node_config("spoke1")
+    config = cloud.config("spoke1")
     config["interfaces"][0]["name"] = "dmvpn9"
     config["interfaces"][0]["nhrp"]["holdtme"] = 5
     bad.write_text(yaml.safe_dump(json.loads(json.dumps(config, default=str))))
