@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_lab import RATE, cpu_per_gb, iperf, rtts, switch_over
+from bench_lab import RATE, cpu_per_gb, iperf, iperf_run, rtts, switch_over
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.runner import Runner, dmvpn_command
 from dmvpn.lab.topology import Topology
@@ -44,23 +43,9 @@ from dmvpn.lab.topology import Topology
 
 def udp_rate(lab: Lab, server: str, client: str, address: str, seconds: float) -> float:
     """64-byte UDP datagrams per second received (iperf3 at full speed)."""
-    srv = lab.popen(
-        server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    time.sleep(0.5)
-    try:
-        out = lab.exec(
-            client,
-            ["iperf3", "-c", address, "-u", "-b", "0", "-l", "64", "-t", str(seconds), "-J"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        srv.wait(timeout=10)
-    end: dict[str, Any] = json.loads(out)["end"]["sum"]
-    received = int(end["packets"]) - int(end["lost_packets"])
-    return received / float(end["seconds"])
+    end = iperf_run(lab, server, client, address, seconds, "-u", "-b", "0", "-l", "64")["end"]
+    received = int(end["sum"]["packets"]) - int(end["sum"]["lost_packets"])
+    return received / float(end["sum"]["seconds"])
 
 
 def lab_of(plane: str, tmp: Path) -> Lab:

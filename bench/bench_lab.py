@@ -48,7 +48,10 @@ from dmvpn.lab.runner import Runner, dmvpn_command
 from dmvpn.lab.topology import Topology
 
 
-def iperf(lab: Lab, server: str, client: str, address: str, seconds: float) -> float:
+def iperf_run(
+    lab: Lab, server: str, client: str, address: str, seconds: float, *extra: str
+) -> dict[str, Any]:
+    """One iperf3 run from `client` to a one-shot server in `server`: its JSON report."""
     srv = lab.popen(
         server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -56,7 +59,7 @@ def iperf(lab: Lab, server: str, client: str, address: str, seconds: float) -> f
     try:
         out = lab.exec(
             client,
-            ["iperf3", "-c", address, "-t", str(seconds), "-J"],
+            ["iperf3", "-c", address, *extra, "-t", str(seconds), "-J"],
             capture_output=True,
             text=True,
             check=True,
@@ -64,6 +67,12 @@ def iperf(lab: Lab, server: str, client: str, address: str, seconds: float) -> f
     finally:
         srv.wait(timeout=10)
     result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def iperf(lab: Lab, server: str, client: str, address: str, seconds: float) -> float:
+    """TCP Mbit/s received."""
+    result = iperf_run(lab, server, client, address, seconds)
     return float(result["end"]["sum_received"]["bits_per_second"]) / 1e6
 
 
