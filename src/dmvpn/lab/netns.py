@@ -9,8 +9,8 @@ Layout (names for the default prefix "dmvpn-"):
 
 An frr router's namespace holds no address: it bridges nbma0 to the tap
 "tapn" (bridge "brn") and, on a spoke, lan0 to "tapl" (bridge "brl"); the
-User-Mode Linux guest that owns the router's addresses opens those taps
-(`dmvpn.lab.uml`), and `down()` stops it by PID like any registered process.
+QEMU guest that owns the router's addresses opens those taps
+(`dmvpn.lab.frrnode`, `dmvpn.lab.vm`), and `down()` stops it by PID like any registered process.
 
 Nothing is created outside the lab's namespaces: each veth is created inside a
 lab namespace with its peer placed straight into the other one, so the host's
@@ -81,8 +81,8 @@ BRIDGE = "br0"  # in the inet namespace
 NBMA_INTERFACE = "nbma0"  # a router's underlay interface
 LAN_INTERFACE = "lan0"  # a spoke's LAN interface
 LAN_HOST_INTERFACE = "eth0"  # the host's end of it
-# An frr node's namespace bridges each of its links to a tap: the UML guest's
-# NICs vec0 (underlay) and vec1 (LAN).
+# An frr node's namespace bridges each of its links to a tap: the QEMU guest's
+# NICs nbma0 (underlay) and lan0 (LAN).
 FRR_NBMA_BRIDGE, FRR_NBMA_TAP = "brn", "tapn"
 FRR_LAN_BRIDGE, FRR_LAN_TAP = "brl", "tapl"
 STATE_VERSION = 1
@@ -305,9 +305,9 @@ class Lab:
                 self._ip("-n", host_ns, "-6", "route", "add", "default", "via", str(spoke.lan6.ip))
 
     def _bridge_tap(self, ns: str, bridge: str, port: str, tap: str) -> None:
-        """An frr node's namespace: `port` and a tap for the UML guest on one bridge.
+        """An frr node's namespace: `port` and a tap for the guest on one bridge.
 
-        The tap is made inside the namespace because UML opens it by name in
+        The tap is made inside the namespace because QEMU opens it by name in
         its own namespace (and silently makes a new, unattached one if absent).
         """
         self._ip("-n", ns, "link", "add", bridge, "type", "bridge")

@@ -180,7 +180,7 @@ class Runner:
 
     def wait_registered(self, timeout: float = REGISTRATION_TIMEOUT) -> float:
         """Wait until every dmvpn spoke has registered with every hub; the seconds
-        it took (frr spokes: `dmvpn.lab.uml.wait_registered`)."""
+        it took (frr spokes: `dmvpn.lab.frrnode.wait_registered`)."""
         spokes = [p.name for p in self.lab.topology.spokes if p.kind == "dmvpn"]
         return self.wait_for(
             "every spoke to register with every hub",

@@ -21,8 +21,8 @@ Every IPv4 address can be overridden per node; the result is checked for
 clashes before anything is built.
 
 A hub or spoke is `kind: dmvpn` (our daemon, the default) or `kind: frr`:
-FRR's nhrpd on a kernel mGRE in User-Mode Linux, configured from the same
-settings (`dmvpn.lab.frrconf`, `dmvpn.lab.uml`), for interop.
+FRR's nhrpd on a kernel mGRE in a QEMU guest, configured from the same
+settings (`dmvpn.lab.frrconf`, `dmvpn.lab.frrnode`), for interop.
 
 Why one module of this length: the schema, its validation and the addressing
 plan derived from it are one concern (what the lab is), and each is small.
@@ -64,7 +64,7 @@ __all__ = [
 
 Role = Literal["hub", "spoke", "host"]
 # What runs on a router: our daemon in a namespace, or FRR's zebra + nhrpd on a
-# real kernel mGRE inside User-Mode Linux (dmvpn.lab.uml), for interop.
+# real kernel mGRE inside a QEMU guest (dmvpn.lab.frrnode), for interop.
 Kind = Literal["dmvpn", "frr"]
 
 DEFAULT_PREFIX = "dmvpn-"
@@ -175,7 +175,7 @@ class Topology(_Strict):
     # What phase 1 and 3 spokes route via hub1: every LAN must be inside it.
     lan_summary: IPv4Network = IPv4Network("192.168.0.0/16")
     nodes: Nodes = Field(default_factory=Nodes)
-    # The root directory the frr nodes' User-Mode Linux guests boot from: the
+    # The root directory the frr nodes' QEMU guests boot from: the
     # host's / by default (Debian 12: FRR 8.4), or a Debian root with a newer
     # FRR (`dmvpn.lab.frrroot`: Debian 13, FRR 10.3, which has NHRP
     # authentication).
@@ -383,7 +383,7 @@ class Topology(_Strict):
 
     @property
     def frr_routers(self) -> list[NodePlan]:
-        """The routers that run FRR nhrpd in User-Mode Linux."""
+        """The routers that run FRR nhrpd in a QEMU guest."""
         return [p for p in self.routers if p.kind == "frr"]
 
     def plan(self, name: str) -> NodePlan:
