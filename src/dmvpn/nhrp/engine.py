@@ -98,8 +98,9 @@ class Engine:
 
     @property
     def timer_count(self) -> int:
-        """Timers in the heap, stale ones included (lazy cancellation)."""
-        return len(self._core.timers)
+        """Entries in the timer heap (one per key due, plus the few a key
+        moved earlier left behind): flat under refreshes."""
+        return self._core.timers.heap_size
 
     # ------------------------------------------------------------ lifecycle
 
