@@ -7,7 +7,7 @@ waits for the NHS's SA with it, and goes once the SA is up."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from ipaddress import IPv4Address, IPv4Network
 from types import SimpleNamespace
 from typing import Any
@@ -62,7 +62,7 @@ class FakeDataPlane(DataPlane):
         self.sent: list[tuple[IPv4Address, bytes]] = []
         self.bound: dict[Address, IPv4Address] = {}
         self.nhs: list[IPv4Address] = []
-        self.multicast: list[IPv4Address] = []
+        self.multicast: Collection[IPv4Address] = []
         self.redirect = False
         self.protected: str | None = None
         self.state = "new"
@@ -100,7 +100,7 @@ class FakeDataPlane(DataPlane):
     def set_nhs(self, nbmas: list[IPv4Address]) -> None:
         self.nhs = nbmas
 
-    def set_multicast(self, nbmas: list[IPv4Address]) -> None:
+    def set_multicast(self, nbmas: Collection[IPv4Address]) -> None:
         self.multicast = nbmas
 
     def set_redirect(self, on: bool) -> None:
@@ -196,7 +196,7 @@ def test_construction_touches_nothing_open_creates_and_configures(loop) -> None:
     assert dp.state == "new" and rt.engines == []
     rt.open()
     assert dp.state == "open" and dp.hooks is rt
-    assert dp.nhs == [HUB] and dp.multicast == [HUB]  # map multicast nhs
+    assert dp.nhs == [HUB] and list(dp.multicast) == [HUB]  # map multicast nhs
     assert len(rt.engines) == 1 and rt.engine6 is None
 
 

@@ -52,6 +52,7 @@ from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import RoutingView
 from dmvpn.wire import Address, address_text
 
+from .multicast import Item, MulticastTargets
 from .routing import RTPROT_DMVPN, KernelRouting
 
 __all__ = ["InterfaceRuntime", "Log"]
@@ -89,7 +90,9 @@ class InterfaceRuntime:
         self.gate = IpsecGate(protected=ipsec is not None, hold_inbound=binding)
         self.engines: list[Engine] = []
         self.hooks: FamilyDispatch  # the engines by family, once open()
-        self.dynamic: set[IPv4Address] = set()  # NBMA of dynamic bindings (map multicast)
+        # The `map multicast` set, kept current binding by binding; the data
+        # plane holds a reference to it (daemon/multicast.py).
+        self.multicast = MulticastTargets(multicast_items(cfg))
         # Called with (interface name, event) for every engine Event: the
         # management API's /v1/events subscribers.
         self.listeners: list[Callable[[str, Event], None]] = []
@@ -130,7 +133,7 @@ class InterfaceRuntime:
         self.hooks = FamilyDispatch(*self.engines)
         nhs = sorted(self.cfg.nhrp.nhs, key=lambda n: n.priority)
         self.dataplane.set_nhs(list(dict.fromkeys(n.nbma for n in nhs)))
-        self._update_multicast()
+        self.dataplane.set_multicast(self.multicast)
 
     @property
     def engine(self) -> Engine:
@@ -176,7 +179,7 @@ class InterfaceRuntime:
         for family, engine in zip((4, 6), self.engines, strict=False):
             engine.retune(self._engine_config(cfg, family), self.now())
         self.dataplane.set_redirect(cfg.nhrp.redirect)
-        self._update_multicast()
+        self.multicast.configure(multicast_items(cfg))
         self.apply()
 
     # ------------------------------------------------------------ IPsec
@@ -292,17 +295,13 @@ class InterfaceRuntime:
         assert isinstance(out.nbma, IPv4Address)
         self.dataplane.bind(out.protocol, out.nbma)
         if out.type == "dynamic":
-            self.dynamic.add(out.nbma)
-            self._update_multicast()
+            self.multicast.bind(out.protocol, out.nbma)
+        else:  # a dynamic binding replaced by another type
+            self.multicast.unbind(out.protocol)
 
     def _drop_binding(self, out: BindingRemoved) -> None:
         self.dataplane.unbind(out.protocol)
-        if out.nbma in self.dynamic and out.nbma not in self.dataplane.bindings.values():
-            self.dynamic.discard(out.nbma)
-            self._update_multicast()
-
-    def _update_multicast(self) -> None:
-        self.dataplane.set_multicast(multicast_targets(self.cfg, self.dynamic))
+        self.multicast.unbind(out.protocol)
 
     def _route(self, op: str, out: ShortcutAdded | ShortcutRemoved, announce: bool = False) -> None:
         error = shortcut_route(self.ipr, self.dataplane.index, op, out)
@@ -331,18 +330,18 @@ def shortcut_route(
     return None
 
 
-def multicast_targets(cfg: Interface, dynamic: set[IPv4Address]) -> list[IPv4Address]:
-    """The `map multicast` set resolved: `dynamic` is every peer with a dynamic
-    binding, `nhs` the NHSes by priority, and static NBMA addresses as given."""
-    targets: list[IPv4Address] = []
+def multicast_items(cfg: Interface) -> list[Item]:
+    """`map multicast` resolved but for the dynamic peers: `nhs` is the NHSes
+    by priority, static NBMA addresses as given, `dynamic` stays a marker."""
+    items: list[Item] = []
     for item in cfg.nhrp.map_multicast:
         if item == "dynamic":
-            targets += sorted(dynamic)
+            items.append("dynamic")
         elif item == "nhs":
-            targets += [n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)]
+            items.append(tuple(n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)))
         elif isinstance(item, IPv4Address):
-            targets.append(item)
-    return list(dict.fromkeys(targets))
+            items.append((item,))
+    return items
 
 
 class MonitoredRouting:

@@ -442,7 +442,7 @@ class EbpfDataPlane(UserspaceDataPlane):
 
     def _forget(self, nbma: IPv4Address) -> None:
         """Out of the fast path once no binding names it; keep its counts."""
-        if self._peers_map is None or nbma in self.bindings.values():
+        if self._peers_map is None or self.forwarder.nbma_bound(nbma):
             return
         value = self._peers_map.lookup(nbma.packed)
         self._peers_map.delete(nbma.packed)

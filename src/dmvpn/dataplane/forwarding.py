@@ -16,7 +16,7 @@ runs the same in tests and in the daemon.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
@@ -134,8 +134,12 @@ class Forwarder:
         self.redirect = redirect
         # protocol address -> NBMA, mirrored from the engine's bindings.
         self.bindings: dict[Address, IPv4Address] = {}
+        # NBMA -> bindings naming it: "is this peer still bound?" in O(1)
+        # (a hub unbinding 50,000 spokes must not scan the others each time).
+        self._bound_nbma: Counter[IPv4Address] = Counter()
         self.nhs: list[IPv4Address] = []  # NHS NBMA addresses, preferred first
-        self.multicast: list[IPv4Address] = []  # the `map multicast` set, resolved
+        # The `map multicast` set, resolved: a live collection (plane.py).
+        self.multicast: Collection[IPv4Address] = []
         # Inner source address -> the peer it last came from (hub hairpin).
         self._came_from: dict[IPv4Address | IPv6Address, IPv4Address] = {}
         self._last_use: dict[IPv4Address, float] = {}  # peers beyond MAX_PEER_COUNTERS
@@ -166,6 +170,11 @@ class Forwarder:
     # ------------------------------------------------------------ bindings
 
     def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+        old = self.bindings.get(protocol)
+        if old != nbma:
+            if old is not None:
+                self._release_nbma(old)
+            self._bound_nbma[nbma] += 1
         self.bindings[protocol] = nbma
         if isinstance(protocol, IPv4Address):
             # Move the kernel's neighbour entry to the new link-layer address.
@@ -180,7 +189,20 @@ class Forwarder:
             self.write_tap(nd.multicast_mac(nd.ALL_NODES.packed) + nbma_mac(nbma) + ETH_IPV6 + na)
 
     def unbind(self, protocol: Address) -> None:
-        self.bindings.pop(protocol, None)
+        old = self.bindings.pop(protocol, None)
+        if old is not None:
+            self._release_nbma(old)
+
+    def _release_nbma(self, nbma: IPv4Address) -> None:
+        n = self._bound_nbma[nbma]
+        if n <= 1:
+            del self._bound_nbma[nbma]
+        else:
+            self._bound_nbma[nbma] = n - 1
+
+    def nbma_bound(self, nbma: IPv4Address) -> bool:
+        """Whether any binding names the peer at `nbma`."""
+        return nbma in self._bound_nbma
 
     # ------------------------------------------------------------ TAP -> GRE
 

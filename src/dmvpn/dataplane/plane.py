@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from asyncio import AbstractEventLoop
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from ipaddress import IPv4Address
 from typing import Protocol
 
@@ -99,8 +99,10 @@ class DataPlane(ABC):
         """The NHSes' NBMA addresses, preferred first (unbound traffic goes there)."""
 
     @abstractmethod
-    def set_multicast(self, nbmas: list[IPv4Address]) -> None:
-        """Where link multicast and broadcast are replicated (`map multicast`)."""
+    def set_multicast(self, nbmas: Collection[IPv4Address]) -> None:
+        """Where link multicast and broadcast are replicated (`map multicast`):
+        a live collection the daemon keeps current as peers bind and unbind
+        (daemon/multicast.py), kept by reference, never copied."""
 
     @abstractmethod
     def set_redirect(self, on: bool) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 from asyncio import AbstractEventLoop
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
@@ -232,8 +232,8 @@ class UserspaceDataPlane(DataPlane):
     def set_nhs(self, nbmas: list[IPv4Address]) -> None:
         self.forwarder.nhs = list(nbmas)
 
-    def set_multicast(self, nbmas: list[IPv4Address]) -> None:
-        self.forwarder.multicast = list(nbmas)
+    def set_multicast(self, nbmas: Collection[IPv4Address]) -> None:
+        self.forwarder.multicast = nbmas  # live: O(1) per binding (plane.py)
 
     def set_redirect(self, on: bool) -> None:
         self.forwarder.redirect = on
