@@ -20,17 +20,17 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from dmvpn.config import Interface
-from dmvpn.wire import Address, address_text
+from dmvpn.wire import Address
 from dmvpn.wire.ethernet import mac_text
 
 from .devices import GreSocket, Tap
 from .forwarding import Forwarder, PeerCounters, nbma_mac
+from .neighbours import NeighbourWriter
 from .plane import DataPlane, DataPlaneError, DataPlaneHooks
 from .pump import BATCH, Pump, fastpath
 
 __all__ = ["UserspaceDataPlane"]
 
-NUD_PERMANENT = 0x80
 # ifa_flags: no duplicate address detection for the tunnel address (only we
 # own it on the cloud; nothing there would answer a probe anyway).
 IFA_F_NODAD = 0x02
@@ -49,6 +49,7 @@ class UserspaceDataPlane(DataPlane):
         self._index = -1
         self._loop: AbstractEventLoop | None = None
         self._pump: Pump | None = None
+        self._neighbours: NeighbourWriter | None = None
 
     # -- life -----------------------------------------------------------------
 
@@ -60,6 +61,7 @@ class UserspaceDataPlane(DataPlane):
         self._tap = Tap(cfg.name, vnet_hdr=fastpath is not None and not self.redirect)
         self._gre = GreSocket(cfg.tunnel.source)
         self._index = ipr.link_lookup(ifname=cfg.name)[0]
+        self._neighbours = NeighbourWriter(self._index, self.log)
         mac = nbma_mac(cfg.tunnel.source)
         if cfg.ipv6_address is not None:
             self._ipv6_sysctls()  # before the link comes up and starts DAD/RS
@@ -128,6 +130,8 @@ class UserspaceDataPlane(DataPlane):
         redirecting hub, which must see every forwarded packet); else asyncio
         readers."""
         assert self._tap is not None and self._gre is not None
+        if self._loop is None and self._neighbours is not None:
+            self._neighbours.start(loop)
         self._loop = loop
         if fastpath is not None and not self.redirect:
             self._pump = Pump(self._tap, self._gre, self.cfg.tunnel.key, self.forwarder)
@@ -149,6 +153,8 @@ class UserspaceDataPlane(DataPlane):
             self._loop.remove_reader(self._gre.fileno())
 
     def close(self) -> None:
+        if self._neighbours is not None:
+            self._neighbours.close()  # what is queued goes with the interface
         if self._tap is not None:
             self._tap.close()  # the kernel removes the interface and its routes
         if self._gre is not None:
@@ -189,31 +195,17 @@ class UserspaceDataPlane(DataPlane):
 
     def bind(self, protocol: Address, nbma: IPv4Address) -> None:
         self.forwarder.bind(protocol, nbma)
-        if self._on_link(protocol):
+        if self._on_link(protocol) and self._neighbours is not None:
             # Mirror the binding into the kernel's neighbour table (as nhrpd
             # does on a GRE device): an ARP reply cannot move an entry the
-            # kernel updated less than locktime ago.
-            try:
-                self.ipr.neigh(
-                    "replace",
-                    dst=address_text(protocol),
-                    lladdr=mac_text(nbma_mac(nbma)),
-                    ifindex=self._index,
-                    state=NUD_PERMANENT,
-                    family=_family(protocol),
-                )
-            except Exception as exc:
-                self.log("neigh-error", f"could not bind {address_text(protocol)}: {exc}")
+            # kernel updated less than locktime ago. Written in batches by
+            # the event loop, off the packet path (neighbours.py).
+            self._neighbours.replace(protocol, nbma_mac(nbma))
 
     def unbind(self, protocol: Address) -> None:
         self.forwarder.unbind(protocol)
-        if self._on_link(protocol):
-            try:
-                self.ipr.neigh(
-                    "del", dst=address_text(protocol), ifindex=self._index, family=_family(protocol)
-                )
-            except Exception:
-                pass  # not there (never bound in the kernel, or removed)
+        if self._on_link(protocol) and self._neighbours is not None:
+            self._neighbours.delete(protocol)
 
     def _on_link(self, protocol: Address) -> bool:
         """In the tunnel network of its family (a neighbour, not a prefix)."""
@@ -263,7 +255,3 @@ class UserspaceDataPlane(DataPlane):
     @property
     def peers(self) -> Mapping[IPv4Address, PeerCounters]:
         return self.forwarder.peers
-
-
-def _family(addr: Address) -> int:
-    return socket.AF_INET6 if isinstance(addr, IPv6Address) else socket.AF_INET
