@@ -137,6 +137,10 @@ def hub_config(path: Path, sock: Path, multicast: bool) -> None:
         "holdtime": 600,
         "redirect": True,
         "authentication": SECRET.decode(),
+        # 50,000 replies per 10 s: above the rates stepped through, so the
+        # refresh steps measure the hub, not its limiter (the default, 100,000
+        # per 10 s, is a sustained 10,000/s); tx.rate_limited is reported.
+        "max_send": 500_000,
     }
     if multicast:
         nhrp["map_multicast"] = ["dynamic"]
@@ -370,6 +374,33 @@ class Hub:
         return time.monotonic() - t0
 
 
+def hub_counters(sock: Path) -> dict[str, int]:
+    """The hub's drop and limit counters (show nhrp traffic)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(sock))
+    s.sendall(b"GET /v1/nhrp/traffic HTTP/1.0\r\nHost: dmvpn\r\n\r\n")
+    chunks = []
+    while b := s.recv(1 << 16):
+        chunks.append(b)
+    s.close()
+    body = json.loads(b"".join(chunks).split(b"\r\n\r\n", 1)[1])
+    found: dict[str, int] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, int) and any(w in k for w in ("limited", "drop", "malformed")):
+                    found[k] = found.get(k, 0) + v
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(body)
+    return {k: v for k, v in found.items() if v}
+
+
 def neighbours(ns: str) -> int:
     return len(in_ns(ns, "ip", "-4", "neigh", "show", "dev", "dmvpn0").splitlines())
 
@@ -514,6 +545,7 @@ def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str,
                 result["refreshes_sent"] = total_refreshes
                 t, body = api_get(hub.sock, "/v1/nhrp")
                 result["api_nhrp_all"] = {"ms": round(t * 1000), "bytes": body}
+            result["counters"] = hub_counters(hub.sock)
             result["rss_mb"] = round(hub.rss_mb(), 1)
             result["shutdown_s"] = hub.terminate(args.shutdown_limit)
             if result["shutdown_s"] is not None:

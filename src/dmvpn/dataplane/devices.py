@@ -26,7 +26,12 @@ VNET_HDR_LEN = 10
 _PLAIN_VNET_HDR = bytes(VNET_HDR_LEN)
 MAX_FRAME = 65536
 _SO_RCVBUFFORCE = 33
-RCVBUF = 4 << 20
+# A registration storm is absorbed, not retransmitted: 50,000 Registration
+# Requests at once (a hub reboot) are about 50 MB of skbs (truesize ~1 KB
+# each); with 4 MB, 47k of them were dropped and the spokes' 1-2-4 s
+# back-off set the storm's length (issue 20). The kernel doubles the value;
+# the memory is used only while a backlog waits.
+RCVBUF = 48 << 20
 
 
 class Tap:
@@ -97,7 +102,8 @@ class GreSocket:
         try:
             # Room for the bursts a 64 KB super-segment becomes at the sending
             # pump (~45 packets, ~2 KB of buffer each) while this side's pump
-            # is off the CPU; the 208 KB default drops them (TCP then backs off).
+            # is off the CPU (the 208 KB default drops them: TCP then backs
+            # off), and for a registration storm (RCVBUF).
             self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)

@@ -26,7 +26,7 @@ import threading
 from ipaddress import IPv4Address
 from types import ModuleType
 
-from .devices import MAX_FRAME, GreSocket, Tap
+from .devices import MAX_FRAME, RCVBUF, GreSocket, Tap
 from .forwarding import Forwarder
 
 __all__ = ["BATCH", "Pump", "fastpath"]
@@ -39,6 +39,7 @@ try:  # the optional C fast path (setup.py); pure Python without it
 except ImportError:  # pragma: no cover - no compiler at install time
     fastpath = None
 
+_SO_SNDBUFFORCE = 32  # linux/socket.h
 # Drain at most this many records per readiness callback, then yield.
 BATCH = 64
 _TOTALS = struct.Struct("=4Q")
@@ -54,6 +55,12 @@ class Pump:
         self.key = key if key is not None else -1  # the C side's "no key"
         self._punt_r, self._punt_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._punt_r.setblocking(False)
+        # The C side punts with MSG_DONTWAIT and drops when the pair is full:
+        # a registration storm is punted NHRP, so give it the GRE socket's room.
+        try:
+            self._punt_w.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, RCVBUF)
+        except OSError:
+            self._punt_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF)
         self._stop_r, self._stop_w = os.pipe()
         self._thread: threading.Thread | None = None
 
