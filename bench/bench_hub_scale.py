@@ -451,6 +451,21 @@ def storm(gen: Generator, packets: list[bytes], hub: Hub, limit: float) -> dict[
                 due_at[i] = now + BACKOFF[min(k, len(BACKOFF) - 1)]
         time.sleep(0.002)
     took = time.monotonic() - t0
+    # What the storm left queued at the hub (retransmissions of spokes since
+    # answered) is still answered: wait until the hub has been quiet for 1 s.
+    late = 0
+
+    def count_late(idx: int, now: float) -> None:
+        nonlocal late
+        late += 1
+
+    quiet_since = time.monotonic()
+    drained_by = quiet_since + 120
+    while time.monotonic() - quiet_since < 1.0 and time.monotonic() < drained_by:
+        if gen.drain(count_late):
+            quiet_since = time.monotonic()
+        time.sleep(0.01)
+    backlog = max(0.0, quiet_since - t0 - took)
     api = probe.stop()
     retransmitted = sum(1 for a in attempts if a > 1)
     first = sorted(first_pass_answers)
@@ -464,6 +479,8 @@ def storm(gen: Generator, packets: list[bytes], hub: Hub, limit: float) -> dict[
         "requests_sent": sent,
         "first_pass_answered": len(first),
         "first_pass_rate": round(rate),
+        "backlog_seconds": round(backlog, 2),
+        "late_replies": late,
         "api": api,
     }
 

@@ -40,6 +40,7 @@ from dmvpn.dataplane.plane import DataPlaneCounters
 from dmvpn.nhrp import Engine, Event
 
 from . import views
+from .paging import Page, QueryError, parse_page
 from .views import Iface
 
 __all__ = [
@@ -328,7 +329,10 @@ class ApiServer:
         ifaces = self._selected(request)
         if isinstance(ifaces, web.Response):
             return ifaces
-        data = views.dmvpn_view(self.node, ifaces, self.now())
+        page = _page(request, views.DMVPN_STATES)
+        if isinstance(page, web.Response):
+            return page
+        data = views.dmvpn_view(self.node, ifaces, self.now(), page)
         if self.ipsec is not None:
             # Each peer's SA, as `show dmvpn detail` shows its crypto session.
             sas = {(p["local"], p["remote"]): p for p in self.ipsec.view()["peers"]}
@@ -350,7 +354,10 @@ class ApiServer:
         ifaces = self._selected(request)
         if isinstance(ifaces, web.Response):
             return ifaces
-        return _json(views.nhrp_view(self.node, ifaces, self.now()))
+        page = _page(request, None)
+        if isinstance(page, web.Response):
+            return page
+        return _json(views.nhrp_view(self.node, ifaces, self.now(), page))
 
     async def _nhs(self, request: web.Request) -> web.Response:
         ifaces = self._selected(request)
@@ -464,6 +471,14 @@ def _family(value: Any) -> int | web.Response | None:
     if str(value) not in ("4", "6"):
         return _error(400, f"family must be 4 or 6, not {value!r}")
     return int(value)
+
+
+def _page(request: web.Request, states: frozenset[str] | None) -> Page | web.Response:
+    """The list views' filters and page (api/paging.py), or a 400 naming the parameter."""
+    try:
+        return parse_page(request.query, states)
+    except QueryError as exc:
+        return _error(400, str(exc))
 
 
 def _offer(sub: _Subscriber, line: bytes | None, *, force: bool = False) -> None:

@@ -40,6 +40,8 @@ from dmvpn.nhrp import (
 )
 from dmvpn.wire import Address, PacketType, address_text
 
+from .paging import Page
+
 __all__ = [
     "ATTRIBUTE_LEGEND",
     "CLEAR_SCOPES",
@@ -206,58 +208,91 @@ def _entry_state(entry: CacheEntry, nhs: NhsStatus | None, now: float) -> tuple[
 # ---------------------------------------------------------------- show dmvpn
 
 
-def dmvpn_interface(iface: Iface, now: float) -> dict[str, Any]:
-    """One interface of `show dmvpn`: its peers (entries grouped by NBMA address)."""
+# What `state=` may be on /v1/dmvpn (the State column, lower case).
+DMVPN_STATES = frozenset({"up", "nhrp", "down"})
+
+
+def dmvpn_interface(iface: Iface, now: float, page: Page | None = None) -> dict[str, Any]:
+    """One interface of `show dmvpn`: its peers (entries grouped by NBMA
+    address), filtered and paged by `page` (api/paging.py): rows are built
+    for the page's peers only."""
     engine = iface.engine
     nexthops = _shortcut_next_hops(engine)
     nhs_by_protocol = {s.protocol: s for s in engine.nhs_states()}
-    groups: dict[Any, list[tuple[bool, dict[str, Any]]]] = {}
+    groups: dict[Any, list[CacheEntry]] = {}
     group_nbma: dict[Any, Address | None] = {}
     for entry in engine.entries():
         if _is_own(entry, engine):
             continue
-        nhs = nhs_by_protocol.get(entry.protocol) if entry.type == EntryType.NHS else None
-        state, seconds = _entry_state(entry, nhs, now)
-        attrs = attributes(entry, nexthops)
-        row = {
-            "tunnel_address": address_text(entry.next_hop or entry.protocol),
-            "target": f"{address_text(entry.protocol)}/{entry.prefix_length}",
-            "type": entry.type.value,
-            "state": state,
-            "updn_seconds": round(seconds, 1),
-            "updn": format_duration(round(seconds, 1)),
-            "attributes": attrs,
-            "attrb": "".join(attrs),
-            "claimed_nbma": _text(entry.claimed_nbma),
-        }
+        if page is not None:
+            if not page.matches_peer(entry):
+                continue
+            if page.state is not None:
+                nhs = nhs_by_protocol.get(entry.protocol) if entry.type == EntryType.NHS else None
+                if _entry_state(entry, nhs, now)[0].lower() != page.state:
+                    continue
         # Entries without an NBMA address (incomplete) are a peer each.
         key: Any = entry.nbma if entry.nbma is not None else ("incomplete", entry.protocol)
-        groups.setdefault(key, []).append((not entry.is_host, row))
+        groups.setdefault(key, []).append(entry)
         group_nbma[key] = entry.nbma
+    keys = sorted(groups, key=lambda k: (_addr_key(group_nbma[k]), str(k)))
+    total = len(keys)
+    if page is not None:
+        start, end = page.slice(total)
+        keys = keys[start:end]
     peers = []
-    for key in sorted(groups, key=lambda k: (_addr_key(group_nbma[k]), str(k))):
+    for key in keys:
         # Host entries (the peer's tunnel address) first, then prefixes; each
         # by address (a stable sort of entries already in address order).
-        rows = [row for _, row in sorted(groups[key], key=lambda pair: pair[0])]
+        entries = sorted(groups[key], key=lambda e: not e.is_host)
+        rows = [_dmvpn_row(e, nhs_by_protocol, nexthops, now) for e in entries]
         peers.append({"nbma": _text(group_nbma[key]), "entry_count": len(rows), "entries": rows})
-    return {
+    view = {
         "interface": iface.name,
         "family": iface.family,
         "type": _role(engine),
         "tunnel_address": address_text(engine.config.protocol_address),
         "nbma_address": address_text(engine.nbma),
         "public_nbma": _text(engine.public_nbma),
-        "peer_count": len(peers),
+        "peer_count": total,
         "peers": peers,
+    }
+    if page is not None:
+        view.update(page.paging(total, len(peers)))
+    return view
+
+
+def _dmvpn_row(
+    entry: CacheEntry,
+    nhs_by_protocol: dict[Address, NhsStatus],
+    nexthops: set[Address],
+    now: float,
+) -> dict[str, Any]:
+    nhs = nhs_by_protocol.get(entry.protocol) if entry.type == EntryType.NHS else None
+    state, seconds = _entry_state(entry, nhs, now)
+    attrs = attributes(entry, nexthops)
+    return {
+        "tunnel_address": address_text(entry.next_hop or entry.protocol),
+        "target": f"{address_text(entry.protocol)}/{entry.prefix_length}",
+        "type": entry.type.value,
+        "state": state,
+        "updn_seconds": round(seconds, 1),
+        "updn": format_duration(round(seconds, 1)),
+        "attributes": attrs,
+        "attrb": "".join(attrs),
+        "claimed_nbma": _text(entry.claimed_nbma),
     }
 
 
-def dmvpn_view(node: str, ifaces: Sequence[Iface], now: float) -> dict[str, Any]:
-    """`show dmvpn`: {"node", "legend", "interfaces": [...]}."""
+def dmvpn_view(
+    node: str, ifaces: Sequence[Iface], now: float, page: Page | None = None
+) -> dict[str, Any]:
+    """`show dmvpn`: {"node", "legend", "interfaces": [...]}; `page` filters
+    and pages each interface's peers."""
     return {
         "node": node,
         "legend": ATTRIBUTE_LEGEND,
-        "interfaces": [dmvpn_interface(i, now) for i in ifaces],
+        "interfaces": [dmvpn_interface(i, now, page) for i in ifaces],
     }
 
 
@@ -279,13 +314,26 @@ def _nhrp_entry(
     return view
 
 
-def nhrp_view(node: str, ifaces: Sequence[Iface], now: float) -> dict[str, Any]:
-    """`show nhrp` (the cache): {"node", "entries": [...]} sorted by address."""
-    entries: list[dict[str, Any]] = []
+def nhrp_view(
+    node: str, ifaces: Sequence[Iface], now: float, page: Page | None = None
+) -> dict[str, Any]:
+    """`show nhrp` (the cache): {"node", "entries": [...]} sorted by address;
+    `page` filters (peer, entry type) and pages them, rows built for the
+    page only."""
+    selected: list[tuple[Iface, CacheEntry]] = []
+    keep = page.entry_filter() if page is not None else None
     for iface in ifaces:
-        nexthops = _shortcut_next_hops(iface.engine)
-        entries += [_nhrp_entry(iface, e, nexthops, now) for e in iface.engine.entries()]
-    return {"node": node, "entries": entries}
+        selected += [(iface, e) for e in iface.engine.entries() if keep is None or keep(e)]
+    total = len(selected)
+    if page is not None:
+        start, end = page.slice(total)
+        selected = selected[start:end]
+    nexthops = {id(i): _shortcut_next_hops(i.engine) for i in ifaces}
+    entries = [_nhrp_entry(i, e, nexthops[id(i)], now) for i, e in selected]
+    view: dict[str, Any] = {"node": node, "entries": entries}
+    if page is not None:
+        view.update(page.paging(total, len(entries)))
+    return view
 
 
 def shortcut_view(node: str, ifaces: Sequence[Iface], now: float) -> dict[str, Any]:

@@ -225,8 +225,28 @@ def _client(opts: dict[str, Any]) -> ApiClient:
 
 
 def _query(opts: dict[str, Any]) -> str:
-    params = {k: opts[k] for k in ("interface", "family") if opts.get(k)}
+    keys = ("interface", "family", "peer", "state", "limit", "offset")
+    params = {k: opts[k] for k in keys if opts.get(k) is not None and opts.get(k) != ""}
     return f"?{urlencode(params)}" if params else ""
+
+
+def _filters(func: F) -> F:
+    """What a hub with thousands of peers needs of a list view (api/paging.py)."""
+    func = click.option("--offset", type=click.IntRange(0), default=None, help="Skip the first N.")(
+        func
+    )
+    func = click.option(
+        "--limit", type=click.IntRange(0), default=None, help="At most N peers/entries (0: counts)."
+    )(func)
+    func = click.option(
+        "--state",
+        default=None,
+        help="Only this state (dmvpn: up, nhrp, down; nhrp: the entry type, e.g. dynamic).",
+    )(func)
+    func = click.option(
+        "--peer", default=None, help="Only this peer (its tunnel or NBMA address)."
+    )(func)
+    return func
 
 
 def _emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
@@ -260,7 +280,11 @@ def render_dmvpn(data: dict[str, Any]) -> str:
         kind = "/".join(part.capitalize() for part in itf["type"].split("/"))
         family = itf.get("family", 4)
         out.append(f"\nInterface: {itf['interface']}, IPv{family} NHRP Details\n")
-        out.append(f"Type:{kind}, NHRP Peers:{itf['peer_count']},\n\n")
+        out.append(f"Type:{kind}, NHRP Peers:{itf['peer_count']},\n")
+        if itf.get("count", itf["peer_count"]) != itf["peer_count"]:  # a page of them
+            first = itf["offset"] + 1 if itf["count"] else itf["offset"]
+            out.append(f"Showing peers {first}-{itf['offset'] + itf['count']}\n")
+        out.append("\n")
         out.append(" # Ent  Peer NBMA Addr Peer Tunnel Add State  UpDn Tm Attrb\n")
         out.append(" ----- --------------- --------------- ----- -------- -----\n")
         for peer in itf["peers"]:
@@ -458,6 +482,7 @@ def show_group() -> None:
 
 @show_group.command("dmvpn")
 @_common
+@_filters
 @click.pass_context
 def show_dmvpn_cmd(ctx: click.Context, /, **given: Any) -> None:
     """Peers per interface: NBMA and tunnel address, state, up/down time, attributes."""
@@ -467,6 +492,7 @@ def show_dmvpn_cmd(ctx: click.Context, /, **given: Any) -> None:
 
 @show_group.group("nhrp", invoke_without_command=True)
 @_common
+@_filters
 @click.pass_context
 def show_nhrp_group(ctx: click.Context, /, **given: Any) -> None:
     """The NHRP cache (like `show ip nhrp`); subcommands: nhs, shortcut, traffic."""
