@@ -33,6 +33,7 @@ the generator (Python, one core) could offer at all.
 Run: sudo .venv/bin/python bench/bench_hub_scale.py --spokes 1000 10000 50000
      [--multicast both] [--rates 5000 10000 20000 30000] [--seconds 3]
      [--storm-limit 90] [--src DIR: run the hub from another tree's src]
+     [--profile FILE: cProfile the hub; pstats FILE afterwards]
 """
 
 from __future__ import annotations
@@ -328,7 +329,9 @@ def pct(sorted_values: list[float], p: float) -> float:
 
 
 class Hub:
-    def __init__(self, tmp: Path, multicast: bool, src: Path | None, core: int) -> None:
+    def __init__(
+        self, tmp: Path, multicast: bool, src: Path | None, core: int, profile: Path | None
+    ) -> None:
         self.sock = tmp / "hub.sock"
         self.cfg = tmp / "hub.yaml"
         self.log = tmp / "hub.log"
@@ -336,10 +339,15 @@ class Hub:
         env = dict(os.environ)
         if src is not None:
             env["PYTHONPATH"] = str(src)
+        main = "import sys; from dmvpn.cli import main; sys.exit(main())"
+        if profile is not None:  # cProfile of the whole run, written at SIGTERM
+            main = (
+                "import cProfile, sys; from dmvpn.cli import main; "
+                f"cProfile.run('main()', {str(profile)!r})"
+            )
         argv = [
             "ip", "netns", "exec", HUB_NS, "taskset", "-c", str(core),
-            sys.executable, "-c", "import sys; from dmvpn.cli import main; sys.exit(main())",
-            "run", "-c", str(self.cfg),
+            sys.executable, "-c", main, "run", "-c", str(self.cfg),
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env=env
@@ -538,7 +546,7 @@ def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str,
     gen = Generator(spokes)
     result: dict[str, Any] = {"spokes": spokes, "multicast": multicast}
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-") as tmp:
-        hub = Hub(Path(tmp), multicast, args.src, args.hub_core)
+        hub = Hub(Path(tmp), multicast, args.src, args.hub_core, args.profile)
         try:
             result["rss_idle_mb"] = round(hub.rss_mb(), 1)
             result["storm"] = storm(gen, packets[0], hub, args.storm_limit)
@@ -589,6 +597,7 @@ def main() -> int:
     p.add_argument("--hub-core", type=int, default=0)
     p.add_argument("--gen-core", type=int, default=1)
     p.add_argument("--src", type=Path, help="run the hub from this src tree (PYTHONPATH)")
+    p.add_argument("--profile", type=Path, help="cProfile the hub into this file (one run)")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
