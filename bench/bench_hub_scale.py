@@ -182,6 +182,31 @@ def spoke_request(index: int) -> bytes:
     return sent[0].packet.encode()
 
 
+# In IPv4 (20) + GRE with key (8) + NHRP: ar$chksum at NHRP offset 12,
+# ar$reqid at 24 (RFC 2332 5.2.0.1, 5.2.1).
+_CSUM_AT, _RID_AT = 28 + 12, 28 + 24
+
+
+def _add16(a: int, b: int) -> int:
+    s = a + b
+    return (s & 0xFFFF) + (s >> 16)
+
+
+def with_request_id(packet: bytes, rid: int) -> bytes:
+    """The packet with another request ID, its NHRP checksum updated
+    incrementally (RFC 1624: HC' = ~(~HC + ~m + m'))."""
+    old = packet[_RID_AT : _RID_AT + 4]
+    new = rid.to_bytes(4, "big")
+    hc = int.from_bytes(packet[_CSUM_AT : _CSUM_AT + 2], "big")
+    acc = ~hc & 0xFFFF
+    for i in (0, 2):
+        m = int.from_bytes(old[i : i + 2], "big")
+        m2 = int.from_bytes(new[i : i + 2], "big")
+        acc = _add16(_add16(acc, ~m & 0xFFFF), m2)
+    csum = (~acc & 0xFFFF).to_bytes(2, "big")
+    return packet[:_CSUM_AT] + csum + packet[_CSUM_AT + 2 : _RID_AT] + new + packet[_RID_AT + 4 :]
+
+
 def ip_header(src: IPv4Address, length: int) -> bytes:
     # id 0 and checksum 0: the kernel fills both (IP_HDRINCL).
     return struct.pack(
@@ -191,7 +216,7 @@ def ip_header(src: IPv4Address, length: int) -> bytes:
 
 def build_packets(spokes: int, rounds: int) -> list[list[bytes]]:
     """Per round, per spoke: IPv4 + GRE (key) + Registration Request, a new
-    request ID each round (as a spoke's refresh has)."""
+    request ID each round; refreshes patch the ID per send (with_request_id)."""
     from dmvpn.wire import decode_nhrp
 
     template = decode_nhrp(spoke_request(0))
@@ -210,6 +235,8 @@ def build_packets(spokes: int, rounds: int) -> list[list[bytes]]:
             row.append(ip_header(nbma, len(gre) + len(pkt)) + gre + pkt)
         out.append(row)
     assert out[0][0][28:] == spoke_request(0), "template differs from a spoke's request"
+    again = replace(template, request_id=123456789).encode()
+    assert with_request_id(out[0][0], 123456789)[28:] == again, "checksum update differs"
     return out
 
 
@@ -228,6 +255,7 @@ class Generator:
         self.base = int(FIRST_SPOKE_NBMA)
         self.sent_at: list[float] = [0.0] * spokes
         self.tx_dropped = 0
+        self.rid = 1 << 24  # request IDs of refreshes (above the storm's)
 
     def send(self, packet: bytes) -> None:
         while True:
@@ -517,7 +545,9 @@ def refresh_step(
             idx = (start + k) % n
             sent_at[idx] = time.monotonic()
             pending[idx] = True
-            gen.send(packets[idx])
+            # A refresh is a new request (a new ID), never a copy of one.
+            gen.rid += 1
+            gen.send(with_request_id(packets[idx], gen.rid))
             k += 1
         gen.drain(on_reply)
         if k >= want:
@@ -540,7 +570,7 @@ def refresh_step(
 
 
 def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str, Any]:
-    rounds = 1 + len(args.rates)
+    rounds = 1
     packets = build_packets(spokes, rounds)
     lab_up()
     gen = Generator(spokes)
@@ -557,13 +587,24 @@ def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str,
                 result["neighbours_after_storm"] = neighbours(HUB_NS)
                 steps = []
                 total_refreshes = 0
-                for r, rate in enumerate(args.rates):
-                    step = refresh_step(gen, packets[1 + r], rate, args.seconds, 0)
+                for rate in args.rates:
+                    step = refresh_step(gen, packets[0], rate, args.seconds, 0)
                     total_refreshes += step["sent"]
                     steps.append(step)
                     print(json.dumps(step), file=sys.stderr, flush=True)
                     if step["answered_pct"] < 90:
                         break
+                if args.soak:
+                    # Memory under refresh traffic: RSS before and after
+                    # --soak refreshes at --soak-rate (answered fraction too).
+                    rss0 = hub.rss_mb()
+                    soak = refresh_step(
+                        gen, packets[0], args.soak_rate, args.soak / args.soak_rate, 0
+                    )
+                    total_refreshes += soak["sent"]
+                    soak.update(rss_before_mb=round(rss0, 1), rss_after_mb=round(hub.rss_mb(), 1))
+                    result["soak"] = soak
+                    print(json.dumps(soak), file=sys.stderr, flush=True)
                 result["refresh"] = steps
                 ok = [s for s in steps if s["answered_pct"] >= 99]
                 result["refresh_max_99"] = max((s["rate"] for s in ok), default=None)
@@ -598,6 +639,8 @@ def main() -> int:
     p.add_argument("--gen-core", type=int, default=1)
     p.add_argument("--src", type=Path, help="run the hub from this src tree (PYTHONPATH)")
     p.add_argument("--profile", type=Path, help="cProfile the hub into this file (one run)")
+    p.add_argument("--soak", type=int, default=0, help="then N refreshes (RSS before/after)")
+    p.add_argument("--soak-rate", type=float, default=8000.0)
     args = p.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
