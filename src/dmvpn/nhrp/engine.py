@@ -23,7 +23,6 @@ from typing import Any, Literal
 from dmvpn.wire import (
     Address,
     AuthenticationExtension,
-    CieCode,
     DecodeError,
     ErrorCode,
     NhrpPacket,
@@ -37,10 +36,9 @@ from .cache import BOUND_TYPES, CacheEntry, EntryType, entry_order, host_length
 from .client import NhsClient, NhsStatus
 from .config import EngineConfig, NhsConfig
 from .core import Core
-from .outputs import EventKind, Output, SendPacket
+from .outputs import EventKind, Output
 from .purge import Purges
 from .ratelimit import TokenBucket
-from .replay import ReplayCache
 from .resolver import Resolver
 from .routing import RoutingView
 from .server import Server
@@ -61,8 +59,6 @@ class Engine:
         self._purges = Purges(self._core)
         self._client = NhsClient(self._core, self._purges)
         self._server = Server(self._core, self._purges)
-        # Copies of answered Registration Requests (storms): replay.py.
-        self._replay = ReplayCache() if config.server else None
         self._resolver = Resolver(self._core, self._client)
         self.started = False
 
@@ -152,8 +148,6 @@ class Engine:
         core = self._core
         core.config = config
         core.budget = TokenBucket(config.max_send, config.max_send_interval)
-        if self._replay is not None:  # a new secret or holding time: no old answers
-            self._replay.clear()
         self._server.redirects.interval = config.redirect_interval
         core.event(
             EventKind.RETUNED,
@@ -250,16 +244,6 @@ class Engine:
     def receive(self, data: bytes, src_nbma: Address, now: float) -> None:
         core = self._core
         core.stats["rx.packets"] += 1
-        replay = self._replay
-        if replay is not None and (again := replay.lookup(data, src_nbma, now, core.cache)):
-            core.stats["rx.registration_request"] += 1
-            core.stats["rx.retransmission_replayed"] += 1
-            if core.budget.take(now):
-                core.outputs.append(again)
-                core.stats["tx.registration_reply"] += 1
-            else:
-                core.stats["tx.rate_limited"] += 1
-            return
         try:
             pkt = decode_nhrp(data)
         except DecodeError as exc:
@@ -272,29 +256,10 @@ class Engine:
                 offset=exc.offset,
             )
             return
-        sent = len(core.outputs)
         try:
             self._dispatch(pkt, src_nbma, now)
         except Exception as exc:  # pragma: no cover - a bug, kept out of the host
             self._internal_error("receive", exc)
-            return
-        if replay is not None and pkt.type == PacketType.REGISTRATION_REQUEST:
-            self._remember_answer(data, pkt, src_nbma, now, sent)
-
-    def _remember_answer(
-        self, data: bytes, pkt: NhrpPacket, src_nbma: Address, now: float, sent: int
-    ) -> None:
-        """A successful Registration Reply to this request: kept for its copies."""
-        assert self._replay is not None
-        for out in self._core.outputs[sent:]:
-            if (
-                isinstance(out, SendPacket)
-                and out.nbma == src_nbma
-                and out.packet.type == PacketType.REGISTRATION_REPLY
-                and all(c.code == CieCode.SUCCESS for c in out.packet.cies)
-            ):
-                self._replay.remember(data, src_nbma, now, out, pkt.src_proto)
-                return
 
     def _internal_error(self, where: str, exc: Exception) -> None:
         self._core.stats["internal_errors"] += 1
