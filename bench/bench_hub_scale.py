@@ -646,6 +646,10 @@ def main() -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     os.sched_setaffinity(0, {args.gen_core})
+    # SIGTERM/SIGINT (even when started in the background, where SIGINT is
+    # ignored) end the run through the `finally`s: the namespaces and the hub go.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(128 + 15))
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.multicast]
     results = []
     started = datetime.now(UTC).isoformat(timespec="seconds")
