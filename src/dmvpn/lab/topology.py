@@ -445,12 +445,17 @@ class Topology(_Strict):
             else:
                 # Phase 1: everything through the hub. Phase 3: the same
                 # summary, and the hub's redirect brings shortcuts.
+                # With several hubs (dual hub): through whichever NHS is up,
+                # found dead within a second and a half (docs/ROUTING.md).
                 hub1 = self.hubs[0]
-                routes.append({"prefix": str(self.lan_summary), "via": str(_ip(hub1.tunnel))})
+                dual = len(self.hubs) > 1
+                via: str = "nhs" if dual else str(_ip(hub1.tunnel))
+                routes.append({"prefix": str(self.lan_summary), "via": via})
                 if self.ipv6:
-                    routes.append(
-                        {"prefix": str(self.lan_summary6), "via": str(_ip6(hub1.tunnel6))}
-                    )
+                    via6 = "nhs" if dual else str(_ip6(hub1.tunnel6))
+                    routes.append({"prefix": str(self.lan_summary6), "via": via6})
+                if dual:
+                    nhrp["nhs_liveness"] = {"interval": 0.5, "multiplier": 3}
         if self.authentication is not None:
             nhrp["authentication"] = self.authentication
         return {
