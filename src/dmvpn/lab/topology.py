@@ -46,6 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from dmvpn.config import ConfigError, read_yaml
 
+from .routingconf import RoutingSpec
+
 __all__ = [
     "DEFAULT_PREFIX",
     "INET",
@@ -187,6 +189,10 @@ class Topology(_Strict):
     dataplane: Literal["userspace", "ebpf", "auto"] | None = None
     tunnel_network6: IPv6Network = IPv6Network("fd00::/64")
     lan_summary6: IPv6Network = IPv6Network("fd00::/16")
+    # How routes cross the cloud: the daemon's static routes (default) or
+    # FRR routing daemons beside it in each router's namespace
+    # (dmvpn.lab.routingconf, docs/ROUTING.md).
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
 
     _plan: dict[str, NodePlan] = PrivateAttr(default_factory=dict)
 
@@ -314,6 +320,8 @@ class Topology(_Strict):
         # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
         order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
         self._plan = {p.name: p for p in order}
+        if self.routing.dynamic and any(p.kind == "frr" for p in order):
+            raise ValueError("routing: the lab runs routing daemons beside dmvpn nodes only")
         if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
             raise ValueError(
                 "ipsec_psk: frr nodes run no strongSwan in the lab; "
@@ -458,6 +466,9 @@ class Topology(_Strict):
                     nhrp["nhs_liveness"] = {"interval": 0.5, "multiplier": 3}
         if self.authentication is not None:
             nhrp["authentication"] = self.authentication
+        if self.routing.dynamic:
+            routes = []  # the routing protocol brings them (routingconf)
+            nhrp.pop("nhs_liveness", None)  # its hellos (and BFD) find a dead hub
         return {
             "node": name,
             "interfaces": [
