@@ -467,8 +467,9 @@ class Topology(_Strict):
         if self.authentication is not None:
             nhrp["authentication"] = self.authentication
         if self.routing.dynamic:
-            routes = []  # the routing protocol brings them (routingconf)
-            nhrp.pop("nhs_liveness", None)  # its hellos (and BFD) find a dead hub
+            # The routing protocol brings the routes (routingconf); NHRP still
+            # needs the liveness check to stop resolving through a dead hub.
+            routes = []
         return {
             "node": name,
             "interfaces": [
