@@ -18,7 +18,14 @@ bounded by --deadline.
 Also per design: the lab's convergence from `lab up` (every spoke
 registered, and for OSPF the route to the other LAN installed).
 
-Run: sudo .venv/bin/python bench/bench_hub_failover.py [--trials 5] [--deadline 20]
+With --idle instead: per design, one hub and three spokes, the time from
+`lab up` to spoke1 holding a route to host3's LAN (for a routing protocol,
+after its daemons started), then the hub's packets per second in over 10 s
+idle: GRE in on the underlay (NHRP + everything tunnelled) and what of it
+reached the TAP (routing protocol packets, BFD, liveness echoes; NHRP
+never does), so NHRP/s is the difference.
+
+Run: sudo .venv/bin/python bench/bench_hub_failover.py [--trials 5] [--deadline 20] [--idle]
 """
 
 from __future__ import annotations
@@ -106,10 +113,62 @@ def series(name: str, n: int, run: Callable[[], tuple[float, float, bool]]) -> d
     return row
 
 
+def counter(lab: Lab, node: str, dev: str, what: str) -> int:
+    path = f"/sys/class/net/{dev}/statistics/{what}"
+    return int(lab.exec(node, ["cat", path], capture_output=True, text=True).stdout)
+
+
+def idle(name: str, routing: Any, hubs: int = 1, seconds: float = 10.0) -> None:
+    nodes = {"hubs": [{"name": f"hub{n}"} for n in range(1, hubs + 1)]}
+    topo = Topology.from_data({"routing": routing, "nodes": nodes})
+    lab = Lab(topo, prefix=f"bhi{os.getpid() % 100000}-")
+    start = time.monotonic()
+    lab.up()
+    try:
+        runner = Runner(lab)
+        runner.start()
+        runner.wait_registered()
+        if topo.routing.dynamic:
+            RoutingDaemons(lab).start()
+
+        def route() -> bool:
+            for prefix in ("192.168.3.0/24", "192.168.0.0/16"):
+                out = lab.exec("spoke1", ["ip", "route", "show", prefix], capture_output=True)
+                if out.stdout.strip():
+                    return True
+            return False
+
+        runner.wait_for("a route to host3's LAN", route, 90)
+        took = time.monotonic() - start
+        time.sleep(3)
+        before = (
+            counter(lab, "hub1", "nbma0", "rx_packets"),
+            counter(lab, "hub1", "dmvpn0", "rx_packets"),
+        )
+        time.sleep(seconds)
+        after = (
+            counter(lab, "hub1", "nbma0", "rx_packets"),
+            counter(lab, "hub1", "dmvpn0", "rx_packets"),
+        )
+        underlay = (after[0] - before[0]) / seconds
+        tap = (after[1] - before[1]) / seconds
+        row = {
+            "design": name,
+            "convergence_s": round(took, 2),
+            "hub_underlay_in_pps": round(underlay, 1),
+            "hub_tap_in_pps": round(tap, 1),
+            "nhrp_pps_approx": round(underlay - tap, 1),
+        }
+        print(json.dumps(row), flush=True)
+    finally:
+        lab.down()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--deadline", type=float, default=20.0)
+    ap.add_argument("--idle", action="store_true", help="convergence and idle packet rates")
     args = ap.parse_args()
     print(
         json.dumps(
@@ -122,6 +181,17 @@ def main() -> None:
             }
         )
     )
+    if args.idle:
+        idle("static, one hub", "static")
+        idle("static, two hubs (liveness 0.5 s)", "static", hubs=2)
+        idle("ospf broadcast", "ospf")
+        idle(
+            "ospf p2mp + bfd",
+            {"protocol": "ospf", "ospf_network": "point-to-multipoint", "bfd": True},
+        )
+        idle("rip, split horizon off", {"protocol": "rip", "split_horizon": False})
+        idle("bgp", "bgp")
+        return
     d = args.deadline
     series("baseline: fixed via hub1, cold", 1, lambda: trial("static", False, d, fixed=True))
     series("static via nhs + liveness, cold", args.trials, lambda: trial("static", False, d))

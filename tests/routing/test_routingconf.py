@@ -74,3 +74,15 @@ def test_bad_routing_is_refused_naming_why(routing: object, problem: str) -> Non
     with pytest.raises(TopologyError) as info:
         topo(routing)
     assert any(problem in p for p in info.value.problems), info.value.problems
+
+
+def test_dual_hub_labs_route_via_whichever_nhs_is_up() -> None:
+    t = Topology.from_data({"nodes": {"hubs": [{"name": "hub1"}, {"name": "hub2"}]}})
+    spoke = parse_config(t.node_config("spoke1"))
+    assert [(str(r.prefix), r.via) for r in spoke.routes] == [("192.168.0.0/16", "nhs")]
+    live = spoke.interfaces[0].nhrp.nhs_liveness
+    assert live is not None and (live.interval, live.multiplier) == (0.5, 3)
+    # One hub: the fixed route of before, no liveness echoes.
+    single = parse_config(Topology.default().node_config("spoke1"))
+    assert str(single.routes[0].via) == "10.0.0.1"
+    assert single.interfaces[0].nhrp.nhs_liveness is None
