@@ -60,10 +60,10 @@ def converged(lab: Lab) -> bool:
 
 
 def trial(
-    routing: Any, traffic: bool, deadline: float, fixed: bool = False
+    routing: Any, traffic: bool, deadline: float, fixed: bool = False, phase: int = 3
 ) -> tuple[float, float, bool]:
     """(convergence s, outage s, recovered) of one fresh lab."""
-    topo = Topology.from_data({"routing": routing, "nodes": NODES})
+    topo = Topology.from_data({"routing": routing, "nodes": NODES, "phase": phase})
     lab = Lab(topo, prefix=f"bhf{os.getpid() % 100000}-")
     start = time.monotonic()
     lab.up()
@@ -97,7 +97,14 @@ def trial(
         lab.down()
 
 
-def series(name: str, n: int, run: Callable[[], tuple[float, float, bool]]) -> dict[str, Any]:
+ONLY: list[str] = []
+
+
+def series(
+    name: str, n: int, run: Callable[[], tuple[float, float, bool]]
+) -> dict[str, Any] | None:
+    if ONLY and not any(word in name for word in ONLY):
+        return None
     results = [run() for _ in range(n)]
     outages = [r[1] for r in results]
     row = {
@@ -169,7 +176,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--deadline", type=float, default=20.0)
     ap.add_argument("--idle", action="store_true", help="convergence and idle packet rates")
+    ap.add_argument("--only", action="append", default=[], help="designs whose name has this")
     args = ap.parse_args()
+    ONLY.extend(args.only)
     print(
         json.dumps(
             {
@@ -196,6 +205,12 @@ def main() -> None:
     series("baseline: fixed via hub1, cold", 1, lambda: trial("static", False, d, fixed=True))
     series("static via nhs + liveness, cold", args.trials, lambda: trial("static", False, d))
     series("static via nhs + liveness, traffic", args.trials, lambda: trial("static", True, d))
+    # Phase 1: traffic always crosses a hub, so the kill hits flowing traffic.
+    series(
+        "static via nhs + liveness, phase 1, traffic",
+        args.trials,
+        lambda: trial("static", True, d, phase=1),
+    )
     ospf = {"protocol": "ospf", "ospf_network": "point-to-multipoint", "bfd": True}
     series("ospf p2mp + bfd, cold", args.trials, lambda: trial(ospf, False, d))
 
