@@ -148,3 +148,14 @@ def test_engine_marks_an_unreachable_nhs_down_and_fails_over() -> None:
     # Already down: nothing changes; unknown address: nothing either.
     assert not engine.nhs_unreachable(A("10.0.0.1"), 2.0, "again")
     assert not engine.nhs_unreachable(A("10.0.0.9"), 2.0, "not an NHS")
+
+
+def test_dual_hub_example_loads() -> None:
+    from pathlib import Path
+
+    from dmvpn.config import load_config
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "spoke-dual-hub.yaml"
+    config = load_config(example)
+    assert config.routes[0].via == "nhs" and config.routes[0].tracked
+    assert config.interfaces[0].nhrp.nhs_liveness is not None
