@@ -123,3 +123,45 @@ def summary_hops(lab: Lab, node: str, prefix: str) -> list[str]:
     out = lab.exec(node, ["ip", "route", "show", prefix], capture_output=True, text=True).stdout
     words = out.split()
     return [words[i + 1] for i, w in enumerate(words) if w == "via" and i + 1 < len(words)]
+
+
+def test_dual_cloud_loses_one_cloud_not_the_site(tmp_path: Path) -> None:
+    # Dual hub, dual cloud: each spoke has dmvpn0 (hub1, key 42) and dmvpn1
+    # (hub2, key 43); the summary is ECMP over both clouds and loses hub1's
+    # path when the liveness check on dmvpn0 loses hub1.
+    topo = Topology.from_data({**DUAL_HUB, "dual_cloud": True})
+    lab = Lab(topo, prefix=f"dhc{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
+    lab.up()
+    try:
+        runner = Runner(lab)
+        runner.start()
+        runner.wait_registered()
+        assert set(summary_hops(lab, "spoke1", "192.168.0.0/16")) == {"10.0.0.1", "10.0.1.2"}
+        links = lab.exec("spoke1", ["ip", "-br", "link"], capture_output=True, text=True).stdout
+        assert "dmvpn0" in links and "dmvpn1" in links
+        lost = outage(lab, "host1", "192.168.2.10", lambda: kill_daemon(lab, "hub1"), traffic=False)
+        assert lost.recovered and lost.seconds < 15.0, lost
+        runner.wait_for(
+            "hub1's cloud out of the summary",
+            lambda: all(
+                summary_hops(lab, s, "192.168.0.0/16") == ["10.0.1.2"] for s in ("spoke1", "spoke2")
+            ),
+            timeout=15,
+        )
+        # Phase 3 in the surviving cloud: a shortcut through dmvpn1.
+        assert lab.ping("host1", "192.168.2.10", timeout=5)
+        runner.wait_for(
+            "a shortcut in cloud 2",
+            lambda: (
+                "via 10.0.1.12 dev dmvpn1"
+                in lab.exec(
+                    "spoke1",
+                    ["ip", "route", "show", "proto", "177"],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            ),
+            timeout=20,
+        )
+    finally:
+        lab.down()

@@ -86,3 +86,36 @@ def test_dual_hub_labs_route_via_whichever_nhs_is_up() -> None:
     single = parse_config(Topology.default().node_config("spoke1"))
     assert str(single.routes[0].via) == "10.0.0.1"
     assert single.interfaces[0].nhrp.nhs_liveness is None
+
+
+def test_dual_cloud_gives_spokes_one_interface_per_hub() -> None:
+    hubs = {"hubs": [{"name": "hub1"}, {"name": "hub2"}]}
+    t = Topology.from_data({"dual_cloud": True, "nodes": hubs})
+    spoke = parse_config(t.node_config("spoke2"))
+    assert [(i.name, str(i.address), i.tunnel.key) for i in spoke.interfaces] == [
+        ("dmvpn0", "10.0.0.12/24", 42),
+        ("dmvpn1", "10.0.1.12/24", 43),
+    ]
+    assert [str(n.address) for i in spoke.interfaces for n in i.nhrp.nhs] == [
+        "10.0.0.1",
+        "10.0.1.2",
+    ]
+    assert [str(h) for h in spoke.routes[0].via] == ["10.0.0.1", "10.0.1.2"]  # type: ignore[union-attr]
+    hub2 = parse_config(t.node_config("hub2"))
+    assert str(hub2.interfaces[0].address) == "10.0.1.2/24" and hub2.interfaces[0].tunnel.key == 43
+    assert ("192.168.1.0/24", "10.0.1.11") in {(str(r.prefix), str(r.via)) for r in hub2.routes}
+    assert str(t.plan("hub2").tunnel) == "10.0.1.2/24"
+
+
+@pytest.mark.parametrize(
+    ("more", "problem"),
+    [
+        ({}, "dual_cloud needs at least two hubs"),
+        ({"phase": 2, "nodes": {"hubs": [{"name": "a"}, {"name": "b"}]}}, "phases 1 and 3"),
+        ({"routing": "ospf", "nodes": {"hubs": [{"name": "a"}, {"name": "b"}]}}, "static routing"),
+    ],
+)
+def test_dual_cloud_refusals(more: dict[str, object], problem: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        Topology.from_data({"dual_cloud": True, **more})
+    assert any(problem in p for p in info.value.problems), info.value.problems
