@@ -7,6 +7,8 @@ Designs, each measured `--trials` times on a fresh lab (median and worst):
     static     the lab's default with two hubs: `via: nhs` + NHS liveness
                echoes (0.5 s x 3), cold (no traffic before the kill) and
                with traffic flowing (ping every 50 ms before and after)
+    dual cloud a DMVPN interface per hub on each spoke, the summary ECMP over
+               both clouds (liveness on each), cold and phase 1 with traffic
     ospf-bfd   OSPF point-to-multipoint (next hop: the hubs, ECMP) with BFD
                (bfdd's defaults: 300 ms x 3) on every adjacency, cold
 
@@ -60,10 +62,17 @@ def converged(lab: Lab) -> bool:
 
 
 def trial(
-    routing: Any, traffic: bool, deadline: float, fixed: bool = False, phase: int = 3
+    routing: Any,
+    traffic: bool,
+    deadline: float,
+    fixed: bool = False,
+    phase: int = 3,
+    dual_cloud: bool = False,
 ) -> tuple[float, float, bool]:
     """(convergence s, outage s, recovered) of one fresh lab."""
-    topo = Topology.from_data({"routing": routing, "nodes": NODES, "phase": phase})
+    topo = Topology.from_data(
+        {"routing": routing, "nodes": NODES, "phase": phase, "dual_cloud": dual_cloud}
+    )
     lab = Lab(topo, prefix=f"bhf{os.getpid() % 100000}-")
     start = time.monotonic()
     lab.up()
@@ -210,6 +219,16 @@ def main() -> None:
         "static via nhs + liveness, phase 1, traffic",
         args.trials,
         lambda: trial("static", True, d, phase=1),
+    )
+    series(
+        "dual cloud (ECMP over clouds) + liveness, cold",
+        args.trials,
+        lambda: trial("static", False, d, dual_cloud=True),
+    )
+    series(
+        "dual cloud (ECMP over clouds) + liveness, phase 1, traffic",
+        args.trials,
+        lambda: trial("static", True, d, phase=1, dual_cloud=True),
     )
     ospf = {"protocol": "ospf", "ospf_network": "point-to-multipoint", "bfd": True}
     series("ospf p2mp + bfd, cold", args.trials, lambda: trial(ospf, False, d))
