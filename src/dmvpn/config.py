@@ -54,6 +54,18 @@ class Map(_Strict):
     nbma: IPv4Address
 
 
+class NhsLiveness(_Strict):
+    """Fast NHS failure detection, as Cisco's IP SLA icmp-echo + track: an
+    ICMP echo to each IPv4 NHS's tunnel address through the tunnel every
+    `interval` seconds; an NHS that answered before and then misses
+    `multiplier` echoes in a row is declared down at once (its registration
+    is retried with backoff, and static routes `via: nhs` move away). No
+    NHRP is sent for it: the hub's kernel answers the echoes."""
+
+    interval: Annotated[float, Field(ge=0.05, le=60)] = 0.5
+    multiplier: Annotated[int, Field(ge=2, le=50)] = 3
+
+
 class Nhrp(_Strict):
     network_id: Annotated[int, Field(ge=1, le=0xFFFFFFFF)]
     holdtime: Annotated[int, Field(ge=3, le=65535)] = 7200
@@ -72,6 +84,9 @@ class Nhrp(_Strict):
     auth_failure: Literal["error", "drop"] = "error"
     max_send: Annotated[int, Field(ge=1)] = 100_000
     server: bool | None = None  # default: an interface without NHSes is a hub
+    # Fast NHS failure detection (routing.md, "Hub redundancy"): None = off,
+    # an NHS is then down only when its registrations go unanswered.
+    nhs_liveness: NhsLiveness | None = None
 
     @field_validator("authentication")
     @classmethod
@@ -174,16 +189,40 @@ class Interface(_Strict):
 
 class Route(_Strict):
     """A route the daemon installs into the node's kernel table (IPv4 or,
-    over an interface with an ipv6_address, IPv6)."""
+    over an interface with an ipv6_address, IPv6).
+
+    `via` is one next hop (installed once, as it always was), a list of
+    next hops (ECMP over those usable: a next hop that is one of our NHSes
+    is usable while its registration is up, any other always), or `nhs`:
+    whichever NHSes of the prefix's family are up, those of the best
+    priority (ties: ECMP). A tracked route with no usable next hop is
+    withdrawn, as Cisco withdraws a static route whose track is down
+    (docs/ROUTING.md)."""
 
     prefix: IPv4Network | IPv6Network
-    via: IPv4Address | IPv6Address
+    via: (
+        IPv4Address
+        | IPv6Address
+        | Annotated[tuple[IPv4Address | IPv6Address, ...], Field(min_length=1, max_length=16)]
+        | Literal["nhs"]
+    )
 
     @model_validator(mode="after")
     def _same_family(self) -> Route:
-        if self.prefix.version != self.via.version:
-            raise ValueError(f"via {self.via} is not of the family of prefix {self.prefix}")
+        if self.via == "nhs":
+            return self
+        hops = self.via if isinstance(self.via, tuple) else (self.via,)
+        for hop in hops:
+            if self.prefix.version != hop.version:
+                raise ValueError(f"via {hop} is not of the family of prefix {self.prefix}")
+        if len(set(hops)) != len(hops):
+            raise ValueError("via lists a next hop twice")
         return self
+
+    @property
+    def tracked(self) -> bool:
+        """True when the next hops follow NHS state (a list, or `nhs`)."""
+        return not isinstance(self.via, IPv4Address | IPv6Address)
 
 
 # strongSwan proposal keywords (swanctl.conf "proposals"): algorithms joined
@@ -335,6 +374,15 @@ class NodeConfig(_Strict):
             i.ipv6_address is not None for i in self.interfaces
         ):
             raise ValueError("IPv6 routes need an interface with an ipv6_address")
+        for i, route in enumerate(self.routes):
+            if route.via == "nhs" and not any(
+                n.address.version == route.prefix.version
+                for itf in self.interfaces
+                for n in itf.nhrp.nhs
+            ):
+                raise ValueError(
+                    f"routes.{i}.via: nhs, but no interface has an IPv{route.prefix.version} NHS"
+                )
         if self.ipsec is not None:
             sources = [i.tunnel.source for i in self.interfaces]
             for i, itf in enumerate(self.interfaces):

@@ -372,6 +372,19 @@ def test_local_prefix_is_the_longest_connected_route_off_the_tunnel() -> None:
     assert t.local_prefix(a("fd00::1")) is None
 
 
+def test_local_prefix_is_not_a_blackhole_aggregate() -> None:
+    # bgpd's `aggregate-address 192.168.0.0/16 summary-only` on a hub: a
+    # blackhole (or a route with no device, through a nexthop object). A hub
+    # that took it as connected answered Resolution Requests with the
+    # summary as owner (issue 12).
+    t = spoke()
+    t.apply(RTM_NEWROUTE, 0, route("192.168.0.0/16", dev=None, kind=6))  # RTN_BLACKHOLE
+    assert t.local_prefix(a("192.168.2.10")) is None
+    t.apply(RTM_NEWROUTE, 0, route("192.168.64.0/18", dev=None))
+    assert t.local_prefix(a("192.168.64.1")) is None
+    assert t.local_prefix(a("192.168.1.10")) == ip_network("192.168.1.0/24")
+
+
 @pytest.mark.parametrize("prefix", ["fe80::/64", "ff00::/8"])
 def test_local_prefix_leaves_out_what_every_interface_has(prefix: str) -> None:
     t = RouteTable(6, TUN)

@@ -32,6 +32,7 @@ from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyErr
 from dmvpn.lab.demo import Demo, missing_tools
 from dmvpn.lab.frrconf import vtysh_command
 from dmvpn.lab.frrnode import FrrNodes, wait_registered
+from dmvpn.lab.routingd import RoutingDaemons
 from dmvpn.lab.runner import REGISTRATION_TIMEOUT, Runner, dmvpn_command
 from dmvpn.lab.text import summary, table_lines
 
@@ -106,6 +107,13 @@ def up_cmd(topology: Path | None, prefix: str, timeout: float) -> None:
         if frr.nodes:
             click.echo(f"nhrpd running on {', '.join(frr.nodes)} in {frr.wait_ready():.1f} s")
         took = wait_registered(runner, frr, timeout)
+        if topo.routing.dynamic:
+            # Routing daemons beside dmvpn (docs/ROUTING.md): over the tunnel, once it is up.
+            RoutingDaemons(lab).start()
+            click.echo(
+                f"FRR {topo.routing.protocol} running beside dmvpn (configs in "
+                f"{lab.run_dir}/<node>.routing/)"
+            )
     click.echo(f"every spoke registered in {took:.1f} s\n")
     _print_status(lab)
     hosts = topo.hosts

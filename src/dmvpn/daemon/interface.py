@@ -52,6 +52,7 @@ from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import RoutingView
 from dmvpn.wire import Address, address_text
 
+from .liveness import LivenessProber
 from .multicast import Item, MulticastTargets
 from .routing import RTPROT_DMVPN, KernelRouting
 
@@ -96,6 +97,11 @@ class InterfaceRuntime:
         # Called with (interface name, event) for every engine Event: the
         # management API's /v1/events subscribers.
         self.listeners: list[Callable[[str, Event], None]] = []
+        # Called when an NHS changes state, before the event is logged (so
+        # that whoever reads the log finds the routes already moved): the
+        # node's tracked static routes (daemon/static_routes.py).
+        self.nhs_listeners: list[Callable[[], None]] = []
+        self.liveness: LivenessProber | None = None  # nhrp.nhs_liveness
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -161,8 +167,29 @@ class InterfaceRuntime:
         for engine in self.engines:
             engine.start(self.now())
         self.apply()
+        self._start_liveness()
+
+    def _start_liveness(self) -> None:
+        live = self.cfg.nhrp.nhs_liveness
+        nhs = [n.address for n in self.cfg.nhrp.nhs if isinstance(n.address, IPv4Address)]
+        if live is None or not nhs:
+            return
+        self.liveness = LivenessProber(
+            self.cfg.name, nhs, live.interval, live.multiplier, self._nhs_lost
+        )
+        try:
+            self.liveness.start(self.loop)
+        except OSError as exc:
+            self.liveness = None
+            self.log("liveness-error", f"{self.cfg.name}: no NHS liveness check: {exc}")
+
+    def _nhs_lost(self, nhs: IPv4Address, reason: str) -> None:
+        if self.engine.nhs_unreachable(nhs, self.now(), reason):
+            self.apply()
 
     def stop(self) -> None:
+        if self.liveness is not None:
+            self.liveness.stop()
         for engine in self.engines:
             engine.stop(self.now())
         self.apply()
@@ -279,6 +306,9 @@ class InterfaceRuntime:
             self.ipsec.release(self.cfg.tunnel.source, out.nbma)
 
     def _event(self, out: Event) -> None:
+        if out.kind in (EventKind.NHS_UP, EventKind.NHS_DOWN, EventKind.NHS_STANDBY):
+            for listener in self.nhs_listeners:
+                listener()
         # A shortcut the gate holds was reported as deferred (Defer); `shortcut`
         # follows when the route is installed.
         if out.kind is not EventKind.SHORTCUT or not self.gate.holds(

@@ -26,6 +26,7 @@ from dmvpn.ipsec.charon import CharonError
 
 from .interface import InterfaceRuntime, Log
 from .reload import plan_reload
+from .static_routes import StaticRoutes
 
 
 def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) -> DataPlane:
@@ -72,6 +73,11 @@ class Node:
         self.interfaces: list[InterfaceRuntime] = []
         self._ipr: IPRoute | None = None
         self.ipsec: IpsecManager | None = None
+        self.routes: StaticRoutes | None = None
+
+    def nhs_states(self) -> list[Any]:
+        """Every NHS of every interface and family (for tracked routes)."""
+        return [s for rt in self.interfaces for e in rt.engines for s in e.nhs_states()]
 
     def _by_source(self, local: IPv4Address) -> InterfaceRuntime | None:
         return next((rt for rt in self.interfaces if rt.cfg.tunnel.source == local), None)
@@ -109,16 +115,9 @@ class Node:
             for why in plan.refused:
                 self.log("reload-refused", why)
             return
-        for route in plan.remove_routes:
-            try:
-                self._ipr.route("del", dst=str(route.prefix), gateway=str(route.via))
-            except Exception as exc:
-                self.log("route-error", f"could not remove {route.prefix}: {exc}")
-        for route in plan.add_routes:
-            try:
-                self._ipr.route("replace", dst=str(route.prefix), gateway=str(route.via))
-            except Exception as exc:
-                self.log("route-error", f"could not add {route.prefix}: {exc}")
+        if self.routes is not None:
+            self.routes.remove(plan.remove_routes)
+            self.routes.add(plan.add_routes)
         for rt in self.interfaces:
             if rt.cfg.name in plan.retune:
                 rt.retune(plan.retune[rt.cfg.name])
@@ -180,8 +179,10 @@ class Node:
                         rt.listeners.append(api.publish)
                         self.interfaces.append(rt)
                         rt.open()
-                    for route in self.config.routes:
-                        ipr.route("replace", dst=str(route.prefix), gateway=str(route.via))
+                    self.routes = StaticRoutes(ipr, self.log, self.nhs_states)
+                    for rt in self.interfaces:
+                        rt.nhs_listeners.append(self.routes.update)
+                    self.routes.add(self.config.routes)
                     for rt in self.interfaces:
                         rt.start()
                     self.log(

@@ -391,9 +391,15 @@ class RouteTable:
 
 def _counts_as_connected(route: Route, tap_index: int) -> bool:
     # The filter KernelRouting has always applied to `ip route show table main`.
+    # A connected route is a unicast route out of a device: not a blackhole
+    # (a routing daemon's aggregate, e.g. BGP's aggregate-address
+    # summary-only, which the hub must not answer Resolution Requests for
+    # as if it owned the summary: issue 12, seen with bgpd in the lab).
     net = route.network
     return (
-        route.oif != tap_index
+        route.type == RTN_UNICAST
+        and route.oif is not None
+        and route.oif != tap_index
         and route.gateway is None
         and net.prefixlen != 0
         and not net.is_link_local

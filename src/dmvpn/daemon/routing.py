@@ -317,7 +317,9 @@ class KernelRouting:
         af = socket.AF_INET if self.family == 4 else socket.AF_INET6
         routes: list[Any] = self.ipr.get_routes(family=af, table=254)
         for route in routes:
-            if route.get_attr("RTA_OIF") == self.tap_index or route.get_attr("RTA_GATEWAY"):
+            oif = route.get_attr("RTA_OIF")
+            # Connected: unicast out of a device (not a blackhole aggregate).
+            if oif in (None, self.tap_index) or route.get_attr("RTA_GATEWAY") or route["type"] != 1:
                 continue
             dst = route.get_attr("RTA_DST")
             if not dst or route["dst_len"] == 0:

@@ -30,6 +30,7 @@ plan derived from it are one concern (what the lab is), and each is small.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from ipaddress import (
     IPv4Address,
@@ -45,6 +46,8 @@ from typing import Annotated, Any, Literal, TypedDict
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from dmvpn.config import ConfigError, read_yaml
+
+from .routingconf import RoutingSpec
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -187,6 +190,14 @@ class Topology(_Strict):
     dataplane: Literal["userspace", "ebpf", "auto"] | None = None
     tunnel_network6: IPv6Network = IPv6Network("fd00::/64")
     lan_summary6: IPv6Network = IPv6Network("fd00::/16")
+    # How routes cross the cloud: the daemon's static routes (default) or
+    # FRR routing daemons beside it in each router's namespace
+    # (dmvpn.lab.routingconf, docs/ROUTING.md).
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    # Dual hub, dual cloud (docs/ROUTING.md): one DMVPN interface per hub on
+    # every spoke (dmvpnK, GRE key key+K, tunnel network K after
+    # tunnel_network), each hub alone on its cloud.
+    dual_cloud: bool = False
 
     _plan: dict[str, NodePlan] = PrivateAttr(default_factory=dict)
 
@@ -266,10 +277,13 @@ class Topology(_Strict):
             claim(path + ".name", spec.name)
             n = i if role == "hub" else 10 + i
             nbma_ip = spec.nbma or nth(self.underlay_network, n, path + ".nbma")
-            tun_ip = spec.tunnel or nth(self.tunnel_network, n, path + ".tunnel")
+            # Dual cloud: hub N alone on cloud N (cloud_network), spokes on every cloud.
+            tun_net = self.cloud_network(i - 1) if self.dual_cloud and role == "hub" else None
+            tun_net = tun_net or self.tunnel_network
+            tun_ip = spec.tunnel or nth(tun_net, n, path + ".tunnel")
             nbma = address(path + ".nbma", "underlay", self.underlay_network, nbma_ip)
             used["underlay", nbma_ip] = spec.name
-            tunnel = address(path + ".tunnel", "tunnel", self.tunnel_network, tun_ip)
+            tunnel = address(path + ".tunnel", "tunnel", tun_net, tun_ip)
             used["tunnel", tun_ip] = spec.name
             if not isinstance(spec, SpokeSpec):
                 plan[spec.name] = NodePlan(
@@ -314,12 +328,38 @@ class Topology(_Strict):
         # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
         order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
         self._plan = {p.name: p for p in order}
+        if self.dual_cloud:
+            self._check_dual_cloud(order)
+        if self.routing.dynamic and any(p.kind == "frr" for p in order):
+            raise ValueError("routing: the lab runs routing daemons beside dmvpn nodes only")
         if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
             raise ValueError(
                 "ipsec_psk: frr nodes run no strongSwan in the lab; "
                 "use ipsec_psk with dmvpn nodes only"
             )
         return self
+
+    def cloud_network(self, k: int) -> IPv4Network:
+        """The tunnel network of cloud k (0: tunnel_network, then the next ones up)."""
+        net = self.tunnel_network
+        return IPv4Network((int(net.network_address) + k * net.num_addresses, net.prefixlen))
+
+    def _check_dual_cloud(self, order: list[NodePlan]) -> None:
+        hubs = [p for p in order if p.role == "hub"]
+        why = None
+        if len(hubs) < 2:
+            why = "needs at least two hubs (one per cloud)"
+        elif self.phase == 2:
+            why = "is for phases 1 and 3 (the summary via the hubs)"
+        elif self.ipv6 or self.routing.dynamic or any(p.kind == "frr" for p in order):
+            why = "is built for IPv4, static routing and dmvpn nodes only"
+        else:
+            last = self.cloud_network(len(hubs) - 1)
+            clash = [n for n in (self.underlay_network, self.lan_summary) if n.overlaps(last)]
+            if int(last.broadcast_address) > 0xFFFFFFFF or clash:
+                why = f"has no room for {len(hubs)} tunnel networks after {self.tunnel_network}"
+        if why:
+            raise ValueError(f"dual_cloud {why}")
 
     def _plan6(self, plan: dict[str, NodePlan]) -> dict[str, NodePlan]:
         """The IPv6 addresses of a dual-stack lab, by the same numbers as IPv4
@@ -445,14 +485,25 @@ class Topology(_Strict):
             else:
                 # Phase 1: everything through the hub. Phase 3: the same
                 # summary, and the hub's redirect brings shortcuts.
+                # With several hubs (dual hub): through whichever NHS is up,
+                # found dead within a second and a half (docs/ROUTING.md).
                 hub1 = self.hubs[0]
-                routes.append({"prefix": str(self.lan_summary), "via": str(_ip(hub1.tunnel))})
+                dual = len(self.hubs) > 1
+                via: str = "nhs" if dual else str(_ip(hub1.tunnel))
+                routes.append({"prefix": str(self.lan_summary), "via": via})
                 if self.ipv6:
-                    routes.append(
-                        {"prefix": str(self.lan_summary6), "via": str(_ip6(hub1.tunnel6))}
-                    )
+                    via6 = "nhs" if dual else str(_ip6(hub1.tunnel6))
+                    routes.append({"prefix": str(self.lan_summary6), "via": via6})
+                if dual:
+                    nhrp["nhs_liveness"] = {"interval": 0.5, "multiplier": 3}
         if self.authentication is not None:
             nhrp["authentication"] = self.authentication
+        if self.routing.dynamic:
+            # The routing protocol brings the routes (routingconf); NHRP still
+            # needs the liveness check to stop resolving through a dead hub.
+            routes = []
+        if self.dual_cloud:
+            return self._dual_cloud_config(me, nhrp, routes)
         return {
             "node": name,
             "interfaces": [
@@ -468,6 +519,44 @@ class Topology(_Strict):
             "routes": routes,
             **({"ipsec": {"psk": self.ipsec_psk}} if self.ipsec_psk is not None else {}),
         }
+
+    def _dual_cloud_config(
+        self, me: NodePlan, nhrp: dict[str, Any], routes: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Dual cloud: a hub's one interface on its cloud; a spoke's one per hub."""
+        assert me.tunnel is not None and me.nbma is not None
+        offset = int(me.tunnel.ip) - int(self.tunnel_network.network_address)
+
+        def itf(k: int, address: IPv4Address, settings: dict[str, Any]) -> dict[str, Any]:
+            net = self.cloud_network(k)
+            return {
+                # A hub's one interface keeps the lab's usual name.
+                "name": TUNNEL_INTERFACE if me.role == "hub" else f"dmvpn{k}",
+                "address": f"{address}/{net.prefixlen}",
+                "tunnel": {"source": str(_ip(me.nbma)), "key": self.key + k},
+                **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
+                "nhrp": {**copy.deepcopy(settings), "network_id": k + 1},
+            }
+
+        if me.role == "hub":
+            k = me.index - 1
+            interfaces = [itf(k, _ip(me.tunnel), nhrp)]
+            base = int(self.cloud_network(k).network_address)
+            routes = [
+                {"prefix": str(_lan_of(s)), "via": str(IPv4Address(base + 10 + s.index))}
+                for s in self.spokes
+            ]
+        else:
+            interfaces = []
+            for k, hub in enumerate(self.hubs):
+                own = IPv4Address(int(self.cloud_network(k).network_address) + offset)
+                nhs = [{"address": str(_ip(hub.tunnel)), "nbma": str(_ip(hub.nbma)), "priority": 1}]
+                live = {"interval": 0.5, "multiplier": 3}
+                interfaces.append(itf(k, own, {**nhrp, "nhs": nhs, "nhs_liveness": live}))
+            # ECMP over the clouds whose hub is up (each hub is an NHS).
+            hubs = [str(_ip(h.tunnel)) for h in self.hubs]
+            routes = [{"prefix": str(self.lan_summary), "via": hubs}]
+        return {"node": me.name, "interfaces": interfaces, "routes": routes}
 
     def describe(self, prefix: str = DEFAULT_PREFIX) -> list[NodeDescription]:
         """One row per node (hubs, spokes, hosts) for `lab status`."""

@@ -264,6 +264,23 @@ class NhsClient:
         self.core.stats["registrations.retransmitted"] += 1
         self._register(s, now, new=False)
 
+    def unreachable(self, protocol: Address, now: float, why: str) -> bool:
+        """The host's liveness check lost an NHS that answered it before
+        (its tunnel address stopped answering echoes): down now, rather than
+        after a third of the holding time and three retransmissions; its
+        registration is retried with the backoff of a down NHS. False when
+        no such NHS is up or probing (nothing changes)."""
+        s = next((x for x in self.nhs if x.config.protocol == protocol), None)
+        if s is None or not self.running or s.state not in (NhsState.UP, NhsState.PROBING):
+            return False
+        self._mark_down(s, now, why)
+        # A new registration now, then retransmissions backing off from 1 s:
+        # a hub that restarts is found again within seconds, a dead one
+        # costs one request per doubling interval.
+        self._register(s, now, new=True)
+        self._rebalance(now)
+        return True
+
     def _mark_down(self, s: NhsRecord, now: float, why: str) -> None:
         s.up_since = None
         s.last_error = why

@@ -239,6 +239,17 @@ class Engine:
     def binding_used(self, addr: Address, now: float) -> None:
         self._resolver.binding_used(addr, now)
 
+    def nhs_unreachable(self, protocol: Address, now: float, reason: str) -> bool:
+        """The host's NHS liveness check (an echo the NHS answered before,
+        now unanswered) says the NHS at tunnel address ``protocol`` is gone:
+        mark it down at once (nhs-down with ``reason``) and fail over. False
+        when it was not up or probing."""
+        try:
+            return self._client.unreachable(protocol, now, reason)
+        except Exception as exc:  # pragma: no cover
+            self._internal_error("nhs_unreachable", exc)
+            return False
+
     # ------------------------------------------------------------ packets
 
     def receive(self, data: bytes, src_nbma: Address, now: float) -> None:
