@@ -258,7 +258,8 @@ def exec_cmd(prefix: str, node: str, command: tuple[str, ...]) -> None:
     _need_root()
     lab = _attach(prefix)
     namespace = _namespace(lab, node)
-    if node != INET and lab.topology.plan(node).kind == "frr":
+    nats = {n.name for n in lab.topology.nat_routers}
+    if node != INET and node not in nats and lab.topology.plan(node).kind == "frr":
         # The namespace only bridges: the router is the guest.
         sys.exit(_run_in_guest(lab, node, shlex.join(argv)))
     sys.exit(_run_inside(lab, namespace, argv))

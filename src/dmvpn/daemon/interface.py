@@ -52,6 +52,7 @@ from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import RoutingView
 from dmvpn.wire import Address, address_text
 
+from .natprobe import send_probe
 from .routing import RTPROT_DMVPN, KernelRouting
 
 __all__ = ["InterfaceRuntime", "Log"]
@@ -94,6 +95,7 @@ class InterfaceRuntime:
         # management API's /v1/events subscribers.
         self.listeners: list[Callable[[str, Event], None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._probes = 0  # NAT probes sent (natprobe), their sequence numbers
         self._timer_at: float | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             SendPacket: self._send,
@@ -291,9 +293,25 @@ class InterfaceRuntime:
     def _use_binding(self, out: BindingAdded) -> None:
         assert isinstance(out.nbma, IPv4Address)
         self.dataplane.bind(out.protocol, out.nbma)
+        if out.type == "cached" and self.engine.public_nbma is not None:
+            self._nat_probe(out.protocol)
         if out.type == "dynamic":
             self.dynamic.add(out.nbma)
             self._update_multicast()
+
+    def _nat_probe(self, peer: Address) -> None:
+        """Behind NAT, open our NAT towards a new direct peer (natprobe)."""
+        if not isinstance(peer, IPv4Address) or peer not in self.cfg.address.network:
+            return  # a LAN prefix's entry: its next hop's own binding is probed
+        self._probes += 1
+        sent = send_probe(self.cfg.name, peer, self._probes)
+        self.log(
+            "nat-probe",
+            f"{'sent' if sent else 'could not send'} a probe to {peer} to open our NAT",
+            interface=self.cfg.name,
+            peer=str(peer),
+            sent=sent,
+        )
 
     def _drop_binding(self, out: BindingRemoved) -> None:
         self.dataplane.unbind(out.protocol)

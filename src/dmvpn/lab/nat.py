@@ -3,8 +3,15 @@
     PREFIX<nat>   wan0 (veth to the underlay bridge, the public address),
                   br0 (the inside bridge, one port "v-<spoke>" per spoke behind it),
                   forwarding on, nftables: masquerade out of wan0, and a
-                  stateful filter that forwards from wan0 only what answers a
+                  stateful filter that lets in from wan0 only what answers a
                   flow started inside (what a home or office NAT does)
+
+The input filter matters for hole punching: without it, unsolicited GRE
+from a peer to the public address is accepted locally and its conntrack
+entry (peer -> public) is confirmed; the inside spoke's own GRE to that peer
+then clashes with it and is dropped for as long as the peer keeps sending.
+Dropped packets leave no conntrack entry, so the spoke's first packet out
+opens the mapping both ways.
 
 `Lab.up()` calls `build()` after the underlay bridge and before the routers,
 and `route_spoke()` for each spoke behind a NAT router; `Lab.down()` deletes
@@ -56,6 +63,10 @@ table ip dmvpnlab {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
+        iifname "{WAN_INTERFACE}" ct state new,invalid counter drop
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
         iifname "{WAN_INTERFACE}" ct state new,invalid counter drop
     }}
 }}

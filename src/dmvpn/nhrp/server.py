@@ -348,8 +348,27 @@ class Server:
             extensions=reply_extensions(cfg, pkt, self_cie(cfg, self.core.nbma), nat_cies=nat_cies),
         )
         requester = self._requester_nbma(pkt, src_nbma)
-        self.core.send(requester, reply, now)
+        to = requester
+        if requester != src_nbma and self._natted_requester(pkt):
+            # The requester is behind NAT (its NHS added the NAT extension
+            # CIE for it): a NAT drops our GRE to its public address until it
+            # has sent to us, so the answer goes back the way the request
+            # came, through the NHS it is registered with, which passes it on
+            # (RFC 2332 5.3.3; nhrpd routes every answer that way). Its data
+            # then comes straight to us and opens the NAT's mapping.
+            to = src_nbma
+            self.core.stats["resolution.reply_via_nhs_nat"] += 1
+        self.core.send(to, reply, now)
         return requester
+
+    @staticmethod
+    def _natted_requester(pkt: NhrpPacket) -> bool:
+        nat = pkt.extension(NatAddressExtension)
+        if not isinstance(nat, NatAddressExtension):
+            return False
+        return any(
+            c.protocol == pkt.src_proto and c.nbma and c.nbma != pkt.src_nbma for c in nat.cies
+        )
 
     def _forward(self, pkt: NhrpPacket, src_nbma: Address, to: Address, now: float) -> None:
         core = self.core
