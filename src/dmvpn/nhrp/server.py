@@ -137,6 +137,10 @@ class Server:
                 code=14,
             )
             return CieCode.UNIQUE_ADDRESS_REGISTERED
+        if natted and existing is not None and existing.nbma != observed:
+            self._check_nat_move(existing, proto, observed, pkt.src_nbma)
+        if natted and (existing is None or existing.nbma != observed):
+            self._check_shared_public(proto, observed, pkt.src_nbma)
         holding = cie.holding_time or cfg.holding_time
         flags = EntryFlag(0)
         if unique:
@@ -184,6 +188,55 @@ class Server:
         else:
             core.stats["registrations.refreshed"] += 1
         return CieCode.SUCCESS
+
+    def _check_nat_move(
+        self, existing: CacheEntry, proto: Address, observed: Address, claimed: Address
+    ) -> None:
+        """The same inside host, seen from another post-NAT address: a NAT
+        whose public address changed (renewed, or one that rewrites every
+        flow differently). The binding follows the packets (they are where
+        answers must go), and the flapping is reported once."""
+        core = self.core
+        if existing.type != EntryType.DYNAMIC or existing.claimed_nbma != claimed:
+            return
+        core.report_once(
+            "public_address_changed",
+            proto,
+            EventKind.NAT_MISMATCH,
+            f"{address_text(proto)} (inside {address_text(claimed)}) now comes from "
+            f"{address_text(observed)}, was {core.describe(existing.nbma)}: its NAT "
+            "changed its public address",
+            protocol=address_text(proto),
+            claimed=address_text(claimed),
+            observed=address_text(observed),
+        )
+
+    def _check_shared_public(self, proto: Address, observed: Address, claimed: Address) -> None:
+        """Another inside host already registered from this post-NAT address:
+        two spokes behind one PAT. GRE through a PAT reaches only one of
+        them (docs/NAT.md); their bindings are left as they are (neither
+        corrupts the other's), and the sharing is reported once."""
+        core = self.core
+        for other in core.cache:
+            if (
+                other.type == EntryType.DYNAMIC
+                and other.nbma == observed
+                and other.protocol != proto
+                and other.claimed_nbma not in (None, claimed)
+            ):
+                core.report_once(
+                    "shared_public_address",
+                    observed,
+                    EventKind.NAT_MISMATCH,
+                    f"{address_text(proto)} registers from {address_text(observed)}, the "
+                    f"post-NAT address of {address_text(other.protocol)} too: two spokes "
+                    "behind one PAT, which plain GRE cannot tell apart",
+                    protocol=address_text(proto),
+                    claimed=address_text(claimed),
+                    observed=address_text(observed),
+                    other=address_text(other.protocol),
+                )
+                return
 
     # ------------------------------------------------------------ resolution
 
