@@ -1,0 +1,155 @@
+"""NAT in the lab (issue 13): the cost of the lab's NAT routers, measured
+against the same cloud without them, in one run. Needs root, iperf3, nft.
+
+Layouts (phase 3, plain GRE, hub1 + spoke1/spoke2 + their hosts):
+    public     no NAT
+    nat        spoke1 behind NAT router nata
+    nat-both   spoke1 behind nata, spoke2 behind natb
+
+1. Time to the direct path: a fresh lab per trial, host1 pings host2 every
+   2 ms from the moment both spokes are registered; the time from the first
+   echo to the first reply with the direct path's TTL (bench_first_packet's
+   analysis). Layouts interleaved trial by trial, so load hits each alike.
+2. Throughput (TCP, iperf3): spoke1 -> spoke2 on the underlay (through the
+   PAT or not), and host1 -> host2 over the shortcut, public vs nat.
+
+Run: sudo .venv/bin/python bench/bench_nat.py [--trials 8] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_first_packet import INTERVAL, analyse
+from bench_lab import iperf
+from dmvpn.lab.netns import Lab
+from dmvpn.lab.runner import Runner
+from dmvpn.lab.topology import Topology
+
+LAYOUTS: dict[str, list[dict[str, str]]] = {
+    "public": [{"name": "spoke1"}, {"name": "spoke2"}],
+    "nat": [{"name": "spoke1", "nat": "nata"}, {"name": "spoke2"}],
+    "nat-both": [{"name": "spoke1", "nat": "nata"}, {"name": "spoke2", "nat": "natb"}],
+}
+
+
+@contextmanager
+def cloud(layout: str) -> Iterator[tuple[Lab, Topology]]:
+    topo = Topology.from_data({"phase": 3, "nodes": {"spokes": LAYOUTS[layout]}})
+    tmp = Path(tempfile.mkdtemp(prefix="dmvpn-bench-nat-"))
+    lab = Lab(topo, prefix="dmvnat-", state_path=tmp / "lab.json")
+    lab.up()
+    runner = Runner(lab)
+    try:
+        runner.start()
+        runner.wait_registered()
+        yield lab, topo
+    finally:
+        for proc in runner.procs.values():
+            proc.terminate()
+        for proc in runner.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()
+                proc.wait()
+        lab.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def first_packet(layout: str, count: int) -> dict[str, Any]:
+    with cloud(layout) as (lab, topo):
+        host2 = str(topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+        out = lab.exec(
+            "host1",
+            ["ping", "-D", "-n", "-c", str(count), "-i", str(INTERVAL), "-W", "1", host2],
+            capture_output=True,
+            text=True,
+        ).stdout
+        return analyse(out, count)
+
+
+def throughput(layout: str, seconds: float) -> dict[str, float]:
+    with cloud(layout) as (lab, topo):
+        spoke2 = str(topo.plan("spoke2").nbma.ip)  # type: ignore[union-attr]
+        host2 = str(topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+        if layout == "nat-both":
+            raise ValueError("throughput is measured for public and nat only")
+        # The shortcut first (both directions), then the runs.
+        lab.exec("host1", ["ping", "-c", "5", "-i", "0.2", host2], capture_output=True)
+        return {
+            "underlay_mbit": round(iperf(lab, "spoke2", "spoke1", spoke2, seconds), 1),
+            "overlay_mbit": round(iperf(lab, "host2", "host1", host2, seconds), 1),
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=8, help="first-packet trials per layout")
+    ap.add_argument("--count", type=int, default=500, help="echoes per trial (2 ms apart)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="per iperf3 run")
+    ap.add_argument("--rounds", type=int, default=2, help="throughput rounds (public, nat)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_nat.py needs root (network namespaces)")
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+        "load_before": os.getloadavg(),
+    }
+    times: dict[str, list[float]] = {k: [] for k in LAYOUTS}
+    never: dict[str, int] = dict.fromkeys(LAYOUTS, 0)
+    lost: dict[str, int] = dict.fromkeys(LAYOUTS, 0)
+    for i in range(args.trials):
+        for layout in LAYOUTS:
+            r = first_packet(layout, args.count)
+            print(f"{layout} {i + 1}/{args.trials}: {json.dumps(r)}", file=sys.stderr, flush=True)
+            lost[layout] += r["lost"]
+            if r["ms_to_direct"] is None:
+                never[layout] += 1
+            else:
+                times[layout].append(r["ms_to_direct"])
+    base = statistics.median(times["public"])
+    result["ms_to_direct"] = {
+        k: {
+            "median": round(statistics.median(v), 2) if v else None,
+            "max": max(v) if v else None,
+            "ratio_to_public": round(statistics.median(v) / base, 2) if v else None,
+            "never_direct": never[k],
+            "lost_total": lost[k],
+        }
+        for k, v in times.items()
+    }
+    runs: dict[str, list[dict[str, float]]] = {"public": [], "nat": []}
+    for _ in range(args.rounds):
+        for layout in runs:
+            runs[layout].append(throughput(layout, args.seconds))
+            print(f"{layout}: {runs[layout][-1]}", file=sys.stderr, flush=True)
+    tput = {
+        k: {m: round(statistics.median(r[m] for r in v), 1) for m in v[0]} for k, v in runs.items()
+    }
+    result["throughput_tcp"] = {
+        **tput,
+        "nat_over_public": {
+            m: round(tput["nat"][m] / tput["public"][m], 2) for m in tput["public"]
+        },
+    }
+    result["load_after"] = os.getloadavg()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
