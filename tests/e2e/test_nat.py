@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,3 +170,45 @@ def test_two_spokes_behind_one_pat_and_plain_gre(nat_cloud) -> None:  # type: ig
     # The first spoke behind the PAT is untouched.
     target = _ip(cloud, "host2", "lan")
     assert cloud.lab.exec("host1", ["ping", "-c", "2", "-W", "1", target]).returncode == 0
+
+
+def test_a_spoke_follows_its_underlay_address_changing_mid_flow(nat_cloud) -> None:  # type: ignore[no-untyped-def]
+    """A DHCP renewal gives spoke1 another address while host1 pings host2
+    over the shortcut: spoke1 registers anew at once, purges spoke2's
+    binding of its old address, and the shortcut comes back with the new one."""
+    nodes = {"hubs": [{"name": "hub1"}], "spokes": [{"name": "spoke1"}, {"name": "spoke2"}]}
+    cloud: Cloud = nat_cloud(3, nodes)
+    host2 = _ip(cloud, "host2", "lan")
+    cloud.wait("the shortcut", lambda: _direct(cloud, "host1", "host2", "spoke2"))
+    ping = cloud.lab.popen(
+        "host1",
+        ["ping", "-n", "-i", "0.05", "-W", "1", host2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        old, new = _ip(cloud, "spoke1", "nbma"), "172.30.0.111"
+        # As a DHCP client does on a new lease: the old address goes, the new
+        # one comes (added first, it would be a secondary and go with the old).
+        cloud.sh("spoke1", "ip", "addr", "del", f"{old}/24", "dev", "nbma0")
+        cloud.sh("spoke1", "ip", "addr", "add", f"{new}/24", "dev", "nbma0")
+        cloud.wait(
+            "hub1 to bind spoke1 at its new address",
+            lambda: any(e.get("nbma") == new for e in cloud.events("hub1", "registered")),
+        )
+        (moved,) = cloud.events("spoke1", "underlay-moved")
+        assert (moved["old"], moved["new"]) == (old, new)
+        assert cloud.events("spoke2", "purged")  # it dropped the old address
+        # Back on a direct path, to the new address (after the hub's redirect).
+        cloud.wait(
+            "spoke2's shortcut to spoke1's new address",
+            lambda: any(e.get("nbma") == new for e in cloud.events("spoke2", "shortcut")),
+            timeout=30,
+        )
+    finally:
+        ping.send_signal(signal.SIGINT)
+        out, _ = ping.communicate(timeout=10)
+    assert _direct(cloud, "host1", "host2", "spoke2")
+    received = int(re.search(r"(\d+) received", out).group(1))  # type: ignore[union-attr]
+    transmitted = int(re.search(r"(\d+) packets transmitted", out).group(1))  # type: ignore[union-attr]
+    assert received > 0 and transmitted - received <= transmitted // 2, out

@@ -195,3 +195,26 @@ def test_the_owner_answers_a_natted_requester_through_its_nhs() -> None:
     owner.receive(request(()).encode(), HUB_NBMA, 2.0)
     (send,) = [o for o in owner.pop_outputs() if isinstance(o, SendPacket)]
     assert send.nbma == A("172.31.1.11")
+
+
+def test_a_new_nbma_address_registers_anew_and_purges_direct_peers() -> None:
+    from dmvpn.wire import PurgeFlag
+
+    spoke = _spoke()
+    request = _pending_request(spoke, "10.0.0.12")
+    reply = request.evolve(
+        type=PacketType.RESOLUTION_REPLY,
+        flags=request.flags | ResolutionFlag.A,
+        cies=(Cie(prefix_length=32, nbma=A("198.51.100.12"), protocol=A("10.0.0.12")),),
+    )
+    spoke.receive(reply.encode(), A("198.51.100.12"), 2.0)
+    spoke.pop_outputs()
+    spoke.set_nbma(A("198.51.100.111"), 3.0)
+    sent = [decode_nhrp(o.data) for o in spoke.pop_outputs() if isinstance(o, SendPacket)]
+    kinds = {(p.type, p.src_nbma) for p in sent}
+    # Registered anew with the NHS, from the new address, at once.
+    assert (PacketType.REGISTRATION_REQUEST, A("198.51.100.111")) in kinds
+    # The direct peer is told to forget what it learnt about us (zero-CIE purge, no reply).
+    (purge,) = [p for p in sent if p.type == PacketType.PURGE_REQUEST]
+    assert purge.cies == () and purge.flags & PurgeFlag.N
+    assert spoke.stats["purge.nbma_moved_sent"] == 1

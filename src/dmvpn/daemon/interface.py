@@ -54,6 +54,7 @@ from dmvpn.wire import Address, address_text
 
 from .natprobe import send_probe
 from .routing import RTPROT_DMVPN, KernelRouting
+from .underlay import UnderlayWatch
 
 __all__ = ["InterfaceRuntime", "Log"]
 
@@ -95,6 +96,7 @@ class InterfaceRuntime:
         # management API's /v1/events subscribers.
         self.listeners: list[Callable[[str, Event], None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._underlay: UnderlayWatch | None = None
         self._probes = 0  # NAT probes sent (natprobe), their sequence numbers
         self._timer_at: float | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -160,8 +162,41 @@ class InterfaceRuntime:
         for engine in self.engines:
             engine.start(self.now())
         self.apply()
+        self._underlay = UnderlayWatch(self.ipr, self.loop, self.cfg.tunnel.source, self.move)
+        try:
+            self._underlay.attach()
+        except OSError as exc:
+            self._underlay = None
+            self.log("underlay", f"not following underlay address changes: {exc.strerror}")
+
+    def move(self, source: IPv4Address) -> None:
+        """Our underlay address changed (UnderlayWatch): GRE from the new
+        one, register anew at once, and purge the direct peers that still
+        send to the old one (Engine.set_nbma)."""
+        old = self.cfg.tunnel.source
+        try:
+            self.dataplane.move_source(source)
+        except DataPlaneError as exc:
+            self.log("underlay-moved", f"underlay address {old} -> {source}: {exc}; restart")
+            return
+        tunnel = self.cfg.tunnel.model_copy(update={"source": source})
+        self.cfg = self.cfg.model_copy(update={"tunnel": tunnel})
+        self.log(
+            "underlay-moved",
+            f"underlay address {old} -> {source}: registering anew",
+            interface=self.cfg.name,
+            old=str(old),
+            new=str(source),
+        )
+        if self.ipsec is not None:
+            self.log("underlay-moved", "IPsec SAs do not follow an address change yet")
+        for engine in self.engines:
+            engine.set_nbma(source, self.now())
+        self.apply()
 
     def stop(self) -> None:
+        if self._underlay is not None:
+            self._underlay.close()
         for engine in self.engines:
             engine.stop(self.now())
         self.apply()

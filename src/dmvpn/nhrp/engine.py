@@ -170,6 +170,7 @@ class Engine:
         )
         if self.started:
             self._client.nbma_changed(now)
+            self._purges.moved(now)
 
     # ------------------------------------------------------------ outputs
 

@@ -91,6 +91,33 @@ class Purges:
             core.send(nbma, pkt, now)
         entry.handed_out = None
 
+    def moved(self, now: float) -> int:
+        """Our NBMA address changed: every direct peer (a cached binding not
+        through an NHS) still sends to the old one. A zero-CIE Purge Request
+        (N set) makes each drop what it learnt about us by resolution
+        (on_request's OpenNHRP case), so its traffic falls back to the hub,
+        whose redirect brings a new resolution with the new address.
+        Returns how many peers were told."""
+        core = self.core
+        cfg = core.config
+        peers: dict[Address, Address] = {}  # NBMA -> a protocol address there
+        for entry in core.cache:
+            if entry.type == EntryType.CACHED and entry.nbma is not None and not entry.next_hop:
+                peers.setdefault(entry.nbma, entry.protocol)
+        for nbma, proto in peers.items():
+            pkt = originate(
+                cfg,
+                core.nbma,
+                PacketType.PURGE_REQUEST,
+                dst_proto=proto,
+                flags=PurgeFlag.N,
+                request_id=core.new_request_id(),
+                extensions=request_extensions(cfg),
+            )
+            core.send(nbma, pkt, now, budget=False)
+        core.stats["purge.nbma_moved_sent"] += len(peers)
+        return len(peers)
+
     # ------------------------------------------------------------ withdrawing
 
     def drop(self, entry: CacheEntry, now: float, why: Gone) -> None:
