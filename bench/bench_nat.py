@@ -12,6 +12,12 @@ Layouts (phase 3, plain GRE, hub1 + spoke1/spoke2 + their hosts):
    analysis). Layouts interleaved trial by trial, so load hits each alike.
 2. Throughput (TCP, iperf3): spoke1 -> spoke2 on the underlay (through the
    PAT or not), and host1 -> host2 over the shortcut, public vs nat.
+3. A spoke's underlay address changes while host1 pings host2 every 10 ms
+   over the shortcut (`public` layout): `follow` = the daemon follows it
+   (dmvpn.daemon.underlay), against `restart` = what it took before: stop
+   spoke1's daemon, change the address, start it with the new source. Per
+   trial: echoes lost, the longest gap between replies (the outage), and
+   the time until replies come over the direct path again.
 
 Run: sudo .venv/bin/python bench/bench_nat.py [--trials 8] [--seconds 5]
 """
@@ -19,12 +25,15 @@ Run: sudo .venv/bin/python bench/bench_nat.py [--trials 8] [--seconds 5]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_first_packet import INTERVAL, analyse
+from bench_first_packet import _REPLY, DIRECT_TTL, INTERVAL, analyse
 from bench_lab import iperf
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.runner import Runner
@@ -96,12 +105,83 @@ def throughput(layout: str, seconds: float) -> dict[str, float]:
         }
 
 
+MOVE_INTERVAL = 0.01
+NEW_SOURCE = "172.30.0.111"
+
+
+class MovedRunner(Runner):
+    """spoke1's config with the new source, for the restart baseline."""
+
+    def node_config(self, node: str) -> dict[str, Any]:
+        config = super().node_config(node)
+        if node == "spoke1":
+            config["interfaces"][0]["tunnel"]["source"] = NEW_SOURCE
+        return config
+
+
+def move(mode: str) -> dict[str, Any]:
+    topo = Topology.from_data({"phase": 3, "nodes": {"spokes": LAYOUTS["public"]}})
+    tmp = Path(tempfile.mkdtemp(prefix="dmvpn-bench-nat-"))
+    lab = Lab(topo, prefix="dmvnat-", state_path=tmp / "lab.json")
+    lab.up()
+    runner = Runner(lab)
+    try:
+        runner.start()
+        runner.wait_registered()
+        host2 = str(topo.plan("host2").lan.ip)  # type: ignore[union-attr]
+        old = str(topo.plan("spoke1").nbma)
+        lab.exec("host1", ["ping", "-c", "5", "-i", "0.1", host2], capture_output=True)
+        ping = lab.popen(
+            "host1",
+            ["ping", "-D", "-n", "-c", "2000", "-i", str(MOVE_INTERVAL), "-W", "1", host2],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2.0)
+        t0 = time.time()
+        if mode == "restart":
+            proc = runner.procs.pop("spoke1")
+            proc.terminate()
+            proc.wait(timeout=10)
+        lab.exec("spoke1", ["ip", "addr", "del", old, "dev", "nbma0"], check=True)
+        lab.exec("spoke1", ["ip", "addr", "add", f"{NEW_SOURCE}/24", "dev", "nbma0"], check=True)
+        if mode == "restart":
+            moved = MovedRunner(lab)
+            moved.start(["spoke1"])
+            runner.procs["spoke1"] = moved.procs["spoke1"]
+        out, _ = ping.communicate(timeout=60)
+        replies = sorted((float(ts), int(seq), int(ttl)) for ts, seq, ttl, _ in _REPLY.findall(out))
+        seqs = {seq for _, seq, _ in replies}
+        after = [r for r in replies if r[0] > t0]
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(replies) if b[0] > t0]
+        # Direct again: the first direct reply after the path left the shortcut.
+        left = next((i for i, r in enumerate(after) if r[2] != DIRECT_TTL), None)
+        direct = [t0] if left is None else [ts for ts, _, ttl in after[left:] if ttl == DIRECT_TTL]
+        return {
+            "lost": sum(1 for n in range(1, max(seqs) + 1) if n not in seqs),
+            "outage_ms": round(max(gaps) * 1000, 1) if gaps else None,
+            "s_to_direct_again": round(direct[0] - t0, 2) if direct else None,
+        }
+    finally:
+        for proc in runner.procs.values():
+            proc.terminate()
+        for proc in runner.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()
+                proc.wait()
+        lab.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=8, help="first-packet trials per layout")
     ap.add_argument("--count", type=int, default=500, help="echoes per trial (2 ms apart)")
     ap.add_argument("--seconds", type=float, default=5.0, help="per iperf3 run")
     ap.add_argument("--rounds", type=int, default=2, help="throughput rounds (public, nat)")
+    ap.add_argument("--moves", type=int, default=3, help="address-change trials per mode")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_nat.py needs root (network namespaces)")
@@ -146,6 +226,23 @@ def main() -> None:
         "nat_over_public": {
             m: round(tput["nat"][m] / tput["public"][m], 2) for m in tput["public"]
         },
+    }
+    moves: dict[str, list[dict[str, Any]]] = {"follow": [], "restart": []}
+    for i in range(args.moves):
+        for mode in moves:
+            moves[mode].append(move(mode))
+            print(f"{mode} {i + 1}/{args.moves}: {moves[mode][-1]}", file=sys.stderr, flush=True)
+    result["address_change"] = {
+        mode: {
+            "lost_median": statistics.median(t["lost"] for t in v),
+            "outage_ms_median": statistics.median(t["outage_ms"] or 0 for t in v),
+            "s_to_direct_again_median": statistics.median(
+                t["s_to_direct_again"] or float("inf") for t in v
+            ),
+            "trials": v,
+        }
+        for mode, v in moves.items()
+        if v
     }
     result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))
