@@ -106,6 +106,37 @@ def throughput(layout: str, seconds: float) -> dict[str, float]:
 
 
 MOVE_INTERVAL = 0.01
+MOVE_COUNT = 2000  # 20 s: the move comes 2 s in
+
+
+def analyse_move(out: str, t0: float, t_end: float, count: int) -> dict[str, Any]:
+    """ping -D output around a move at t0: echoes lost, the longest time
+    without a reply after t0, and when the direct path carried replies again
+    after leaving it (None: never within the run)."""
+    replies = sorted((float(ts), int(seq), int(ttl)) for ts, seq, ttl, _ in _REPLY.findall(out))
+    before = [ts for ts, _, _ in replies if ts <= t0]
+    after = [r for r in replies if r[0] > t0]
+    marks = [before[-1] if before else t0, *(r[0] for r in after), t_end]
+    # None: no reply came back before the run ended (then `lost` says how long).
+    outage = max(b - a for a, b in itertools.pairwise(marks[:-1])) if after else None
+    # Where the path left the shortcut: a gap (replies lost) or a reply via the hub.
+    left = len(after)
+    for i, (a, b) in enumerate(itertools.pairwise(marks[:-1])):
+        if b - a > 0.1:
+            left = min(left, i)
+            break
+    for i, r in enumerate(after):
+        if r[2] != DIRECT_TTL:
+            left = min(left, i)
+            break
+    direct = [ts for ts, _, ttl in after[left:] if ttl == DIRECT_TTL]
+    return {
+        "lost": count - len({seq for _, seq, _ in replies}),
+        "outage_ms": None if outage is None else round(outage * 1000, 1),
+        "s_to_direct_again": round(direct[0] - t0, 2) if direct else None,
+    }
+
+
 NEW_SOURCE = "172.30.0.111"
 
 
@@ -133,7 +164,7 @@ def move(mode: str) -> dict[str, Any]:
         lab.exec("host1", ["ping", "-c", "5", "-i", "0.1", host2], capture_output=True)
         ping = lab.popen(
             "host1",
-            ["ping", "-D", "-n", "-c", "2000", "-i", str(MOVE_INTERVAL), "-W", "1", host2],
+            ["ping", "-D", "-n", "-c", str(MOVE_COUNT), "-i", str(MOVE_INTERVAL), "-W", "1", host2],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -150,18 +181,7 @@ def move(mode: str) -> dict[str, Any]:
             moved.start(["spoke1"])
             runner.procs["spoke1"] = moved.procs["spoke1"]
         out, _ = ping.communicate(timeout=60)
-        replies = sorted((float(ts), int(seq), int(ttl)) for ts, seq, ttl, _ in _REPLY.findall(out))
-        seqs = {seq for _, seq, _ in replies}
-        after = [r for r in replies if r[0] > t0]
-        gaps = [b[0] - a[0] for a, b in itertools.pairwise(replies) if b[0] > t0]
-        # Direct again: the first direct reply after the path left the shortcut.
-        left = next((i for i, r in enumerate(after) if r[2] != DIRECT_TTL), None)
-        direct = [t0] if left is None else [ts for ts, _, ttl in after[left:] if ttl == DIRECT_TTL]
-        return {
-            "lost": sum(1 for n in range(1, max(seqs) + 1) if n not in seqs),
-            "outage_ms": round(max(gaps) * 1000, 1) if gaps else None,
-            "s_to_direct_again": round(direct[0] - t0, 2) if direct else None,
-        }
+        return analyse_move(out, t0, time.time(), MOVE_COUNT)
     finally:
         for proc in runner.procs.values():
             proc.terminate()
@@ -202,7 +222,7 @@ def main() -> None:
                 never[layout] += 1
             else:
                 times[layout].append(r["ms_to_direct"])
-    base = statistics.median(times["public"])
+    base = statistics.median(times["public"]) if times["public"] else 1.0
     result["ms_to_direct"] = {
         k: {
             "median": round(statistics.median(v), 2) if v else None,
@@ -218,15 +238,13 @@ def main() -> None:
         for layout in runs:
             runs[layout].append(throughput(layout, args.seconds))
             print(f"{layout}: {runs[layout][-1]}", file=sys.stderr, flush=True)
-    tput = {
-        k: {m: round(statistics.median(r[m] for r in v), 1) for m in v[0]} for k, v in runs.items()
-    }
-    result["throughput_tcp"] = {
-        **tput,
-        "nat_over_public": {
-            m: round(tput["nat"][m] / tput["public"][m], 2) for m in tput["public"]
-        },
-    }
+    if args.rounds:
+        tput = {
+            k: {m: round(statistics.median(r[m] for r in v), 1) for m in v[0]}
+            for k, v in runs.items()
+        }
+        ratio = {m: round(tput["nat"][m] / tput["public"][m], 2) for m in tput["public"]}
+        result["throughput_tcp"] = {**tput, "nat_over_public": ratio}
     moves: dict[str, list[dict[str, Any]]] = {"follow": [], "restart": []}
     for i in range(args.moves):
         for mode in moves:
@@ -235,10 +253,9 @@ def main() -> None:
     result["address_change"] = {
         mode: {
             "lost_median": statistics.median(t["lost"] for t in v),
-            "outage_ms_median": statistics.median(t["outage_ms"] or 0 for t in v),
-            "s_to_direct_again_median": statistics.median(
-                t["s_to_direct_again"] or float("inf") for t in v
-            ),
+            "outage_ms": [t["outage_ms"] for t in v],
+            # None: never direct again within the run.
+            "s_to_direct_again": [t["s_to_direct_again"] for t in v],
             "trials": v,
         }
         for mode, v in moves.items()
