@@ -77,6 +77,7 @@ class InterfaceRuntime:
         loop: asyncio.AbstractEventLoop,
         ipsec: IpsecManager | None = None,
         routing: RoutingFactory | None = None,
+        follow_underlay: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.dataplane = dataplane
@@ -85,6 +86,9 @@ class InterfaceRuntime:
         self.loop = loop
         self.ipsec = ipsec
         self._routing = routing or MonitoredRouting(ipr, loop, log)
+        # Follow underlay address changes (UnderlayWatch): by default where
+        # the kernel is the routing view, that is, not under a test's fakes.
+        self.follow_underlay = routing is None if follow_underlay is None else follow_underlay
         # IPsec proxy instantiation (docs/IPSEC.md): nothing goes to a peer,
         # and no binding to it is used for data, before its SA is up.
         binding = ipsec is not None and ipsec.cfg.binding_on
@@ -162,10 +166,13 @@ class InterfaceRuntime:
         for engine in self.engines:
             engine.start(self.now())
         self.apply()
+        if not self.follow_underlay:
+            return
         self._underlay = UnderlayWatch(self.ipr, self.loop, self.cfg.tunnel.source, self.move)
         try:
             self._underlay.attach()
         except OSError as exc:
+            self._underlay.close()
             self._underlay = None
             self.log("underlay", f"not following underlay address changes: {exc.strerror}")
 
