@@ -218,3 +218,34 @@ def test_a_new_nbma_address_registers_anew_and_purges_direct_peers() -> None:
     (purge,) = [p for p in sent if p.type == PacketType.PURGE_REQUEST]
     assert purge.cies == () and purge.flags & PurgeFlag.N
     assert spoke.stats["purge.nbma_moved_sent"] == 1
+
+
+def test_a_shortcut_in_use_purged_by_its_owner_is_resolved_again_at_once() -> None:
+    from dmvpn.wire import PurgeFlag
+
+    spoke = _spoke()
+    request = _pending_request(spoke, "192.168.2.10")
+    reply = request.evolve(
+        type=PacketType.RESOLUTION_REPLY,
+        flags=request.flags | ResolutionFlag.A,
+        cies=(Cie(prefix_length=24, nbma=A("198.51.100.12"), protocol=A("10.0.0.12")),),
+    )
+    spoke.receive(reply.encode(), A("198.51.100.12"), 2.0)
+    spoke.binding_used(A("192.168.2.10"), 2.5)
+    spoke.pop_outputs()
+    # The owner moved: its zero-CIE purge, from its new address.
+    purge = NhrpPacket(
+        type=PacketType.PURGE_REQUEST,
+        flags=PurgeFlag.N,
+        src_nbma=A("198.51.100.112"),
+        src_proto=A("10.0.0.12"),
+        dst_proto=A("10.0.0.11"),
+        request_id=9,
+    )
+    spoke.receive(purge.encode(), A("198.51.100.112"), 3.0)
+    sent = [decode_nhrp(o.data) for o in spoke.pop_outputs() if isinstance(o, SendPacket)]
+    again = [p for p in sent if p.type == PacketType.RESOLUTION_REQUEST]
+    assert [(p.dst_proto, p.request_id != request.request_id) for p in again] == [
+        (A("192.168.2.0"), True)
+    ]
+    assert spoke.shortcuts() == []  # the old one is gone; data goes via the hub meanwhile

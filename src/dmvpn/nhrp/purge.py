@@ -138,13 +138,14 @@ class Purges:
 
     # ------------------------------------------------------------ receiving
 
-    def on_request(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
+    def on_request(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> list[CacheEntry]:
         """Drop the bindings the CIEs name, then answer unless N is set. A
         registrant may purge its own registration; a zero-CIE purge
         (OpenNHRP, sent right after it registers) drops what we learnt
         through resolution about the sender, never its registration."""
         core = self.core
         removed = 0
+        dropped: list[CacheEntry] = []
         if pkt.cies:
             for cie in pkt.cies:
                 target = cie.protocol or pkt.src_proto
@@ -157,6 +158,7 @@ class Purges:
                     and entry.nbma == src_nbma
                 ):
                     self.drop(entry, now, "purged")
+                    dropped.append(entry)
                     removed += 1
         else:
             for entry in list(core.cache):
@@ -164,6 +166,7 @@ class Purges:
                     entry.next_hop == pkt.src_proto or entry.protocol == pkt.src_proto
                 ):
                     self.drop(entry, now, "purged")
+                    dropped.append(entry)
                     removed += 1
         core.stats["purge.entries_removed"] += removed
         core.event(
@@ -174,6 +177,7 @@ class Purges:
             removed=removed,
         )
         self._reply(pkt, src_nbma, now)
+        return dropped
 
     def _reply(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
         if pkt.flags & PurgeFlag.N:
