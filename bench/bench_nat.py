@@ -129,7 +129,8 @@ def analyse_move(out: str, t0: float, t_end: float, count: int) -> dict[str, Any
         if r[2] != DIRECT_TTL:
             left = min(left, i)
             break
-    direct = [ts for ts, _, ttl in after[left:] if ttl == DIRECT_TTL]
+    # Never left (every reply after t0 direct, no gap over 0.1 s): 0.
+    direct = [ts for ts, _, ttl in after[left:] if ttl == DIRECT_TTL] if after[left:] else [t0]
     return {
         "lost": count - len({seq for _, seq, _ in replies}),
         "outage_ms": None if outage is None else round(outage * 1000, 1),
