@@ -41,7 +41,7 @@ demo)
 test)
     apt_install tshark:tshark ip:iproute2 ping:iputils-ping traceroute:traceroute gcc:gcc \
         iperf3:iperf3 qemu-system-x86_64:qemu-system-x86 depmod:kmod vtysh:frr openssl:openssl \
-        iptables:iptables debootstrap:debootstrap \
+        iptables:iptables debootstrap:debootstrap nft:nftables conntrack:conntrack \
         clang:clang bpftool:bpftool /usr/include/bpf:libbpf-dev \
         /usr/share/doc/busybox-static:busybox-static \
         /usr/lib/ipsec/charon:strongswan-charon,strongswan-swanctl,libcharon-extra-plugins,libstrongswan-extra-plugins,libstrongswan-standard-plugins

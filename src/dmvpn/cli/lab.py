@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
-from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError
+from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError, nat
 from dmvpn.lab.demo import Demo, missing_tools
 from dmvpn.lab.frrconf import vtysh_command
 from dmvpn.lab.frrnode import FrrNodes, wait_registered
@@ -174,6 +174,10 @@ def _status_data(lab: Lab) -> dict[str, Any]:
     nodes = []
     for row in lab.status():
         node: dict[str, Any] = dict(row)
+        # The post-NAT underlay address peers see (dmvpn.lab.nat).
+        public = None if row["role"] == "host" else topo.public_address(row["name"])
+        node["public"] = None if public is None else str(public)
+        node["nat"] = topo.plan(row["name"]).nat
         if row["role"] == "host":
             node["daemon"] = None
         elif row["kind"] == "frr":
@@ -198,6 +202,7 @@ def _status_data(lab: Lab) -> dict[str, Any]:
         "state_file": str(lab.state_path),
         "run_dir": str(lab.run_dir),
         "nodes": nodes,
+        "nat_routers": nat.status(lab, set(lab.existing_namespaces())),
     }
 
 
@@ -221,7 +226,8 @@ def _print_status(lab: Lab) -> None:
                 n["role"],
                 kind,
                 n["namespace"],
-                n["underlay"] or "-",
+                (n["underlay"] or "-")
+                + (f" (behind {n['nat']}: {n['public']})" if n["nat"] else ""),
                 n["tunnel"] or "-",
                 n["lan"] or "-",
                 state,
@@ -229,6 +235,16 @@ def _print_status(lab: Lab) -> None:
         )
     for line in table_lines(rows):
         click.echo(line)
+    if data["nat_routers"]:
+        rows = [["NAT ROUTER", "NAMESPACE", "PUBLIC", "INSIDE", "SPOKES", "STATE"]]
+        for r in data["nat_routers"]:
+            state = "up (nftables masquerade)" if r["up"] else "namespace missing"
+            rows.append(
+                [r["name"], r["namespace"], r["public"], r["inside"], ", ".join(r["spokes"]), state]
+            )
+        click.echo("")
+        for line in table_lines(rows):
+            click.echo(line)
 
 
 # -- exec and show -------------------------------------------------------------
@@ -250,7 +266,8 @@ def exec_cmd(prefix: str, node: str, command: tuple[str, ...]) -> None:
     _need_root()
     lab = _attach(prefix)
     namespace = _namespace(lab, node)
-    if node != INET and lab.topology.plan(node).kind == "frr":
+    nats = {n.name for n in lab.topology.nat_routers}
+    if node != INET and node not in nats and lab.topology.plan(node).kind == "frr":
         # The namespace only bridges: the router is the guest.
         sys.exit(_run_in_guest(lab, node, shlex.join(argv)))
     sys.exit(_run_inside(lab, namespace, argv))

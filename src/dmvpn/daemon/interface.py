@@ -54,7 +54,9 @@ from dmvpn.wire import Address, address_text
 
 from .liveness import LivenessProber
 from .multicast import Item, MulticastTargets
+from .natprobe import send_probe
 from .routing import RTPROT_DMVPN, KernelRouting
+from .underlay import UnderlayWatch
 
 __all__ = ["InterfaceRuntime", "Log"]
 
@@ -77,6 +79,7 @@ class InterfaceRuntime:
         loop: asyncio.AbstractEventLoop,
         ipsec: IpsecManager | None = None,
         routing: RoutingFactory | None = None,
+        follow_underlay: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.dataplane = dataplane
@@ -85,6 +88,9 @@ class InterfaceRuntime:
         self.loop = loop
         self.ipsec = ipsec
         self._routing = routing or MonitoredRouting(ipr, loop, log)
+        # Follow underlay address changes (UnderlayWatch): by default where
+        # the kernel is the routing view, that is, not under a test's fakes.
+        self.follow_underlay = routing is None if follow_underlay is None else follow_underlay
         # IPsec proxy instantiation (docs/IPSEC.md): nothing goes to a peer,
         # and no binding to it is used for data, before its SA is up.
         binding = ipsec is not None and ipsec.cfg.binding_on
@@ -103,6 +109,8 @@ class InterfaceRuntime:
         self.nhs_listeners: list[Callable[[], None]] = []
         self.liveness: LivenessProber | None = None  # nhrp.nhs_liveness
         self._timer: asyncio.TimerHandle | None = None
+        self._underlay: UnderlayWatch | None = None
+        self._probes = 0  # NAT probes sent (natprobe), their sequence numbers
         self._timer_at: float | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             SendPacket: self._send,
@@ -168,6 +176,40 @@ class InterfaceRuntime:
             engine.start(self.now())
         self.apply()
         self._start_liveness()
+        if not self.follow_underlay:
+            return
+        self._underlay = UnderlayWatch(self.ipr, self.loop, self.cfg.tunnel.source, self.move)
+        try:
+            self._underlay.attach()
+        except OSError as exc:
+            self._underlay.close()
+            self._underlay = None
+            self.log("underlay", f"not following underlay address changes: {exc.strerror}")
+
+    def move(self, source: IPv4Address) -> None:
+        """Our underlay address changed (UnderlayWatch): GRE from the new
+        one, register anew at once, and purge the direct peers that still
+        send to the old one (Engine.set_nbma)."""
+        old = self.cfg.tunnel.source
+        try:
+            self.dataplane.move_source(source)
+        except DataPlaneError as exc:
+            self.log("underlay-moved", f"underlay address {old} -> {source}: {exc}; restart")
+            return
+        tunnel = self.cfg.tunnel.model_copy(update={"source": source})
+        self.cfg = self.cfg.model_copy(update={"tunnel": tunnel})
+        self.log(
+            "underlay-moved",
+            f"underlay address {old} -> {source}: registering anew",
+            interface=self.cfg.name,
+            old=str(old),
+            new=str(source),
+        )
+        if self.ipsec is not None:
+            self.log("underlay-moved", "IPsec SAs do not follow an address change yet")
+        for engine in self.engines:
+            engine.set_nbma(source, self.now())
+        self.apply()
 
     def _start_liveness(self) -> None:
         live = self.cfg.nhrp.nhs_liveness
@@ -190,6 +232,8 @@ class InterfaceRuntime:
     def stop(self) -> None:
         if self.liveness is not None:
             self.liveness.stop()
+        if self._underlay is not None:
+            self._underlay.close()
         for engine in self.engines:
             engine.stop(self.now())
         self.apply()
@@ -324,10 +368,26 @@ class InterfaceRuntime:
     def _use_binding(self, out: BindingAdded) -> None:
         assert isinstance(out.nbma, IPv4Address)
         self.dataplane.bind(out.protocol, out.nbma)
+        if out.type == "cached" and self.engine.public_nbma is not None:
+            self._nat_probe(out.protocol)
         if out.type == "dynamic":
             self.multicast.bind(out.protocol, out.nbma)
         else:  # a dynamic binding replaced by another type
             self.multicast.unbind(out.protocol)
+
+    def _nat_probe(self, peer: Address) -> None:
+        """Behind NAT, open our NAT towards a new direct peer (natprobe)."""
+        if not isinstance(peer, IPv4Address) or peer not in self.cfg.address.network:
+            return  # a LAN prefix's entry: its next hop's own binding is probed
+        self._probes += 1
+        sent = send_probe(self.cfg.name, peer, self._probes)
+        self.log(
+            "nat-probe",
+            f"{'sent' if sent else 'could not send'} a probe to {peer} to open our NAT",
+            interface=self.cfg.name,
+            peer=str(peer),
+            sent=sent,
+        )
 
     def _drop_binding(self, out: BindingRemoved) -> None:
         self.dataplane.unbind(out.protocol)

@@ -304,6 +304,11 @@ class EbpfDataPlane(UserspaceDataPlane):
             self._loaded = None
         self._peers_map = self._config_map = None
 
+    def move_source(self, source: IPv4Address) -> None:
+        # The tc programs hold the source in their config map, and sit on
+        # the device that held it: not followed yet.
+        raise DataPlaneError("the eBPF data plane cannot change its tunnel source yet")
+
     def start(self, loop: AbstractEventLoop) -> None:
         super().start(loop)
         if self.active and self._poll is None:

@@ -98,6 +98,11 @@ class DataPlane(ABC):
     def set_nhs(self, nbmas: list[IPv4Address]) -> None:
         """The NHSes' NBMA addresses, preferred first (unbound traffic goes there)."""
 
+    def move_source(self, source: IPv4Address) -> None:
+        """Our underlay address changed: send and receive GRE on `source`.
+        DataPlaneError when this data plane cannot (the node must restart)."""
+        raise DataPlaneError(f"{type(self).__name__} cannot change its tunnel source")
+
     @abstractmethod
     def set_multicast(self, nbmas: Collection[IPv4Address]) -> None:
         """Where link multicast and broadcast are replicated (`map multicast`):

@@ -221,6 +221,16 @@ class UserspaceDataPlane(DataPlane):
     def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
         self.forwarder.send_nhrp(nbma, data)
 
+    def move_source(self, source: IPv4Address) -> None:
+        # A raw socket may be bound again (raw_bind has no "already bound"
+        # check): the same fd, so the pump and the loop's reader carry on.
+        if self._gre is not None:
+            try:
+                self._gre.sock.bind((str(source), 0))
+            except OSError as exc:
+                raise DataPlaneError(f"cannot bind GRE to {source}: {exc.strerror}") from None
+            self._gre.source = source
+
     def set_nhs(self, nbmas: list[IPv4Address]) -> None:
         self.forwarder.nhs = list(nbmas)
 

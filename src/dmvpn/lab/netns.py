@@ -60,6 +60,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import nat
 from .topology import DEFAULT_PREFIX, INET, NodeDescription, Topology, namespace_name
 
 __all__ = [
@@ -178,14 +179,15 @@ class Lab:
 
     def namespace(self, node: str) -> str:
         """The namespace of a node of the topology, or of "inet" (the underlay)."""
-        if node != INET:
+        if node != INET and node not in {n.name for n in self.topology.nat_routers}:
             self.topology.plan(node)  # KeyError naming the known nodes
         return namespace_name(self.prefix, node)
 
     @property
     def namespaces(self) -> list[str]:
         """Every namespace `up()` creates, in creation order."""
-        return [self.namespace(n) for n in [INET, *self.topology.names]]
+        nats = [n.name for n in self.topology.nat_routers]
+        return [self.namespace(n) for n in [INET, *nats, *self.topology.names]]
 
     def existing_namespaces(self) -> list[str]:
         """The namespaces of this prefix that exist now (whatever topology made them)."""
@@ -228,12 +230,15 @@ class Lab:
             self._ip("-n", ns, "link", "set", "lo", "up")
         self._ip("-n", inet, "link", "add", BRIDGE, "type", "bridge")
         self._ip("-n", inet, "link", "set", BRIDGE, "up")
+        nat.build(self)
         for router in topo.routers:
             ns = self.namespace(router.name)
             port = f"v-{router.name}"
+            # A spoke behind a NAT router hangs off its inside bridge instead.
+            upstream = self.namespace(router.nat) if router.nat else inet
             self._ip(
                 "-n",
-                inet,
+                upstream,
                 "link",
                 "add",
                 port,
@@ -245,13 +250,15 @@ class Lab:
                 "netns",
                 ns,
             )
-            self._ip("-n", inet, "link", "set", port, "master", BRIDGE, "up")
+            self._ip("-n", upstream, "link", "set", port, "master", BRIDGE, "up")
             if router.kind == "frr":
                 # The guest owns the addresses: the namespace only bridges.
                 self._bridge_tap(ns, FRR_NBMA_BRIDGE, NBMA_INTERFACE, FRR_NBMA_TAP)
                 continue
             self._ip("-n", ns, "addr", "add", str(router.nbma), "dev", NBMA_INTERFACE)
             self._ip("-n", ns, "link", "set", NBMA_INTERFACE, "up")
+            if router.nat:
+                nat.route_spoke(self, router)
             self._run(
                 [self.ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
                 what="enable IPv4 forwarding",

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from dmvpn.config import ConfigError, read_yaml
 
+from .natplan import INSIDE_NETWORK, NatPlan, plan_nat_routers
 from .routingconf import RoutingSpec
 
 __all__ = [
@@ -115,6 +116,9 @@ class SpokeSpec(_Strict):
     # Cisco's `ip nhrp registration no-unique`; off = unique registrations,
     # which a hub refuses (code 14) to move to another NBMA until they expire.
     registration_no_unique: bool = True
+    # Behind the lab's NAT router of this name (dmvpn.lab.natplan): its
+    # underlay address is then on that router's inside network.
+    nat: NodeName | None = None
 
 
 def _default_hubs() -> list[HubSpec]:
@@ -145,6 +149,7 @@ class NodePlan:
     registration_no_unique: bool = True  # spokes only
     tunnel6: IPv6Interface | None = None  # routers of a dual-stack lab
     lan6: IPv6Interface | None = None  # spokes and hosts of a dual-stack lab
+    nat: str | None = None  # spokes behind a lab NAT router: its name
 
 
 class NodeDescription(TypedDict):
@@ -200,6 +205,7 @@ class Topology(_Strict):
     dual_cloud: bool = False
 
     _plan: dict[str, NodePlan] = PrivateAttr(default_factory=dict)
+    _nat: dict[str, NatPlan] = PrivateAttr(default_factory=dict)
 
     # -- loading ------------------------------------------------------------
 
@@ -273,16 +279,23 @@ class Topology(_Strict):
             ("spoke", i, s, f"nodes.spokes.{i - 1}") for i, s in enumerate(self.nodes.spokes, 1)
         ]
         lans: list[tuple[IPv4Network, str]] = []
+        nats = self._resolve_nat(claim)
         for role, i, spec, path in routers:
             claim(path + ".name", spec.name)
             n = i if role == "hub" else 10 + i
-            nbma_ip = spec.nbma or nth(self.underlay_network, n, path + ".nbma")
+            nat = nats.get(spec.nat) if isinstance(spec, SpokeSpec) and spec.nat else None
+            if nat is not None:
+                nbma_ip = nat.spoke_address(i).ip
+                used["underlay", nbma_ip] = spec.name
+                nbma = nat.spoke_address(i)
+            else:
+                nbma_ip = spec.nbma or nth(self.underlay_network, n, path + ".nbma")
+                nbma = address(path + ".nbma", "underlay", self.underlay_network, nbma_ip)
+                used["underlay", nbma_ip] = spec.name
             # Dual cloud: hub N alone on cloud N (cloud_network), spokes on every cloud.
             tun_net = self.cloud_network(i - 1) if self.dual_cloud and role == "hub" else None
             tun_net = tun_net or self.tunnel_network
             tun_ip = spec.tunnel or nth(tun_net, n, path + ".tunnel")
-            nbma = address(path + ".nbma", "underlay", self.underlay_network, nbma_ip)
-            used["underlay", nbma_ip] = spec.name
             tunnel = address(path + ".tunnel", "tunnel", tun_net, tun_ip)
             used["tunnel", tun_ip] = spec.name
             if not isinstance(spec, SpokeSpec):
@@ -321,6 +334,7 @@ class Topology(_Strict):
                 host,
                 kind=spec.kind,
                 registration_no_unique=spec.registration_no_unique,
+                nat=spec.nat,
             )
             plan[host] = NodePlan(host, "host", i, None, None, host_lan, spec.name)
         if self.ipv6:
@@ -360,6 +374,60 @@ class Topology(_Strict):
                 why = f"has no room for {len(hubs)} tunnel networks after {self.tunnel_network}"
         if why:
             raise ValueError(f"dual_cloud {why}")
+
+    def _resolve_nat(self, claim: Any) -> dict[str, NatPlan]:
+        """The NAT routers the spokes name (dmvpn.lab.natplan), checked."""
+        behind: list[tuple[str, str, int]] = []
+        for i, spec in enumerate(self.nodes.spokes, 1):
+            if spec.nat is None:
+                continue
+            path = f"nodes.spokes.{i - 1}"
+            if spec.nbma is not None:
+                raise ValueError(
+                    f"{path}.nbma: a spoke behind nat {spec.nat!r} takes its address "
+                    "from the NAT router's inside network; leave nbma out"
+                )
+            if spec.kind != "dmvpn":
+                raise ValueError(f"{path}.nat: only dmvpn spokes can sit behind a lab NAT")
+            behind.append((spec.name, spec.nat, i))
+        if not behind:
+            self._nat = {}
+            return {}
+        for net in (self.underlay_network, self.tunnel_network, self.lan_summary):
+            if net.overlaps(INSIDE_NETWORK):
+                raise ValueError(f"{net} overlaps the NAT routers' inside network {INSIDE_NETWORK}")
+        nats = plan_nat_routers(behind, self.underlay_network)
+        for nat in nats.values():
+            claim(f"nat {nat.name!r}", nat.name)
+        # Their public addresses must not be any node's: checked by the caller's
+        # `used`, through the names claimed here and the addresses below.
+        publics = {nat.public.ip: nat.name for nat in nats.values()}
+        for i, hub in enumerate(self.nodes.hubs, 1):
+            ip = hub.nbma or self.underlay_network[i]
+            if ip in publics:
+                raise ValueError(f"nodes.hubs.{i - 1}.nbma {ip} is nat {publics[ip]!r}'s public")
+        for i, spoke in enumerate(self.nodes.spokes, 1):
+            if spoke.nat is None:
+                ip = spoke.nbma or self.underlay_network[10 + i]
+                if ip in publics:
+                    raise ValueError(
+                        f"nodes.spokes.{i - 1}.nbma {ip} is nat {publics[ip]!r}'s public"
+                    )
+        self._nat = nats
+        return nats
+
+    @property
+    def nat_routers(self) -> list[NatPlan]:
+        """The lab's NAT routers, in order of first mention."""
+        return list(self._nat.values())
+
+    def public_address(self, name: str) -> IPv4Address | None:
+        """A router's post-NAT underlay address: its NAT router's public
+        address, or its own when it is not behind one."""
+        p = self.plan(name)
+        if p.nat is not None:
+            return self._nat[p.nat].public.ip
+        return None if p.nbma is None else p.nbma.ip
 
     def _plan6(self, plan: dict[str, NodePlan]) -> dict[str, NodePlan]:
         """The IPv6 addresses of a dual-stack lab, by the same numbers as IPv4

@@ -50,6 +50,8 @@ class Core:
         self.events_enabled = True
         # NBMA peer -> the protocol addresses its IPsec identity may claim.
         self.claims: dict[Address, tuple[IPv4Network | IPv6Network, ...]] = {}
+        # (problem, address) already reported by report_once().
+        self._reported: set[tuple[str, Address]] = set()
 
     # ------------------------------------------------------------ outputs
 
@@ -57,6 +59,19 @@ class Core:
         self.stats[f"event.{kind}"] += 1
         if self.events_enabled:
             self.outputs.append(Event(kind, message, details))
+
+    def report_once(
+        self, problem: str, about: Address, kind: EventKind, message: str, **details: Any
+    ) -> None:
+        """Count `problem` every time; the event only the first time for
+        this address, so a misbehaving NAT cannot flood the logs."""
+        self.stats[f"nat.{problem}"] += 1
+        if (problem, about) in self._reported:
+            return
+        if len(self._reported) >= 4096:  # bounded: a flood of addresses stays bounded
+            self._reported.clear()
+        self._reported.add((problem, about))
+        self.event(kind, message, problem=problem, **details)
 
     def new_request_id(self) -> int:
         rid = self._request_id

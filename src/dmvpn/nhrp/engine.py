@@ -32,7 +32,7 @@ from dmvpn.wire import (
     decode_nhrp,
 )
 
-from .cache import BOUND_TYPES, CacheEntry, EntryType, entry_order, host_length
+from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, entry_order, host_length
 from .client import NhsClient, NhsStatus
 from .config import EngineConfig, NhsConfig
 from .core import Core
@@ -171,6 +171,7 @@ class Engine:
         )
         if self.started:
             self._client.nbma_changed(now)
+            self._purges.moved(now)
 
     # ------------------------------------------------------------ outputs
 
@@ -336,7 +337,12 @@ class Engine:
             elif not self._resolver.on_resolution_reply(pkt, src_nbma, now):
                 core.stats["rx.unexpected_reply"] += 1
         elif t == PacketType.PURGE_REQUEST:
-            self._purges.on_request(pkt, src_nbma, now)
+            for gone in self._purges.on_request(pkt, src_nbma, now):
+                if gone.flags & EntryFlag.SHORTCUT and gone.last_used is not None:
+                    # A shortcut in use, purged by its owner (it moved, or
+                    # restarted): ask again at once rather than waiting for
+                    # the hub's next redirect; meanwhile data goes via the hub.
+                    self._resolver.resolve(gone.protocol, now, "shortcut purged by its owner")
         elif t == PacketType.PURGE_REPLY:
             pass  # counted above; nothing waits for it (our purges set N or need no answer)
         elif t == PacketType.ERROR_INDICATION:

@@ -104,6 +104,9 @@ class EventKind(StrEnum):
     PURGED = "purged"
     # Refusals and problems.
     IDENTITY_REFUSED = "identity-refused"
+    # A NAT rewriting in ways a NAT should not (docs/NAT.md): reported once
+    # per address and problem, counted every time.
+    NAT_MISMATCH = "nat-mismatch"
     ERROR_INDICATION = "error-indication"
     AUTH_FAILURE = "auth-failure"
     MALFORMED = "malformed"

@@ -91,6 +91,33 @@ class Purges:
             core.send(nbma, pkt, now)
         entry.handed_out = None
 
+    def moved(self, now: float) -> int:
+        """Our NBMA address changed: every direct peer (a cached binding not
+        through an NHS) still sends to the old one. A zero-CIE Purge Request
+        (N set) makes each drop what it learnt about us by resolution
+        (on_request's OpenNHRP case), so its traffic falls back to the hub,
+        whose redirect brings a new resolution with the new address.
+        Returns how many peers were told."""
+        core = self.core
+        cfg = core.config
+        peers: dict[Address, Address] = {}  # NBMA -> a protocol address there
+        for entry in core.cache:
+            if entry.type == EntryType.CACHED and entry.nbma is not None and not entry.next_hop:
+                peers.setdefault(entry.nbma, entry.protocol)
+        for nbma, proto in peers.items():
+            pkt = originate(
+                cfg,
+                core.nbma,
+                PacketType.PURGE_REQUEST,
+                dst_proto=proto,
+                flags=PurgeFlag.N,
+                request_id=core.new_request_id(),
+                extensions=request_extensions(cfg),
+            )
+            core.send(nbma, pkt, now, budget=False)
+        core.stats["purge.nbma_moved_sent"] += len(peers)
+        return len(peers)
+
     # ------------------------------------------------------------ withdrawing
 
     def drop(self, entry: CacheEntry, now: float, why: Gone) -> None:
@@ -111,13 +138,14 @@ class Purges:
 
     # ------------------------------------------------------------ receiving
 
-    def on_request(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
+    def on_request(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> list[CacheEntry]:
         """Drop the bindings the CIEs name, then answer unless N is set. A
         registrant may purge its own registration; a zero-CIE purge
         (OpenNHRP, sent right after it registers) drops what we learnt
         through resolution about the sender, never its registration."""
         core = self.core
         removed = 0
+        dropped: list[CacheEntry] = []
         if pkt.cies:
             for cie in pkt.cies:
                 target = cie.protocol or pkt.src_proto
@@ -130,6 +158,7 @@ class Purges:
                     and entry.nbma == src_nbma
                 ):
                     self.drop(entry, now, "purged")
+                    dropped.append(entry)
                     removed += 1
         else:
             for entry in list(core.cache):
@@ -137,6 +166,7 @@ class Purges:
                     entry.next_hop == pkt.src_proto or entry.protocol == pkt.src_proto
                 ):
                     self.drop(entry, now, "purged")
+                    dropped.append(entry)
                     removed += 1
         core.stats["purge.entries_removed"] += removed
         core.event(
@@ -147,6 +177,7 @@ class Purges:
             removed=removed,
         )
         self._reply(pkt, src_nbma, now)
+        return dropped
 
     def _reply(self, pkt: NhrpPacket, src_nbma: Address, now: float) -> None:
         if pkt.flags & PurgeFlag.N:

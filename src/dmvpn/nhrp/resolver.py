@@ -173,10 +173,25 @@ class Resolver:
                     nbma = c.nbma  # the responder is behind NAT
                     from_nat = True
                     core.stats["resolution.nat_extension"] += 1
-        if not from_nat and src_nbma != nbma and src_nbma not in self.client.by_nbma:
+        if src_nbma != nbma and src_nbma not in self.client.by_nbma:
             # The answer came straight from the responder, from another
             # address than it claims: NAT without the extension (nhrpd
-            # trusts the packet's source the same way).
+            # trusts the packet's source the same way). With the
+            # extension, it claims a public address the packet did not come
+            # from: our data must go where its packets come from, so the
+            # observed address wins (docs/NAT.md, bad input).
+            if from_nat:
+                core.report_once(
+                    "extension_mismatch",
+                    next_hop,
+                    EventKind.NAT_MISMATCH,
+                    f"{address_text(next_hop)}'s answer claims NBMA {address_text(nbma)} "
+                    f"in its NAT extension but came from {address_text(src_nbma)}; "
+                    "using the address it came from",
+                    protocol=address_text(next_hop),
+                    claimed=address_text(nbma),
+                    observed=address_text(src_nbma),
+                )
             nbma = src_nbma
         holding = cie.holding_time or cfg.holding_time
         flags = EntryFlag.AUTHORITATIVE if pkt.flags & ResolutionFlag.A else EntryFlag(0)

@@ -137,6 +137,10 @@ class Server:
                 code=14,
             )
             return CieCode.UNIQUE_ADDRESS_REGISTERED
+        if natted and existing is not None and existing.nbma != observed:
+            self._check_nat_move(existing, proto, observed, pkt.src_nbma)
+        if natted and (existing is None or existing.nbma != observed):
+            self._check_shared_public(proto, observed, pkt.src_nbma)
         holding = cie.holding_time or cfg.holding_time
         flags = EntryFlag(0)
         if unique:
@@ -184,6 +188,55 @@ class Server:
         else:
             core.stats["registrations.refreshed"] += 1
         return CieCode.SUCCESS
+
+    def _check_nat_move(
+        self, existing: CacheEntry, proto: Address, observed: Address, claimed: Address
+    ) -> None:
+        """The same inside host, seen from another post-NAT address: a NAT
+        whose public address changed (renewed, or one that rewrites every
+        flow differently). The binding follows the packets (they are where
+        answers must go), and the flapping is reported once."""
+        core = self.core
+        if existing.type != EntryType.DYNAMIC or existing.claimed_nbma != claimed:
+            return
+        core.report_once(
+            "public_address_changed",
+            proto,
+            EventKind.NAT_MISMATCH,
+            f"{address_text(proto)} (inside {address_text(claimed)}) now comes from "
+            f"{address_text(observed)}, was {core.describe(existing.nbma)}: its NAT "
+            "changed its public address",
+            protocol=address_text(proto),
+            claimed=address_text(claimed),
+            observed=address_text(observed),
+        )
+
+    def _check_shared_public(self, proto: Address, observed: Address, claimed: Address) -> None:
+        """Another inside host already registered from this post-NAT address:
+        two spokes behind one PAT. GRE through a PAT reaches only one of
+        them (docs/NAT.md); their bindings are left as they are (neither
+        corrupts the other's), and the sharing is reported once."""
+        core = self.core
+        for other in core.cache:
+            if (
+                other.type == EntryType.DYNAMIC
+                and other.nbma == observed
+                and other.protocol != proto
+                and other.claimed_nbma not in (None, claimed)
+            ):
+                core.report_once(
+                    "shared_public_address",
+                    observed,
+                    EventKind.NAT_MISMATCH,
+                    f"{address_text(proto)} registers from {address_text(observed)}, the "
+                    f"post-NAT address of {address_text(other.protocol)} too: two spokes "
+                    "behind one PAT, which plain GRE cannot tell apart",
+                    protocol=address_text(proto),
+                    claimed=address_text(claimed),
+                    observed=address_text(observed),
+                    other=address_text(other.protocol),
+                )
+                return
 
     # ------------------------------------------------------------ resolution
 
@@ -348,8 +401,27 @@ class Server:
             extensions=reply_extensions(cfg, pkt, self_cie(cfg, self.core.nbma), nat_cies=nat_cies),
         )
         requester = self._requester_nbma(pkt, src_nbma)
-        self.core.send(requester, reply, now)
+        to = requester
+        if requester != src_nbma and self._natted_requester(pkt):
+            # The requester is behind NAT (its NHS added the NAT extension
+            # CIE for it): a NAT drops our GRE to its public address until it
+            # has sent to us, so the answer goes back the way the request
+            # came, through the NHS it is registered with, which passes it on
+            # (RFC 2332 5.3.3; nhrpd routes every answer that way). Its data
+            # then comes straight to us and opens the NAT's mapping.
+            to = src_nbma
+            self.core.stats["resolution.reply_via_nhs_nat"] += 1
+        self.core.send(to, reply, now)
         return requester
+
+    @staticmethod
+    def _natted_requester(pkt: NhrpPacket) -> bool:
+        nat = pkt.extension(NatAddressExtension)
+        if not isinstance(nat, NatAddressExtension):
+            return False
+        return any(
+            c.protocol == pkt.src_proto and c.nbma and c.nbma != pkt.src_nbma for c in nat.cies
+        )
 
     def _forward(self, pkt: NhrpPacket, src_nbma: Address, to: Address, now: float) -> None:
         core = self.core

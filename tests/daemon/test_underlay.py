@@ -1,0 +1,27 @@
+"""Which address the tunnel moves to when the underlay address changes (pure)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from dmvpn.daemon.underlay import pick_source
+
+A = IPv4Address
+OLD = A("172.30.0.11")
+
+
+def test_the_source_stays_while_any_device_holds_it() -> None:
+    rows = [(1, A("127.0.0.1"), 254), (2, OLD, 0), (2, A("172.30.0.50"), 0)]
+    assert pick_source(OLD, None, rows) == (None, 2)
+
+
+def test_a_new_global_address_on_the_same_device_takes_over() -> None:
+    rows = [(1, A("127.0.0.1"), 254), (3, A("10.9.9.9"), 0), (2, A("172.30.0.111"), 0)]
+    assert pick_source(OLD, 2, rows) == (A("172.30.0.111"), 2)
+
+
+def test_nothing_changes_between_the_old_lease_and_the_new_one() -> None:
+    # Gone, and nothing on its device yet (or only a link-scope address).
+    assert pick_source(OLD, 2, [(1, A("127.0.0.1"), 254), (2, A("169.254.1.1"), 253)]) == (None, 2)
+    # Never seen on any device: no guess at another device's address.
+    assert pick_source(OLD, None, [(3, A("10.9.9.9"), 0)]) == (None, None)
