@@ -24,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dmvpn.nhrp import EngineConfig, NhsConfig, StaticMap
+from dmvpn.qospolicy import Qos
+from dmvpn.wire import group_problem
 
 
 class _Strict(BaseModel):
@@ -72,6 +74,16 @@ class Nhrp(_Strict):
     auth_failure: Literal["error", "drop"] = "error"
     max_send: Annotated[int, Field(ge=1)] = 100_000
     server: bool | None = None  # default: an interface without NHSes is a hub
+    # `ip nhrp group NAME` (spoke): sent to the NHSes in registrations; the
+    # hub shapes what it sends us by that group's policy (qospolicy.py).
+    group: str | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and (problem := group_problem(v)) is not None:
+            raise ValueError(f"{v!r} {problem}")
+        return v
 
     @field_validator("authentication")
     @classmethod
@@ -96,9 +108,17 @@ class Interface(_Strict):
     dataplane: Literal["userspace", "ebpf", "auto"] = "userspace"
     tunnel: Tunnel
     nhrp: Nhrp
+    # Per-tunnel QoS (hub): NHRP group -> shaping policy (qospolicy.py).
+    qos: Qos | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Interface:
+        if self.qos is not None:
+            if not self.is_hub:
+                raise ValueError("qos: per-tunnel QoS shapes what an NHS sends; this is a spoke")
+            for name, policy in self.qos.groups.items():
+                if (problem := policy.check_burst(self.mtu)) is not None:
+                    raise ValueError(f"qos.groups.{name}.burst: {problem}")
         v6 = self.ipv6_address
         if v6 is not None and (
             v6.ip.is_link_local or v6.ip.is_multicast or v6.network.prefixlen > 126
@@ -169,6 +189,7 @@ class Interface(_Strict):
             auth_failure=n.auth_failure,
             mtu=self.mtu,
             max_send=n.max_send,
+            group=n.group,
         )
 
 

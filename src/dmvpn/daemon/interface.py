@@ -42,6 +42,7 @@ from dmvpn.nhrp import (
     EngineConfig,
     Event,
     EventKind,
+    PeerGroup,
     ProtectPeer,
     SendPacket,
     ShortcutAdded,
@@ -52,6 +53,7 @@ from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import RoutingView
 from dmvpn.wire import Address, address_text
 
+from .qos import QosShaper
 from .routing import RTPROT_DMVPN, KernelRouting
 
 __all__ = ["InterfaceRuntime", "Log"]
@@ -93,12 +95,16 @@ class InterfaceRuntime:
         # Called with (interface name, event) for every engine Event: the
         # management API's /v1/events subscribers.
         self.listeners: list[Callable[[str, Event], None]] = []
+        # Per-tunnel QoS (hub with `qos:`): made in open(), fed PeerGroup
+        # and BindingRemoved.
+        self.qos: QosShaper | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             SendPacket: self._send,
             BindingAdded: self._bind,
-            BindingRemoved: lambda o: self._perform(self.gate.unbind(o)),
+            BindingRemoved: self._unbind,
+            PeerGroup: self._peer_group,
             ShortcutAdded: lambda o: self._perform(self.gate.shortcut(o)),
             ShortcutRemoved: lambda o: self._perform(self.gate.unshortcut(o)),
             ProtectPeer: self._protect,
@@ -128,6 +134,14 @@ class InterfaceRuntime:
         if self.cfg.ipv6_address is not None:
             self.engines.append(Engine(self._engine_config(self.cfg, 6), self._routing(index, 6)))
         self.hooks = FamilyDispatch(*self.engines)
+        if self.cfg.qos is not None:
+            self.qos = QosShaper(
+                self.cfg.qos,
+                gre_key=self.cfg.tunnel.key is not None,
+                log=self.log,
+                interface=self.cfg.name,
+                device_of=self._underlay_device,
+            )
         nhs = sorted(self.cfg.nhrp.nhs, key=lambda n: n.priority)
         self.dataplane.set_nhs(list(dict.fromkeys(n.nbma for n in nhs)))
         self._update_multicast()
@@ -168,6 +182,8 @@ class InterfaceRuntime:
             self._timer.cancel()
         if isinstance(self._routing, MonitoredRouting):  # before the interface goes
             self._routing.close()
+        if self.qos is not None:
+            self.qos.close()
         self.dataplane.close()
 
     def retune(self, cfg: Interface) -> None:
@@ -266,6 +282,34 @@ class InterfaceRuntime:
     def _bind(self, out: BindingAdded) -> None:
         if isinstance(out.nbma, IPv4Address):
             self._perform(self.gate.bind(out))
+
+    def _unbind(self, out: BindingRemoved) -> None:
+        if self.qos is not None:
+            self.qos.unbind(out.protocol, out.nbma)
+        self._perform(self.gate.unbind(out))
+
+    def _peer_group(self, out: PeerGroup) -> None:
+        if self.qos is not None:
+            self.qos.peer_group(out.protocol, out.nbma, out.group)
+        elif out.group is not None:
+            self.log(
+                "qos-unknown-group",
+                f"{address_text(out.nbma)} registered in NHRP group {out.group!r}, but "
+                f"{self.cfg.name} has no qos policies; served unshaped",
+                interface=self.cfg.name,
+                nbma=address_text(out.nbma),
+                group=out.group,
+            )
+
+    def _underlay_device(self, nbma: IPv4Address) -> str | None:
+        """The device the kernel routes ``nbma`` through (the underlay egress)."""
+        try:
+            routes = self.ipr.route("get", dst=str(nbma))
+            index = routes[0].get_attr("RTA_OIF")
+            links = self.ipr.get_links(index)
+        except Exception:
+            return None
+        return links[0].get_attr("IFLA_IFNAME") if links else None
 
     def _protect(self, out: ProtectPeer | UnprotectPeer) -> None:
         if self.ipsec is None or not isinstance(out.nbma, IPv4Address):
