@@ -229,6 +229,7 @@ def dmvpn_interface(iface: Iface, now: float) -> dict[str, Any]:
             "attributes": attrs,
             "attrb": "".join(attrs),
             "claimed_nbma": _text(entry.claimed_nbma),
+            "group": entry.group,  # the NHRP group its registration named (hub)
         }
         # Entries without an NBMA address (incomplete) are a peer each.
         key: Any = entry.nbma if entry.nbma is not None else ("incomplete", entry.protocol)

@@ -42,9 +42,19 @@ from ipaddress import (
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dmvpn.config import ConfigError, read_yaml
+from dmvpn.qospolicy import parse_rate
+from dmvpn.wire import group_problem
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -112,6 +122,9 @@ class SpokeSpec(_Strict):
     # Cisco's `ip nhrp registration no-unique`; off = unique registrations,
     # which a hub refuses (code 14) to move to another NBMA until they expire.
     registration_no_unique: bool = True
+    # `ip nhrp group NAME`: the hubs shape what they send this spoke by the
+    # topology's `qos` rate for NAME (per-tunnel QoS).
+    group: str | None = None
 
 
 def _default_hubs() -> list[HubSpec]:
@@ -187,6 +200,21 @@ class Topology(_Strict):
     dataplane: Literal["userspace", "ebpf", "auto"] | None = None
     tunnel_network6: IPv6Network = IPv6Network("fd00::/64")
     lan_summary6: IPv6Network = IPv6Network("fd00::/16")
+    # Per-tunnel QoS on every dmvpn hub: NHRP group -> rate (`10mbit`), the
+    # shaper of each spoke whose `group` names it (qospolicy.py).
+    qos: dict[str, str | int] = {}
+
+    @field_validator("qos")
+    @classmethod
+    def _qos(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        for group, rate in v.items():
+            if (problem := group_problem(group)) is not None:
+                raise ValueError(f"group {group!r} {problem}")
+            try:
+                parse_rate(rate)
+            except ValueError as exc:
+                raise ValueError(f"{group}: {exc}") from None
+        return v
 
     _plan: dict[str, NodePlan] = PrivateAttr(default_factory=dict)
 
@@ -453,6 +481,12 @@ class Topology(_Strict):
                     )
         if self.authentication is not None:
             nhrp["authentication"] = self.authentication
+        qos: dict[str, Any] = {}
+        if me.role == "hub" and self.qos:
+            qos["qos"] = {"groups": {g: {"rate": r} for g, r in self.qos.items()}}
+        spec = next((s for s in self.nodes.spokes if s.name == name), None)
+        if spec is not None and spec.group is not None:
+            nhrp["group"] = spec.group
         return {
             "node": name,
             "interfaces": [
@@ -463,6 +497,7 @@ class Topology(_Strict):
                     "tunnel": {"source": str(me.nbma.ip), "key": self.key},
                     **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
                     "nhrp": nhrp,
+                    **qos,
                 }
             ],
             "routes": routes,
