@@ -15,7 +15,7 @@ group); a tc command that fails is logged and the spoke is served unshaped.
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,25 +56,32 @@ def run_tc(lines: list[str]) -> None:
         raise TcError((proc.stderr or proc.stdout).strip().replace("\n", "; "))
 
 
+_CLASS = re.compile(r"^class htb (\S+) ")
+_SENT = re.compile(r"Sent (\d+) bytes (\d+) pkt \(dropped (\d+), overlimits (\d+)")
+
+
 def tc_class_stats(device: str) -> dict[str, dict[str, int]]:
-    """Per HTB class id ("1:10"): bytes, packets, drops, overlimits (tc -s -j)."""
+    """Per HTB class id ("1:10"): bytes, packets, drops, overlimits. Parsed
+    from `tc -s class show` (the text form: Debian 12's tc has no JSON for
+    classes)."""
     proc = subprocess.run(
-        ["tc", "-s", "-j", "class", "show", "dev", device],
+        ["tc", "-s", "class", "show", "dev", device],
         capture_output=True,
         text=True,
         check=False,
     )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return {}
     out: dict[str, dict[str, int]] = {}
-    for c in json.loads(proc.stdout):
-        stats = c.get("stats", {})
-        out[c.get("handle", "")] = {
-            "bytes": int(stats.get("bytes", 0)),
-            "packets": int(stats.get("packets", 0)),
-            "drops": int(stats.get("drops", 0)),
-            "overlimits": int(stats.get("overlimits", 0)),
-        }
+    current: str | None = None
+    for line in proc.stdout.splitlines():
+        m = _CLASS.match(line)
+        if m is not None:
+            current = m.group(1)
+            continue
+        m = _SENT.search(line)
+        if m is not None and current is not None:
+            b, p, d, o = (int(x) for x in m.groups())
+            out[current] = {"bytes": b, "packets": p, "drops": d, "overlimits": o}
+            current = None
     return out
 
 
