@@ -29,34 +29,54 @@ pytestmark = pytest.mark.skipif(
 RATE_MBIT = 8
 
 
-def iperf_mbit(cloud: Cloud, client: str, server: str, address: str, seconds: int = 3) -> float:
+def iperf_mbit(
+    cloud: Cloud, client: str, server: str, address: str, seconds: int = 3, *extra: str
+) -> float:
     """TCP goodput client -> address (the server node's), in Mbit/s."""
     srv = cloud.lab.popen(
         server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        out = ""
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:  # until the server listens
-            res = cloud.lab.exec(
-                client,
-                ["iperf3", "-c", address, "-t", str(seconds), "-J"],
-                capture_output=True,
-                text=True,
-            )
-            out = res.stdout
-            if res.returncode == 0:
+            if cloud.sh(server, "ss", "-Hltn", "sport = :5201").strip():
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
+        res = cloud.lab.exec(
+            client,
+            ["iperf3", "-c", address, "-t", str(seconds), "-J", *extra],
+            capture_output=True,
+            text=True,
+        )
+        out = res.stdout
         data = json.loads(out)
+        assert "error" not in data, data["error"]
         return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
     finally:
         srv.kill()
         srv.wait(timeout=10)
 
 
-@pytest.fixture
-def qos_cloud(tmp_path: Path) -> Iterator[Cloud]:
+class ClassCloud(Cloud):
+    """The hub's policy for `gold` gets a DSCP class (the lab's topology
+    only names rates)."""
+
+    def config(self, node: str) -> dict:  # type: ignore[type-arg]
+        cfg = super().config(node)
+        if node == "hub1":
+            cfg["interfaces"][0]["qos"] = {
+                "groups": {
+                    "gold": {
+                        "rate": f"{RATE_MBIT}mbit",
+                        "classes": [{"name": "voice", "dscp": ["ef"], "rate": "2mbit"}],
+                    }
+                }
+            }
+        return cfg
+
+
+@pytest.fixture(params=[Cloud, ClassCloud], ids=["group", "dscp-classes"])
+def qos_cloud(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cloud]:
     topo = Topology.from_data(
         {
             "phase": 1,
@@ -73,7 +93,7 @@ def qos_cloud(tmp_path: Path) -> Iterator[Cloud]:
     lab = Lab(topo, prefix=f"dmq{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
     try:
         lab.up()
-        cloud = Cloud(lab, topo, tmp_path)
+        cloud = request.param(lab, topo, tmp_path)
         for plan in topo.routers:
             cloud.start(plan.name)
         cloud.wait(
@@ -133,6 +153,22 @@ def test_group_shapes_its_spoke_and_leaves_the_others(qos_cloud: Cloud) -> None:
     view = _show_group(cloud)
     counters = {p["nbma"]: p.get("counters") for p in view["interfaces"][0]["qos"]["peers"]}
     assert counters[s1]["bytes"] > 1_000_000  # the iperf3 stream went through it
+
+    if isinstance(cloud, ClassCloud):
+        # EF inside GRE lands in the voice class (1:x1), the rest in the
+        # default one (1:xf): the filters read the inner DSCP.
+        base = int(peers[s1]["classid"].split(":")[1], 16)
+        voice, rest = f"1:{base + 1:x}", f"1:{base + 15:x}"
+
+        def sent(classid: str) -> int:
+            out = cloud.sh("hub1", "tc", "-s", "class", "show", "dev", device)
+            part = out.split(f"class htb {classid} ", 1)[1]
+            return int(part.split("Sent ", 1)[1].split(" ", 1)[0])
+
+        v0, r0 = sent(voice), sent(rest)
+        iperf_mbit(cloud, "hub1", "host1", host1, 2, "-S", "184")  # TOS 0xb8: EF
+        v1, r1 = sent(voice), sent(rest)
+        assert v1 - v0 > 500_000 and r1 - r0 < (v1 - v0) / 10, (v0, v1, r0, r1)
 
     # The spoke leaves (deregisters on stop): its shaper goes.
     cloud.stop("spoke1")
