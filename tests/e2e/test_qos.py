@@ -75,11 +75,18 @@ class ClassCloud(Cloud):
         return cfg
 
 
-@pytest.fixture(params=[Cloud, ClassCloud], ids=["group", "dscp-classes"])
+# The shaper sits on the underlay: the same for both data planes (the eBPF
+# one redirects GRE to the underlay device's egress, through its qdisc).
+@pytest.fixture(
+    params=[(Cloud, "userspace"), (ClassCloud, "userspace"), (Cloud, "ebpf")],
+    ids=["group", "dscp-classes", "group-ebpf"],
+)
 def qos_cloud(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cloud]:
+    kind, dataplane = request.param
     topo = Topology.from_data(
         {
             "phase": 1,
+            "dataplane": dataplane,
             "qos": {"gold": f"{RATE_MBIT}mbit"},
             "nodes": {
                 "spokes": [
@@ -93,7 +100,7 @@ def qos_cloud(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cloud]
     lab = Lab(topo, prefix=f"dmq{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
     try:
         lab.up()
-        cloud = request.param(lab, topo, tmp_path)
+        cloud = kind(lab, topo, tmp_path)
         for plan in topo.routers:
             cloud.start(plan.name)
         cloud.wait(
