@@ -38,6 +38,11 @@ class Tunnel(_Strict):
 
     source: IPv4Address
     key: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
+    # Front-door VRF (Cisco `tunnel vrf`): the network namespace holding the
+    # underlay (`source` and its routes); GRE is sent and received there, the
+    # tunnel interface, its routes and the LAN stay in the daemon's own
+    # (docs/QOS.md, "Front-door VRF"). None: the daemon's own namespace.
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
 
 
 class Nhs(_Strict):
@@ -113,6 +118,14 @@ class Interface(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Interface:
+        if self.tunnel.namespace is not None:
+            if self.dataplane == "ebpf":
+                raise ValueError(
+                    "dataplane: ebpf redirects GRE to a device of this namespace; with "
+                    "tunnel.namespace (front-door VRF) use userspace or auto"
+                )
+            if self.qos is not None:
+                raise ValueError("qos with tunnel.namespace (front-door VRF) is not supported yet")
         if self.qos is not None:
             if not self.is_hub:
                 raise ValueError("qos: per-tunnel QoS shapes what an NHS sends; this is a spoke")
@@ -357,6 +370,12 @@ class NodeConfig(_Strict):
         ):
             raise ValueError("IPv6 routes need an interface with an ipv6_address")
         if self.ipsec is not None:
+            for i, itf in enumerate(self.interfaces):
+                if itf.tunnel.namespace is not None:
+                    raise ValueError(
+                        f"interfaces.{i}.tunnel.namespace: IPsec with a front-door VRF "
+                        "(charon in the underlay namespace) is not supported yet"
+                    )
             sources = [i.tunnel.source for i in self.interfaces]
             for i, itf in enumerate(self.interfaces):
                 if itf.dataplane == "ebpf":

@@ -37,6 +37,8 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
         return EbpfDataPlane(cfg, ipr, log, required=True)
     if cfg.dataplane == "auto":
         why = "IPsec is on (bpf_redirect bypasses xfrm)" if ipsec else ebpf_unavailable()
+        if cfg.tunnel.namespace is not None:
+            why = "the underlay is in another namespace (front-door VRF)"
         if why is None:
             return EbpfDataPlane(cfg, ipr, log, required=False)
         log("dataplane", f"{cfg.name}: userspace data plane ({why})")

@@ -25,6 +25,7 @@ from dmvpn.wire.ethernet import mac_text
 
 from .devices import GreSocket, Tap
 from .forwarding import Forwarder, PeerCounters, nbma_mac
+from .netns import entered
 from .plane import DataPlane, DataPlaneError, DataPlaneHooks
 from .pump import BATCH, Pump, fastpath
 
@@ -58,7 +59,15 @@ class UserspaceDataPlane(DataPlane):
         # A TAP with a virtio_net_hdr lets the C pump take TSO/checksum
         # offloads (devices.py); only worth it where the pump will run.
         self._tap = Tap(cfg.name, vnet_hdr=fastpath is not None and not self.redirect)
-        self._gre = GreSocket(cfg.tunnel.source)
+        # Front-door VRF: the GRE socket lives in the underlay namespace.
+        try:
+            with entered(cfg.tunnel.namespace):
+                self._gre = GreSocket(cfg.tunnel.source)
+        except OSError as exc:
+            where = f" in namespace {cfg.tunnel.namespace}" if cfg.tunnel.namespace else ""
+            raise DataPlaneError(
+                f"cannot open GRE on {cfg.tunnel.source}{where}: {exc.strerror}"
+            ) from None
         self._index = ipr.link_lookup(ifname=cfg.name)[0]
         mac = nbma_mac(cfg.tunnel.source)
         if cfg.ipv6_address is not None:
