@@ -60,7 +60,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .topology import DEFAULT_PREFIX, INET, NodeDescription, Topology, namespace_name
+from .topology import (
+    DEFAULT_PREFIX,
+    INET,
+    NodeDescription,
+    Topology,
+    namespace_name,
+    underlay_namespace,
+)
 
 __all__ = [
     "BRIDGE",
@@ -91,7 +98,8 @@ STATE_VERSION = 1
 # namespace name and of the state file's name.
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,22}-$")
 # What follows the prefix in one of our namespaces: a node name or "inet".
-_NODE_PART = re.compile(r"^[a-z][a-z0-9]*$")
+# A node, or a router's underlay namespace with front_door_vrf ("-ul").
+_NODE_PART = re.compile(r"^[a-z][a-z0-9]*(-ul)?$")
 # Command timeout: `ip` answers in milliseconds; a hang is a bug to report.
 _COMMAND_TIMEOUT = 30.0
 
@@ -182,10 +190,21 @@ class Lab:
             self.topology.plan(node)  # KeyError naming the known nodes
         return namespace_name(self.prefix, node)
 
+    def underlay_namespace(self, node: str) -> str:
+        """Where a router's nbma0 is: its own namespace, or with
+        `front_door_vrf` the `-ul` one beside it."""
+        if self.topology.front_door_vrf:
+            self.topology.plan(node)
+            return underlay_namespace(self.prefix, node)
+        return self.namespace(node)
+
     @property
     def namespaces(self) -> list[str]:
         """Every namespace `up()` creates, in creation order."""
-        return [self.namespace(n) for n in [INET, *self.topology.names]]
+        own = [self.namespace(n) for n in [INET, *self.topology.names]]
+        if self.topology.front_door_vrf:
+            own += [self.underlay_namespace(r.name) for r in self.topology.routers]
+        return own
 
     def existing_namespaces(self) -> list[str]:
         """The namespaces of this prefix that exist now (whatever topology made them)."""
@@ -229,7 +248,7 @@ class Lab:
         self._ip("-n", inet, "link", "add", BRIDGE, "type", "bridge")
         self._ip("-n", inet, "link", "set", BRIDGE, "up")
         for router in topo.routers:
-            ns = self.namespace(router.name)
+            ns = self.underlay_namespace(router.name)  # with front_door_vrf: -ul
             port = f"v-{router.name}"
             self._ip(
                 "-n",
@@ -252,6 +271,7 @@ class Lab:
                 continue
             self._ip("-n", ns, "addr", "add", str(router.nbma), "dev", NBMA_INTERFACE)
             self._ip("-n", ns, "link", "set", NBMA_INTERFACE, "up")
+            ns = self.namespace(router.name)  # forwarding: between tunnel and LAN
             self._run(
                 [self.ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
                 what="enable IPv4 forwarding",

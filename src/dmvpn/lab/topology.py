@@ -91,6 +91,11 @@ NodeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,12}$")]
 Password = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[ -~]+$")]
 
 
+def underlay_namespace(prefix: str, node: str) -> str:
+    """Where a router's underlay lives with `front_door_vrf` (its nbma0)."""
+    return f"{namespace_name(prefix, node)}-ul"
+
+
 def namespace_name(prefix: str, node: str) -> str:
     """The network namespace of `node` in the lab with this prefix."""
     return prefix + node
@@ -203,6 +208,10 @@ class Topology(_Strict):
     # Per-tunnel QoS on every dmvpn hub: NHRP group -> rate (`10mbit`), the
     # shaper of each spoke whose `group` names it (qospolicy.py).
     qos: dict[str, str | int] = {}
+    # Front-door VRF: every router's underlay (nbma0, its address and routes)
+    # in a namespace of its own, `<router namespace>-ul`; the daemon sends
+    # GRE there (tunnel.namespace) and keeps the tunnel and LAN in its own.
+    front_door_vrf: bool = False
 
     @field_validator("qos")
     @classmethod
@@ -342,6 +351,12 @@ class Topology(_Strict):
         # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
         order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
         self._plan = {p.name: p for p in order}
+        if self.front_door_vrf:
+            # What the daemon does not do with a front-door VRF yet (config.py).
+            if any(p.kind == "frr" for p in order):
+                raise ValueError("front_door_vrf: dmvpn routers only (frr nodes run in guests)")
+            if self.ipsec_psk is not None or self.qos or self.dataplane == "ebpf":
+                raise ValueError("front_door_vrf: not yet with ipsec_psk, qos or dataplane: ebpf")
         if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
             raise ValueError(
                 "ipsec_psk: frr nodes run no strongSwan in the lab; "
@@ -512,7 +527,10 @@ class Topology(_Strict):
                 role=p.role,
                 kind=p.kind,
                 namespace=namespace_name(prefix, p.name),
-                underlay=None if p.nbma is None else str(p.nbma),
+                underlay=None
+                if p.nbma is None
+                else str(p.nbma)
+                + (f" (in {underlay_namespace(prefix, p.name)})" if self.front_door_vrf else ""),
                 tunnel=None if p.tunnel is None else str(p.tunnel),
                 lan=None if p.lan is None else str(p.lan),
             )
