@@ -370,12 +370,12 @@ class NodeConfig(_Strict):
         ):
             raise ValueError("IPv6 routes need an interface with an ipv6_address")
         if self.ipsec is not None:
-            for i, itf in enumerate(self.interfaces):
-                if itf.tunnel.namespace is not None:
-                    raise ValueError(
-                        f"interfaces.{i}.tunnel.namespace: IPsec with a front-door VRF "
-                        "(charon in the underlay namespace) is not supported yet"
-                    )
+            if len({i.tunnel.namespace for i in self.interfaces}) > 1:
+                # One charon per node, in the underlay namespace (front-door VRF).
+                raise ValueError(
+                    "with ipsec, every interface needs the same tunnel.namespace "
+                    "(one charon, in the underlay's namespace)"
+                )
             sources = [i.tunnel.source for i in self.interfaces]
             for i, itf in enumerate(self.interfaces):
                 if itf.dataplane == "ebpf":

@@ -24,13 +24,14 @@ def _node(**itf: Any) -> dict[str, Any]:
 def test_tunnel_namespace_loads() -> None:
     itf = parse_config(_node()).interfaces[0]
     assert itf.tunnel.namespace == "dmvpn-spoke1-ul"
+    with_ipsec = parse_config(_node() | {"ipsec": {"psk": "0123456789abcdef"}})
+    assert with_ipsec.ipsec is not None
 
 
 @pytest.mark.parametrize(
     ("data", "why"),
     [
         (_node(dataplane="ebpf"), "use userspace or auto"),
-        (_node() | {"ipsec": {"psk": "0123456789abcdef"}}, "not supported yet"),
         (
             _node(
                 address="10.0.0.1/24",
@@ -54,6 +55,6 @@ def test_lab_topology() -> None:
     rows = {r["name"]: r for r in topo.describe("x-")}
     assert rows["spoke1"]["underlay"] == "172.30.0.11/24 (in x-spoke1-ul)"
     assert rows["host1"]["underlay"] is None
-    for bad in ({"qos": {"g": "1mbit"}}, {"ipsec_psk": "0123456789abcdef"}):
+    for bad in ({"qos": {"g": "1mbit"}}, {"dataplane": "ebpf"}):
         with pytest.raises(TopologyError, match="front_door_vrf: not yet"):
             Topology.from_data({"front_door_vrf": True, **bad})

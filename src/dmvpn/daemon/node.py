@@ -161,6 +161,7 @@ class Node:
                     on_up=self._ipsec_up,
                     on_down=self._ipsec_down,
                     on_restart=self._ipsec_restarted,
+                    namespace=self.config.interfaces[0].tunnel.namespace,
                 )
                 api.ipsec = self.ipsec
                 await self.ipsec.start()

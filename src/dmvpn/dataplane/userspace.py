@@ -20,12 +20,12 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from dmvpn.config import Interface
+from dmvpn.nsenter import entered
 from dmvpn.wire import Address, address_text
 from dmvpn.wire.ethernet import mac_text
 
 from .devices import GreSocket, Tap
 from .forwarding import Forwarder, PeerCounters, nbma_mac
-from .netns import entered
 from .plane import DataPlane, DataPlaneError, DataPlaneHooks
 from .pump import BATCH, Pump, fastpath
 
