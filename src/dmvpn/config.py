@@ -118,14 +118,11 @@ class Interface(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Interface:
-        if self.tunnel.namespace is not None:
-            if self.dataplane == "ebpf":
-                raise ValueError(
-                    "dataplane: ebpf redirects GRE to a device of this namespace; with "
-                    "tunnel.namespace (front-door VRF) use userspace or auto"
-                )
-            if self.qos is not None:
-                raise ValueError("qos with tunnel.namespace (front-door VRF) is not supported yet")
+        if self.tunnel.namespace is not None and self.dataplane == "ebpf":
+            raise ValueError(
+                "dataplane: ebpf redirects GRE to a device of this namespace; with "
+                "tunnel.namespace (front-door VRF) use userspace or auto"
+            )
         if self.qos is not None:
             if not self.is_hub:
                 raise ValueError("qos: per-tunnel QoS shapes what an NHS sends; this is a spoke")

@@ -75,11 +75,30 @@ class ClassCloud(Cloud):
         return cfg
 
 
+class FdCloud(Cloud):
+    """Front-door VRF: the shaper goes on nbma0 in the hub's underlay namespace."""
+
+    def config(self, node: str) -> dict:  # type: ignore[type-arg]
+        cfg = super().config(node)
+        cfg["interfaces"][0]["tunnel"]["namespace"] = self.lab.underlay_namespace(node)
+        return cfg
+
+    def sh(self, node: str, *argv: str) -> str:
+        if argv and argv[0] == "tc":  # the shaper is where the underlay is
+            argv = ("tc", "-n", self.lab.underlay_namespace(node), *argv[1:])
+        return super().sh(node, *argv)
+
+
 # The shaper sits on the underlay: the same for both data planes (the eBPF
 # one redirects GRE to the underlay device's egress, through its qdisc).
 @pytest.fixture(
-    params=[(Cloud, "userspace"), (ClassCloud, "userspace"), (Cloud, "ebpf")],
-    ids=["group", "dscp-classes", "group-ebpf"],
+    params=[
+        (Cloud, "userspace"),
+        (ClassCloud, "userspace"),
+        (Cloud, "ebpf"),
+        (FdCloud, "userspace"),
+    ],
+    ids=["group", "dscp-classes", "group-ebpf", "group-front-door-vrf"],
 )
 def qos_cloud(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cloud]:
     kind, dataplane = request.param
@@ -87,6 +106,7 @@ def qos_cloud(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cloud]
         {
             "phase": 1,
             "dataplane": dataplane,
+            "front_door_vrf": kind is FdCloud,
             "qos": {"gold": f"{RATE_MBIT}mbit"},
             "nodes": {
                 "spokes": [

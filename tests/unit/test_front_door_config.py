@@ -32,15 +32,6 @@ def test_tunnel_namespace_loads() -> None:
     ("data", "why"),
     [
         (_node(dataplane="ebpf"), "use userspace or auto"),
-        (
-            _node(
-                address="10.0.0.1/24",
-                tunnel={"source": "172.30.0.1", "namespace": "ul"},
-                nhrp={"network_id": 1},
-                qos={"groups": {"g": {"rate": "1mbit"}}},
-            ),
-            "not supported yet",
-        ),
         (_node(tunnel={"source": "172.30.0.11", "namespace": "a/b"}), "tunnel.namespace"),
     ],
 )
@@ -55,6 +46,5 @@ def test_lab_topology() -> None:
     rows = {r["name"]: r for r in topo.describe("x-")}
     assert rows["spoke1"]["underlay"] == "172.30.0.11/24 (in x-spoke1-ul)"
     assert rows["host1"]["underlay"] is None
-    for bad in ({"qos": {"g": "1mbit"}}, {"dataplane": "ebpf"}):
-        with pytest.raises(TopologyError, match="front_door_vrf: not yet"):
-            Topology.from_data({"front_door_vrf": True, **bad})
+    with pytest.raises(TopologyError, match="front_door_vrf: not yet"):
+        Topology.from_data({"front_door_vrf": True, "dataplane": "ebpf"})

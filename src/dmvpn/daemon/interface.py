@@ -11,6 +11,7 @@ The constructor touches nothing; `open()` creates the devices (root), then
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_network
@@ -53,7 +54,7 @@ from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import RoutingView
 from dmvpn.wire import Address, address_text
 
-from .qos import QosShaper
+from .qos import QosShaper, run_tc, tc_class_stats
 from .routing import RTPROT_DMVPN, KernelRouting
 
 __all__ = ["InterfaceRuntime", "Log"]
@@ -135,12 +136,16 @@ class InterfaceRuntime:
             self.engines.append(Engine(self._engine_config(self.cfg, 6), self._routing(index, 6)))
         self.hooks = FamilyDispatch(*self.engines)
         if self.cfg.qos is not None:
+            # The shaper is on the underlay: with a front-door VRF, tc runs there.
+            ns = self.cfg.tunnel.namespace
             self.qos = QosShaper(
                 self.cfg.qos,
                 gre_key=self.cfg.tunnel.key is not None,
                 log=self.log,
                 interface=self.cfg.name,
                 device_of=self._underlay_device,
+                run=lambda lines: run_tc(lines, ns),
+                stats=lambda device: tc_class_stats(device, ns),
             )
         nhs = sorted(self.cfg.nhrp.nhs, key=lambda n: n.priority)
         self.dataplane.set_nhs(list(dict.fromkeys(n.nbma for n in nhs)))
@@ -302,7 +307,16 @@ class InterfaceRuntime:
             )
 
     def _underlay_device(self, nbma: IPv4Address) -> str | None:
-        """The device the kernel routes ``nbma`` through (the underlay egress)."""
+        """The device the kernel routes ``nbma`` through (the underlay egress),
+        asked in the underlay namespace with a front-door VRF."""
+        if self.cfg.tunnel.namespace is not None:
+            out = subprocess.run(
+                ["ip", "-n", self.cfg.tunnel.namespace, "-o", "route", "get", str(nbma)],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            return out[out.index("dev") + 1] if "dev" in out[:-1] else None
         try:
             routes = self.ipr.route("get", dst=str(nbma))
             index = routes[0].get_attr("RTA_OIF")

@@ -43,10 +43,15 @@ class TcError(Exception):
     pass
 
 
-def run_tc(lines: list[str]) -> None:
+def tc_argv(namespace: str | None) -> list[str]:
+    """tc, in the underlay namespace with a front-door VRF (`tc -n NS`)."""
+    return ["tc", "-n", namespace] if namespace else ["tc"]
+
+
+def run_tc(lines: list[str], namespace: str | None = None) -> None:
     """Run tc commands as one batch (one fork, not one per line)."""
     proc = subprocess.run(
-        ["tc", "-batch", "-"],
+        [*tc_argv(namespace), "-batch", "-"],
         input="\n".join(lines) + "\n",
         capture_output=True,
         text=True,
@@ -60,12 +65,12 @@ _CLASS = re.compile(r"^class htb (\S+) ")
 _SENT = re.compile(r"Sent (\d+) bytes (\d+) pkt \(dropped (\d+), overlimits (\d+)")
 
 
-def tc_class_stats(device: str) -> dict[str, dict[str, int]]:
+def tc_class_stats(device: str, namespace: str | None = None) -> dict[str, dict[str, int]]:
     """Per HTB class id ("1:10"): bytes, packets, drops, overlimits. Parsed
     from `tc -s class show` (the text form: Debian 12's tc has no JSON for
     classes)."""
     proc = subprocess.run(
-        ["tc", "-s", "class", "show", "dev", device],
+        [*tc_argv(namespace), "-s", "class", "show", "dev", device],
         capture_output=True,
         text=True,
         check=False,

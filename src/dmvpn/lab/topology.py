@@ -355,8 +355,8 @@ class Topology(_Strict):
             # What the daemon does not do with a front-door VRF yet (config.py).
             if any(p.kind == "frr" for p in order):
                 raise ValueError("front_door_vrf: dmvpn routers only (frr nodes run in guests)")
-            if self.qos or self.dataplane == "ebpf":
-                raise ValueError("front_door_vrf: not yet with qos or dataplane: ebpf")
+            if self.dataplane == "ebpf":
+                raise ValueError("front_door_vrf: not yet with dataplane: ebpf")
         if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
             raise ValueError(
                 "ipsec_psk: frr nodes run no strongSwan in the lab; "
