@@ -24,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dmvpn.nhrp import EngineConfig, NhsConfig, StaticMap
+from dmvpn.qospolicy import Qos
+from dmvpn.wire import group_problem
 
 
 class _Strict(BaseModel):
@@ -36,6 +38,11 @@ class Tunnel(_Strict):
 
     source: IPv4Address
     key: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
+    # Front-door VRF (Cisco `tunnel vrf`): the network namespace holding the
+    # underlay (`source` and its routes); GRE is sent and received there, the
+    # tunnel interface, its routes and the LAN stay in the daemon's own
+    # (docs/QOS.md, "Front-door VRF"). None: the daemon's own namespace.
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
 
 
 class Nhs(_Strict):
@@ -87,6 +94,16 @@ class Nhrp(_Strict):
     # Fast NHS failure detection (routing.md, "Hub redundancy"): None = off,
     # an NHS is then down only when its registrations go unanswered.
     nhs_liveness: NhsLiveness | None = None
+    # `ip nhrp group NAME` (spoke): sent to the NHSes in registrations; the
+    # hub shapes what it sends us by that group's policy (qospolicy.py).
+    group: str | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and (problem := group_problem(v)) is not None:
+            raise ValueError(f"{v!r} {problem}")
+        return v
 
     @field_validator("authentication")
     @classmethod
@@ -111,9 +128,22 @@ class Interface(_Strict):
     dataplane: Literal["userspace", "ebpf", "auto"] = "userspace"
     tunnel: Tunnel
     nhrp: Nhrp
+    # Per-tunnel QoS (hub): NHRP group -> shaping policy (qospolicy.py).
+    qos: Qos | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Interface:
+        if self.tunnel.namespace is not None and self.dataplane == "ebpf":
+            raise ValueError(
+                "dataplane: ebpf redirects GRE to a device of this namespace; with "
+                "tunnel.namespace (front-door VRF) use userspace or auto"
+            )
+        if self.qos is not None:
+            if not self.is_hub:
+                raise ValueError("qos: per-tunnel QoS shapes what an NHS sends; this is a spoke")
+            for name, policy in self.qos.groups.items():
+                if (problem := policy.check_burst(self.mtu)) is not None:
+                    raise ValueError(f"qos.groups.{name}.burst: {problem}")
         v6 = self.ipv6_address
         if v6 is not None and (
             v6.ip.is_link_local or v6.ip.is_multicast or v6.network.prefixlen > 126
@@ -184,6 +214,7 @@ class Interface(_Strict):
             auth_failure=n.auth_failure,
             mtu=self.mtu,
             max_send=n.max_send,
+            group=n.group,
         )
 
 
@@ -384,6 +415,12 @@ class NodeConfig(_Strict):
                     f"routes.{i}.via: nhs, but no interface has an IPv{route.prefix.version} NHS"
                 )
         if self.ipsec is not None:
+            if len({i.tunnel.namespace for i in self.interfaces}) > 1:
+                # One charon per node, in the underlay namespace (front-door VRF).
+                raise ValueError(
+                    "with ipsec, every interface needs the same tunnel.namespace "
+                    "(one charon, in the underlay's namespace)"
+                )
             sources = [i.tunnel.source for i in self.interfaces]
             for i, itf in enumerate(self.interfaces):
                 if itf.dataplane == "ebpf":

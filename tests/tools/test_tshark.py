@@ -156,3 +156,30 @@ def test_checker_sees_a_bad_checksum(tmp_path: Path) -> None:
     write_pcap(pcap, 1, [(0, bytes(bad))])
     (decoded,) = _tshark_json(pcap)
     assert any(_serious(*e) for e in _experts(decoded["_source"]["layers"]))
+
+
+def test_tshark_reads_the_nhrp_group_as_cisco_vendor_private(tmp_path: Path) -> None:
+    """The NHRP group of a Registration Request (wire/nhrp_group.py) is, to
+    Wireshark's dissector, a Vendor Private Extension from Cisco whose data
+    is the group name, and nothing in it is malformed."""
+    from dmvpn.nhrp import Engine, EngineConfig, NhsConfig, SendPacket
+
+    spoke = Engine(
+        EngineConfig(
+            protocol_address=IPv4Address("10.0.0.11"),
+            nbma_address=IPv4Address("192.0.2.11"),
+            nhs=(NhsConfig(IPv4Address("10.0.0.1"), IPv4Address("192.0.2.1")),),
+            group="branch-gold",
+        )
+    )
+    spoke.start(0.0)
+    (reg,) = [o.packet for o in spoke.pop_outputs() if isinstance(o, SendPacket)]
+    pcap = tmp_path / "group.pcap"
+    write_pcap(pcap, 1, [(0, _frame(reg, 7))])
+    (frame,) = _tshark_json(pcap)
+    layers = frame["_source"]["layers"]
+    assert [e for e in _experts(layers) if _serious(*e)] == []
+    text = json.dumps(layers["nhrp"])
+    assert "Vendor-Private Extension" in text or "Vendor Private Extension" in text
+    assert "Vendor ID=Cisco" in text
+    assert b"branch-gold".hex() in text.replace(":", "")

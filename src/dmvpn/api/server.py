@@ -41,6 +41,7 @@ from dmvpn.nhrp import Engine, Event
 
 from . import views
 from .paging import Page, QueryError, parse_page
+from .qos import add_shaping, group_view, qos_metrics
 from .views import Iface
 
 __all__ = [
@@ -121,7 +122,12 @@ class _NodeCollector(Collector):
             "dmvpn_api_event_subscribers", "Clients following /v1/events (dmvpn events)"
         )
         subscribers.add_metric([], s.subscribers)
-        return [*views.metric_families(s.node, s.ifaces(), s.now()), subscribers, *self._ipsec()]
+        return [
+            *views.metric_families(s.node, s.ifaces(), s.now()),
+            subscribers,
+            *self._ipsec(),
+            *qos_metrics(s.interfaces),
+        ]
 
     def _ipsec(self) -> list[Metric]:
         if self.server.ipsec is None:
@@ -198,6 +204,7 @@ class ApiServer:
                 web.get("/v1/nhrp/nhs", self._nhs),
                 web.get("/v1/nhrp/shortcut", self._shortcut),
                 web.get("/v1/nhrp/traffic", self._traffic),
+                web.get("/v1/nhrp/group", self._group),
                 web.get("/v1/ipsec", self._ipsec),
                 web.post("/v1/nhrp/clear", self._clear),
                 web.get("/v1/events", self._events),
@@ -317,6 +324,7 @@ class ApiServer:
                     "GET /v1/nhrp/nhs",
                     "GET /v1/nhrp/shortcut",
                     "GET /v1/nhrp/traffic",
+                    "GET /v1/nhrp/group",
                     "GET /v1/ipsec",
                     "POST /v1/nhrp/clear",
                     "GET /v1/events",
@@ -333,6 +341,7 @@ class ApiServer:
         if isinstance(page, web.Response):
             return page
         data = views.dmvpn_view(self.node, ifaces, self.now(), page)
+        add_shaping(data, self.interfaces)
         if self.ipsec is not None:
             # Each peer's SA, as `show dmvpn detail` shows its crypto session.
             sas = {(p["local"], p["remote"]): p for p in self.ipsec.view()["peers"]}
@@ -349,6 +358,13 @@ class ApiServer:
                         }
                     )
         return _json(data)
+
+    async def _group(self, request: web.Request) -> web.Response:
+        name = request.query.get("interface")
+        chosen = [rt for rt in self.interfaces if name is None or rt.cfg.name == name]
+        if name is not None and not chosen:
+            return _error(404, f"no interface {name!r} on node {self.node}")
+        return _json(group_view(self.node, chosen))
 
     async def _nhrp(self, request: web.Request) -> web.Response:
         ifaces = self._selected(request)

@@ -281,6 +281,7 @@ def _dmvpn_row(
         "attributes": attrs,
         "attrb": "".join(attrs),
         "claimed_nbma": _text(entry.claimed_nbma),
+        "group": entry.group,  # the NHRP group its registration named (hub)
     }
 
 

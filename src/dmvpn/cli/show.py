@@ -27,6 +27,8 @@ from urllib.parse import urlencode
 
 import click
 
+from .show_qos import render_group
+
 __all__ = [
     "ApiClient",
     "DaemonUnavailable",
@@ -300,6 +302,14 @@ def render_dmvpn(data: dict[str, Any]) -> str:
                         e["attrb"],
                     )
                 )
+            if peer.get("qos"):
+                q = peer["qos"]
+                how = (
+                    f"shaped {q['rate']} ceil {q['ceil']} ({q['classid']})"
+                    if q["shaped"]
+                    else f"unshaped ({q['why_unshaped'] or 'no group'})"
+                )
+                out.append(f"{'':>6} QoS: group {q['group'] or '-'}, {how}\n")
             if "ipsec" in peer:
                 sa = peer["ipsec"]
                 if sa is None:
@@ -531,6 +541,16 @@ def show_traffic_cmd(ctx: click.Context, /, **given: Any) -> None:
     opts = _settings(ctx, **given)
     data = _client(opts).request("GET", "/v1/nhrp/traffic" + _query(opts))
     _emit(data, opts["as_json"], render_traffic)
+
+
+@show_nhrp_group.command("group")
+@_common
+@click.pass_context
+def show_group_cmd(ctx: click.Context, /, **given: Any) -> None:
+    """NHRP groups and per-tunnel QoS: each spoke's group and shaper."""
+    opts = _settings(ctx, **given)
+    data = _client(opts).request("GET", "/v1/nhrp/group" + _query(opts))
+    _emit(data, opts["as_json"], render_group)
 
 
 @show_group.command("ipsec")

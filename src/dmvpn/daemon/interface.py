@@ -11,6 +11,7 @@ The constructor touches nothing; `open()` creates the devices (root), then
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_network
@@ -42,6 +43,7 @@ from dmvpn.nhrp import (
     EngineConfig,
     Event,
     EventKind,
+    PeerGroup,
     ProtectPeer,
     SendPacket,
     ShortcutAdded,
@@ -55,6 +57,7 @@ from dmvpn.wire import Address, address_text
 from .liveness import LivenessProber
 from .multicast import Item, MulticastTargets
 from .natprobe import send_probe
+from .qos import QosShaper, run_tc, tc_class_stats
 from .routing import RTPROT_DMVPN, KernelRouting
 from .underlay import UnderlayWatch
 
@@ -108,6 +111,9 @@ class InterfaceRuntime:
         # node's tracked static routes (daemon/static_routes.py).
         self.nhs_listeners: list[Callable[[], None]] = []
         self.liveness: LivenessProber | None = None  # nhrp.nhs_liveness
+        # Per-tunnel QoS (hub with `qos:`): made in open(), fed PeerGroup
+        # and BindingRemoved.
+        self.qos: QosShaper | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._underlay: UnderlayWatch | None = None
         self._probes = 0  # NAT probes sent (natprobe), their sequence numbers
@@ -115,7 +121,8 @@ class InterfaceRuntime:
         self._handlers: dict[type, Callable[[Any], None]] = {
             SendPacket: self._send,
             BindingAdded: self._bind,
-            BindingRemoved: lambda o: self._perform(self.gate.unbind(o)),
+            BindingRemoved: self._unbind,
+            PeerGroup: self._peer_group,
             ShortcutAdded: lambda o: self._perform(self.gate.shortcut(o)),
             ShortcutRemoved: lambda o: self._perform(self.gate.unshortcut(o)),
             ProtectPeer: self._protect,
@@ -145,6 +152,18 @@ class InterfaceRuntime:
         if self.cfg.ipv6_address is not None:
             self.engines.append(Engine(self._engine_config(self.cfg, 6), self._routing(index, 6)))
         self.hooks = FamilyDispatch(*self.engines)
+        if self.cfg.qos is not None:
+            # The shaper is on the underlay: with a front-door VRF, tc runs there.
+            ns = self.cfg.tunnel.namespace
+            self.qos = QosShaper(
+                self.cfg.qos,
+                gre_key=self.cfg.tunnel.key is not None,
+                log=self.log,
+                interface=self.cfg.name,
+                device_of=self._underlay_device,
+                run=lambda lines: run_tc(lines, ns),
+                stats=lambda device: tc_class_stats(device, ns),
+            )
         nhs = sorted(self.cfg.nhrp.nhs, key=lambda n: n.priority)
         self.dataplane.set_nhs(list(dict.fromkeys(n.nbma for n in nhs)))
         self.dataplane.set_multicast(self.multicast)
@@ -242,6 +261,8 @@ class InterfaceRuntime:
             self._timer.cancel()
         if isinstance(self._routing, MonitoredRouting):  # before the interface goes
             self._routing.close()
+        if self.qos is not None:
+            self.qos.close()
         self.dataplane.close()
 
     def retune(self, cfg: Interface) -> None:
@@ -340,6 +361,43 @@ class InterfaceRuntime:
     def _bind(self, out: BindingAdded) -> None:
         if isinstance(out.nbma, IPv4Address):
             self._perform(self.gate.bind(out))
+
+    def _unbind(self, out: BindingRemoved) -> None:
+        if self.qos is not None:
+            self.qos.unbind(out.protocol, out.nbma)
+        self._perform(self.gate.unbind(out))
+
+    def _peer_group(self, out: PeerGroup) -> None:
+        if self.qos is not None:
+            self.qos.peer_group(out.protocol, out.nbma, out.group)
+        elif out.group is not None:
+            self.log(
+                "qos-unknown-group",
+                f"{address_text(out.nbma)} registered in NHRP group {out.group!r}, but "
+                f"{self.cfg.name} has no qos policies; served unshaped",
+                interface=self.cfg.name,
+                nbma=address_text(out.nbma),
+                group=out.group,
+            )
+
+    def _underlay_device(self, nbma: IPv4Address) -> str | None:
+        """The device the kernel routes ``nbma`` through (the underlay egress),
+        asked in the underlay namespace with a front-door VRF."""
+        if self.cfg.tunnel.namespace is not None:
+            out = subprocess.run(
+                ["ip", "-n", self.cfg.tunnel.namespace, "-o", "route", "get", str(nbma)],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            return out[out.index("dev") + 1] if "dev" in out[:-1] else None
+        try:
+            routes = self.ipr.route("get", dst=str(nbma))
+            index = routes[0].get_attr("RTA_OIF")
+            links = self.ipr.get_links(index)
+        except Exception:
+            return None
+        return links[0].get_attr("IFLA_IFNAME") if links else None
 
     def _protect(self, out: ProtectPeer | UnprotectPeer) -> None:
         if self.ipsec is None or not isinstance(out.nbma, IPv4Address):

@@ -38,6 +38,8 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
         return EbpfDataPlane(cfg, ipr, log, required=True)
     if cfg.dataplane == "auto":
         why = "IPsec is on (bpf_redirect bypasses xfrm)" if ipsec else ebpf_unavailable()
+        if cfg.tunnel.namespace is not None:
+            why = "the underlay is in another namespace (front-door VRF)"
         if why is None:
             return EbpfDataPlane(cfg, ipr, log, required=False)
         log("dataplane", f"{cfg.name}: userspace data plane ({why})")
@@ -158,6 +160,7 @@ class Node:
                     on_up=self._ipsec_up,
                     on_down=self._ipsec_down,
                     on_restart=self._ipsec_restarted,
+                    namespace=self.config.interfaces[0].tunnel.namespace,
                 )
                 api.ipsec = self.ipsec
                 await self.ipsec.start()

@@ -20,6 +20,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from dmvpn.config import Interface
+from dmvpn.nsenter import entered
 from dmvpn.wire import Address
 from dmvpn.wire.ethernet import mac_text
 
@@ -59,7 +60,15 @@ class UserspaceDataPlane(DataPlane):
         # A TAP with a virtio_net_hdr lets the C pump take TSO/checksum
         # offloads (devices.py); only worth it where the pump will run.
         self._tap = Tap(cfg.name, vnet_hdr=fastpath is not None and not self.redirect)
-        self._gre = GreSocket(cfg.tunnel.source)
+        # Front-door VRF: the GRE socket lives in the underlay namespace.
+        try:
+            with entered(cfg.tunnel.namespace):
+                self._gre = GreSocket(cfg.tunnel.source)
+        except OSError as exc:
+            where = f" in namespace {cfg.tunnel.namespace}" if cfg.tunnel.namespace else ""
+            raise DataPlaneError(
+                f"cannot open GRE on {cfg.tunnel.source}{where}: {exc.strerror}"
+            ) from None
         self._index = ipr.link_lookup(ifname=cfg.name)[0]
         self._neighbours = NeighbourWriter(self._index, self.log)
         mac = nbma_mac(cfg.tunnel.source)

@@ -12,6 +12,7 @@ from dmvpn.wire import (
     AuthenticationExtension,
     Cie,
     CieCode,
+    DecodeError,
     EndExtension,
     ErrorCode,
     Extension,
@@ -26,6 +27,7 @@ from dmvpn.wire import (
     UnknownExtension,
     VendorPrivateExtension,
     address_text,
+    group_of,
 )
 from dmvpn.wire.nhrp_types import FLAG_TYPES, code_name
 
@@ -116,7 +118,18 @@ def extension_json(ext: Extension) -> dict[str, Any]:
     elif isinstance(ext, VendorPrivateExtension):
         out["oui"] = ext.oui.hex()
         out["data"] = ext.data.hex()
+        group = _nhrp_group(ext)
+        if group is not None:
+            out["nhrp_group"] = group
     return out
+
+
+def _nhrp_group(ext: VendorPrivateExtension) -> str | None:
+    """The Cisco NHRP group this extension carries (per-tunnel QoS), if any."""
+    try:
+        return group_of((ext,))
+    except DecodeError:
+        return None  # Cisco vendor data that is not a group: shown as hex only
 
 
 def nhrp_json(pkt: NhrpPacket) -> dict[str, Any]:
@@ -224,6 +237,9 @@ def nhrp_text(pkt: NhrpPacket, size: int) -> list[str]:
             lines.append(f"   type: {ext.auth_type}, data: {_text_or_hex(ext.data)}")
         elif isinstance(ext, VendorPrivateExtension):
             lines.append(f"   oui: {ext.oui.hex()}, data: 0x{ext.data.hex()}")
+            group = _nhrp_group(ext)
+            if group is not None:
+                lines.append(f"   NHRP group: {group}")
         elif isinstance(ext, UnknownExtension):
             lines.append(f"   data: 0x{ext.data.hex()}")
     return lines

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dmvpn.nsenter import entered
+
 from .hold import IkeHold
 from .settings import strongswan_conf
 
@@ -41,7 +43,16 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class ManagedCharon:
-    def __init__(self, node: str, run_dir: Path | None, device_mtu: int = 1400) -> None:
+    def __init__(
+        self,
+        node: str,
+        run_dir: Path | None,
+        device_mtu: int = 1400,
+        namespace: str | None = None,
+    ) -> None:
+        # Front-door VRF: charon (IKE, kernel-libipsec's device and routes)
+        # runs in the underlay namespace, where the GRE socket is.
+        self.namespace = namespace
         self.own_dir = run_dir is None
         if run_dir is None:
             # Not under /run: charon's own /run is mounted over it there.
@@ -70,7 +81,8 @@ class ManagedCharon:
         self.hold_error = None
         if self.hold is None:
             try:
-                self.hold = IkeHold()
+                with entered(self.namespace):  # IKE arrives in the underlay namespace
+                    self.hold = IkeHold()
             except OSError as exc:
                 self.hold_error = str(exc)
         self.conf.write_text(
@@ -85,7 +97,9 @@ class ManagedCharon:
         env = dict(os.environ, STRONGSWAN_CONF=str(self.conf))
         out = (self.dir / "charon.out").open("ab")
         try:
+            netns = ["ip", "netns", "exec", self.namespace] if self.namespace else []
             self.proc = await asyncio.create_subprocess_exec(
+                *netns,
                 "unshare",
                 "--mount",
                 "sh",

@@ -479,9 +479,11 @@ class IpsecManager:
         *,
         session: Callable[[], ViciSession] | None = None,
         charon: CharonProcess | None = None,
+        namespace: str | None = None,
     ) -> None:
         """`session` (VICI sessions) and `charon` (the managed charon, when
-        the config says `managed`) replace the real ones in tests."""
+        the config says `managed`) replace the real ones in tests;
+        `namespace` is the underlay's (front-door VRF), where charon runs."""
         self.cfg = cfg
         self.node = node
         self.identity = identity
@@ -493,7 +495,11 @@ class IpsecManager:
         self.creds = cfg.read_credentials()
         self.charon: CharonProcess | None = None
         if cfg.charon == "managed":
-            self.charon = charon if charon is not None else ManagedCharon(node, cfg.run_dir)
+            self.charon = (
+                charon
+                if charon is not None
+                else ManagedCharon(node, cfg.run_dir, namespace=namespace)
+            )
         sock = self.charon.vici_socket if self.charon else cfg.vici_socket
         assert sock is not None  # the config requires it for an external charon
         self.vici_socket: Path = sock

@@ -61,7 +61,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import nat
-from .topology import DEFAULT_PREFIX, INET, NodeDescription, Topology, namespace_name
+from .topology import (
+    DEFAULT_PREFIX,
+    INET,
+    NodeDescription,
+    Topology,
+    namespace_name,
+    underlay_namespace,
+)
 
 __all__ = [
     "BRIDGE",
@@ -92,7 +99,8 @@ STATE_VERSION = 1
 # namespace name and of the state file's name.
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,22}-$")
 # What follows the prefix in one of our namespaces: a node name or "inet".
-_NODE_PART = re.compile(r"^[a-z][a-z0-9]*$")
+# A node, or a router's underlay namespace with front_door_vrf ("-ul").
+_NODE_PART = re.compile(r"^[a-z][a-z0-9]*(-ul)?$")
 # Command timeout: `ip` answers in milliseconds; a hang is a bug to report.
 _COMMAND_TIMEOUT = 30.0
 
@@ -183,11 +191,22 @@ class Lab:
             self.topology.plan(node)  # KeyError naming the known nodes
         return namespace_name(self.prefix, node)
 
+    def underlay_namespace(self, node: str) -> str:
+        """Where a router's nbma0 is: its own namespace, or with
+        `front_door_vrf` the `-ul` one beside it."""
+        if self.topology.front_door_vrf:
+            self.topology.plan(node)
+            return underlay_namespace(self.prefix, node)
+        return self.namespace(node)
+
     @property
     def namespaces(self) -> list[str]:
         """Every namespace `up()` creates, in creation order."""
         nats = [n.name for n in self.topology.nat_routers]
-        return [self.namespace(n) for n in [INET, *nats, *self.topology.names]]
+        own = [self.namespace(n) for n in [INET, *nats, *self.topology.names]]
+        if self.topology.front_door_vrf:
+            own += [self.underlay_namespace(r.name) for r in self.topology.routers]
+        return own
 
     def existing_namespaces(self) -> list[str]:
         """The namespaces of this prefix that exist now (whatever topology made them)."""
@@ -232,7 +251,7 @@ class Lab:
         self._ip("-n", inet, "link", "set", BRIDGE, "up")
         nat.build(self)
         for router in topo.routers:
-            ns = self.namespace(router.name)
+            ns = self.underlay_namespace(router.name)  # with front_door_vrf: -ul
             port = f"v-{router.name}"
             # A spoke behind a NAT router hangs off its inside bridge instead.
             upstream = self.namespace(router.nat) if router.nat else inet
@@ -259,6 +278,7 @@ class Lab:
             self._ip("-n", ns, "link", "set", NBMA_INTERFACE, "up")
             if router.nat:
                 nat.route_spoke(self, router)
+            ns = self.namespace(router.name)  # forwarding: between tunnel and LAN
             self._run(
                 [self.ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
                 what="enable IPv4 forwarding",

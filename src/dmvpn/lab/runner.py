@@ -81,7 +81,10 @@ class Runner:
 
     def node_config(self, node: str) -> dict[str, Any]:
         """What `node` runs: the topology's config with this lab's socket path."""
-        return {**self.lab.topology.node_config(node), "socket": str(self.socket_path(node))}
+        cfg = {**self.lab.topology.node_config(node), "socket": str(self.socket_path(node))}
+        if self.lab.topology.front_door_vrf:
+            cfg["interfaces"][0]["tunnel"]["namespace"] = self.lab.underlay_namespace(node)
+        return cfg
 
     def start(self, nodes: Iterable[str] | None = None) -> None:
         """Write each router's config and start its daemon (all routers by default).

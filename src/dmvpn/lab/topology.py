@@ -43,9 +43,19 @@ from ipaddress import (
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dmvpn.config import ConfigError, read_yaml
+from dmvpn.qospolicy import parse_rate
+from dmvpn.wire import group_problem
 
 from .natplan import INSIDE_NETWORK, NatPlan, plan_nat_routers
 from .routingconf import RoutingSpec
@@ -85,6 +95,11 @@ NodeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,12}$")]
 Password = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[ -~]+$")]
 
 
+def underlay_namespace(prefix: str, node: str) -> str:
+    """Where a router's underlay lives with `front_door_vrf` (its nbma0)."""
+    return f"{namespace_name(prefix, node)}-ul"
+
+
 def namespace_name(prefix: str, node: str) -> str:
     """The network namespace of `node` in the lab with this prefix."""
     return prefix + node
@@ -119,6 +134,9 @@ class SpokeSpec(_Strict):
     # Behind the lab's NAT router of this name (dmvpn.lab.natplan): its
     # underlay address is then on that router's inside network.
     nat: NodeName | None = None
+    # `ip nhrp group NAME`: the hubs shape what they send this spoke by the
+    # topology's `qos` rate for NAME (per-tunnel QoS).
+    group: str | None = None
 
 
 def _default_hubs() -> list[HubSpec]:
@@ -203,6 +221,25 @@ class Topology(_Strict):
     # every spoke (dmvpnK, GRE key key+K, tunnel network K after
     # tunnel_network), each hub alone on its cloud.
     dual_cloud: bool = False
+    # Per-tunnel QoS on every dmvpn hub: NHRP group -> rate (`10mbit`), the
+    # shaper of each spoke whose `group` names it (qospolicy.py).
+    qos: dict[str, str | int] = {}
+    # Front-door VRF: every router's underlay (nbma0, its address and routes)
+    # in a namespace of its own, `<router namespace>-ul`; the daemon sends
+    # GRE there (tunnel.namespace) and keeps the tunnel and LAN in its own.
+    front_door_vrf: bool = False
+
+    @field_validator("qos")
+    @classmethod
+    def _qos(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        for group, rate in v.items():
+            if (problem := group_problem(group)) is not None:
+                raise ValueError(f"group {group!r} {problem}")
+            try:
+                parse_rate(rate)
+            except ValueError as exc:
+                raise ValueError(f"{group}: {exc}") from None
+        return v
 
     _plan: dict[str, NodePlan] = PrivateAttr(default_factory=dict)
     _nat: dict[str, NatPlan] = PrivateAttr(default_factory=dict)
@@ -346,6 +383,14 @@ class Topology(_Strict):
             self._check_dual_cloud(order)
         if self.routing.dynamic and any(p.kind == "frr" for p in order):
             raise ValueError("routing: the lab runs routing daemons beside dmvpn nodes only")
+        if self.front_door_vrf:
+            # What the daemon does not do with a front-door VRF yet (config.py).
+            if any(p.kind == "frr" for p in order):
+                raise ValueError("front_door_vrf: dmvpn routers only (frr nodes run in guests)")
+            if self.dataplane == "ebpf":
+                raise ValueError("front_door_vrf: not yet with dataplane: ebpf")
+            if any(p.nat for p in order):
+                raise ValueError("front_door_vrf: not yet with spokes behind a lab NAT")
         if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
             raise ValueError(
                 "ipsec_psk: frr nodes run no strongSwan in the lab; "
@@ -566,6 +611,12 @@ class Topology(_Strict):
                     nhrp["nhs_liveness"] = {"interval": 0.5, "multiplier": 3}
         if self.authentication is not None:
             nhrp["authentication"] = self.authentication
+        qos: dict[str, Any] = {}
+        if me.role == "hub" and self.qos:
+            qos["qos"] = {"groups": {g: {"rate": r} for g, r in self.qos.items()}}
+        spec = next((s for s in self.nodes.spokes if s.name == name), None)
+        if spec is not None and spec.group is not None:
+            nhrp["group"] = spec.group
         if self.routing.dynamic:
             # The routing protocol brings the routes (routingconf); NHRP still
             # needs the liveness check to stop resolving through a dead hub.
@@ -582,6 +633,7 @@ class Topology(_Strict):
                     "tunnel": {"source": str(me.nbma.ip), "key": self.key},
                     **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
                     "nhrp": nhrp,
+                    **qos,
                 }
             ],
             "routes": routes,
@@ -634,7 +686,10 @@ class Topology(_Strict):
                 role=p.role,
                 kind=p.kind,
                 namespace=namespace_name(prefix, p.name),
-                underlay=None if p.nbma is None else str(p.nbma),
+                underlay=None
+                if p.nbma is None
+                else str(p.nbma)
+                + (f" (in {underlay_namespace(prefix, p.name)})" if self.front_door_vrf else ""),
                 tunnel=None if p.tunnel is None else str(p.tunnel),
                 lan=None if p.lan is None else str(p.lan),
             )

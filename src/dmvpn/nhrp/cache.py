@@ -55,6 +55,7 @@ class CacheEntry:
         "created",
         "expires",
         "flags",
+        "group",
         "handed_out",
         "holding_time",
         "last_used",
@@ -98,6 +99,9 @@ class CacheEntry:
         self.holding_time = holding_time
         self.mtu = mtu
         self.last_used: float | None = None
+        # The NHRP group a dynamic (registered) entry's registration named
+        # (Cisco per-tunnel QoS); None for every other entry.
+        self.group: str | None = None
         # (NBMA, protocol) of requesters we gave this binding to: whom to
         # purge when it changes (RFC 2332 5.2.5).
         self.handed_out: set[tuple[Address, Address]] | None = None
@@ -130,6 +134,7 @@ class CacheEntry:
             "expires_in": None if self.expires is None else round(self.expires - now, 1),
             "holding_time": self.holding_time,
             "used": self.last_used is not None,
+            "group": self.group,
         }
 
 

@@ -230,7 +230,7 @@ class NhsClient:
             flags=flags,
             request_id=s.request_id,
             cies=(cie,),
-            extensions=request_extensions(cfg, nat),
+            extensions=request_extensions(cfg, nat, group=True),
         )
         core.send(s.config.nbma, pkt, now)
         core.stats["registrations.sent"] += 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
-from dmvpn.wire import Address
+from dmvpn.wire import Address, group_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,9 @@ class EngineConfig:
     # from one of our NHSes, is accepted only from an NBMA peer whose
     # authenticated identity may claim the protocol address (set_claims).
     identity_binding: bool = False
+    # `ip nhrp group NAME` (spoke): sent in our Registration Requests so that
+    # the hub can pick a per-tunnel QoS policy for us (wire/nhrp_group.py).
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if self.holding_time < 3 or self.holding_time > 0xFFFF:
@@ -84,5 +87,7 @@ class EngineConfig:
         if self.authentication is not None and len(self.authentication) > 8:
             # Cisco truncates at 8 bytes; refuse rather than mismatch silently.
             raise ValueError("authentication is at most 8 bytes (Cisco cleartext)")
+        if self.group is not None and (problem := group_problem(self.group)) is not None:
+            raise ValueError(f"group {self.group!r} {problem}")
         if self.max_nhs is not None and self.max_nhs < 1:
             raise ValueError("max_nhs must be at least 1")

@@ -63,6 +63,19 @@ class UnprotectPeer:
     nbma: Address
 
 
+@dataclass(frozen=True, slots=True)
+class PeerGroup:
+    """A registration from ``nbma`` for ``protocol`` named NHRP group
+    ``group`` (None: no group), or named another one than before (NHS only;
+    Cisco per-tunnel QoS). Sent when a registration is new, moves to another
+    NBMA address, or changes group; it goes with the binding
+    (BindingRemoved)."""
+
+    protocol: Address
+    nbma: Address
+    group: str | None
+
+
 class EventKind(StrEnum):
     """What an :class:`Event` reports. A StrEnum, so a kind compares equal to,
     formats and serialises as its string: JSON logs and ``/v1/events`` carry
@@ -147,5 +160,6 @@ Output: TypeAlias = (
     | ShortcutRemoved
     | ProtectPeer
     | UnprotectPeer
+    | PeerGroup
     | Event
 )

@@ -19,6 +19,7 @@ from dmvpn.wire import (
     ResponderAddressExtension,
     ReverseTransitNhsExtension,
     UnknownExtension,
+    group_extension,
 )
 
 from .cache import host_length
@@ -85,16 +86,21 @@ def request_cie(config: EngineConfig) -> Cie:
 
 
 def request_extensions(
-    config: EngineConfig, nat_cies: tuple[Cie, ...] | None = None
+    config: EngineConfig, nat_cies: tuple[Cie, ...] | None = None, *, group: bool = False
 ) -> tuple[Extension, ...]:
     """Cisco's order: responder address, forward and reverse transit NHS
-    records, authentication, Cisco NAT, End (as in the IOS captures)."""
+    records, authentication, Cisco NAT, End (as in the IOS captures). With
+    ``group`` (Registration Requests) and `nhrp.group` set, the NHRP group
+    goes in a Vendor Private Extension (8) between authentication (7) and
+    NAT (9), keeping Cisco's ascending order (wire/nhrp_group.py)."""
     exts: list[Extension] = [
         ResponderAddressExtension(),
         ForwardTransitNhsExtension(),
         ReverseTransitNhsExtension(),
         *auth_extensions(config),
     ]
+    if group and config.group is not None:
+        exts.append(group_extension(config.group))
     if nat_cies is not None and config.nat_extension:
         exts.append(NatAddressExtension(cies=nat_cies))
     exts.append(EndExtension())

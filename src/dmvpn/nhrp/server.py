@@ -23,12 +23,13 @@ from dmvpn.wire import (
     ReverseTransitNhsExtension,
     address_text,
     decode_ip,
+    group_of,
 )
 from dmvpn.wire.errors import DecodeError
 
 from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, host_length
 from .core import Core
-from .outputs import EventKind
+from .outputs import EventKind, PeerGroup
 from .packets import (
     auth_extensions,
     forwarded_extensions,
@@ -69,10 +70,11 @@ class Server:
         natted = bool(claimed) and claimed != src_nbma
         unique = bool(pkt.flags & RegistrationFlag.U)
         host = host_length(pkt.src_proto)
+        group = self._group(pkt, src_nbma)
         answers: list[Cie] = []
         for cie in pkt.cies or (Cie(prefix_length=host, holding_time=cfg.holding_time),):
             proto = cie.protocol if cie.protocol else pkt.src_proto
-            code = self._register(pkt, cie, proto, src_nbma, natted, unique, now)
+            code = self._register(pkt, cie, proto, src_nbma, natted, unique, group, now)
             answers.append(cie if cie.code == code else replace(cie, code=code))
         nat_cies: tuple[Cie, ...] | None = None
         request_nat = pkt.extension(NatAddressExtension)
@@ -91,6 +93,23 @@ class Server:
         )
         core.send(src_nbma, reply, now)
 
+    def _group(self, pkt: NhrpPacket, src_nbma: Address) -> str | None:
+        """The NHRP group the registration names (Cisco per-tunnel QoS). A
+        malformed one is counted and reported, and the spoke registers
+        without a group (served unshaped) rather than being refused: the
+        group is a QoS hint, not part of the binding."""
+        try:
+            return group_of(pkt.extensions)
+        except DecodeError as exc:
+            self.core.stats["rx.bad_group"] += 1
+            self.core.event(
+                EventKind.MALFORMED,
+                f"registration from {address_text(src_nbma)}: {exc.reason}; served without a group",
+                nbma=address_text(src_nbma),
+                protocol=address_text(pkt.src_proto),
+            )
+            return None
+
     def _register(
         self,
         pkt: NhrpPacket,
@@ -99,6 +118,7 @@ class Server:
         observed: Address,
         natted: bool,
         unique: bool,
+        group: str | None,
         now: float,
     ) -> int:
         core = self.core
@@ -159,9 +179,12 @@ class Server:
             holding_time=holding,
             mtu=cie.mtu,
         )
+        entry.group = group
         if existing is not None and existing.type == EntryType.DYNAMIC:
             entry.created = existing.created if existing.nbma == observed else now
         old = core.install(entry)
+        if old is None or old.nbma != observed or old.group != group:
+            core.outputs.append(PeerGroup(proto, observed, group))
         if old is not None and old.nbma != observed:
             self.purges.void_handed_out(old, now)
             core.event(
@@ -184,6 +207,7 @@ class Server:
                 claimed_nbma=address_text(pkt.src_nbma),
                 unique=unique,
                 holding_time=holding,
+                group=group,
             )
         else:
             core.stats["registrations.refreshed"] += 1

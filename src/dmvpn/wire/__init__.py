@@ -23,6 +23,7 @@ from .extensions import (
 from .gre import EtherType, GrePacket, decode_gre
 from .ip import IPv4Header, IPv6Header, decode_ip, decode_ipv4, decode_ipv6
 from .nhrp import NhrpPacket, decode_nhrp
+from .nhrp_group import CISCO_OUI, group_extension, group_of, group_problem
 from .nhrp_types import (
     Address,
     AddressFamily,
@@ -45,6 +46,7 @@ __all__ = [
     "AddressFamily",
     "ArpOp",
     "ArpPacket",
+    "CISCO_OUI",
     "AuthenticationExtension",
     "Cie",
     "CieCode",
@@ -82,5 +84,8 @@ __all__ = [
     "decode_ipv4",
     "decode_ipv6",
     "decode_nhrp",
+    "group_extension",
+    "group_of",
+    "group_problem",
     "internet_checksum",
 ]
