@@ -25,6 +25,7 @@ from dmvpn.wire.ethernet import mac_text
 
 from .devices import GreSocket, Tap
 from .forwarding import Forwarder, PeerCounters, nbma_mac
+from .mss import MssClamp
 from .plane import DataPlane, DataPlaneError, DataPlaneHooks
 from .pump import BATCH, Pump, fastpath
 
@@ -49,6 +50,7 @@ class UserspaceDataPlane(DataPlane):
         self._index = -1
         self._loop: AbstractEventLoop | None = None
         self._pump: Pump | None = None
+        self._mss: MssClamp | None = None
 
     # -- life -----------------------------------------------------------------
 
@@ -86,6 +88,13 @@ class UserspaceDataPlane(DataPlane):
                 Path(f"/proc/sys/net/ipv6/conf/{cfg.name}/disable_ipv6").write_text("1")
             except OSError:
                 pass  # IPv6 compiled out or sysctl read-only: harmless
+        if cfg.tcp_adjust_mss is not None:
+            try:
+                self._mss = MssClamp(cfg.name, cfg.tcp_adjust_mss)
+            except OSError as exc:
+                self._tap.close()  # the interface goes: nothing half-made stays
+                self._gre.close()
+                raise DataPlaneError(f"tcp_adjust_mss: {exc}") from None
         self._forwarder = Forwarder(
             engine=hooks,
             tunnel_address=cfg.address.ip,
@@ -149,6 +158,9 @@ class UserspaceDataPlane(DataPlane):
             self._loop.remove_reader(self._gre.fileno())
 
     def close(self) -> None:
+        if self._mss is not None:
+            self._mss.release()
+            self._mss = None
         if self._tap is not None:
             self._tap.close()  # the kernel removes the interface and its routes
         if self._gre is not None:
@@ -258,7 +270,12 @@ class UserspaceDataPlane(DataPlane):
 
     @property
     def stats(self) -> Mapping[str, int]:
-        return self.forwarder.stats
+        if self._mss is None:
+            return self.forwarder.stats
+        out = dict(self.forwarder.stats)
+        for direction, n in self._mss.clamped().items():
+            out[f"tcp.mss_clamped.{direction}"] = n
+        return out
 
     @property
     def peers(self) -> Mapping[IPv4Address, PeerCounters]:

@@ -185,6 +185,8 @@ class Topology(_Strict):
     # Every dmvpn router's data plane (config.Interface.dataplane); None:
     # the config's default.
     dataplane: Literal["userspace", "ebpf", "auto"] | None = None
+    # Every dmvpn router's `tcp_adjust_mss` (config.Interface); None: off.
+    tcp_adjust_mss: Annotated[int, Field(ge=500, le=1460)] | None = None
     tunnel_network6: IPv6Network = IPv6Network("fd00::/64")
     lan_summary6: IPv6Network = IPv6Network("fd00::/16")
 
@@ -462,6 +464,11 @@ class Topology(_Strict):
                     **({"ipv6_address": str(me.tunnel6)} if me.tunnel6 is not None else {}),
                     "tunnel": {"source": str(me.nbma.ip), "key": self.key},
                     **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
+                    **(
+                        {"tcp_adjust_mss": self.tcp_adjust_mss}
+                        if self.tcp_adjust_mss is not None
+                        else {}
+                    ),
                     "nhrp": nhrp,
                 }
             ],
