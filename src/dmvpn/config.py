@@ -36,6 +36,10 @@ class Tunnel(_Strict):
 
     source: IPv4Address
     key: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
+    # Cisco `tunnel path-mtu-discovery`: DF copied from the inner packet to
+    # the outer, the path MTU to each peer learned and inner senders told
+    # (dataplane/pmtu.py). Off: the outer header never has DF.
+    path_mtu_discovery: bool = False
 
 
 class Nhs(_Strict):
@@ -113,6 +117,11 @@ class Interface(_Strict):
             )
         if v6 is not None and self.mtu < 1280:
             raise ValueError(f"mtu {self.mtu} is below IPv6's minimum link MTU 1280 (RFC 8200)")
+        if self.tunnel.path_mtu_discovery and self.dataplane == "ebpf":
+            raise ValueError(
+                "dataplane: ebpf does not do tunnel.path_mtu_discovery yet "
+                "(its programs set no DF); use userspace or auto"
+            )
         mss = self.tcp_adjust_mss
         if mss is not None and mss > self.mtu - 40:
             raise ValueError(

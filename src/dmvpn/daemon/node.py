@@ -36,7 +36,13 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
     if cfg.dataplane == "ebpf":
         return EbpfDataPlane(cfg, ipr, log, required=True)
     if cfg.dataplane == "auto":
-        why = "IPsec is on (bpf_redirect bypasses xfrm)" if ipsec else ebpf_unavailable()
+        why = (
+            "IPsec is on (bpf_redirect bypasses xfrm)"
+            if ipsec
+            else "tunnel.path_mtu_discovery is on"
+            if cfg.tunnel.path_mtu_discovery
+            else ebpf_unavailable()
+        )
         if why is None:
             return EbpfDataPlane(cfg, ipr, log, required=False)
         log("dataplane", f"{cfg.name}: userspace data plane ({why})")
