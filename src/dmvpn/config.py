@@ -43,6 +43,10 @@ class Tunnel(_Strict):
     # tunnel interface, its routes and the LAN stay in the daemon's own
     # (docs/QOS.md, "Front-door VRF"). None: the daemon's own namespace.
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    # Cisco `tunnel path-mtu-discovery`: DF copied from the inner packet to
+    # the outer, the path MTU to each peer learned and inner senders told
+    # (dataplane/pmtu.py). Off: the outer header never has DF.
+    path_mtu_discovery: bool = False
 
 
 class Nhs(_Strict):
@@ -126,6 +130,10 @@ class Interface(_Strict):
     # they cannot load), `auto` (eBPF when it loads, else userspace; IPsec:
     # userspace).
     dataplane: Literal["userspace", "ebpf", "auto"] = "userspace"
+    # Cisco `ip tcp adjust-mss N`: the MSS option of TCP SYNs crossing the
+    # tunnel, both ways, lowered to N (IPv6: N - 20, its header being 20
+    # bytes longer), never raised (dataplane/mss.py). Cisco's range.
+    tcp_adjust_mss: Annotated[int, Field(ge=500, le=1460)] | None = None
     tunnel: Tunnel
     nhrp: Nhrp
     # Per-tunnel QoS (hub): NHRP group -> shaping policy (qospolicy.py).
@@ -154,6 +162,17 @@ class Interface(_Strict):
             )
         if v6 is not None and self.mtu < 1280:
             raise ValueError(f"mtu {self.mtu} is below IPv6's minimum link MTU 1280 (RFC 8200)")
+        if self.tunnel.path_mtu_discovery and self.dataplane == "ebpf":
+            raise ValueError(
+                "dataplane: ebpf does not do tunnel.path_mtu_discovery yet "
+                "(its programs set no DF); use userspace or auto"
+            )
+        mss = self.tcp_adjust_mss
+        if mss is not None and mss > self.mtu - 40:
+            raise ValueError(
+                f"tcp_adjust_mss {mss} does not fit the tunnel: mtu {self.mtu} leaves "
+                f"{self.mtu - 40} for TCP payload after the IPv4 and TCP headers"
+            )
         for i, nhs in enumerate(self.nhrp.nhs):
             net, own = self._family(f"nhrp.nhs.{i}.address", nhs.address)
             if nhs.address not in net:

@@ -320,3 +320,25 @@ def test_dual_stack_lab_gives_valid_node_configs() -> None:
     plain = Topology.from_data({})
     assert "ipv6_address" not in plain.node_config("spoke2")["interfaces"][0]
     assert plain.plan("host2").lan6 is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (
+            "tcp_adjust_mss: 1380",
+            "interfaces.0: tcp_adjust_mss 1380 does not fit the tunnel: mtu 1400 leaves "
+            "1360 for TCP payload after the IPv4 and TCP headers",
+        ),
+        ("tcp_adjust_mss: 400", "interfaces.0.tcp_adjust_mss: Input should be greater than"),
+    ],
+)
+def test_tcp_adjust_mss_must_fit_the_tunnel(tmp_path: Path, setting: str, expected: str) -> None:
+    text = IPSEC_BASE.replace("    tunnel:", f"    {setting}\n    tunnel:")
+    problems = _problems(tmp_path, text)
+    assert any(p.startswith(expected) for p in problems), problems
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(IPSEC_BASE.replace("    tunnel:", "    tcp_adjust_mss: 1360\n    tunnel:"))
+    assert load_config(ok).interfaces[0].tcp_adjust_mss == 1360
+    res = CliRunner().invoke(main, ["check", str(ok)])
+    assert res.exit_code == 0 and ", tcp adjust-mss 1360" in res.output, res.output

@@ -38,6 +38,7 @@ def check_cmd(config: Path) -> None:
             f"network-id {itf.nhrp.network_id}, {role}{dual}"
             # The default (userspace) goes unsaid; eBPF and auto are news.
             + (f", dataplane {itf.dataplane}" if itf.dataplane != "userspace" else "")
+            + (f", tcp adjust-mss {itf.tcp_adjust_mss}" if itf.tcp_adjust_mss else "")
         )
     if node.ipsec is not None:
         sec = node.ipsec

@@ -37,7 +37,13 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
     if cfg.dataplane == "ebpf":
         return EbpfDataPlane(cfg, ipr, log, required=True)
     if cfg.dataplane == "auto":
-        why = "IPsec is on (bpf_redirect bypasses xfrm)" if ipsec else ebpf_unavailable()
+        why = (
+            "IPsec is on (bpf_redirect bypasses xfrm)"
+            if ipsec
+            else "tunnel.path_mtu_discovery is on"
+            if cfg.tunnel.path_mtu_discovery
+            else ebpf_unavailable()
+        )
         if cfg.tunnel.namespace is not None:
             why = "the underlay is in another namespace (front-door VRF)"
         if why is None:

@@ -1,13 +1,17 @@
-"""The two file descriptors of the userspace data plane: a TAP device (the
-DMVPN interface) and a raw IPv4 protocol-47 socket (GRE on the NBMA side)."""
+"""The file descriptors of the userspace data plane: a TAP device (the
+DMVPN interface) and a raw IPv4 protocol-47 socket (GRE on the NBMA side);
+with path MTU discovery (pmtu.py) a second GRE socket that sends with DF and
+reads back path MTU errors, and raw ICMP sockets that answer inner senders."""
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import socket
 import struct
-from ipaddress import IPv4Address
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 
 _TUNSETIFF = 0x400454CA
 _TUNSETOFFLOAD = 0x400454D0
@@ -32,6 +36,14 @@ _SO_RCVBUFFORCE = 33
 # back-off set the storm's length (issue 20). The kernel doubles the value;
 # the memory is used only while a backlog waits.
 RCVBUF = 48 << 20
+# linux/in.h, linux/errqueue.h, linux/filter.h, linux/icmp.h, linux/icmpv6.h
+_IP_MTU_DISCOVER, _IP_RECVERR = 10, 11
+_IP_PMTUDISC_DONT, _IP_PMTUDISC_PROBE = 0, 3
+_SO_EE_ORIGIN_LOCAL, _SO_EE_ORIGIN_ICMP = 1, 2
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+_SO_ATTACH_FILTER = 26
+_SOL_RAW, _ICMP_FILTER, _ICMP6_FILTER = 255, 1, 1
+_EMSGSIZE = 90
 
 
 class Tap:
@@ -107,6 +119,10 @@ class GreSocket:
             self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        # No DF on the outer header, ever (Cisco's default without `tunnel
+        # path-mtu-discovery`): a smaller link on the way fragments GRE
+        # instead of dropping it, even where its ICMP would be filtered.
+        self.sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
         self.source = source
 
     def fileno(self) -> int:
@@ -128,3 +144,113 @@ class GreSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@dataclass(frozen=True, slots=True)
+class PathMtuError:
+    """One report from a DF GRE socket's error queue."""
+
+    nbma: IPv4Address  # where the packet was going
+    mtu: int
+    local: bool  # our own link (EMSGSIZE), else ICMP from `reporter`
+    reporter: IPv4Address | None
+    quoted: bytes  # the quoted packet from its GRE header on
+
+
+def _drop_everything(sock: socket.socket) -> None:
+    """A classic BPF filter that accepts nothing: a raw socket kept only for
+    sending (and its error queue) must not queue a copy of every packet."""
+    insn = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # ret #0
+    prog = struct.pack("=HxxxxxxQ", 1, ctypes.addressof(insn))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog)
+
+
+class DfGreSocket:
+    """Raw GRE sent with DF, for path MTU discovery (pmtu.py).
+
+    IP_PMTUDISC_PROBE: DF set, and the kernel's own path MTU estimate not
+    applied, so the daemon decides (and validates every report) itself; only
+    packets above the underlay link's MTU fail, with EMSGSIZE. With
+    IP_RECVERR, ICMP Fragmentation Needed for our GRE (and local EMSGSIZE)
+    is queued on the socket's error queue with the quoted packet; `errors()`
+    reads it. Readable (for the event loop) when errors wait."""
+
+    def __init__(self, source: IPv4Address) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+        self.sock.setblocking(False)
+        self.sock.bind((str(source), 0))
+        _drop_everything(self.sock)
+        self.sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_PROBE)
+        self.sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, nbma: IPv4Address, gre: bytes) -> int:
+        """0, or the errno the kernel refused the packet with."""
+        try:
+            self.sock.sendto(gre, (str(nbma), 0))
+        except OSError as exc:
+            return exc.errno or -1
+        return 0
+
+    def errors(self) -> list[PathMtuError]:
+        """Path MTU reports waiting on the error queue (others are dropped)."""
+        out: list[PathMtuError] = []
+        while True:
+            try:
+                data, ancillary, _flags, addr = self.sock.recvmsg(
+                    MAX_FRAME, 512, socket.MSG_ERRQUEUE
+                )
+            except OSError:
+                # Queue empty. Clear the socket error an ICMP report also
+                # sets, or the descriptor would poll as failed forever.
+                self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                return out
+            for level, kind, cmsg in ancillary:
+                if level != socket.IPPROTO_IP or kind != _IP_RECVERR:
+                    continue
+                if len(cmsg) < _EXTENDED_ERR.size:
+                    continue
+                errno, origin, _type, _code, _pad, info, _data = _EXTENDED_ERR.unpack_from(cmsg)
+                if errno != _EMSGSIZE or origin not in (_SO_EE_ORIGIN_LOCAL, _SO_EE_ORIGIN_ICMP):
+                    continue
+                local = origin == _SO_EE_ORIGIN_LOCAL
+                offender = cmsg[_EXTENDED_ERR.size + 4 : _EXTENDED_ERR.size + 8]
+                reporter = None if local or len(offender) < 4 else IPv4Address(offender)
+                out.append(PathMtuError(IPv4Address(addr[0]), info, local, reporter, data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class IcmpSender:
+    """Raw ICMP and ICMPv6 sockets that only send (their filters block every
+    type in): errors from this router to a LAN host, sourced by the kernel
+    from the address it routes back to the host with."""
+
+    def __init__(self) -> None:
+        self.v4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        self.v4.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("=I", 0xFFFFFFFF))
+        self.v4.setblocking(False)
+        self.v6: socket.socket | None
+        try:
+            self.v6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            self.v6.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, b"\xff" * 32)
+            self.v6.setblocking(False)
+        except OSError:
+            self.v6 = None  # IPv6 disabled on this host
+
+    def send(self, dst: IPv4Address | IPv6Address, message: bytes) -> None:
+        sock = self.v4 if isinstance(dst, IPv4Address) else self.v6
+        if sock is None:
+            return
+        try:
+            sock.sendto(message, (str(dst), 0))
+        except OSError:
+            pass  # no route back to the sender: nothing to tell
+
+    def close(self) -> None:
+        self.v4.close()
+        if self.v6 is not None:
+            self.v6.close()

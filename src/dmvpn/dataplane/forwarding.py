@@ -24,6 +24,7 @@ from dmvpn.wire import Address, ArpOp, ArpPacket, DecodeError, GrePacket, decode
 
 from . import nd
 from .nd import ETH_IPV6
+from .pmtu import IPV4_MIN, IPV6_MIN, PathMtuCache, frag_needed, packet_too_big, wants_df
 
 ETH_IPV4 = b"\x08\x00"
 ETH_ARP = b"\x08\x06"
@@ -37,6 +38,11 @@ USE_REPORT_INTERVAL = 1.0
 # spoofed sources must not grow memory without bound); the rest are counted
 # in stats["peers.untracked"].
 MAX_PEER_COUNTERS = 65536
+# ICMP errors (Fragmentation Needed, Packet Too Big) sent to inner senders:
+# at most this many a second, as Linux's icmp_ratelimit/icmp_msgs_per_sec
+# keep a router from becoming an ICMP flood.
+ICMP_PER_SECOND = 100
+EMSGSIZE = 90
 
 
 def nbma_mac(nbma: IPv4Address) -> bytes:
@@ -122,6 +128,9 @@ class Forwarder:
         write_tap: Callable[[bytes], None],
         redirect: bool = False,
         tunnel_address6: IPv6Address | None = None,
+        path_mtu: PathMtuCache | None = None,
+        send_gre_df: Callable[[IPv4Address, bytes], int] | None = None,
+        send_icmp: Callable[[IPv4Address | IPv6Address, bytes], None] | None = None,
     ) -> None:
         self.engine = engine
         self.tunnel_address = tunnel_address
@@ -148,6 +157,12 @@ class Forwarder:
         self._gre_header = GrePacket(GRE_IPV4, b"", key=key).encode()
         self._gre_nhrp_header = GrePacket(GRE_NHRP, b"", key=key).encode()
         self._gre6_header = GrePacket(GRE_IPV6, b"", key=key).encode()
+        # Path MTU discovery (pmtu.py): None = off, DF never set on the outer
+        # header (Cisco's default) and the kernel fragments what is too big.
+        self.path_mtu = path_mtu
+        self._send_gre_df = send_gre_df
+        self._send_icmp = send_icmp
+        self._icmp_budget = (0.0, 0)  # (second, ICMP errors sent in it)
 
     # ------------------------------------------------------------ NHRP out
 
@@ -261,8 +276,89 @@ class Forwarder:
                 # sender should talk to the destination directly (phase 3).
                 self.engine.hairpin(payload, came, now)
         data = header + payload
-        self.send_gre(nbma, data)
+        if self.path_mtu is not None and wants_df(payload):
+            if not self._send_df(nbma, header, payload, now):
+                return
+        else:
+            self.send_gre(nbma, data)
         self._sent_data(nbma, 1, len(data), destination, now)
+
+    # ------------------------------------------------------------ path MTU
+
+    def _send_df(self, nbma: IPv4Address, header: bytes, payload: bytes, now: float) -> bool:
+        """Send with DF unless the packet is known not to fit; False (and the
+        inner sender told) when it does not."""
+        assert self.path_mtu is not None and self._send_gre_df is not None
+        outer = 20 + len(header)  # outer IPv4 header + GRE
+        mtu = self.path_mtu.get(nbma, now)
+        if mtu is None or outer + len(payload) <= mtu:
+            if self._send_gre_df(nbma, header + payload) != EMSGSIZE:
+                return True
+            # Our own underlay link is smaller: the data plane has read the
+            # local error (path_mtu_error) by now.
+            mtu = self.path_mtu.get(nbma, now)
+            if mtu is None:
+                self.stats["pmtu.emsgsize_unlearned"] += 1
+                return False
+        self._too_big(payload, mtu - outer, now)
+        return False
+
+    def _too_big(self, inner: bytes, mtu: int, now: float) -> None:
+        """Tell the inner packet's sender the largest packet that fits."""
+        second, sent = self._icmp_budget
+        if int(now) != second:
+            second, sent = int(now), 0
+        if sent >= ICMP_PER_SECOND or self._send_icmp is None:
+            self.stats["pmtu.icmp_rate_limited"] += 1
+            return
+        self._icmp_budget = (second, sent + 1)
+        if inner[0] >> 4 == 4:
+            message = frag_needed(inner, max(mtu, IPV4_MIN - 28))
+            self._send_icmp(IPv4Address(inner[12:16]), message)
+            self.stats["pmtu.frag_needed_sent"] += 1
+        else:
+            self._send_icmp(IPv6Address(inner[8:24]), packet_too_big(inner, max(mtu, IPV6_MIN)))
+            self.stats["pmtu.packet_too_big_sent"] += 1
+
+    def path_mtu_error(
+        self,
+        nbma: IPv4Address,
+        mtu: int,
+        quoted: bytes,
+        local: bool,
+        reporter: IPv4Address | None,
+        now: float,
+    ) -> None:
+        """A path MTU report for GRE we sent to ``nbma``: a local EMSGSIZE,
+        or ICMP Fragmentation Needed from ``reporter`` quoting ``quoted``
+        (the GRE header on). Believed only if it could be about our packet."""
+        if self.path_mtu is None:
+            return
+        if local:
+            if self.path_mtu.learn(nbma, mtu, now, "local"):
+                self.stats["pmtu.learned.local"] += 1
+            return
+        if nbma not in self.peers:
+            # We never sent anything there: not about our packets.
+            self.stats["pmtu.rejected.unknown_peer"] += 1
+            return
+        try:
+            gre = decode_gre(quoted, verify_checksum=False)
+        except DecodeError:
+            self.stats["pmtu.rejected.bad_quote"] += 1
+            return
+        if gre.key != self.key or gre.protocol not in (GRE_IPV4, GRE_IPV6):
+            self.stats["pmtu.rejected.bad_quote"] += 1
+            return
+        known = self.path_mtu.get(nbma, now)
+        # RFC 1191 6.3: a report never raises the estimate (only ageing does);
+        # below 576 is the forged-ICMP attack pmtu.py describes.
+        if (known is not None and mtu >= known) or not self.path_mtu.learn(
+            nbma, mtu, now, "icmp", reporter
+        ):
+            self.stats["pmtu.rejected.mtu"] += 1
+            return
+        self.stats["pmtu.learned.icmp"] += 1
 
     def _sent_data(
         self, nbma: IPv4Address, packets: int, size: int, dst: bytes, now: float

@@ -4,8 +4,9 @@ Works on any Linux, with or without a GRE module. The DMVPN interface is a
 TAP (dataplane/devices.py); the forwarder (dataplane/forwarding.py) turns its
 frames into GRE and back. Plain unicast IPv4 takes the C pump
 (dataplane/pump.py) when it was built, except on a hub with redirect, which
-must see every forwarded packet; the rest, and everything when there is no
-pump, is read by asyncio readers. Bindings are mirrored into the kernel's
+must see every forwarded packet, and with path MTU discovery (DF and the
+path MTU are decided by the forwarder, pmtu.py); the rest, and everything
+when there is no pump, is read by asyncio readers. Bindings are mirrored into the kernel's
 neighbour table of the TAP as permanent entries with the peer's NBMA MAC.
 """
 
@@ -24,10 +25,12 @@ from dmvpn.nsenter import entered
 from dmvpn.wire import Address
 from dmvpn.wire.ethernet import mac_text
 
-from .devices import GreSocket, Tap
+from .devices import DfGreSocket, GreSocket, IcmpSender, Tap
 from .forwarding import Forwarder, PeerCounters, nbma_mac
+from .mss import MssClamp
 from .neighbours import NeighbourWriter
 from .plane import DataPlane, DataPlaneError, DataPlaneHooks
+from .pmtu import PathMtuCache
 from .pump import BATCH, Pump, fastpath
 
 __all__ = ["UserspaceDataPlane"]
@@ -51,6 +54,11 @@ class UserspaceDataPlane(DataPlane):
         self._loop: AbstractEventLoop | None = None
         self._pump: Pump | None = None
         self._neighbours: NeighbourWriter | None = None
+        self._mss: MssClamp | None = None
+        # Path MTU discovery (tunnel.path_mtu_discovery, pmtu.py).
+        self._df: DfGreSocket | None = None
+        self._icmp: IcmpSender | None = None
+        self.path_mtu: PathMtuCache | None = None
 
     # -- life -----------------------------------------------------------------
 
@@ -59,7 +67,8 @@ class UserspaceDataPlane(DataPlane):
         self._hooks = hooks
         # A TAP with a virtio_net_hdr lets the C pump take TSO/checksum
         # offloads (devices.py); only worth it where the pump will run.
-        self._tap = Tap(cfg.name, vnet_hdr=fastpath is not None and not self.redirect)
+        pump = fastpath is not None and not self.redirect and not cfg.tunnel.path_mtu_discovery
+        self._tap = Tap(cfg.name, vnet_hdr=pump)
         # Front-door VRF: the GRE socket lives in the underlay namespace.
         try:
             with entered(cfg.tunnel.namespace):
@@ -97,6 +106,18 @@ class UserspaceDataPlane(DataPlane):
                 Path(f"/proc/sys/net/ipv6/conf/{cfg.name}/disable_ipv6").write_text("1")
             except OSError:
                 pass  # IPv6 compiled out or sysctl read-only: harmless
+        if cfg.tcp_adjust_mss is not None:
+            try:
+                self._mss = MssClamp(cfg.name, cfg.tcp_adjust_mss)
+            except OSError as exc:
+                self._tap.close()  # the interface goes: nothing half-made stays
+                self._gre.close()
+                raise DataPlaneError(f"tcp_adjust_mss: {exc}") from None
+        if cfg.tunnel.path_mtu_discovery:
+            with entered(cfg.tunnel.namespace):  # beside the GRE socket
+                self._df = DfGreSocket(cfg.tunnel.source)
+            self._icmp = IcmpSender()
+            self.path_mtu = PathMtuCache()
         self._forwarder = Forwarder(
             engine=hooks,
             tunnel_address=cfg.address.ip,
@@ -106,6 +127,9 @@ class UserspaceDataPlane(DataPlane):
             write_tap=self._tap.write,
             redirect=self.redirect,
             tunnel_address6=cfg.ipv6_address.ip if cfg.ipv6_address is not None else None,
+            path_mtu=self.path_mtu,
+            send_gre_df=self._send_df if self._df is not None else None,
+            send_icmp=self._icmp.send if self._icmp is not None else None,
         )
 
     def _ipv6_sysctls(self) -> None:
@@ -142,7 +166,9 @@ class UserspaceDataPlane(DataPlane):
         if self._loop is None and self._neighbours is not None:
             self._neighbours.start(loop)
         self._loop = loop
-        if fastpath is not None and not self.redirect:
+        if self._df is not None:
+            loop.add_reader(self._df.fileno(), self._on_path_mtu_errors)
+        if fastpath is not None and not self.redirect and self._df is None:
             self._pump = Pump(self._tap, self._gre, self.cfg.tunnel.key, self.forwarder)
             self._pump.start(self.cfg.name)
             loop.add_reader(self._pump.fileno(), self._on_punt)
@@ -152,6 +178,8 @@ class UserspaceDataPlane(DataPlane):
 
     def stop(self) -> None:
         assert self._tap is not None and self._gre is not None and self._loop is not None
+        if self._df is not None:
+            self._loop.remove_reader(self._df.fileno())
         if self._pump is not None:
             self._loop.remove_reader(self._pump.fileno())
             self._pump.stop(self._loop.time())
@@ -164,12 +192,35 @@ class UserspaceDataPlane(DataPlane):
     def close(self) -> None:
         if self._neighbours is not None:
             self._neighbours.close()  # what is queued goes with the interface
+        if self._mss is not None:
+            self._mss.release()
+            self._mss = None
         if self._tap is not None:
             self._tap.close()  # the kernel removes the interface and its routes
         if self._gre is not None:
             self._gre.close()
+        if self._df is not None:
+            self._df.close()
+            self._df = None
+        if self._icmp is not None:
+            self._icmp.close()
+            self._icmp = None
 
     # -- readers ----------------------------------------------------------------
+
+    def _send_df(self, nbma: IPv4Address, gre: bytes) -> int:
+        """Send with DF; a local EMSGSIZE is read back (its MTU learned) at once."""
+        assert self._df is not None
+        err = self._df.send(nbma, gre)
+        if err:
+            self._on_path_mtu_errors()
+        return err
+
+    def _on_path_mtu_errors(self) -> None:
+        assert self._df is not None and self._loop is not None
+        now = self._loop.time()
+        for e in self._df.errors():
+            self.forwarder.path_mtu_error(e.nbma, e.mtu, e.quoted, e.local, e.reporter, now)
 
     def _batch_done(self) -> None:
         assert self._hooks is not None
@@ -239,6 +290,13 @@ class UserspaceDataPlane(DataPlane):
             except OSError as exc:
                 raise DataPlaneError(f"cannot bind GRE to {source}: {exc.strerror}") from None
             self._gre.source = source
+        if self._df is not None:
+            try:
+                self._df.sock.bind((str(source), 0))
+            except OSError as exc:
+                raise DataPlaneError(f"cannot bind DF GRE to {source}: {exc.strerror}") from None
+            if self.path_mtu is not None:
+                self.path_mtu = self.forwarder.path_mtu = PathMtuCache()  # a new path
 
     def set_nhs(self, nbmas: list[IPv4Address]) -> None:
         self.forwarder.nhs = list(nbmas)
@@ -249,7 +307,7 @@ class UserspaceDataPlane(DataPlane):
     def set_redirect(self, on: bool) -> None:
         self.forwarder.redirect = on
         self.redirect = on
-        wants_pump = fastpath is not None and not on
+        wants_pump = fastpath is not None and not on and self._df is None
         if self._loop is not None and wants_pump != (self._pump is not None):
             loop = self._loop
             self.stop()  # a hub that starts redirecting must see every packet
@@ -269,7 +327,12 @@ class UserspaceDataPlane(DataPlane):
 
     @property
     def stats(self) -> Mapping[str, int]:
-        return self.forwarder.stats
+        if self._mss is None:
+            return self.forwarder.stats
+        out = dict(self.forwarder.stats)
+        for direction, n in self._mss.clamped().items():
+            out[f"tcp.mss_clamped.{direction}"] = n
+        return out
 
     @property
     def peers(self) -> Mapping[IPv4Address, PeerCounters]:

@@ -211,6 +211,10 @@ class Topology(_Strict):
     # Every dmvpn router's data plane (config.Interface.dataplane); None:
     # the config's default.
     dataplane: Literal["userspace", "ebpf", "auto"] | None = None
+    # Every dmvpn router's `tcp_adjust_mss` (config.Interface); None: off.
+    tcp_adjust_mss: Annotated[int, Field(ge=500, le=1460)] | None = None
+    # Every dmvpn router's `tunnel.path_mtu_discovery` (config.Tunnel).
+    path_mtu_discovery: bool = False
     tunnel_network6: IPv6Network = IPv6Network("fd00::/64")
     lan_summary6: IPv6Network = IPv6Network("fd00::/16")
     # How routes cross the cloud: the daemon's static routes (default) or
@@ -630,8 +634,17 @@ class Topology(_Strict):
                     "name": TUNNEL_INTERFACE,
                     "address": str(me.tunnel),
                     **({"ipv6_address": str(me.tunnel6)} if me.tunnel6 is not None else {}),
-                    "tunnel": {"source": str(me.nbma.ip), "key": self.key},
+                    "tunnel": {
+                        "source": str(me.nbma.ip),
+                        "key": self.key,
+                        **({"path_mtu_discovery": True} if self.path_mtu_discovery else {}),
+                    },
                     **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
+                    **(
+                        {"tcp_adjust_mss": self.tcp_adjust_mss}
+                        if self.tcp_adjust_mss is not None
+                        else {}
+                    ),
                     "nhrp": nhrp,
                     **qos,
                 }
