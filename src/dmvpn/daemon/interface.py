@@ -427,7 +427,10 @@ class InterfaceRuntime:
         assert isinstance(out.nbma, IPv4Address)
         self.dataplane.bind(out.protocol, out.nbma)
         if out.type == "cached" and self.engine.public_nbma is not None:
-            self._nat_probe(out.protocol)
+            # After the data plane's neighbour write (queued with call_soon,
+            # dataplane/neighbours.py): sent now, the probe would follow the
+            # kernel's old entry (the hub) and open nothing.
+            self.loop.call_soon(self._nat_probe, out.protocol)
         if out.type == "dynamic":
             self.multicast.bind(out.protocol, out.nbma)
         else:  # a dynamic binding replaced by another type
