@@ -198,7 +198,9 @@ def test_a_spoke_follows_its_underlay_address_changing_mid_flow(nat_cloud) -> No
         )
         (moved,) = cloud.events("spoke1", "underlay-moved")
         assert (moved["old"], moved["new"]) == (old, new)
-        assert cloud.events("spoke2", "purged")  # it dropped the old address
+        # spoke2 dropped the old address (spoke1's purge may land after the
+        # hub's registration event: wait for it, do not race it).
+        cloud.wait("spoke2 to purge the old address", lambda: cloud.events("spoke2", "purged"))
         # Back on a direct path, to the new address (after the hub's redirect).
         cloud.wait(
             "spoke2's shortcut to spoke1's new address",
