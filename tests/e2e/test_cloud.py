@@ -71,6 +71,12 @@ class Cloud:
     def sh(self, node: str, *argv: str) -> str:
         return self.lab.exec(node, list(argv), capture_output=True, text=True).stdout
 
+    def dataplane(self, node: str) -> dict[str, int]:
+        """The node's data-plane counters (`show nhrp traffic --json`)."""
+        sock = str(self.logs / f"{node}.sock")
+        out = self.sh(node, DMVPN, "show", "nhrp", "traffic", "--json", "--socket", sock)
+        return json.loads(out)["interfaces"][0]["dataplane"]  # type: ignore[no-any-return]
+
     def hops(self, node: str, dst: str) -> list[str]:
         out = self.sh(node, "traceroute", "-n", "-q", "1", "-w", "1", "-m", "5", dst)
         return [line.split()[1] for line in out.splitlines()[1:] if len(line.split()) > 1]

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -54,12 +53,6 @@ class EbpfCloud(Cloud):
         self.procs[node] = self.lab.popen(
             node, [DMVPN, "run", "-c", str(path)], stdout=log, stderr=log
         )
-
-    def dataplane(self, node: str) -> dict[str, int]:
-        sock = str(self.logs / f"{node}.sock")
-        out = self.sh(node, DMVPN, "show", "nhrp", "traffic", "--json", "--socket", sock)
-        view: dict[str, Any] = json.loads(out)
-        return view["interfaces"][0]["dataplane"]  # type: ignore[no-any-return]
 
     def attached(self, node: str) -> dict[str, list[int]]:
         out = self.sh(node, sys.executable, "-c", QUERY)

@@ -13,13 +13,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.topology import Topology
-from tests.e2e.test_cloud import DMVPN, Cloud
+from tests.e2e.test_cloud import Cloud
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root for network namespaces (CI runs as root)"
@@ -102,12 +101,6 @@ def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cloud]:
         lab.down()
 
 
-def traffic(cloud: Cloud, node: str) -> dict[str, Any]:
-    sock = str(cloud.logs / f"{node}.sock")
-    out = cloud.sh(node, DMVPN, "show", "nhrp", "traffic", "--json", "--socket", sock)
-    return json.loads(out)["interfaces"][0]["dataplane"]  # type: ignore[no-any-return]
-
-
 def test_syns_crossing_the_tunnel_carry_the_clamped_mss(cloud: Cloud) -> None:
     host2 = cloud.topo.plan("host2")
     assert host2.lan is not None and host2.lan6 is not None
@@ -139,6 +132,6 @@ def test_syns_crossing_the_tunnel_carry_the_clamped_mss(cloud: Cloud) -> None:
     # spoke1 lowered host1's SYNs on their way into the cloud and host2's
     # SYN-ACKs on their way out of it (one of each per family); nobody else
     # clamps.
-    counters = traffic(cloud, "spoke1")
+    counters = cloud.dataplane("spoke1")
     assert counters.get("tcp.mss_clamped.out", 0) >= 2, counters
     assert counters.get("tcp.mss_clamped.in", 0) >= 2, counters

@@ -9,19 +9,17 @@ spoke1 could have sent there; forged ones are counted and change nothing."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.topology import Topology
-from tests.e2e.test_cloud import DMVPN, Cloud
+from tests.e2e.test_cloud import Cloud
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root for network namespaces (CI runs as root)"
@@ -73,12 +71,6 @@ def cloud(tmp_path: Path) -> Iterator[Cloud]:
         lab.down()
 
 
-def counters(cloud: Cloud, node: str) -> dict[str, Any]:
-    sock = str(cloud.logs / f"{node}.sock")
-    out = cloud.sh(node, DMVPN, "show", "nhrp", "traffic", "--json", "--socket", sock)
-    return json.loads(out)["interfaces"][0]["dataplane"]  # type: ignore[no-any-return]
-
-
 def ping(cloud: Cloud, size: int) -> str:
     host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
     argv = ["ping", "-n", "-c", "2", "-i", "0.3", "-W", "2", "-M", "do", "-s", str(size), host2]
@@ -101,7 +93,7 @@ def test_df_packets_learn_the_path_mtu_and_senders_are_told(cloud: Cloud) -> Non
     out = ping(cloud, 1372)
     assert frag_needed_mtu(out) == 1352, out
     assert " 0% packet loss" in ping(cloud, 1324)  # 1352: fits
-    stats = counters(cloud, "spoke1")
+    stats = cloud.dataplane("spoke1")
     assert stats["pmtu.learned.local"] >= 1 and stats["pmtu.frag_needed_sent"] >= 1, stats
 
     # Reports from the underlay: forged ones first (another cloud's key, an
@@ -121,16 +113,16 @@ def test_df_packets_learn_the_path_mtu_and_senders_are_told(cloud: Cloud) -> Non
     cloud.wait(
         "the forged reports to be counted",
         lambda: (
-            counters(cloud, "spoke1").get("pmtu.rejected.bad_quote", 0) >= 1
-            and counters(cloud, "spoke1").get("pmtu.rejected.mtu", 0) >= 1
-            and counters(cloud, "spoke1").get("pmtu.rejected.unknown_peer", 0) >= 1
+            cloud.dataplane("spoke1").get("pmtu.rejected.bad_quote", 0) >= 1
+            and cloud.dataplane("spoke1").get("pmtu.rejected.mtu", 0) >= 1
+            and cloud.dataplane("spoke1").get("pmtu.rejected.unknown_peer", 0) >= 1
         ),
     )
     assert " 0% packet loss" in ping(cloud, 1324)  # nothing changed
     forge(spoke2, 42, 1300)
     cloud.wait(
         "the report to be learned",
-        lambda: counters(cloud, "spoke1").get("pmtu.learned.icmp", 0) >= 1,
+        lambda: cloud.dataplane("spoke1").get("pmtu.learned.icmp", 0) >= 1,
     )
     out = ping(cloud, 1324)
     assert frag_needed_mtu(out) == 1272, out
