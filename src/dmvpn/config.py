@@ -24,8 +24,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dmvpn.nhrp import EngineConfig, NhsConfig, StaticMap
+from dmvpn.nsenter import NETNS_DIR
 from dmvpn.qospolicy import Qos
 from dmvpn.wire import group_problem
+
+# A network namespace name (`ip netns add NAME`): a file under /run/netns.
+NamespaceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+# Linux VRF devices (`ip link add NAME type vrf table N`) would give the
+# `vrf:` keys a meaning; this kernel has none, so they are refused with this
+# reason rather than ignored (docs/VRF.md, "`vrf:` and VRF devices").
+NO_VRF_DEVICES = (
+    "VRF devices are not supported: the kernel dmvpn is built and tested on has none "
+    "(`ip link add x type vrf` is an unknown device type); a VRF is a network namespace "
+    "here: use {instead}"
+)
 
 
 class _Strict(BaseModel):
@@ -42,7 +55,10 @@ class Tunnel(_Strict):
     # underlay (`source` and its routes); GRE is sent and received there, the
     # tunnel interface, its routes and the LAN stay in the daemon's own
     # (docs/QOS.md, "Front-door VRF"). None: the daemon's own namespace.
-    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    namespace: NamespaceName | None = None
+    # Reserved for a VRF device (Cisco `tunnel vrf` as a routing table of
+    # this namespace); refused, see NO_VRF_DEVICES.
+    vrf: str | None = None
     # Cisco `tunnel path-mtu-discovery`: DF copied from the inner packet to
     # the outer, the path MTU to each peer learned and inner senders told
     # (dataplane/pmtu.py). Off: the outer header never has DF.
@@ -138,9 +154,29 @@ class Interface(_Strict):
     nhrp: Nhrp
     # Per-tunnel QoS (hub): NHRP group -> shaping policy (qospolicy.py).
     qos: Qos | None = None
+    # The overlay VRF (Cisco `ip vrf forwarding NAME` on the tunnel): the
+    # network namespace holding this interface's TAP, its addresses, routes,
+    # neighbours and LAN. GRE stays where `tunnel.namespace` says (default:
+    # the daemon's own namespace), so one daemon serves several clouds with
+    # overlapping addresses, one namespace each (docs/VRF.md). None: the
+    # daemon's own namespace.
+    namespace: NamespaceName | None = None
+    # Reserved for a VRF device; refused, see NO_VRF_DEVICES.
+    vrf: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Interface:
+        if self.vrf is not None:
+            raise ValueError("vrf: " + NO_VRF_DEVICES.format(instead="namespace: NAME"))
+        if self.tunnel.vrf is not None:
+            raise ValueError(
+                "tunnel.vrf: " + NO_VRF_DEVICES.format(instead="tunnel.namespace: NAME")
+            )
+        if self.namespace is not None and self.dataplane == "ebpf":
+            raise ValueError(
+                "dataplane: ebpf redirects between the TAP and the underlay device, which "
+                "must share a namespace; with namespace (overlay VRF) use userspace or auto"
+            )
         if self.tunnel.namespace is not None and self.dataplane == "ebpf":
             raise ValueError(
                 "dataplane: ebpf redirects GRE to a device of this namespace; with "
@@ -452,6 +488,21 @@ class NodeConfig(_Strict):
                 # One GRE child SA per pair of NBMA addresses: two interfaces
                 # on one source could not tell their peers' SAs apart.
                 raise ValueError("with ipsec, each interface needs its own tunnel.source")
+        # One GRE socket per interface sees every GRE packet of its underlay
+        # namespace and keeps those of its key: two interfaces with the same
+        # key on the same source could not tell their packets apart.
+        seen: dict[tuple[str | None, IPv4Address, int | None], int] = {}
+        for i, itf in enumerate(self.interfaces):
+            where = (itf.tunnel.namespace, itf.tunnel.source, itf.tunnel.key)
+            if where in seen:
+                key = "no key" if itf.tunnel.key is None else f"key {itf.tunnel.key}"
+                raise ValueError(
+                    f"interfaces.{i}.tunnel.key: {key} is already used by interfaces."
+                    f"{seen[where]} on the same underlay ({itf.tunnel.source}"
+                    f"{' in ' + itf.tunnel.namespace if itf.tunnel.namespace else ''}): "
+                    "each cloud on one underlay needs its own tunnel.key"
+                )
+            seen[where] = i
         return self
 
     def ipsec_identity(self) -> str | None:
@@ -505,11 +556,29 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(path, [f"{where}not valid YAML ({problem})"]) from None
 
 
+def missing_namespaces(config: NodeConfig, netns_dir: Path = NETNS_DIR) -> list[str]:
+    """The config's namespaces (`namespace`, `tunnel.namespace`) that do not
+    exist here, one problem each with its path: like Cisco's "VRF not
+    configured", the VRF must be made (`ip netns add`) before it is used."""
+    problems = []
+    for i, itf in enumerate(config.interfaces):
+        named = (("namespace", itf.namespace), ("tunnel.namespace", itf.tunnel.namespace))
+        for where, name in named:
+            if name is not None and not (netns_dir / name).exists():
+                problems.append(
+                    f"interfaces.{i}.{where}: no network namespace {name!r} "
+                    f"({netns_dir / name}); create it first (`ip netns add {name}`)"
+                )
+    return problems
+
+
 def load_config(path: Path) -> NodeConfig:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(path, ["(top level): expected a mapping of settings"])
     config = parse_config(data, path)
+    if problems := missing_namespaces(config):
+        raise ConfigError(path, problems)
     if config.ipsec is not None:
         # Certificate paths are relative to the file naming them; unreadable
         # ones refuse the file now, before anything changes.

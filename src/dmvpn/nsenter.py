@@ -5,6 +5,11 @@ makes its GRE socket in the underlay namespace (`tunnel.namespace`) and
 goes back, so the socket sends and receives on the underlay while the TAP,
 the routes and the LAN stay in the daemon's own namespace. setns(2) changes
 only the calling thread, which is the one that comes back.
+
+An interface in a VRF of its own (`namespace:`, docs/VRF.md) is opened
+and run inside that namespace, while its GRE socket still belongs to the
+underlay: `entered(None)` is therefore the namespace the process started
+in (its home), not merely wherever the thread is at the moment.
 """
 
 from __future__ import annotations
@@ -24,6 +29,16 @@ class NetnsError(OSError):
     pass
 
 
+def _inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+# The namespace the process started in (modules are imported before any
+# thread enters another one), kept open to go back to.
+_HOME_FD = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+_HOME = os.fstat(_HOME_FD).st_ino
+
+
 def _setns(fd: int) -> None:
     if _libc.setns(fd, _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -32,12 +47,16 @@ def _setns(fd: int) -> None:
 
 @contextmanager
 def entered(name: str | None) -> Iterator[None]:
-    """Run the body in network namespace ``name`` (None: where we are)."""
-    if name is None:
+    """Run the body in network namespace ``name`` (None: the process's home
+    namespace, where it started)."""
+    if name is None and _inode() == _HOME:
         yield
         return
     try:
-        target = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(
+            NETNS_DIR / name if name is not None else f"/proc/self/fd/{_HOME_FD}",
+            os.O_RDONLY | os.O_CLOEXEC,
+        )
     except OSError as exc:
         raise NetnsError(exc.errno, f"network namespace {name!r}: {exc.strerror}") from None
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

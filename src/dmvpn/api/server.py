@@ -293,7 +293,13 @@ class ApiServer:
     def ifaces(self, name: str | None = None, family: int | None = None) -> list[Iface]:
         """One Iface per engine; the shared forwarder goes with the IPv4 one."""
         return [
-            Iface(rt.cfg.name, engine, rt.forwarder if fam == 4 else None, fam)
+            Iface(
+                rt.cfg.name,
+                engine,
+                rt.forwarder if fam == 4 else None,
+                fam,
+                getattr(rt.cfg, "namespace", None),
+            )
             for rt in self.interfaces
             if name is None or rt.cfg.name == name
             for engine, fam in _engines(rt)

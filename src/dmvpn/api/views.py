@@ -83,6 +83,8 @@ class Iface:
     engine: Engine
     forwarder: DataPlaneCounters | None = None
     family: Literal[4, 6] = 4
+    # The overlay VRF (the interface's `namespace`); None: the daemon's own.
+    vrf: str | None = None
 
 
 # ---------------------------------------------------------------- helpers
@@ -250,6 +252,7 @@ def dmvpn_interface(iface: Iface, now: float, page: Page | None = None) -> dict[
     view = {
         "interface": iface.name,
         "family": iface.family,
+        "vrf": iface.vrf,
         "type": _role(engine),
         "tunnel_address": address_text(engine.config.protocol_address),
         "nbma_address": address_text(engine.nbma),

@@ -282,6 +282,8 @@ def render_dmvpn(data: dict[str, Any]) -> str:
         kind = "/".join(part.capitalize() for part in itf["type"].split("/"))
         family = itf.get("family", 4)
         out.append(f"\nInterface: {itf['interface']}, IPv{family} NHRP Details\n")
+        if itf.get("vrf"):  # Cisco prints the tunnel's VRF the same way
+            out.append(f"VRF: {itf['vrf']}\n")
         out.append(f"Type:{kind}, NHRP Peers:{itf['peer_count']},\n")
         if itf.get("count", itf["peer_count"]) != itf["peer_count"]:  # a page of them
             first = itf["offset"] + 1 if itf["count"] else itf["offset"]

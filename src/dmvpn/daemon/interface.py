@@ -6,11 +6,20 @@ the listeners, and the data plane's inputs (and SA events) in.
 
 The constructor touches nothing; `open()` creates the devices (root), then
 `start()`, `stop()`, `close()`.
+
+An interface in a VRF of its own (`namespace:`, docs/VRF.md) is opened,
+started and stopped inside that namespace (nsenter.entered): every device
+and socket made then (the TAP, the route monitor, neighbour writes, the
+liveness and NAT probes, nftables) belongs to it, while the GRE socket is
+made in the underlay's (`tunnel.namespace`, default the daemon's own).
+`ipr` must then be a netlink socket of the VRF; `underlay_ipr` one of the
+daemon's own namespace (the underlay watch, QoS's device lookup).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
@@ -52,6 +61,7 @@ from dmvpn.nhrp import (
 )
 from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import RoutingView
+from dmvpn.nsenter import entered
 from dmvpn.wire import Address, address_text
 
 from .liveness import LivenessProber
@@ -83,10 +93,12 @@ class InterfaceRuntime:
         ipsec: IpsecManager | None = None,
         routing: RoutingFactory | None = None,
         follow_underlay: bool | None = None,
+        underlay_ipr: IPRoute | None = None,
     ) -> None:
         self.cfg = cfg
         self.dataplane = dataplane
         self.ipr = ipr
+        self.underlay_ipr = underlay_ipr if underlay_ipr is not None else ipr
         self.log = log
         self.loop = loop
         self.ipsec = ipsec
@@ -142,8 +154,18 @@ class InterfaceRuntime:
 
     # ------------------------------------------------------------ life
 
+    def _vrf(self) -> contextlib.AbstractContextManager[None]:
+        """Inside the interface's VRF (its namespace), or nothing to do."""
+        if self.cfg.namespace is None:
+            return contextlib.nullcontext()
+        return entered(self.cfg.namespace)
+
     def open(self) -> None:
         """Create the interface, then the engines that route through it."""
+        with self._vrf():
+            self._open()
+
+    def _open(self) -> None:
         self.dataplane.open(self)
         index = self.dataplane.index
         self.engines = [Engine(self._engine_config(self.cfg, 4), self._routing(index, 4))]
@@ -188,6 +210,23 @@ class InterfaceRuntime:
         return self.loop.time()
 
     def start(self) -> None:
+        with self._vrf():
+            self._start()
+        if not self.follow_underlay:
+            return
+        # The underlay is the daemon's own namespace (or tunnel.namespace's
+        # socket): watched from home, not from the VRF.
+        self._underlay = UnderlayWatch(
+            self.underlay_ipr, self.loop, self.cfg.tunnel.source, self.move
+        )
+        try:
+            self._underlay.attach()
+        except OSError as exc:
+            self._underlay.close()
+            self._underlay = None
+            self.log("underlay", f"not following underlay address changes: {exc.strerror}")
+
+    def _start(self) -> None:
         if self.ipsec is not None:
             self.protect_path()
         self.dataplane.start(self.loop)
@@ -195,15 +234,6 @@ class InterfaceRuntime:
             engine.start(self.now())
         self.apply()
         self._start_liveness()
-        if not self.follow_underlay:
-            return
-        self._underlay = UnderlayWatch(self.ipr, self.loop, self.cfg.tunnel.source, self.move)
-        try:
-            self._underlay.attach()
-        except OSError as exc:
-            self._underlay.close()
-            self._underlay = None
-            self.log("underlay", f"not following underlay address changes: {exc.strerror}")
 
     def move(self, source: IPv4Address) -> None:
         """Our underlay address changed (UnderlayWatch): GRE from the new
@@ -249,6 +279,10 @@ class InterfaceRuntime:
             self.apply()
 
     def stop(self) -> None:
+        with self._vrf():
+            self._stop()
+
+    def _stop(self) -> None:
         if self.liveness is not None:
             self.liveness.stop()
         if self._underlay is not None:
@@ -392,9 +426,9 @@ class InterfaceRuntime:
             ).stdout.split()
             return out[out.index("dev") + 1] if "dev" in out[:-1] else None
         try:
-            routes = self.ipr.route("get", dst=str(nbma))
+            routes = self.underlay_ipr.route("get", dst=str(nbma))
             index = routes[0].get_attr("RTA_OIF")
-            links = self.ipr.get_links(index)
+            links = self.underlay_ipr.get_links(index)
         except Exception:
             return None
         return links[0].get_attr("IFLA_IFNAME") if links else None
@@ -441,7 +475,8 @@ class InterfaceRuntime:
         if not isinstance(peer, IPv4Address) or peer not in self.cfg.address.network:
             return  # a LAN prefix's entry: its next hop's own binding is probed
         self._probes += 1
-        sent = send_probe(self.cfg.name, peer, self._probes)
+        with self._vrf():  # the probe's socket is bound to our TAP
+            sent = send_probe(self.cfg.name, peer, self._probes)
         self.log(
             "nat-probe",
             f"{'sent' if sent else 'could not send'} a probe to {peer} to open our NAT",

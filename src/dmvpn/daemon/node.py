@@ -23,6 +23,7 @@ from dmvpn.dataplane.plane import DataPlane
 from dmvpn.dataplane.userspace import UserspaceDataPlane
 from dmvpn.ipsec import IpsecManager, PeerSa
 from dmvpn.ipsec.charon import CharonError
+from dmvpn.nsenter import entered
 
 from .interface import InterfaceRuntime, Log
 from .reload import plan_reload
@@ -46,6 +47,8 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
         )
         if cfg.tunnel.namespace is not None:
             why = "the underlay is in another namespace (front-door VRF)"
+        if cfg.namespace is not None:
+            why = "the interface is in a VRF of its own (namespace), apart from the underlay"
         if why is None:
             return EbpfDataPlane(cfg, ipr, log, required=False)
         log("dataplane", f"{cfg.name}: userspace data plane ({why})")
@@ -106,6 +109,15 @@ class Node:
                 rt.protect_path()
             except CharonError as exc:
                 self.log("ipsec-error", str(exc), interface=rt.cfg.name)
+
+    @staticmethod
+    def _vrf_ipr(vrfs: dict[str, IPRoute], namespace: str) -> IPRoute:
+        """The netlink socket of an overlay VRF: made inside its namespace
+        (a socket stays in the namespace it was made in)."""
+        if namespace not in vrfs:
+            with entered(namespace):
+                vrfs[namespace] = IPRoute()
+        return vrfs[namespace]
 
     def reload(self) -> None:
         """SIGHUP: apply what can change without dropping tunnels, or say
@@ -176,15 +188,19 @@ class Node:
                     await self.ipsec.stop()
                 await api.stop()
                 raise SystemExit(1) from None
+        vrfs: dict[str, IPRoute] = {}  # a netlink socket per overlay VRF (namespace)
         try:
             with IPRoute() as ipr:
                 self._ipr = ipr
                 try:
                     for itf in self.config.interfaces:
+                        local = ipr if itf.namespace is None else self._vrf_ipr(vrfs, itf.namespace)
                         dataplane = make_dataplane(
-                            itf, ipr, self.log, ipsec=self.config.ipsec is not None
+                            itf, local, self.log, ipsec=self.config.ipsec is not None
                         )
-                        rt = InterfaceRuntime(itf, dataplane, ipr, self.log, loop, self.ipsec)
+                        rt = InterfaceRuntime(
+                            itf, dataplane, local, self.log, loop, self.ipsec, underlay_ipr=ipr
+                        )
                         rt.listeners.append(api.publish)
                         self.interfaces.append(rt)
                         rt.open()
@@ -204,6 +220,8 @@ class Node:
                     for rt in self.interfaces:
                         rt.stop()
         finally:
+            for vrf in vrfs.values():
+                vrf.close()
             if self.ipsec is not None:
                 # The purges just sent still have to pass charon's userspace ESP.
                 await asyncio.sleep(0.2)

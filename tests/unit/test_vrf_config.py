@@ -1,0 +1,105 @@
+"""Overlay VRFs (an interface's `namespace`, Cisco `ip vrf forwarding`) in
+the config: several clouds on one daemon, what is refused and why (with its
+path). Pure but for a temporary directory standing in for /run/netns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmvpn.config import ConfigError, missing_namespaces, parse_config
+from dmvpn.daemon.reload import plan_reload
+
+
+def _itf(n: int, **extra: Any) -> dict[str, Any]:
+    """Cloud n: key n, hub 172.30.0.n; the same tunnel address in every VRF."""
+    return {
+        "name": f"dmvpn{n}",
+        "namespace": f"spoke1-vrf{n}",
+        "address": "10.0.0.11/24",
+        "tunnel": {"source": "172.30.0.11", "key": n},
+        "nhrp": {"network_id": n, "nhs": [{"address": "10.0.0.1", "nbma": f"172.30.0.{n}"}]},
+    } | extra
+
+
+def _node(*itfs: dict[str, Any]) -> dict[str, Any]:
+    return {"node": "spoke1", "interfaces": list(itfs)}
+
+
+def _problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    return exc.value.problems
+
+
+def test_two_clouds_in_two_vrfs_load() -> None:
+    cfg = parse_config(_node(_itf(1), _itf(2)))
+    assert [i.namespace for i in cfg.interfaces] == ["spoke1-vrf1", "spoke1-vrf2"]
+    # Overlapping tunnel addresses are fine: each lives in its own VRF.
+    assert cfg.interfaces[0].address == cfg.interfaces[1].address
+    # With a front-door VRF too: the underlay in a third namespace.
+    fvrf = {"source": "172.30.0.11", "namespace": "spoke1-ul"}
+    both = parse_config(_node(_itf(1, tunnel=fvrf | {"key": 1}), _itf(2, tunnel=fvrf | {"key": 2})))
+    assert {i.tunnel.namespace for i in both.interfaces} == {"spoke1-ul"}
+
+
+def test_same_key_twice_on_one_underlay_refused() -> None:
+    problems = _problems(_node(_itf(1), _itf(2, tunnel={"source": "172.30.0.11", "key": 1})))
+    assert any(
+        "interfaces.1.tunnel.key: key 1 is already used by interfaces.0" in p for p in problems
+    ), problems
+    # Neither key: the same.
+    no_key = {"source": "172.30.0.11"}
+    problems = _problems(_node(_itf(1, tunnel=no_key), _itf(2, tunnel=no_key)))
+    assert any("no key is already used" in p for p in problems), problems
+    # The same key on another source, or in another underlay namespace, is fine.
+    parse_config(_node(_itf(1), _itf(2, tunnel={"source": "172.30.0.12", "key": 1})))
+    other_ul = {"source": "172.30.0.11", "key": 1, "namespace": "ul2"}
+    parse_config(_node(_itf(1), _itf(2, tunnel=other_ul)))
+
+
+@pytest.mark.parametrize(
+    ("itf", "where", "why"),
+    [
+        (_itf(1, vrf="blue"), "interfaces.0", "vrf: VRF devices are not supported"),
+        (
+            _itf(1, tunnel={"source": "172.30.0.11", "vrf": "blue"}),
+            "interfaces.0",
+            "tunnel.vrf: VRF devices are not supported",
+        ),
+        (_itf(1, dataplane="ebpf"), "interfaces.0", "with namespace (overlay VRF) use userspace"),
+        (_itf(1, namespace="a/b"), "interfaces.0.namespace", "should match pattern"),
+    ],
+)
+def test_refused(itf: dict[str, Any], where: str, why: str) -> None:
+    problems = _problems(_node(itf))
+    assert any(p.startswith(where) and why in p for p in problems), problems
+
+
+def test_vrf_refusal_names_the_reason_and_the_way() -> None:
+    (problem,) = _problems(_node(_itf(1, vrf="blue")))
+    assert "has none" in problem and "use namespace: NAME" in problem
+
+
+def test_unknown_namespace_refused(tmp_path: Path) -> None:
+    cfg = parse_config(
+        _node(_itf(1), _itf(2, tunnel={"source": "172.30.0.11", "key": 2, "namespace": "ul"}))
+    )
+    (tmp_path / "spoke1-vrf1").touch()
+    problems = missing_namespaces(cfg, tmp_path)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("interfaces.1.namespace: no network namespace 'spoke1-vrf2'")
+    assert problems[1].startswith("interfaces.1.tunnel.namespace: no network namespace 'ul'")
+    assert "ip netns add" in problems[0]
+    for name in ("spoke1-vrf2", "ul"):
+        (tmp_path / name).touch()
+    assert missing_namespaces(cfg, tmp_path) == []
+
+
+def test_reload_refuses_moving_an_interface_to_another_vrf() -> None:
+    old = parse_config(_node(_itf(1)))
+    new = parse_config(_node(_itf(1, namespace="elsewhere")))
+    plan = plan_reload(old, new)
+    assert not plan.ok and "namespace" in plan.refused[0]
