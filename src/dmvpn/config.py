@@ -133,6 +133,44 @@ class Nhrp(_Strict):
         return v
 
 
+class Route(_Strict):
+    """A route the daemon installs into the node's kernel table (IPv4 or,
+    over an interface with an ipv6_address, IPv6).
+
+    `via` is one next hop (installed once, as it always was), a list of
+    next hops (ECMP over those usable: a next hop that is one of our NHSes
+    is usable while its registration is up, any other always), or `nhs`:
+    whichever NHSes of the prefix's family are up, those of the best
+    priority (ties: ECMP). A tracked route with no usable next hop is
+    withdrawn, as Cisco withdraws a static route whose track is down
+    (docs/ROUTING.md)."""
+
+    prefix: IPv4Network | IPv6Network
+    via: (
+        IPv4Address
+        | IPv6Address
+        | Annotated[tuple[IPv4Address | IPv6Address, ...], Field(min_length=1, max_length=16)]
+        | Literal["nhs"]
+    )
+
+    @model_validator(mode="after")
+    def _same_family(self) -> Route:
+        if self.via == "nhs":
+            return self
+        hops = self.via if isinstance(self.via, tuple) else (self.via,)
+        for hop in hops:
+            if self.prefix.version != hop.version:
+                raise ValueError(f"via {hop} is not of the family of prefix {self.prefix}")
+        if len(set(hops)) != len(hops):
+            raise ValueError("via lists a next hop twice")
+        return self
+
+    @property
+    def tracked(self) -> bool:
+        """True when the next hops follow NHS state (a list, or `nhs`)."""
+        return not isinstance(self.via, IPv4Address | IPv6Address)
+
+
 class Interface(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
     address: IPv4Interface  # tunnel address with prefix, e.g. 10.0.0.11/24
@@ -163,6 +201,11 @@ class Interface(_Strict):
     namespace: NamespaceName | None = None
     # Reserved for a VRF device; refused, see NO_VRF_DEVICES.
     vrf: str | None = None
+    # Routes installed in the interface's VRF (Cisco `ip route vrf NAME`),
+    # tracking this interface's NHSes only; the node's `routes` go to the
+    # daemon's own namespace. Needed where VRFs overlap: the same next hop
+    # (10.0.0.1) is another router in each.
+    routes: list[Route] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> Interface:
@@ -219,6 +262,15 @@ class Interface(_Strict):
             net, _ = self._family(f"nhrp.map.{i}.address", m.address)
             if m.address not in net:
                 raise ValueError(f"nhrp.map.{i}.address {m.address} is outside {net}")
+        for i, route in enumerate(self.routes):
+            if route.prefix.version == 6 and self.ipv6_address is None:
+                raise ValueError(f"routes.{i}: IPv6 routes need the interface's ipv6_address")
+            if route.via == "nhs" and not any(
+                n.address.version == route.prefix.version for n in self.nhrp.nhs
+            ):
+                raise ValueError(
+                    f"routes.{i}.via: nhs, but this interface has no IPv{route.prefix.version} NHS"
+                )
         return self
 
     def _family(
@@ -271,44 +323,6 @@ class Interface(_Strict):
             max_send=n.max_send,
             group=n.group,
         )
-
-
-class Route(_Strict):
-    """A route the daemon installs into the node's kernel table (IPv4 or,
-    over an interface with an ipv6_address, IPv6).
-
-    `via` is one next hop (installed once, as it always was), a list of
-    next hops (ECMP over those usable: a next hop that is one of our NHSes
-    is usable while its registration is up, any other always), or `nhs`:
-    whichever NHSes of the prefix's family are up, those of the best
-    priority (ties: ECMP). A tracked route with no usable next hop is
-    withdrawn, as Cisco withdraws a static route whose track is down
-    (docs/ROUTING.md)."""
-
-    prefix: IPv4Network | IPv6Network
-    via: (
-        IPv4Address
-        | IPv6Address
-        | Annotated[tuple[IPv4Address | IPv6Address, ...], Field(min_length=1, max_length=16)]
-        | Literal["nhs"]
-    )
-
-    @model_validator(mode="after")
-    def _same_family(self) -> Route:
-        if self.via == "nhs":
-            return self
-        hops = self.via if isinstance(self.via, tuple) else (self.via,)
-        for hop in hops:
-            if self.prefix.version != hop.version:
-                raise ValueError(f"via {hop} is not of the family of prefix {self.prefix}")
-        if len(set(hops)) != len(hops):
-            raise ValueError("via lists a next hop twice")
-        return self
-
-    @property
-    def tracked(self) -> bool:
-        """True when the next hops follow NHS state (a list, or `nhs`)."""
-        return not isinstance(self.via, IPv4Address | IPv6Address)
 
 
 # strongSwan proposal keywords (swanctl.conf "proposals"): algorithms joined

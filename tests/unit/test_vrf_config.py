@@ -103,3 +103,19 @@ def test_reload_refuses_moving_an_interface_to_another_vrf() -> None:
     new = parse_config(_node(_itf(1, namespace="elsewhere")))
     plan = plan_reload(old, new)
     assert not plan.ok and "namespace" in plan.refused[0]
+
+
+def test_routes_of_a_vrf() -> None:
+    """`ip route vrf`: an interface's own routes, checked against it."""
+    routes = [
+        {"prefix": "192.168.0.0/16", "via": "nhs"},
+        {"prefix": "10.9.0.0/16", "via": "10.0.0.1"},
+    ]
+    itf = parse_config(_node(_itf(1, routes=routes))).interfaces[0]
+    assert [str(r.prefix) for r in itf.routes] == ["192.168.0.0/16", "10.9.0.0/16"]
+    hub = _itf(1, routes=[{"prefix": "192.168.1.0/24", "via": "nhs"}])
+    hub["nhrp"] = {"network_id": 1}
+    problems = _problems(_node(hub))
+    assert any("routes.0.via: nhs, but this interface has no IPv4 NHS" in p for p in problems)
+    v6 = _itf(1, routes=[{"prefix": "fd01::/64", "via": "fd00::1"}])
+    assert any("routes.0: IPv6 routes need" in p for p in _problems(_node(v6)))

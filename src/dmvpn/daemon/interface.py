@@ -190,6 +190,10 @@ class InterfaceRuntime:
         self.dataplane.set_nhs(list(dict.fromkeys(n.nbma for n in nhs)))
         self.dataplane.set_multicast(self.multicast)
 
+    def nhs_states(self) -> list[Any]:
+        """This interface's NHSes, every family (its own tracked routes)."""
+        return [s for e in self.engines for s in e.nhs_states()]
+
     @property
     def engine(self) -> Engine:
         return self.engines[0]

@@ -209,6 +209,11 @@ class Node:
                         rt.nhs_listeners.append(self.routes.update)
                     self.routes.add(self.config.routes)
                     for rt in self.interfaces:
+                        if rt.cfg.routes:  # `ip route vrf`: in the interface's namespace
+                            vrf_routes = StaticRoutes(rt.ipr, self.log, rt.nhs_states)
+                            rt.nhs_listeners.append(vrf_routes.update)
+                            vrf_routes.add(rt.cfg.routes)
+                    for rt in self.interfaces:
                         rt.start()
                     self.log(
                         "running",

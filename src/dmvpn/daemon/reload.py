@@ -69,7 +69,7 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
         fixed = []
         # The data plane owns the interface's devices and programs: another
         # one means a new interface.
-        for key in ("address", "ipv6_address", "mtu", "tunnel", "dataplane", "namespace"):
+        for key in ("address", "ipv6_address", "mtu", "tunnel", "dataplane", "namespace", "routes"):
             if getattr(a, key) != getattr(b, key):
                 fixed.append(key)
         for key in type(a.nhrp).model_fields:
