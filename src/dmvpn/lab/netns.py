@@ -64,10 +64,12 @@ from . import nat
 from .topology import (
     DEFAULT_PREFIX,
     INET,
+    VRF_CLOUDS,
     NodeDescription,
     Topology,
     namespace_name,
     underlay_namespace,
+    vrf_namespace,
 )
 
 __all__ = [
@@ -99,8 +101,9 @@ STATE_VERSION = 1
 # namespace name and of the state file's name.
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,22}-$")
 # What follows the prefix in one of our namespaces: a node name or "inet".
-# A node, or a router's underlay namespace with front_door_vrf ("-ul").
-_NODE_PART = re.compile(r"^[a-z][a-z0-9]*(-ul)?$")
+# A node, or a router's underlay namespace with front_door_vrf ("-ul"), or
+# one of its VRFs with vrf_clouds ("-vrfK").
+_NODE_PART = re.compile(r"^[a-z][a-z0-9]*(-ul|-vrf[0-9])?$")
 # Command timeout: `ip` answers in milliseconds; a hang is a bug to report.
 _COMMAND_TIMEOUT = 30.0
 
@@ -206,7 +209,18 @@ class Lab:
         own = [self.namespace(n) for n in [INET, *nats, *self.topology.names]]
         if self.topology.front_door_vrf:
             own += [self.underlay_namespace(r.name) for r in self.topology.routers]
+        if self.topology.vrf_clouds:
+            for k in range(1, VRF_CLOUDS + 1):
+                own += [self.vrf_namespace(r.name, k) for r in self.topology.routers]
+                if k > 1:
+                    own += [self.vrf_namespace(h.name, k) for h in self.topology.hosts]
         return own
+
+    def vrf_namespace(self, node: str, k: int) -> str:
+        """With `vrf_clouds`: cloud k's side of a router (its VRF: dmvpnK,
+        LAN, routes) or of a host (topology.vrf_namespace)."""
+        host = self.topology.plan(node).role == "host"
+        return vrf_namespace(self.prefix, node, k, host=host)
 
     def existing_namespaces(self) -> list[str]:
         """The namespaces of this prefix that exist now (whatever topology made them)."""
@@ -279,10 +293,12 @@ class Lab:
             if router.nat:
                 nat.route_spoke(self, router)
             ns = self.namespace(router.name)  # forwarding: between tunnel and LAN
-            self._run(
-                [self.ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
-                what="enable IPv4 forwarding",
-            )
+            vrfs = [self.vrf_namespace(router.name, k) for k in range(1, VRF_CLOUDS + 1)]
+            for where in vrfs if topo.vrf_clouds else [ns]:
+                self._run(
+                    [self.ip, "netns", "exec", where, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                    what="enable IPv4 forwarding",
+                )
             if router.tunnel6 is not None:
                 self._run(
                     [
@@ -300,6 +316,15 @@ class Lab:
             assert spoke.lan is not None and spoke.peer is not None
             host = topo.plan(spoke.peer)
             assert host.lan is not None
+            if topo.vrf_clouds:  # the same LAN in every VRF
+                for k in range(1, VRF_CLOUDS + 1):
+                    self._lan(
+                        self.vrf_namespace(spoke.name, k),
+                        self.vrf_namespace(host.name, k),
+                        str(spoke.lan),
+                        str(host.lan),
+                    )
+                continue
             ns, host_ns = self.namespace(spoke.name), self.namespace(host.name)
             self._ip(
                 "-n",
@@ -330,6 +355,19 @@ class Lab:
                     "-n", host_ns, "addr", "add", str(host.lan6), "dev", LAN_HOST_INTERFACE, "nodad"
                 )
                 self._ip("-n", host_ns, "-6", "route", "add", "default", "via", str(spoke.lan6.ip))
+
+    def _lan(self, ns: str, host_ns: str, spoke_lan: str, host_lan: str) -> None:
+        """A spoke's IPv4 LAN to its host (vrf_clouds: once per VRF)."""
+        self._ip(
+            "-n", ns, "link", "add", LAN_INTERFACE, "type", "veth",
+            "peer", "name", LAN_HOST_INTERFACE, "netns", host_ns,
+        )  # fmt: skip
+        self._ip("-n", ns, "addr", "add", spoke_lan, "dev", LAN_INTERFACE)
+        self._ip("-n", ns, "link", "set", LAN_INTERFACE, "up")
+        self._ip("-n", host_ns, "addr", "add", host_lan, "dev", LAN_HOST_INTERFACE)
+        self._ip("-n", host_ns, "link", "set", LAN_HOST_INTERFACE, "up")
+        gateway = spoke_lan.split("/")[0]
+        self._ip("-n", host_ns, "route", "add", "default", "via", gateway)
 
     def _bridge_tap(self, ns: str, bridge: str, port: str, tap: str) -> None:
         """An frr node's namespace: `port` and a tap for the guest on one bridge.

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from .netns import Lab, LabError
+from .topology import VRF_CLOUDS
 
 __all__ = ["Runner", "dmvpn_command"]
 
@@ -81,9 +82,13 @@ class Runner:
 
     def node_config(self, node: str) -> dict[str, Any]:
         """What `node` runs: the topology's config with this lab's socket path."""
-        cfg = {**self.lab.topology.node_config(node), "socket": str(self.socket_path(node))}
+        cfg = {
+            **self.lab.topology.node_config(node, self.lab.prefix),
+            "socket": str(self.socket_path(node)),
+        }
         if self.lab.topology.front_door_vrf:
-            cfg["interfaces"][0]["tunnel"]["namespace"] = self.lab.underlay_namespace(node)
+            for itf in cfg["interfaces"]:  # vrf_clouds: one per VRF, one underlay
+                itf["tunnel"]["namespace"] = self.lab.underlay_namespace(node)
         return cfg
 
     def start(self, nodes: Iterable[str] | None = None) -> None:
@@ -178,6 +183,11 @@ class Runner:
     def registered(self, spoke: str) -> bool:
         """True once the spoke has registered with every hub (an "nhs-up" per NHS)."""
         hubs = {str(h.tunnel.ip) for h in self.lab.topology.hubs if h.tunnel is not None}
+        if self.lab.topology.vrf_clouds:  # every hub in every VRF (the same addresses)
+            itfs = [f"dmvpn{k}" for k in range(1, VRF_CLOUDS + 1)]
+            events = self.events(spoke, "nhs-up")
+            pairs = {(str(e.get("interface")), str(e.get("nhs"))) for e in events}
+            return all((i, h) in pairs for i in itfs for h in hubs)
         up = {str(e.get("nhs")) for e in self.events(spoke, "nhs-up")}
         return hubs <= up
 

@@ -74,6 +74,8 @@ __all__ = [
     "Topology",
     "TopologyError",
     "namespace_name",
+    "vrf_namespace",
+    "VRF_CLOUDS",
 ]
 
 Role = Literal["hub", "spoke", "host"]
@@ -98,6 +100,20 @@ Password = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[ -~]+$")
 def underlay_namespace(prefix: str, node: str) -> str:
     """Where a router's underlay lives with `front_door_vrf` (its nbma0)."""
     return f"{namespace_name(prefix, node)}-ul"
+
+
+# `vrf_clouds`: how many clouds, each in a VRF of its own on every router.
+VRF_CLOUDS = 2
+
+
+def vrf_namespace(prefix: str, node: str, k: int, *, host: bool = False) -> str:
+    """With `vrf_clouds`, the namespace of cloud ``k``'s (1-based) side of
+    ``node``: a router's VRF k (its dmvpnK, LAN and routes) is `<router
+    namespace>-vrfK`; a host of VRF 1 keeps its usual namespace, of VRF K
+    `<host namespace>-vrfK`."""
+    if host and k == 1:
+        return namespace_name(prefix, node)
+    return f"{namespace_name(prefix, node)}-vrf{k}"
 
 
 def namespace_name(prefix: str, node: str) -> str:
@@ -232,6 +248,13 @@ class Topology(_Strict):
     # in a namespace of its own, `<router namespace>-ul`; the daemon sends
     # GRE there (tunnel.namespace) and keeps the tunnel and LAN in its own.
     front_door_vrf: bool = False
+    # Several clouds in separate VRFs (docs/VRF.md): VRF_CLOUDS clouds with
+    # the same addressing plan (tunnel addresses and LANs overlap), cloud K
+    # with GRE key key+K-1 and network-id K; one daemon per router with an
+    # interface dmvpnK per cloud, each in its VRF's namespace (`namespace`,
+    # vrf_namespace()) holding its LAN and routes (interface `routes`),
+    # GRE from the router's own underlay; every spoke's host once per VRF.
+    vrf_clouds: bool = False
 
     @field_validator("qos")
     @classmethod
@@ -395,6 +418,23 @@ class Topology(_Strict):
                 raise ValueError("front_door_vrf: not yet with dataplane: ebpf")
             if any(p.nat for p in order):
                 raise ValueError("front_door_vrf: not yet with spokes behind a lab NAT")
+        if self.vrf_clouds:
+            clash = [
+                name
+                for name, on in (
+                    ("dual_cloud", self.dual_cloud),
+                    ("ipv6", self.ipv6),
+                    ("routing (dynamic)", self.routing.dynamic),
+                    ("ipsec_psk (one charon SA per NBMA pair)", self.ipsec_psk is not None),
+                    ("dataplane: ebpf", self.dataplane == "ebpf"),
+                    ("qos", bool(self.qos)),
+                    ("spokes behind a lab NAT", any(p.nat for p in order)),
+                    ("frr nodes", any(p.kind == "frr" for p in order)),
+                )
+                if on
+            ]
+            if clash:
+                raise ValueError(f"vrf_clouds: not with {', '.join(clash)}")
         if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
             raise ValueError(
                 "ipsec_psk: frr nodes run no strongSwan in the lab; "
@@ -555,10 +595,11 @@ class Topology(_Strict):
 
     # -- what each node runs ------------------------------------------------
 
-    def node_config(self, name: str) -> dict[str, Any]:
+    def node_config(self, name: str, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
         """The node YAML data (for `dmvpn.config.parse_config`) of a hub or spoke.
 
         Plain strings, numbers and lists, so it can be dumped to YAML as is.
+        ``prefix`` (the lab's) names the VRF namespaces with `vrf_clouds`.
         """
         me = self.plan(name)
         if me.nbma is None or me.tunnel is None:
@@ -627,6 +668,8 @@ class Topology(_Strict):
             routes = []
         if self.dual_cloud:
             return self._dual_cloud_config(me, nhrp, routes)
+        if self.vrf_clouds:
+            return self._vrf_clouds_config(me, nhrp, routes, prefix)
         return {
             "node": name,
             "interfaces": [
@@ -690,6 +733,26 @@ class Topology(_Strict):
             hubs = [str(_ip(h.tunnel)) for h in self.hubs]
             routes = [{"prefix": str(self.lan_summary), "via": hubs}]
         return {"node": me.name, "interfaces": interfaces, "routes": routes}
+
+    def _vrf_clouds_config(
+        self, me: NodePlan, nhrp: dict[str, Any], routes: list[dict[str, Any]], prefix: str
+    ) -> dict[str, Any]:
+        """vrf_clouds: the same interface once per cloud, each in its VRF with
+        its routes there (the same next hops are other routers in each)."""
+        assert me.tunnel is not None and me.nbma is not None
+        interfaces: list[dict[str, Any]] = [
+            {
+                "name": f"dmvpn{k}",
+                "namespace": vrf_namespace(prefix, me.name, k),
+                "address": str(me.tunnel),
+                "tunnel": {"source": str(me.nbma.ip), "key": self.key + k - 1},
+                **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
+                "nhrp": {**copy.deepcopy(nhrp), "network_id": k},
+                "routes": copy.deepcopy(routes),
+            }
+            for k in range(1, VRF_CLOUDS + 1)
+        ]
+        return {"node": me.name, "interfaces": interfaces}
 
     def describe(self, prefix: str = DEFAULT_PREFIX) -> list[NodeDescription]:
         """One row per node (hubs, spokes, hosts) for `lab status`."""
