@@ -119,3 +119,30 @@ def test_routes_of_a_vrf() -> None:
     assert any("routes.0.via: nhs, but this interface has no IPv4 NHS" in p for p in problems)
     v6 = _itf(1, routes=[{"prefix": "fd01::/64", "via": "fd00::1"}])
     assert any("routes.0: IPv6 routes need" in p for p in _problems(_node(v6)))
+
+
+def test_lab_vrf_clouds_configs() -> None:
+    from dmvpn.lab.topology import Topology, TopologyError, vrf_namespace
+
+    topo = Topology.from_data({"vrf_clouds": True, "key": 1})
+    spoke = parse_config(topo.node_config("spoke1", "x-"))
+    assert [(i.name, i.namespace, i.tunnel.key, i.nhrp.network_id) for i in spoke.interfaces] == [
+        ("dmvpn1", "x-spoke1-vrf1", 1, 1),
+        ("dmvpn2", "x-spoke1-vrf2", 2, 2),
+    ]
+    # The same addresses in both VRFs; the routes go with each interface.
+    assert {str(i.address) for i in spoke.interfaces} == {"10.0.0.11/24"}
+    assert spoke.routes == [] and all(i.routes for i in spoke.interfaces)
+    hub = parse_config(topo.node_config("hub1", "x-"))
+    assert [str(r.prefix) for r in hub.interfaces[1].routes] == [
+        "192.168.1.0/24",
+        "192.168.2.0/24",
+        "192.168.3.0/24",
+    ]
+    assert vrf_namespace("x-", "host1", 1, host=True) == "x-host1"
+    assert vrf_namespace("x-", "host1", 2, host=True) == "x-host1-vrf2"
+    # With a front-door VRF as well: allowed (the runner adds tunnel.namespace).
+    Topology.from_data({"vrf_clouds": True, "front_door_vrf": True})
+    for extra in ({"ipsec_psk": "0123456789abcdef"}, {"qos": {"g": "1mbit"}}, {"ipv6": True}):
+        with pytest.raises(TopologyError, match="vrf_clouds: not with"):
+            Topology.from_data({"vrf_clouds": True, **extra})
