@@ -142,3 +142,19 @@ def test_ipsec_runs_in_the_underlay_namespace(front_door) -> None:  # type: igno
     )
     assert read.returncode == 0, read.stderr  # the capture ran (its file is there)
     assert read.stdout.strip() == "", read.stdout  # no GRE in the clear on the underlay
+
+
+def test_nat_with_the_underlay_in_its_own_namespace(front_door) -> None:  # type: ignore[no-untyped-def]
+    """Spokes behind the lab's NAT routers with every underlay in a namespace
+    of its own: the hub sees each NATed spoke at its NAT's public address, and
+    phase 3 goes direct between two spokes behind two NATs (each opening its
+    NAT with a probe sent through the tunnel, from the overlay side)."""
+    from .test_nat import NODES, _direct, _ip, _show
+
+    cloud: FrontDoorCloud = front_door(3, nodes=NODES)
+    peers = {p["protocol"].removesuffix("/32"): p for p in _show(cloud, "hub1", "nhrp")["entries"]}
+    for spoke, public in (("spoke1", "172.30.0.201"), ("spoke3", "172.30.0.202")):
+        entry = peers[_ip(cloud, spoke)]
+        assert entry["nbma"] == public and "nat" in entry["flags"], entry
+    cloud.wait("host1 -> host3 direct", lambda: _direct(cloud, "host1", "host3", "spoke3"))
+    assert any(e["peer"] == _ip(cloud, "spoke3") for e in cloud.events("spoke1", "nat-probe"))

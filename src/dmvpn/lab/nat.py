@@ -121,7 +121,9 @@ def route_spoke(lab: Lab, spoke: NodePlan) -> None:
     """A spoke behind a NAT router reaches everything through it."""
     assert spoke.nat is not None
     nat = {n.name: n for n in lab.topology.nat_routers}[spoke.nat]
-    lab._ip("-n", lab.namespace(spoke.name), "route", "add", "default", "via", str(nat.inside.ip))
+    # Where its nbma0 is: with front_door_vrf, the underlay namespace.
+    ns = lab.underlay_namespace(spoke.name)
+    lab._ip("-n", ns, "route", "add", "default", "via", str(nat.inside.ip))
 
 
 def status(lab: Lab, existing: set[str]) -> list[NatStatus]:

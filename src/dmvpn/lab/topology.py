@@ -416,8 +416,6 @@ class Topology(_Strict):
                 raise ValueError("front_door_vrf: dmvpn routers only (frr nodes run in guests)")
             if self.dataplane == "ebpf":
                 raise ValueError("front_door_vrf: not yet with dataplane: ebpf")
-            if any(p.nat for p in order):
-                raise ValueError("front_door_vrf: not yet with spokes behind a lab NAT")
         if self.vrf_clouds:
             clash = [
                 name
