@@ -146,3 +146,11 @@ def test_lab_vrf_clouds_configs() -> None:
     for extra in ({"ipsec_psk": "0123456789abcdef"}, {"qos": {"g": "1mbit"}}, {"ipv6": True}):
         with pytest.raises(TopologyError, match="vrf_clouds: not with"):
             Topology.from_data({"vrf_clouds": True, **extra})
+
+
+def test_show_dmvpn_names_the_vrf() -> None:
+    from dmvpn.cli.show import render_dmvpn
+
+    itf = {"interface": "dmvpn1", "family": 4, "type": "spoke", "peer_count": 0, "peers": []}
+    text = render_dmvpn({"interfaces": [itf | {"vrf": "spoke1-blue"}, itf | {"vrf": None}]})
+    assert text.count("VRF: spoke1-blue\n") == 1 and text.count("VRF:") == 1
