@@ -24,7 +24,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_network
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pyroute2 import IPRoute
 
@@ -77,6 +77,8 @@ __all__ = ["InterfaceRuntime", "Log"]
 class Log(Protocol):
     def __call__(self, kind: str, message: str, **details: Any) -> None: ...
 
+
+_T = TypeVar("_T")
 
 # (interface index, family) -> the engine's view of routing.
 RoutingFactory = Callable[[int, int], RoutingView]
@@ -183,8 +185,8 @@ class InterfaceRuntime:
                 log=self.log,
                 interface=self.cfg.name,
                 device_of=self._underlay_device,
-                run=lambda lines: run_tc(lines, ns),
-                stats=lambda device: tc_class_stats(device, ns),
+                run=lambda lines: on_underlay(run_tc, lines, ns),
+                stats=lambda device: on_underlay(tc_class_stats, device, ns),
             )
         nhs = sorted(self.cfg.nhrp.nhs, key=lambda n: n.priority)
         self.dataplane.set_nhs(list(dict.fromkeys(n.nbma for n in nhs)))
@@ -500,6 +502,13 @@ class InterfaceRuntime:
         elif announce and isinstance(out, ShortcutAdded):
             self._publish(shortcut_event(out))
         # A failed delete: already gone (the interface went down, or an operator).
+
+
+def on_underlay(func: Callable[[Any, str | None], _T], arg: Any, namespace: str | None) -> _T:
+    """``func(arg, namespace)`` from the daemon's own namespace: tc without
+    `-n` must not run in the VRF an interface is opened or stopped in."""
+    with entered(None):
+        return func(arg, namespace)
 
 
 def shortcut_route(
