@@ -517,6 +517,19 @@ class NodeConfig(_Strict):
                     "each cloud on one underlay needs its own tunnel.key"
                 )
             seen[where] = i
+        shaped: dict[str | None, int] = {}
+        for i, itf in enumerate(self.interfaces):
+            if itf.qos is None:
+                continue
+            if itf.tunnel.namespace in shaped:
+                # One HTB root per underlay device, its classes keyed by NBMA
+                # address: two clouds' shapers would replace each other's.
+                raise ValueError(
+                    f"interfaces.{i}.qos: interfaces.{shaped[itf.tunnel.namespace]} already "
+                    "shapes this underlay; per-tunnel QoS on one interface per underlay "
+                    "namespace (its tc root and per-NBMA classes would be shared)"
+                )
+            shaped[itf.tunnel.namespace] = i
         return self
 
     def ipsec_identity(self) -> str | None:

@@ -154,3 +154,16 @@ def test_show_dmvpn_names_the_vrf() -> None:
     itf = {"interface": "dmvpn1", "family": 4, "type": "spoke", "peer_count": 0, "peers": []}
     text = render_dmvpn({"interfaces": [itf | {"vrf": "spoke1-blue"}, itf | {"vrf": None}]})
     assert text.count("VRF: spoke1-blue\n") == 1 and text.count("VRF:") == 1
+
+
+def test_qos_on_two_interfaces_of_one_underlay_refused() -> None:
+    def hub(n: int) -> dict[str, Any]:
+        itf = _itf(n, qos={"groups": {"small": {"rate": "10mbit"}}})
+        itf["nhrp"] = {"network_id": n}
+        return itf
+
+    problems = _problems(_node(hub(1), hub(2)))
+    assert any("interfaces.1.qos: interfaces.0 already shapes this underlay" in p for p in problems)
+    other = hub(2)
+    other["tunnel"] = {"source": "172.30.0.11", "key": 2, "namespace": "ul2"}
+    parse_config(_node(hub(1), other))
