@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +28,7 @@ from dmvpn.cli.show import (
     show_group,
 )
 from dmvpn.dataplane.forwarding import Forwarder
+from dmvpn.dataplane.pmtu import PathMtuCache
 from dmvpn.nhrp import Engine, Event, Output, ShortcutRemoved
 from dmvpn.nhrp.sim import SimNetwork, build_cloud, spoke_lan, spoke_tunnel
 
@@ -152,6 +154,35 @@ def test_show_commands_over_the_socket(spoke1: Served) -> None:
 
     bad = CliRunner().invoke(show_group, ["dmvpn", "--socket", sock, "-i", "tun9"])
     assert bad.exit_code == 1 and "no interface 'tun9' on node spoke1" in bad.output
+
+
+def test_show_dmvpn_gives_each_peer_its_learned_path_mtu(spoke1: Served) -> None:
+    sock = str(spoke1.server.path)
+    # Off (no PathMtuCache on the forwarder): no key at all.
+    plain = json.loads(_cli(show_group, "dmvpn", "--socket", sock, "--json").output)
+    assert all("path_mtu" not in p for p in plain["interfaces"][0]["peers"])
+    assert "Path MTU" not in _cli(show_group, "dmvpn", "--socket", sock).output
+
+    # On: the hub's path learned from an ICMP report 10 s ago; the other peer's not.
+    cache = PathMtuCache()
+    now = spoke1.net.now
+    cache.learn(IPv4Address("192.0.2.1"), 1380, now - 10, "icmp", IPv4Address("198.51.100.1"))
+    spoke1.runtimes[0].forwarder.path_mtu = cache
+    data = json.loads(_cli(show_group, "dmvpn", "--socket", sock, "--json").output)
+    peers = {p["nbma"]: p["path_mtu"] for p in data["interfaces"][0]["peers"]}
+    assert peers == {
+        "192.0.2.1": {
+            "mtu": 1380,
+            "source": "icmp",
+            "reporter": "198.51.100.1",
+            "age_seconds": 10.0,
+            "expires_seconds": 590.0,
+        },
+        "198.18.0.2": None,
+    }
+    text = _cli(show_group, "dmvpn", "--socket", sock).output
+    assert "Path MTU: 1380 (icmp from 198.51.100.1, 10s ago, expires in 590s)" in text
+    assert "Path MTU: not learned" in text
 
 
 def test_clear_over_the_socket_withdraws_through_the_runtime(spoke1: Served) -> None:

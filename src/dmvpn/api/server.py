@@ -346,8 +346,20 @@ class ApiServer:
         page = _page(request, views.DMVPN_STATES)
         if isinstance(page, web.Response):
             return page
-        data = views.dmvpn_view(self.node, ifaces, self.now(), page)
+        now = self.now()
+        data = views.dmvpn_view(self.node, ifaces, now, page)
         add_shaping(data, self.interfaces)
+        # The learned path MTU per peer (tunnel.path_mtu_discovery): only the
+        # userspace plane and its forwarder have one; getattr, as test
+        # runtimes and other planes have neither.
+        views.add_path_mtu(
+            data,
+            {
+                rt.cfg.name: getattr(getattr(rt, "forwarder", None), "path_mtu", None)
+                for rt in self.interfaces
+            },
+            now,
+        )
         if self.ipsec is not None:
             # Each peer's SA, as `show dmvpn detail` shows its crypto session.
             sas = {(p["local"], p["remote"]): p for p in self.ipsec.view()["peers"]}

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from dmvpn.dataplane.plane import DataPlaneCounters
+from dmvpn.dataplane.pmtu import PathMtuCache
 from dmvpn.nhrp import (
     CLEAR_SCOPES,
     CacheEntry,
@@ -47,6 +48,7 @@ __all__ = [
     "CLEAR_SCOPES",
     "PACKET_TYPES",
     "Iface",
+    "add_path_mtu",
     "clear_nhrp",
     "dmvpn_view",
     "format_duration",
@@ -298,6 +300,32 @@ def dmvpn_view(
         "legend": ATTRIBUTE_LEGEND,
         "interfaces": [dmvpn_interface(i, now, page) for i in ifaces],
     }
+
+
+def add_path_mtu(data: dict[str, Any], caches: dict[str, Any], now: float) -> None:
+    """`show dmvpn`: each peer of an interface with `tunnel.path_mtu_discovery`
+    gets "path_mtu" (null until a value is learned): the outer packet size
+    that fits the path to that peer (dataplane/pmtu.py), where it came from,
+    and when it ages out. ``caches`` maps interface names to their data
+    plane's PathMtuCache, or None where path MTU discovery is off (no key)."""
+    for itf in data["interfaces"]:
+        cache = caches.get(itf["interface"])
+        if not isinstance(cache, PathMtuCache):
+            continue
+        learned = {str(nbma): e for nbma, e in cache.entries(now).items()}
+        for peer in itf["peers"]:
+            e = learned.get(peer["nbma"] or "")
+            peer["path_mtu"] = (
+                None
+                if e is None
+                else {
+                    "mtu": e.mtu,
+                    "source": e.source,
+                    "reporter": _text(e.reporter),
+                    "age_seconds": round(now - e.learned, 1),
+                    "expires_seconds": round(cache.age - (now - e.learned), 1),
+                }
+            )
 
 
 # ---------------------------------------------------------------- show nhrp

@@ -312,6 +312,17 @@ def render_dmvpn(data: dict[str, Any]) -> str:
                     else f"unshaped ({q['why_unshaped'] or 'no group'})"
                 )
                 out.append(f"{'':>6} QoS: group {q['group'] or '-'}, {how}\n")
+            if "path_mtu" in peer:
+                pm = peer["path_mtu"]
+                if pm is None:
+                    text = "not learned"
+                else:
+                    by = f" from {pm['reporter']}" if pm["reporter"] else ""
+                    text = (
+                        f"{pm['mtu']} ({pm['source']}{by}, {pm['age_seconds']:.0f}s ago,"
+                        f" expires in {pm['expires_seconds']:.0f}s)"
+                    )
+                out.append(f"{'':>6} Path MTU: {text}\n")
             if "ipsec" in peer:
                 sa = peer["ipsec"]
                 if sa is None:
