@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
-from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError, nat
+from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError, access, nat
 from dmvpn.lab.demo import Demo, missing_tools
 from dmvpn.lab.frrconf import vtysh_command
 from dmvpn.lab.frrnode import FrrNodes, wait_registered
@@ -203,6 +203,7 @@ def _status_data(lab: Lab) -> dict[str, Any]:
         "run_dir": str(lab.run_dir),
         "nodes": nodes,
         "nat_routers": nat.status(lab, set(lab.existing_namespaces())),
+        "access_routers": access.status(lab, set(lab.existing_namespaces())),
     }
 
 
@@ -245,6 +246,23 @@ def _print_status(lab: Lab) -> None:
         click.echo("")
         for line in table_lines(rows):
             click.echo(line)
+    if data["access_routers"]:
+        rows = [["ACCESS ROUTER", "NAMESPACE", "SPOKE", "ADDRESS", "MTU", "ICMP", "FIREWALL"]]
+        for a in data["access_routers"]:
+            rows.append(
+                [
+                    a["name"],
+                    a["namespace"] + ("" if a["up"] else " (missing)"),
+                    a["spoke"],
+                    a["address"],
+                    str(a["mtu"] or "-"),
+                    "dropped (frag-needed)" if a["drop_icmp"] else "passed",
+                    "GRE, ESP, IKE, frag-needed" if a["firewall"] else "none",
+                ]
+            )
+        click.echo("")
+        for line in table_lines(rows):
+            click.echo(line)
 
 
 # -- exec and show -------------------------------------------------------------
@@ -267,6 +285,7 @@ def exec_cmd(prefix: str, node: str, command: tuple[str, ...]) -> None:
     lab = _attach(prefix)
     namespace = _namespace(lab, node)
     nats = {n.name for n in lab.topology.nat_routers}
+    nats |= {a.name for a in lab.topology.access_routers}
     if node != INET and node not in nats and lab.topology.plan(node).kind == "frr":
         # The namespace only bridges: the router is the guest.
         sys.exit(_run_in_guest(lab, node, shlex.join(argv)))

@@ -60,7 +60,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import nat
+from . import access, nat
 from .topology import (
     DEFAULT_PREFIX,
     INET,
@@ -190,7 +190,9 @@ class Lab:
 
     def namespace(self, node: str) -> str:
         """The namespace of a node of the topology, or of "inet" (the underlay)."""
-        if node != INET and node not in {n.name for n in self.topology.nat_routers}:
+        routers = {n.name for n in self.topology.nat_routers}
+        routers |= {a.name for a in self.topology.access_routers}
+        if node != INET and node not in routers:
             self.topology.plan(node)  # KeyError naming the known nodes
         return namespace_name(self.prefix, node)
 
@@ -206,6 +208,7 @@ class Lab:
     def namespaces(self) -> list[str]:
         """Every namespace `up()` creates, in creation order."""
         nats = [n.name for n in self.topology.nat_routers]
+        nats += [a.name for a in self.topology.access_routers]
         own = [self.namespace(n) for n in [INET, *nats, *self.topology.names]]
         if self.topology.front_door_vrf:
             own += [self.underlay_namespace(r.name) for r in self.topology.routers]
@@ -264,11 +267,14 @@ class Lab:
         self._ip("-n", inet, "link", "add", BRIDGE, "type", "bridge")
         self._ip("-n", inet, "link", "set", BRIDGE, "up")
         nat.build(self)
+        access.build(self)
         for router in topo.routers:
             ns = self.underlay_namespace(router.name)  # with front_door_vrf: -ul
             port = f"v-{router.name}"
             # A spoke behind a NAT router hangs off its inside bridge instead.
-            upstream = self.namespace(router.nat) if router.nat else inet
+            # A spoke with an access router (dmvpn.lab.access) hangs off its bridge.
+            via = router.nat or router.access
+            upstream = self.namespace(via) if via else inet
             self._ip(
                 "-n",
                 upstream,
@@ -292,6 +298,8 @@ class Lab:
             self._ip("-n", ns, "link", "set", NBMA_INTERFACE, "up")
             if router.nat:
                 nat.route_spoke(self, router)
+            if router.access:
+                access.finish(self, router)
             ns = self.namespace(router.name)  # forwarding: between tunnel and LAN
             vrfs = [self.vrf_namespace(router.name, k) for k in range(1, VRF_CLOUDS + 1)]
             for where in vrfs if topo.vrf_clouds else [ns]:

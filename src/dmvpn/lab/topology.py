@@ -57,6 +57,7 @@ from dmvpn.config import ConfigError, read_yaml
 from dmvpn.qospolicy import parse_rate
 from dmvpn.wire import group_problem
 
+from .accessplan import AccessPlan, AccessSpec, plan_access_router
 from .natplan import INSIDE_NETWORK, NatPlan, plan_nat_routers
 from .routingconf import RoutingSpec
 
@@ -150,6 +151,9 @@ class SpokeSpec(_Strict):
     # Behind the lab's NAT router of this name (dmvpn.lab.natplan): its
     # underlay address is then on that router's inside network.
     nat: NodeName | None = None
+    # An access router of its own between it and the underlay bridge: a
+    # smaller link, a path MTU black hole, a firewall (dmvpn.lab.accessplan).
+    access: AccessSpec | None = None
     # `ip nhrp group NAME`: the hubs shape what they send this spoke by the
     # topology's `qos` rate for NAME (per-tunnel QoS).
     group: str | None = None
@@ -184,6 +188,7 @@ class NodePlan:
     tunnel6: IPv6Interface | None = None  # routers of a dual-stack lab
     lan6: IPv6Interface | None = None  # spokes and hosts of a dual-stack lab
     nat: str | None = None  # spokes behind a lab NAT router: its name
+    access: str | None = None  # spokes with an access router: its name
 
 
 class NodeDescription(TypedDict):
@@ -270,6 +275,7 @@ class Topology(_Strict):
 
     _plan: dict[str, NodePlan] = PrivateAttr(default_factory=dict)
     _nat: dict[str, NatPlan] = PrivateAttr(default_factory=dict)
+    _access: dict[str, AccessPlan] = PrivateAttr(default_factory=dict)
 
     # -- loading ------------------------------------------------------------
 
@@ -344,6 +350,7 @@ class Topology(_Strict):
         ]
         lans: list[tuple[IPv4Network, str]] = []
         nats = self._resolve_nat(claim)
+        self._access = {}  # filled by _plan_access, spoke by spoke
         for role, i, spec, path in routers:
             claim(path + ".name", spec.name)
             n = i if role == "hub" else 10 + i
@@ -399,8 +406,15 @@ class Topology(_Strict):
                 kind=spec.kind,
                 registration_no_unique=spec.registration_no_unique,
                 nat=spec.nat,
+                access=self._plan_access(spec, i, path, claim),
             )
             plan[host] = NodePlan(host, "host", i, None, None, host_lan, spec.name)
+        for acc in self._access.values():
+            if ("underlay", acc.address.ip) in used:
+                owner = used["underlay", acc.address.ip]
+                raise ValueError(
+                    f"access router {acc.name} takes {acc.address.ip}, which is {owner}'s address"
+                )
         if self.ipv6:
             plan = self._plan6(plan)
         # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
@@ -502,6 +516,29 @@ class Topology(_Strict):
                     )
         self._nat = nats
         return nats
+
+    def _plan_access(self, spec: SpokeSpec, i: int, path: str, claim: Any) -> str | None:
+        """The spoke's access router (dmvpn.lab.accessplan), checked."""
+        if spec.access is None:
+            return None
+        if spec.nat is not None:
+            raise ValueError(
+                f"{path}.access: not with nat (the NAT router is already its uplink); "
+                "use one or the other"
+            )
+        if spec.kind != "dmvpn":
+            raise ValueError(f"{path}.access: only dmvpn spokes have a lab access router")
+        if self.front_door_vrf:
+            raise ValueError(f"{path}.access: not yet with front_door_vrf")
+        acc = plan_access_router(spec.name, i, spec.access, self.underlay_network)
+        claim(f"{path}.access", acc.name)
+        self._access[acc.name] = acc
+        return acc.name
+
+    @property
+    def access_routers(self) -> list[AccessPlan]:
+        """The lab's access routers, in spoke order."""
+        return list(self._access.values())
 
     @property
     def nat_routers(self) -> list[NatPlan]:
