@@ -25,7 +25,7 @@ import pytest
 
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.topology import Topology
-from tests.e2e.test_cloud import Cloud
+from tests.e2e.test_cloud import DMVPN, Cloud
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root for network namespaces (CI runs as root)"
@@ -81,6 +81,16 @@ def transfer(cloud: Cloud, src: str, dst: str, limit: float) -> dict[str, Any]:
         server.wait()
 
 
+def path_mtu(cloud: Cloud, node: str, nbma: str) -> dict[str, Any] | None:
+    """`show dmvpn --json`: the path MTU `node` learned towards `nbma`."""
+    sock = str(cloud.logs / f"{node}.sock")
+    out = cloud.sh(node, DMVPN, "show", "dmvpn", "--json", "--socket", sock)
+    for peer in json.loads(out)["interfaces"][0]["peers"]:
+        if peer["nbma"] == nbma:
+            return peer.get("path_mtu")  # type: ignore[no-any-return]
+    return None
+
+
 @pytest.fixture
 def make_cloud(tmp_path: Path) -> Iterator[Callable[..., Cloud]]:
     labs: list[Lab] = []
@@ -134,6 +144,17 @@ def test_path_mtu_discovery_and_the_black_hole(make_cloud, ipsec: bool) -> None:
     )
     done = transfer(cloud, "host3", "host1", 20)
     assert done["received"] == SIZE, done
+    # Who learned what (`show dmvpn`): plain, the access link from its
+    # router's ICMP; with IPsec that ICMP quotes charon's ESP, which the
+    # kernel acts on, so no ICMP-learned value (docs/MTU.md).
+    spoke1 = str(cloud.topo.plan("spoke1").nbma.ip)  # type: ignore[union-attr]
+    learned = [m for n in ("hub1", "spoke3") if (m := path_mtu(cloud, n, spoke1))]
+    icmp = [m for m in learned if m["source"] == "icmp"]
+    if ipsec:
+        assert not icmp, learned
+    else:
+        assert icmp and all(m["mtu"] == 1380 for m in icmp), learned
+        assert icmp[0]["reporter"] == str(cloud.topo.access_routers[0].address.ip)
     # The black hole: nothing tells host3's TCP its full-size segments vanish.
     stalled = transfer(cloud, "host3", "host2", 6)
     assert stalled["received"] == -1, stalled
