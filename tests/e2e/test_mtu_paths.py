@@ -156,7 +156,7 @@ def test_path_mtu_discovery_and_the_black_hole(make_cloud, ipsec: bool) -> None:
         assert icmp and all(m["mtu"] == 1380 for m in icmp), learned
         assert icmp[0]["reporter"] == str(cloud.topo.access_routers[0].address.ip)
     # The black hole: nothing tells host3's TCP its full-size segments vanish.
-    stalled = transfer(cloud, "host3", "host2", 6)
+    stalled = transfer(cloud, "host3", "host2", 4)
     assert stalled["received"] == -1, stalled
     drops = cloud.sh("spoke2acc", "nft", "list", "chain", "ip", "dmvpnlab_access", "output")
     assert "packets 0 " not in drops, drops
