@@ -428,3 +428,38 @@ def test_netns_demo_cleans_up_on_ctrl_c() -> None:
         demo.kill()
         demo.wait()
         _force_down(DEMO)
+
+
+def test_netns_access_router_in_status_exec_and_down(tmp_path: Path) -> None:
+    """A spoke's `access:` router (dmvpn.lab.access): its row in `lab status`,
+    `lab exec` into it, its ruleset, and `lab down` takes it away."""
+    _require_root()
+    path = tmp_path / "access.yaml"
+    access = {"mtu": 1380, "drop_icmp": True, "firewall": True}
+    path.write_text(yaml.safe_dump({"nodes": {"spokes": [{"name": "spoke1", "access": access}]}}))
+    prefix = f"dmvpnl{os.getpid()}a-"
+    try:
+        res = lab_cli("up", str(path), "--prefix", prefix)
+        assert res.returncode == 0, res.stdout + res.stderr
+        (row,) = _status(prefix)["access_routers"]
+        assert row == {
+            "name": "spoke1acc",
+            "namespace": f"{prefix}spoke1acc",
+            "spoke": "spoke1",
+            "address": "172.30.0.151/24",
+            "mtu": 1380,
+            "drop_icmp": True,
+            "firewall": True,
+            "up": True,
+        }
+        table = lab_cli("status", "--prefix", prefix).stdout
+        assert re.search(r"spoke1acc +\S+ +spoke1 +172.30.0.151/24 +1380 +dropped", table), table
+        rules = lab_cli("exec", "--prefix", prefix, "spoke1acc", "--", "nft", "list", "ruleset")
+        assert "table ip dmvpnlab_access" in rules.stdout, rules.stderr
+        link = lab_cli("exec", "--prefix", prefix, "spoke1", "--", "ip", "link", "show", "nbma0")
+        assert "mtu 1380" in link.stdout
+        res = lab_cli("down", "--prefix", prefix)
+        assert res.returncode == 0 and "deleted 5 namespace(s)" in res.stdout, res.stdout
+        _assert_nothing_left(prefix)
+    finally:
+        _force_down(prefix)
