@@ -137,11 +137,13 @@ class LivenessProber:
         interval: float,
         multiplier: int,
         on_lost: Lost,
+        on_alive: Callable[[IPv4Address], None] | None = None,
     ) -> None:
         self.device = device
         self.interval = interval
         self.tracker = NhsLiveness(nhs, multiplier)
         self.on_lost = on_lost
+        self.on_alive = on_alive  # a peer answered for the first time (or again)
         # Our echoes among everyone's in the namespace (a raw socket sees
         # every reply): the PID and the device tell daemons and interfaces apart.
         self.ident = (os.getpid() ^ (hash(device) & 0xFFFF)) & 0xFFFF
@@ -210,4 +212,5 @@ class LivenessProber:
             addr = parse_echo_reply(packet, self.ident)
             if addr is not None:
                 self.replies += 1
-                self.tracker.reply(addr, self._loop.time())
+                if self.tracker.reply(addr, self._loop.time()) and self.on_alive is not None:
+                    self.on_alive(addr)
