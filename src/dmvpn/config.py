@@ -67,7 +67,7 @@ class Map(_Strict):
 
 class NhsLiveness(_Strict):
     """Fast NHS failure detection, as Cisco's IP SLA icmp-echo + track: an
-    ICMP echo to each IPv4 NHS's tunnel address through the tunnel every
+    ICMP echo (ICMPv6 for IPv6) to each NHS's tunnel address through the tunnel every
     `interval` seconds; an NHS that answered before and then misses
     `multiplier` echoes in a row is declared down at once (its registration
     is retried with backoff, and static routes `via: nhs` move away). No

@@ -14,7 +14,7 @@ import asyncio
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any, Protocol
 
 from pyroute2 import IPRoute
@@ -111,6 +111,7 @@ class InterfaceRuntime:
         # node's tracked static routes (daemon/static_routes.py).
         self.nhs_listeners: list[Callable[[], None]] = []
         self.liveness: LivenessProber | None = None  # nhrp.nhs_liveness
+        self.liveness6: LivenessProber | None = None  # the same for IPv6 NHSes
         # Per-tunnel QoS (hub with `qos:`): made in open(), fed PeerGroup
         # and BindingRemoved.
         self.qos: QosShaper | None = None
@@ -232,25 +233,45 @@ class InterfaceRuntime:
 
     def _start_liveness(self) -> None:
         live = self.cfg.nhrp.nhs_liveness
-        nhs = [n.address for n in self.cfg.nhrp.nhs if isinstance(n.address, IPv4Address)]
-        if live is None or not nhs:
+        if live is None:
             return
-        self.liveness = LivenessProber(
-            self.cfg.name, nhs, live.interval, live.multiplier, self._nhs_lost
-        )
-        try:
-            self.liveness.start(self.loop)
-        except OSError as exc:
-            self.liveness = None
-            self.log("liveness-error", f"{self.cfg.name}: no NHS liveness check: {exc}")
+        for version in (4, 6):
+            nhs = [n.address for n in self.cfg.nhrp.nhs if n.address.version == version]
+            if not nhs:
+                continue
+            prober = LivenessProber(
+                self.cfg.name, nhs, live.interval, live.multiplier, self._nhs_lost, self._nhs_echo
+            )
+            try:
+                prober.start(self.loop)
+            except OSError as exc:
+                self.log(
+                    "liveness-error", f"{self.cfg.name}: no IPv{version} NHS liveness check: {exc}"
+                )
+                continue
+            if version == 4:
+                self.liveness = prober
+            else:
+                self.liveness6 = prober
 
-    def _nhs_lost(self, nhs: IPv4Address, reason: str) -> None:
-        if self.engine.nhs_unreachable(nhs, self.now(), reason):
+    def _nhs_echo(self, nhs: IPv4Address | IPv6Address) -> None:
+        # Once per arming (first reply, or first after a loss): not per echo.
+        self.log(
+            "nhs-echo",
+            f"NHS {nhs} answers liveness echoes",
+            interface=self.cfg.name,
+            nhs=str(nhs),
+        )
+
+    def _nhs_lost(self, nhs: IPv4Address | IPv6Address, reason: str) -> None:
+        engine = self.engine6 if nhs.version == 6 else self.engine
+        if engine is not None and engine.nhs_unreachable(nhs, self.now(), reason):
             self.apply()
 
     def stop(self) -> None:
-        if self.liveness is not None:
-            self.liveness.stop()
+        for prober in (self.liveness, self.liveness6):
+            if prober is not None:
+                prober.stop()
         if self._underlay is not None:
             self._underlay.close()
         for engine in self.engines:
