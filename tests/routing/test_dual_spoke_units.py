@@ -135,3 +135,15 @@ def test_tracked_next_hops_count_only_while_they_answer() -> None:
     with pytest.raises(ValueError, match="list of next hops"):
         Route.model_validate({"prefix": "192.168.1.0/24", "via": "10.0.0.11", "track": {}})
     assert r.prefix == IPv4Network("192.168.1.0/24")
+
+
+def test_ospf_site_spokes_both_advertise_the_lan_and_keep_the_gateway_quiet() -> None:
+    from dmvpn.lab.routingconf import daemon_configs
+
+    t = topo(routing="ospf")
+    assert t.node_config("hub1")["routes"] == []  # OSPF brings the site's routes
+    for name in ("spoke1", "spoke2"):
+        conf = daemon_configs(t, name, "/tmp")["ospfd"]
+        assert " network 192.168.1.0/24 area 0" in conf and "passive-interface vrrp1" in conf
+    assert "vrrp1" not in daemon_configs(t, "spoke3", "/tmp")["ospfd"]
+    assert t.node_config("spoke1")["vrrp"][0]["address"] == "192.168.1.1"
