@@ -209,3 +209,27 @@ def test_ipv6_nhs_found_dead_by_icmpv6_echoes(tmp_path: Path) -> None:
         runner.wait_for("the IPv6 summary via hub2", lambda: "via fd00::2 " in via6(), timeout=5)
     finally:
         lab.down()
+
+
+def test_next_hop_of_another_spoke_goes_via_the_live_hub(tmp_path: Path) -> None:
+    # Phase 2 (as BGP or OSPF broadcast): the route to host2's LAN names
+    # spoke2, which spoke1 reaches via its NHS until resolved. With hub1
+    # dead the kernel's entry for 10.0.0.12 named hub1 (via the hub) and
+    # traffic went there until it aged out; now it moves to hub2 at once.
+    topo = Topology.from_data({**DUAL_HUB, "phase": 2})
+    lab = Lab(topo, prefix=f"dh2{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
+    lab.up()
+    try:
+        runner = Runner(lab)
+        runner.start()
+        runner.wait_registered()
+        assert summary_hops(lab, "spoke1", "192.168.2.0/24") == ["10.0.0.12"]
+        runner.wait_for(
+            "hub1 answering spoke1's echoes",
+            lambda: any(e.get("nhs") == "10.0.0.1" for e in runner.events("spoke1", "nhs-echo")),
+            timeout=5,
+        )
+        lost = outage(lab, "host1", "192.168.2.10", lambda: kill_daemon(lab, "hub1"), traffic=False)
+        assert lost.recovered and lost.seconds < 5.0, lost  # about 2 s: the liveness check
+    finally:
+        lab.down()

@@ -686,10 +686,11 @@ class Topology(_Strict):
                 if self.ipv6:
                     via6 = "nhs" if dual else str(_ip6(hub1.tunnel6))
                     routes.append({"prefix": str(self.lan_summary6), "via": via6})
-                if dual or me.site is not None:
-                    # A dual spoke site's spoke too: its gateway role
-                    # follows its NHSes, so it must see a dead one fast.
-                    nhrp["nhs_liveness"] = {"interval": 0.5, "multiplier": 3}
+            if len(self.hubs) > 1 or me.site is not None:
+                # Dual hub, in every phase (a dead NHS found in 1.5 s); a
+                # dual spoke site's spoke too: its gateway role follows its
+                # NHSes, so it must see a dead one fast.
+                nhrp["nhs_liveness"] = {"interval": 0.5, "multiplier": 3}
         if self.authentication is not None:
             nhrp["authentication"] = self.authentication
         qos: dict[str, Any] = {}
