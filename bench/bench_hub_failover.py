@@ -10,9 +10,10 @@ Designs, each measured `--trials` times on a fresh lab (median and worst):
     dual cloud a DMVPN interface per hub on each spoke, the summary ECMP over
                both clouds (liveness on each), cold and phase 1 with traffic
     ospf-bfd   OSPF point-to-multipoint (next hop: the hubs, ECMP) with BFD
-               (bfdd's defaults: 300 ms x 3) on every adjacency, cold
+               (bfdd's defaults: 300 ms x 3) on every adjacency, cold, and
+               phase 1 with traffic flowing
     bgp-bfd    BGP (hubs with dynamic neighbours, route reflectors) with BFD
-               on every session, cold
+               on every session, cold, and phase 1 with traffic flowing
     dual spoke one hub; spoke1 and spoke2 carry site hq (host1), spoke3
                host3; `kill -9` of the master spoke1's daemon instead of a
                hub's: host1 -> host3 (VRRP 0.2 s moves the gateway) and
@@ -295,8 +296,10 @@ def main() -> None:
     )
     ospf = {"protocol": "ospf", "ospf_network": "point-to-multipoint", "bfd": True}
     series("ospf p2mp + bfd, cold", args.trials, lambda: trial(ospf, False, d))
+    series("ospf p2mp + bfd, phase 1, traffic", args.trials, lambda: trial(ospf, True, d, phase=1))
     bgp = {"protocol": "bgp", "bfd": True}
     series("bgp + bfd, cold", args.trials, lambda: trial(bgp, False, d))
+    series("bgp + bfd, phase 1, traffic", args.trials, lambda: trial(bgp, True, d, phase=1))
     series(
         "baseline: dual spoke without vrrp (fixed via spoke1), cold",
         1,
