@@ -215,16 +215,6 @@ class VrrpRouter:
             return
         self._do(self.group.set_eligible(self._eligible(), self._loop.time()))
 
-    def view(self) -> dict[str, Any]:
-        g = self.group
-        return {
-            "vrid": self.cfg.vrid,
-            "address": str(self._vip),
-            "role": g.role.value if g else "init",
-            "eligible": g.eligible if g else False,
-            "priority": self.cfg.priority,
-        }
-
     # -- internals ----------------------------------------------------------
 
     def _eligible(self) -> bool:
