@@ -433,6 +433,16 @@ class NodeConfig(_Strict):
     # Dual spoke: the site LAN's gateway address, shared with the other spoke.
     vrrp: list[Vrrp] = []
 
+    def tunnel_of(self, hop: IPv4Address | IPv6Address) -> Interface | None:
+        """The interface whose tunnel network holds `hop` (either family)."""
+        for itf in self.interfaces:
+            nets: list[IPv4Network | IPv6Network] = [itf.address.network]
+            if itf.ipv6_address is not None:
+                nets.append(itf.ipv6_address.network)
+            if any(hop in net for net in nets):
+                return itf
+        return None
+
     @model_validator(mode="after")
     def _unique(self) -> NodeConfig:
         names = [i.name for i in self.interfaces]
@@ -457,6 +467,14 @@ class NodeConfig(_Strict):
                 raise ValueError(
                     f"routes.{i}.via: nhs, but no interface has an IPv{route.prefix.version} NHS"
                 )
+            if route.track is not None and isinstance(route.via, tuple):
+                nhs = {n.address for itf in self.interfaces for n in itf.nhrp.nhs}
+                for hop in route.via:
+                    if hop not in nhs and self.tunnel_of(hop) is None:
+                        raise ValueError(
+                            f"routes.{i}.via: {hop} is on no interface's tunnel network "
+                            "(track sends its echoes through the tunnel)"
+                        )
         if self.ipsec is not None:
             if len({i.tunnel.namespace for i in self.interfaces}) > 1:
                 # One charon per node, in the underlay namespace (front-door VRF).

@@ -147,3 +147,12 @@ def test_ospf_site_spokes_both_advertise_the_lan_and_keep_the_gateway_quiet() ->
         assert " network 192.168.1.0/24 area 0" in conf and "passive-interface vrrp1" in conf
     assert "vrrp1" not in daemon_configs(t, "spoke3", "/tmp")["ospfd"]
     assert t.node_config("spoke1")["vrrp"][0]["address"] == "192.168.1.1"
+
+
+def test_tracked_next_hops_must_be_on_a_tunnel_network() -> None:
+    from dmvpn.config import ConfigError, parse_config
+
+    hub = topo().node_config("hub1")
+    hub["routes"].append({"prefix": "172.16.0.0/12", "via": ["192.0.2.9"], "track": {}})
+    with pytest.raises(ConfigError, match=r"routes\.2\.via: 192\.0\.2\.9 is on no interface"):
+        parse_config(hub)

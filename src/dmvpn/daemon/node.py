@@ -112,12 +112,13 @@ class Node:
         for route in self.config.routes:
             if route.track is None or not isinstance(route.via, tuple):
                 continue
-            by_device: dict[str, list[IPv4Address]] = {}
+            # One prober per interface and family (ICMP or ICMPv6).
+            by_device: dict[tuple[str, int], list[Any]] = {}
             for hop in route.via:
-                itf = next((i for i in self.config.interfaces if hop in i.address.network), None)
-                if isinstance(hop, IPv4Address) and hop not in nhs and itf is not None:
-                    by_device.setdefault(itf.name, []).append(hop)
-            for device, hops in by_device.items():
+                itf = self.config.tunnel_of(hop)
+                if hop not in nhs and itf is not None:
+                    by_device.setdefault((itf.name, hop.version), []).append(hop)
+            for (device, _), hops in by_device.items():
                 prober = LivenessProber(
                     device,
                     hops,
@@ -133,10 +134,10 @@ class Node:
                     continue
                 self.hop_probers.append(prober)
 
-    def _hop_lost(self, prefix: object, hop: IPv4Address, reason: str) -> None:
+    def _hop_lost(self, prefix: object, hop: object, reason: str) -> None:
         self._hop_changed(f"{prefix}: next hop {hop} lost: {reason}")
 
-    def _hop_alive(self, prefix: object, hop: IPv4Address) -> None:
+    def _hop_alive(self, prefix: object, hop: object) -> None:
         self._hop_changed(f"{prefix}: next hop {hop} answers")
 
     def _hop_changed(self, message: str) -> None:
