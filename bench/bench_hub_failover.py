@@ -10,12 +10,21 @@ Designs, each measured `--trials` times on a fresh lab (median and worst):
     dual cloud a DMVPN interface per hub on each spoke, the summary ECMP over
                both clouds (liveness on each), cold and phase 1 with traffic
     ospf-bfd   OSPF point-to-multipoint (next hop: the hubs, ECMP) with BFD
-               (bfdd's defaults: 300 ms x 3) on every adjacency, cold
+               (bfdd's defaults: 300 ms x 3) on every adjacency, cold, and
+               phase 1 with traffic flowing
+    bgp-bfd    BGP (hubs with dynamic neighbours, route reflectors) with BFD
+               on every session, cold, and phase 1 with traffic flowing
+    dual spoke one hub; spoke1 and spoke2 carry site hq (host1), spoke3
+               host3; `kill -9` of the master spoke1's daemon instead of a
+               hub's: host1 -> host3 (VRRP 0.2 s moves the gateway) and
+               host3 -> host1 (the hub's echoes, 0.3 s x 3, move its route),
+               cold, and phase 1 with traffic flowing
 
 Baseline, same run: the issue's measurement before this work is "never
 recovers" (the static route kept pointing at hub1); here the same cloud
 with `via: 10.0.0.1` (a fixed next hop, no liveness) is measured once,
-bounded by --deadline.
+bounded by --deadline. For the dual spoke: the same site without VRRP
+(host1's gateway fixed at spoke1, the hub's route fixed via spoke1).
 
 Also per design: the lab's convergence from `lab up` (every spoke
 registered, and for OSPF the route to the other LAN installed).
@@ -100,6 +109,61 @@ def trial(
             time.sleep(3)  # BFD sessions up after the adjacencies
         lost = outage(
             lab, "host1", DST, lambda: kill_daemon(lab, "hub1"), traffic=traffic, deadline=deadline
+        )
+        return took, lost.seconds, lost.recovered
+    finally:
+        lab.down()
+
+
+SITE = {
+    "hubs": [{"name": "hub1"}],
+    "spokes": [
+        {"name": "spoke1", "site": "hq"},
+        {"name": "spoke2", "site": "hq"},
+        {"name": "spoke3"},
+    ],
+}
+
+
+def dual_spoke_trial(
+    traffic: bool, deadline: float, reverse: bool = False, fixed: bool = False, phase: int = 3
+) -> tuple[float, float, bool]:
+    """(convergence s, outage s, recovered): kill -9 of the site's master spoke."""
+    topo = Topology.from_data({"nodes": SITE, "phase": phase})
+    lab = Lab(topo, prefix=f"bds{os.getpid() % 100000}-")
+    start = time.monotonic()
+    lab.up()
+    try:
+        runner = Runner(lab)
+        if fixed:
+            # No first-hop redundancy: the host's gateway and the hub's
+            # route are spoke1's for good.
+            base = runner.node_config
+
+            def node_config(node: str) -> dict[str, Any]:
+                cfg = base(node)
+                cfg.pop("vrrp", None)
+                if node == "hub1":
+                    for r in cfg["routes"]:
+                        if r.pop("track", None) is not None:
+                            r["via"] = "10.0.0.11"
+                return cfg
+
+            runner.node_config = node_config  # type: ignore[method-assign]
+            lab.exec("host1", ["ip", "route", "replace", "default", "via", "192.168.1.2"])
+        runner.start()
+        runner.wait_registered()
+
+        def ready() -> bool:
+            hub = lab.exec("hub1", ["ip", "route", "show", "192.168.1.0/24"], capture_output=True)
+            master = fixed or bool(runner.events("spoke1", "vrrp-master"))
+            return b"10.0.0.11" in hub.stdout and master
+
+        runner.wait_for("the site's routes and gateway", ready, 30)
+        took = time.monotonic() - start
+        src, dst = ("host3", "192.168.1.10") if reverse else ("host1", "192.168.3.10")
+        lost = outage(
+            lab, src, dst, lambda: kill_daemon(lab, "spoke1"), traffic=traffic, deadline=deadline
         )
         return took, lost.seconds, lost.recovered
     finally:
@@ -232,6 +296,26 @@ def main() -> None:
     )
     ospf = {"protocol": "ospf", "ospf_network": "point-to-multipoint", "bfd": True}
     series("ospf p2mp + bfd, cold", args.trials, lambda: trial(ospf, False, d))
+    series("ospf p2mp + bfd, phase 1, traffic", args.trials, lambda: trial(ospf, True, d, phase=1))
+    bgp = {"protocol": "bgp", "bfd": True}
+    series("bgp + bfd, cold", args.trials, lambda: trial(bgp, False, d))
+    series("bgp + bfd, phase 1, traffic", args.trials, lambda: trial(bgp, True, d, phase=1))
+    series(
+        "baseline: dual spoke without vrrp (fixed via spoke1), cold",
+        1,
+        lambda: dual_spoke_trial(False, d, fixed=True),
+    )
+    series("dual spoke, site -> other, cold", args.trials, lambda: dual_spoke_trial(False, d))
+    series(
+        "dual spoke, other -> site, cold",
+        args.trials,
+        lambda: dual_spoke_trial(False, d, reverse=True),
+    )
+    series(
+        "dual spoke, phase 1, traffic",
+        args.trials,
+        lambda: dual_spoke_trial(True, d, phase=1),
+    )
 
 
 if __name__ == "__main__":

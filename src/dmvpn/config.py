@@ -83,7 +83,7 @@ class Map(_Strict):
 
 class NhsLiveness(_Strict):
     """Fast NHS failure detection, as Cisco's IP SLA icmp-echo + track: an
-    ICMP echo to each IPv4 NHS's tunnel address through the tunnel every
+    ICMP echo (ICMPv6 for IPv6) to each NHS's tunnel address through the tunnel every
     `interval` seconds; an NHS that answered before and then misses
     `multiplier` echoes in a row is declared down at once (its registration
     is retried with backoff, and static routes `via: nhs` move away). No
@@ -146,6 +146,10 @@ class Route(_Strict):
     (docs/ROUTING.md)."""
 
     prefix: IPv4Network | IPv6Network
+    # With a list of next hops: those that are not our NHSes are usable only
+    # while they answer ICMP echoes (Cisco's ip sla icmp-echo + track on a
+    # static route): a hub's route to a dual spoke site (docs/ROUTING.md).
+    track: NhsLiveness | None = None
     via: (
         IPv4Address
         | IPv6Address
@@ -155,6 +159,8 @@ class Route(_Strict):
 
     @model_validator(mode="after")
     def _same_family(self) -> Route:
+        if self.track is not None and not isinstance(self.via, tuple):
+            raise ValueError("track needs a list of next hops (via: [a, b])")
         if self.via == "nhs":
             return self
         hops = self.via if isinstance(self.via, tuple) else (self.via,)
@@ -454,6 +460,19 @@ class Ipsec(_Strict):
         return out
 
 
+class Vrrp(_Strict):
+    """First-hop redundancy on a LAN interface (daemon/vrrp.py): VRRPv3 for
+    IPv4, the gateway `address` held by the master of group `vrid`; with
+    `track_nhs` a spoke holds it only while one of its NHSes is up."""
+
+    interface: Annotated[str, Field(min_length=1, max_length=15)]
+    vrid: Annotated[int, Field(ge=1, le=255)]
+    address: IPv4Address
+    priority: Annotated[int, Field(ge=1, le=254)] = 100
+    interval: Annotated[float, Field(ge=0.01, le=40.95)] = 1.0
+    track_nhs: bool = True
+
+
 class NodeConfig(_Strict):
     node: Annotated[str, Field(min_length=1, max_length=64)]
     interfaces: Annotated[list[Interface], Field(min_length=1)]
@@ -461,12 +480,27 @@ class NodeConfig(_Strict):
     # Where the management API listens (a UNIX socket).
     socket: Path | None = None
     ipsec: Ipsec | None = None
+    # Dual spoke: the site LAN's gateway address, shared with the other spoke.
+    vrrp: list[Vrrp] = []
+
+    def tunnel_of(self, hop: IPv4Address | IPv6Address) -> Interface | None:
+        """The interface whose tunnel network holds `hop` (either family)."""
+        for itf in self.interfaces:
+            nets: list[IPv4Network | IPv6Network] = [itf.address.network]
+            if itf.ipv6_address is not None:
+                nets.append(itf.ipv6_address.network)
+            if any(hop in net for net in nets):
+                return itf
+        return None
 
     @model_validator(mode="after")
     def _unique(self) -> NodeConfig:
         names = [i.name for i in self.interfaces]
         if len(set(names)) != len(names):
             raise ValueError("interface names must be unique")
+        groups = [(v.interface, v.vrid) for v in self.vrrp]
+        if len(set(groups)) != len(groups):
+            raise ValueError("vrrp: each (interface, vrid) once")
         ids = [i.nhrp.network_id for i in self.interfaces]
         if len(set(ids)) != len(ids):
             raise ValueError("each interface needs its own nhrp.network_id")
@@ -483,6 +517,14 @@ class NodeConfig(_Strict):
                 raise ValueError(
                     f"routes.{i}.via: nhs, but no interface has an IPv{route.prefix.version} NHS"
                 )
+            if route.track is not None and isinstance(route.via, tuple):
+                nhs = {n.address for itf in self.interfaces for n in itf.nhrp.nhs}
+                for hop in route.via:
+                    if hop not in nhs and self.tunnel_of(hop) is None:
+                        raise ValueError(
+                            f"routes.{i}.via: {hop} is on no interface's tunnel network "
+                            "(track sends its echoes through the tunnel)"
+                        )
         if self.ipsec is not None:
             if len({i.tunnel.namespace for i in self.interfaces}) > 1:
                 # One charon per node, in the underlay namespace (front-door VRF).

@@ -165,3 +165,71 @@ def test_dual_cloud_loses_one_cloud_not_the_site(tmp_path: Path) -> None:
         )
     finally:
         lab.down()
+
+
+def test_ipv6_nhs_found_dead_by_icmpv6_echoes(tmp_path: Path) -> None:
+    # Dual stack, dual hub: each spoke's IPv6 engine registers with fd00::1
+    # and fd00::2; the liveness check echoes both over ICMPv6, so hub1's
+    # death is an IPv6 nhs-down within seconds, not at a refresh.
+    topo = Topology.from_data({**DUAL_HUB, "ipv6": True})
+    lab = Lab(topo, prefix=f"dh6{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
+    lab.up()
+    try:
+        runner = Runner(lab)
+        runner.start()
+        runner.wait_for(
+            "both families registered with both hubs",
+            lambda: (
+                {"10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2"}
+                <= {str(e.get("nhs")) for e in runner.events("spoke1", "nhs-up")}
+            ),
+        )
+        route6 = ["-6", "route", "show", "fd00::/16"]
+
+        def via6() -> str:
+            return lab.exec("spoke1", ["ip", *route6], capture_output=True, text=True).stdout
+
+        assert "via fd00::1 " in via6()
+        # The check counts misses only once hub1 answered it (it arms on a reply).
+        runner.wait_for(
+            "hub1 answering spoke1's ICMPv6 echoes",
+            lambda: any(e.get("nhs") == "fd00::1" for e in runner.events("spoke1", "nhs-echo")),
+            timeout=5,
+        )
+        kill_daemon(lab, "hub1")
+        runner.procs.pop("hub1").wait()  # its exit is expected: wait_for must not fail on it
+        runner.wait_for(
+            "an IPv6 nhs-down for fd00::1 from the liveness check",
+            lambda: any(
+                e.get("nhs") == "fd00::1" and "liveness echoes" in e.get("reason", "")
+                for e in runner.events("spoke1", "nhs-down")
+            ),
+            timeout=5,
+        )
+        runner.wait_for("the IPv6 summary via hub2", lambda: "via fd00::2 " in via6(), timeout=5)
+    finally:
+        lab.down()
+
+
+def test_next_hop_of_another_spoke_goes_via_the_live_hub(tmp_path: Path) -> None:
+    # Phase 2 (as BGP or OSPF broadcast): the route to host2's LAN names
+    # spoke2, which spoke1 reaches via its NHS until resolved. With hub1
+    # dead the kernel's entry for 10.0.0.12 named hub1 (via the hub) and
+    # traffic went there until it aged out; now it moves to hub2 at once.
+    topo = Topology.from_data({**DUAL_HUB, "phase": 2})
+    lab = Lab(topo, prefix=f"dh2{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
+    lab.up()
+    try:
+        runner = Runner(lab)
+        runner.start()
+        runner.wait_registered()
+        assert summary_hops(lab, "spoke1", "192.168.2.0/24") == ["10.0.0.12"]
+        runner.wait_for(
+            "hub1 answering spoke1's echoes",
+            lambda: any(e.get("nhs") == "10.0.0.1" for e in runner.events("spoke1", "nhs-echo")),
+            timeout=5,
+        )
+        lost = outage(lab, "host1", "192.168.2.10", lambda: kill_daemon(lab, "hub1"), traffic=False)
+        assert lost.recovered and lost.seconds < 5.0, lost  # about 2 s: the liveness check
+    finally:
+        lab.down()

@@ -9,7 +9,14 @@ from ipaddress import IPv4Address, ip_address
 import pytest
 
 from dmvpn.config import ConfigError, Route, parse_config
-from dmvpn.daemon.liveness import NhsLiveness, Reach, echo_request, parse_echo_reply
+from dmvpn.daemon.liveness import (
+    NhsLiveness,
+    Reach,
+    echo_request,
+    echo_request6,
+    parse_echo_reply,
+    parse_echo_reply6,
+)
 from dmvpn.daemon.static_routes import next_hops
 from dmvpn.nhrp import Engine, EngineConfig, NhsConfig
 from dmvpn.nhrp.client import NhsState, NhsStatus
@@ -129,6 +136,16 @@ def test_echo_reply_parsing_matches_our_identifier_only() -> None:
     assert parse_echo_reply(ip + reply, 0x1234) == A("10.0.0.1")
     assert parse_echo_reply(ip + reply, 0x4321) is None
     assert parse_echo_reply(ip + req, 0x1234) is None  # a request, not a reply
+
+
+def test_icmpv6_echo_request_and_reply_for_ipv6_nhses() -> None:
+    req = echo_request6(0x1234, 7)
+    assert req[0] == 128 and req[2:4] == b"\0\0"  # the kernel fills the checksum
+    reply = bytes([129]) + req[1:]  # a raw ICMPv6 socket reads no IPv6 header
+    assert parse_echo_reply6(reply, 0x1234)
+    assert not parse_echo_reply6(reply, 0x4321) and not parse_echo_reply6(req, 0x1234)
+    t = NhsLiveness([ip_address("fd00::1")], multiplier=3)
+    assert t.reply(ip_address("fd00::1"), 0.0) is True
 
 
 def test_engine_marks_an_unreachable_nhs_down_and_fails_over() -> None:

@@ -183,3 +183,32 @@ def test_tshark_reads_the_nhrp_group_as_cisco_vendor_private(tmp_path: Path) -> 
     assert "Vendor-Private Extension" in text or "Vendor Private Extension" in text
     assert "Vendor ID=Cisco" in text
     assert b"branch-gold".hex() in text.replace(":", "")
+
+
+def test_vrrp_adverts_are_good_vrrpv3_to_tshark(tmp_path: Path) -> None:
+    # The dual spoke's gateway (daemon/vrrp.py): tshark's VRRP dissector
+    # must read our advertisements as VRRPv3 with a correct checksum (over
+    # the IPv4 pseudo-header), so that a real VRRP router would take them.
+    from dmvpn.wire.vrrp import VRRP_GROUP, VRRP_PROTOCOL, VrrpAdvert
+
+    assert TSHARK is not None
+    adverts = [
+        (IPv4Address("192.168.1.2"), VrrpAdvert(1, 200, 20, (IPv4Address("192.168.1.1"),))),
+        (IPv4Address("10.9.8.3"), VrrpAdvert(255, 0, 0xFFF, (IPv4Address("10.9.8.1"),) * 3)),
+    ]
+    frames = [
+        (
+            0.0,
+            IPv4Header(src=src, dst=VRRP_GROUP, protocol=VRRP_PROTOCOL, ttl=255).encode(
+                adv.encode(src)
+            ),
+        )
+        for src, adv in adverts
+    ]
+    pcap = tmp_path / "vrrp.pcap"
+    write_pcap(pcap, 101, frames)  # LINKTYPE_RAW: IPv4 packets
+    fields = ["vrrp.version", "vrrp.virt_rtr_id", "vrrp.prio", "vrrp.checksum.status"]
+    argv = [TSHARK, "-r", str(pcap), "-T", "fields", *(a for f in fields for a in ("-e", f))]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert rows == [["3", "1", "200", "1"], ["3", "255", "0", "1"]]  # status 1: good

@@ -44,3 +44,13 @@ def test_structural_changes_are_refused_with_the_reason() -> None:
     data = yaml.safe_load(yaml.safe_dump(SPOKE))
     data["interfaces"][0]["dataplane"] = "ebpf"
     assert "dataplane changed" in plan_reload(old, parse_config(data)).refused[0]
+
+
+def test_vrrp_and_tracked_next_hops_need_a_restart() -> None:
+    old = parse_config(SPOKE)
+    data = yaml.safe_load(yaml.safe_dump(SPOKE))
+    data["vrrp"] = [{"interface": "lan0", "vrid": 1, "address": "192.168.1.1"}]
+    assert "vrrp changed" in plan_reload(old, parse_config(data)).refused[0]
+    data = yaml.safe_load(yaml.safe_dump(SPOKE))
+    data["routes"].append({"prefix": "172.16.0.0/12", "via": ["10.0.0.9"], "track": {}})
+    assert "track changed" in plan_reload(old, parse_config(data)).refused[0]

@@ -23,13 +23,13 @@ import contextlib
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any, Protocol, TypeVar
 
 from pyroute2 import IPRoute
 
 from dmvpn.config import Interface
-from dmvpn.dataplane.forwarding import FamilyDispatch
+from dmvpn.dataplane.forwarding import FamilyDispatch, nbma_mac
 from dmvpn.dataplane.plane import DataPlane, DataPlaneError
 from dmvpn.ipsec import IpsecManager, PeerSa
 from dmvpn.ipsec.charon import CharonError
@@ -59,6 +59,7 @@ from dmvpn.nhrp import (
     ShortcutRemoved,
     UnprotectPeer,
 )
+from dmvpn.nhrp.client import NhsState
 from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import RoutingView
 from dmvpn.nsenter import entered
@@ -72,6 +73,8 @@ from .routing import RTPROT_DMVPN, KernelRouting
 from .underlay import UnderlayWatch
 
 __all__ = ["InterfaceRuntime", "Log"]
+
+NUD_PERMANENT = 0x80  # linux/neighbour.h: a binding's entry
 
 
 class Log(Protocol):
@@ -125,6 +128,8 @@ class InterfaceRuntime:
         # node's tracked static routes (daemon/static_routes.py).
         self.nhs_listeners: list[Callable[[], None]] = []
         self.liveness: LivenessProber | None = None  # nhrp.nhs_liveness
+        self.liveness6: LivenessProber | None = None  # the same for IPv6 NHSes
+        self._nhs_order: list[IPv4Address] = []  # NBMA addresses, the via-the-hub one first
         # Per-tunnel QoS (hub with `qos:`): made in open(), fed PeerGroup
         # and BindingRemoved.
         self.qos: QosShaper | None = None
@@ -189,7 +194,8 @@ class InterfaceRuntime:
                 stats=lambda device: on_underlay(tc_class_stats, device, ns),
             )
         nhs = sorted(self.cfg.nhrp.nhs, key=lambda n: n.priority)
-        self.dataplane.set_nhs(list(dict.fromkeys(n.nbma for n in nhs)))
+        self._nhs_order = list(dict.fromkeys(n.nbma for n in nhs))
+        self.dataplane.set_nhs(self._nhs_order)
         self.dataplane.set_multicast(self.multicast)
 
     def nhs_states(self) -> list[Any]:
@@ -268,20 +274,39 @@ class InterfaceRuntime:
 
     def _start_liveness(self) -> None:
         live = self.cfg.nhrp.nhs_liveness
-        nhs = [n.address for n in self.cfg.nhrp.nhs if isinstance(n.address, IPv4Address)]
-        if live is None or not nhs:
+        if live is None:
             return
-        self.liveness = LivenessProber(
-            self.cfg.name, nhs, live.interval, live.multiplier, self._nhs_lost
-        )
-        try:
-            self.liveness.start(self.loop)
-        except OSError as exc:
-            self.liveness = None
-            self.log("liveness-error", f"{self.cfg.name}: no NHS liveness check: {exc}")
+        for version in (4, 6):
+            nhs = [n.address for n in self.cfg.nhrp.nhs if n.address.version == version]
+            if not nhs:
+                continue
+            prober = LivenessProber(
+                self.cfg.name, nhs, live.interval, live.multiplier, self._nhs_lost, self._nhs_echo
+            )
+            try:
+                prober.start(self.loop)
+            except OSError as exc:
+                self.log(
+                    "liveness-error", f"{self.cfg.name}: no IPv{version} NHS liveness check: {exc}"
+                )
+                continue
+            if version == 4:
+                self.liveness = prober
+            else:
+                self.liveness6 = prober
 
-    def _nhs_lost(self, nhs: IPv4Address, reason: str) -> None:
-        if self.engine.nhs_unreachable(nhs, self.now(), reason):
+    def _nhs_echo(self, nhs: IPv4Address | IPv6Address) -> None:
+        # Once per arming (first reply, or first after a loss): not per echo.
+        self.log(
+            "nhs-echo",
+            f"NHS {nhs} answers liveness echoes",
+            interface=self.cfg.name,
+            nhs=str(nhs),
+        )
+
+    def _nhs_lost(self, nhs: IPv4Address | IPv6Address, reason: str) -> None:
+        engine = self.engine6 if nhs.version == 6 else self.engine
+        if engine is not None and engine.nhs_unreachable(nhs, self.now(), reason):
             self.apply()
 
     def stop(self) -> None:
@@ -289,8 +314,9 @@ class InterfaceRuntime:
             self._stop()
 
     def _stop(self) -> None:
-        if self.liveness is not None:
-            self.liveness.stop()
+        for prober in (self.liveness, self.liveness6):
+            if prober is not None:
+                prober.stop()
         if self._underlay is not None:
             self._underlay.close()
         for engine in self.engines:
@@ -449,6 +475,7 @@ class InterfaceRuntime:
 
     def _event(self, out: Event) -> None:
         if out.kind in (EventKind.NHS_UP, EventKind.NHS_DOWN, EventKind.NHS_STANDBY):
+            self._reorder_nhs()
             for listener in self.nhs_listeners:
                 listener()
         # A shortcut the gate holds was reported as deferred (Defer); `shortcut`
@@ -457,6 +484,40 @@ class InterfaceRuntime:
             ip_network(out.details["prefix"])
         ):
             self._publish(out)
+
+    def _reorder_nhs(self) -> None:
+        """While a next hop is unbound, ARP and ND for it are answered with
+        the first NHS's MAC (via the hub): that must be an NHS that is up.
+        When the first one changes, the kernel's entries still naming the
+        old one (not bindings: those are permanent) are deleted, so the next
+        packet asks again and goes via the new NHS. Without this, a dual hub
+        cloud whose routes name another spoke (BGP, OSPF broadcast) sent
+        such traffic to a dead hub until the entry aged out (issue 12)."""
+        states = [s for e in self.engines for s in e.nhs_states()]
+        order = sorted(states, key=lambda s: (s.state is not NhsState.UP, s.priority))
+        nbmas = list(dict.fromkeys(s.nbma for s in order if isinstance(s.nbma, IPv4Address)))
+        old = self._nhs_order
+        if not nbmas or nbmas == old:
+            return
+        self._nhs_order = nbmas
+        self.dataplane.set_nhs(nbmas)
+        if old and old[0] != nbmas[0]:
+            self._flush_via(old[0])
+
+    def _flush_via(self, nbma: IPv4Address) -> None:
+        mac = ":".join(f"{b:02x}" for b in nbma_mac(nbma))
+        try:
+            for msg in self.ipr.get_neighbours(ifindex=self.dataplane.index):
+                if msg.get_attr("NDA_LLADDR") != mac or msg["state"] & NUD_PERMANENT:
+                    continue
+                self.ipr.neigh(
+                    "del",
+                    dst=msg.get_attr("NDA_DST"),
+                    ifindex=self.dataplane.index,
+                    family=msg["family"],
+                )
+        except Exception as exc:  # the entries then age out, as before
+            self.log("neighbour-error", f"{self.cfg.name}: via {nbma}: {exc}")
 
     def _publish(self, out: Event) -> None:
         self.log(out.kind, out.message, interface=self.cfg.name, **out.details)

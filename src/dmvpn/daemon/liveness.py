@@ -1,5 +1,6 @@
-"""Fast NHS failure detection (`nhrp.nhs_liveness`): an ICMP echo to each
-IPv4 NHS's tunnel address through the tunnel, every `interval` seconds.
+"""Fast NHS failure detection (`nhrp.nhs_liveness`): an ICMP echo (ICMPv6
+for an IPv6 NHS) to each NHS's tunnel address through the tunnel, every
+`interval` seconds; one prober per family.
 
 Why echoes and not NHRP: a registration refresh every half second from every
 spoke would be the "flood of NHRP" a hub with many spokes cannot afford
@@ -25,18 +26,30 @@ import asyncio
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from dmvpn.wire.checksum import internet_checksum
 
-__all__ = ["LivenessProber", "NhsLiveness", "Reach", "echo_request", "parse_echo_reply"]
+__all__ = [
+    "LivenessProber",
+    "NhsLiveness",
+    "Reach",
+    "echo_request",
+    "echo_request6",
+    "parse_echo_reply",
+    "parse_echo_reply6",
+]
 
 SOL_RAW = 255
 ICMP_FILTER = 1  # linux/icmp.h: a bit set per ICMP type to drop
 ECHO_REPLY, ECHO_REQUEST = 0, 8
+ICMP6_FILTER = 1  # linux/icmpv6.h, level IPPROTO_ICMPV6: a bit set per type to drop
+ECHO6_REQUEST, ECHO6_REPLY = 128, 129
+Addr = IPv4Address | IPv6Address
 PAYLOAD = b"dmvpn-nhs-liveness"
 
 
@@ -60,11 +73,11 @@ class NhsLiveness:
     ALIVE. `tick` is called once per interval, before the echoes go out; it
     returns the NHSes that have just been lost."""
 
-    def __init__(self, nhs: list[IPv4Address], multiplier: int) -> None:
+    def __init__(self, nhs: Sequence[Addr], multiplier: int) -> None:
         self.multiplier = multiplier
         self.peers = {addr: _Peer() for addr in nhs}
 
-    def tick(self, now: float) -> list[IPv4Address]:
+    def tick(self, now: float) -> list[Addr]:
         lost = []
         for addr, peer in self.peers.items():
             if peer.state is Reach.ALIVE and peer.misses >= self.multiplier:
@@ -73,7 +86,7 @@ class NhsLiveness:
             peer.misses += 1  # the echo about to be sent
         return lost
 
-    def reply(self, addr: IPv4Address, now: float) -> bool:
+    def reply(self, addr: Addr, now: float) -> bool:
         """An echo reply from ``addr``; True when that NHS was not alive before."""
         peer = self.peers.get(addr)
         if peer is None:
@@ -123,25 +136,45 @@ def parse_echo_reply(packet: bytes, ident: int) -> IPv4Address | None:
     return IPv4Address(packet[12:16])
 
 
-Lost = Callable[[IPv4Address, str], None]
+def echo_request6(ident: int, seq: int) -> bytes:
+    """An ICMPv6 echo request; the kernel fills the checksum of a raw
+    ICMPv6 socket's packets (RFC 3542 3.1), pseudo-header and all."""
+    return struct.pack("!BBHHH", ECHO6_REQUEST, 0, 0, ident, seq) + PAYLOAD
+
+
+def parse_echo_reply6(message: bytes, ident: int) -> bool:
+    """True for an ICMPv6 echo reply with our identifier (a raw ICMPv6
+    socket reads the message without the IPv6 header)."""
+    return (
+        len(message) >= 8
+        and message[0] == ECHO6_REPLY
+        and struct.unpack_from("!H", message, 4)[0] == ident
+    )
+
+
+Lost = Callable[[Any, str], None]
 
 
 class LivenessProber:
     """One raw ICMP socket bound to the tunnel device; echoes to the NHSes
-    every `interval` s; `on_lost(nhs, reason)` when one stops answering."""
+    every `interval` s; `on_lost(nhs, reason)` when one stops answering.
+    The addresses are all of one family: ICMPv6 for IPv6."""
 
     def __init__(
         self,
         device: str,
-        nhs: list[IPv4Address],
+        nhs: Sequence[Addr],
         interval: float,
         multiplier: int,
         on_lost: Lost,
+        on_alive: Callable[[Any], None] | None = None,
     ) -> None:
         self.device = device
+        self.v6 = bool(nhs) and nhs[0].version == 6
         self.interval = interval
         self.tracker = NhsLiveness(nhs, multiplier)
         self.on_lost = on_lost
+        self.on_alive = on_alive  # a peer answered for the first time (or again)
         # Our echoes among everyone's in the namespace (a raw socket sees
         # every reply): the PID and the device tell daemons and interfaces apart.
         self.ident = (os.getpid() ^ (hash(device) & 0xFFFF)) & 0xFFFF
@@ -153,13 +186,21 @@ class LivenessProber:
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        if self.v6:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         try:
             # Only echo replies wake us (every other ICMP type is filtered
             # in the kernel), and the echoes leave through the tunnel even
             # if a route elsewhere would take the NHS's address.
-            drop_all_but_replies = struct.pack("=I", 0xFFFFFFFF & ~(1 << ECHO_REPLY))
-            sock.setsockopt(SOL_RAW, ICMP_FILTER, drop_all_but_replies)
+            if self.v6:
+                words = [0xFFFFFFFF] * 8
+                words[ECHO6_REPLY >> 5] &= ~(1 << (ECHO6_REPLY & 31))
+                sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *words))
+            else:
+                drop_all_but_replies = struct.pack("=I", 0xFFFFFFFF & ~(1 << ECHO_REPLY))
+                sock.setsockopt(SOL_RAW, ICMP_FILTER, drop_all_but_replies)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.device.encode())
             sock.setblocking(False)
             loop.add_reader(sock.fileno(), self._readable)
@@ -189,7 +230,7 @@ class LivenessProber:
                 f"({self.interval:g} s apart)",
             )
         self.seq = (self.seq + 1) & 0xFFFF
-        packet = echo_request(self.ident, self.seq)
+        packet = (echo_request6 if self.v6 else echo_request)(self.ident, self.seq)
         for addr in self.tracker.peers:
             try:
                 self._sock.sendto(packet, (str(addr), 0))
@@ -202,12 +243,18 @@ class LivenessProber:
         assert self._sock is not None and self._loop is not None
         while True:
             try:
-                packet = self._sock.recv(2048)
+                packet, src = self._sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
-            addr = parse_echo_reply(packet, self.ident)
+            addr: Addr | None
+            if self.v6:
+                ok = parse_echo_reply6(packet, self.ident)
+                addr = IPv6Address(src[0].split("%")[0]) if ok else None
+            else:
+                addr = parse_echo_reply(packet, self.ident)
             if addr is not None:
                 self.replies += 1
-                self.tracker.reply(addr, self._loop.time())
+                if self.tracker.reply(addr, self._loop.time()) and self.on_alive is not None:
+                    self.on_alive(addr)

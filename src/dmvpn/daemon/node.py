@@ -6,6 +6,7 @@ decide; the runtimes carry their outputs out."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import sys
@@ -23,11 +24,14 @@ from dmvpn.dataplane.plane import DataPlane
 from dmvpn.dataplane.userspace import UserspaceDataPlane
 from dmvpn.ipsec import IpsecManager, PeerSa
 from dmvpn.ipsec.charon import CharonError
+from dmvpn.nhrp.client import NhsState
 from dmvpn.nsenter import entered
 
 from .interface import InterfaceRuntime, Log
+from .liveness import LivenessProber, Reach
 from .reload import plan_reload
 from .static_routes import StaticRoutes
+from .vrrp import VrrpRouter
 
 
 def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) -> DataPlane:
@@ -85,10 +89,68 @@ class Node:
         self._ipr: IPRoute | None = None
         self.ipsec: IpsecManager | None = None
         self.routes: StaticRoutes | None = None
+        # Echoes to the next hops of routes with `track` (a hub's route to a
+        # dual spoke site), and the LAN gateways (`vrrp:`).
+        self.hop_probers: list[LivenessProber] = []
+        self.vrrp: list[VrrpRouter] = []
 
     def nhs_states(self) -> list[Any]:
         """Every NHS of every interface and family (for tracked routes)."""
         return [s for rt in self.interfaces for e in rt.engines for s in e.nhs_states()]
+
+    def any_nhs_up(self) -> bool:
+        """The dual spoke's gateway role: held only while the cloud is reachable."""
+        return any(s.state is NhsState.UP for s in self.nhs_states())
+
+    def alive_hops(self) -> set[Any]:
+        return {
+            addr
+            for p in self.hop_probers
+            for addr, peer in p.tracker.peers.items()
+            if peer.state is Reach.ALIVE
+        }
+
+    def _start_hop_probers(self, loop: asyncio.AbstractEventLoop) -> None:
+        nhs = {n.address for itf in self.config.interfaces for n in itf.nhrp.nhs}
+        for route in self.config.routes:
+            if route.track is None or not isinstance(route.via, tuple):
+                continue
+            # One prober per interface and family (ICMP or ICMPv6).
+            by_device: dict[tuple[str, int], list[Any]] = {}
+            for hop in route.via:
+                itf = self.config.tunnel_of(hop)
+                if hop not in nhs and itf is not None:
+                    by_device.setdefault((itf.name, hop.version), []).append(hop)
+            for (device, _), hops in by_device.items():
+                prober = LivenessProber(
+                    device,
+                    hops,
+                    route.track.interval,
+                    route.track.multiplier,
+                    functools.partial(self._hop_lost, route.prefix),
+                    functools.partial(self._hop_alive, route.prefix),
+                )
+                try:
+                    prober.start(loop)
+                except OSError as exc:
+                    self.log("liveness-error", f"{route.prefix}: next hops not tracked: {exc}")
+                    continue
+                self.hop_probers.append(prober)
+
+    def _hop_lost(self, prefix: object, hop: object, reason: str) -> None:
+        self._hop_changed(f"{prefix}: next hop {hop} lost: {reason}")
+
+    def _hop_alive(self, prefix: object, hop: object) -> None:
+        self._hop_changed(f"{prefix}: next hop {hop} answers")
+
+    def _hop_changed(self, message: str) -> None:
+        self.log("next-hop", message)
+        if self.routes is not None:
+            self.routes.update()
+
+    def _vrrp_update(self) -> None:
+        for router in self.vrrp:
+            router.update()
 
     def _by_source(self, local: IPv4Address) -> InterfaceRuntime | None:
         return next((rt for rt in self.interfaces if rt.cfg.tunnel.source == local), None)
@@ -204,9 +266,10 @@ class Node:
                         rt.listeners.append(api.publish)
                         self.interfaces.append(rt)
                         rt.open()
-                    self.routes = StaticRoutes(ipr, self.log, self.nhs_states)
+                    self.routes = StaticRoutes(ipr, self.log, self.nhs_states, self.alive_hops)
                     for rt in self.interfaces:
                         rt.nhs_listeners.append(self.routes.update)
+                        rt.nhs_listeners.append(self._vrrp_update)
                     self.routes.add(self.config.routes)
                     for rt in self.interfaces:
                         if rt.cfg.routes:  # `ip route vrf`: in the interface's namespace
@@ -215,6 +278,15 @@ class Node:
                             vrf_routes.add(rt.cfg.routes)
                     for rt in self.interfaces:
                         rt.start()
+                    self._start_hop_probers(loop)
+                    for v in self.config.vrrp:
+                        router = VrrpRouter(v, ipr, self.log, self.any_nhs_up)
+                        try:
+                            router.start(loop)
+                        except OSError as exc:
+                            self.log("vrrp-error", f"{v.interface}: no VRRP group {v.vrid}: {exc}")
+                            continue
+                        self.vrrp.append(router)
                     self.log(
                         "running",
                         f"node {self.config.node} up with {len(self.interfaces)} interface(s)",
@@ -222,6 +294,10 @@ class Node:
                     await stop.wait()
                     self.log("stopping", "deregistering and removing interfaces")
                 finally:
+                    for router in self.vrrp:
+                        router.stop()  # resign first: the other spoke takes over
+                    for prober in self.hop_probers:
+                        prober.stop()
                     for rt in self.interfaces:
                         rt.stop()
         finally:

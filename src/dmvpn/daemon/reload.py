@@ -56,6 +56,9 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
         # Credentials and proposals are loaded into charon at start; changing
         # them live would leave SAs made under the old ones.
         plan.refused.append("ipsec changed: restart the daemon to apply it")
+    if old.vrrp != new.vrrp:
+        # The groups' sockets and macvlans are made at start.
+        plan.refused.append("vrrp changed: restart the daemon to apply it")
     old_itfs = {i.name: i for i in old.interfaces}
     new_itfs = {i.name: i for i in new.interfaces}
     for name in sorted(old_itfs.keys() - new_itfs.keys()):
@@ -85,4 +88,7 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
     old_routes, new_routes = set(old.routes), set(new.routes)
     plan.add_routes = sorted(new_routes - old_routes, key=str)
     plan.remove_routes = sorted(old_routes - new_routes, key=str)
+    if any(r.track is not None for r in [*plan.add_routes, *plan.remove_routes]):
+        # Their echo probers are started with the node.
+        plan.refused.append("a route with track changed: restart the daemon to apply it")
     return plan

@@ -3,8 +3,10 @@
 A route with one `via` is installed once, as it always was. A tracked route
 (`via: [a, b]` or `via: nhs`, config.Route) is recomputed whenever an NHS
 goes up, down or to standby: its next hops are those usable now (ECMP when
-several), and it is withdrawn when none is, as Cisco withdraws a static
-route whose track object is down. This is what makes a dual-hub cloud with
+several; with `track`, a next hop that is not an NHS is usable while it
+answers ICMP echoes, the hub's route to a dual spoke site), and it is
+withdrawn when none is, as Cisco withdraws a static route whose track
+object is down. This is what makes a dual-hub cloud with
 static routing survive a hub: without it the summary route kept pointing at
 the dead hub (issue 12, measured: never recovered).
 
@@ -15,7 +17,7 @@ be told from an operator's and from shortcuts (177) in `ip route`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Protocol
 
@@ -33,8 +35,11 @@ class Log(Protocol):
     def __call__(self, kind: str, message: str, **details: Any) -> None: ...
 
 
-def next_hops(route: Route, nhs: Iterable[NhsStatus]) -> tuple[Hop, ...]:
-    """The next hops `route` should have now, given every NHS's state."""
+def next_hops(
+    route: Route, nhs: Iterable[NhsStatus], alive: Container[Hop] = ()
+) -> tuple[Hop, ...]:
+    """The next hops `route` should have now, given every NHS's state and,
+    for a route with `track`, the next hops answering echoes (`alive`)."""
     if isinstance(route.via, IPv4Address | IPv6Address):
         return (route.via,)
     family = [
@@ -50,7 +55,11 @@ def next_hops(route: Route, nhs: Iterable[NhsStatus]) -> tuple[Hop, ...]:
         best = min(s.priority for s in up)
         return tuple(dict.fromkeys(s.protocol for s in up if s.priority == best))  # type: ignore[misc]
     states = {s.protocol: s.state for s in family}
-    return tuple(h for h in route.via if states.get(h, NhsState.UP) is NhsState.UP)
+    return tuple(
+        h
+        for h in route.via
+        if (states[h] is NhsState.UP if h in states else route.track is None or h in alive)
+    )
 
 
 class StaticRoutes:
@@ -58,10 +67,17 @@ class StaticRoutes:
 
     `nhs` is asked for every NHS's state (all interfaces, both families)."""
 
-    def __init__(self, ipr: Any, log: Log, nhs: Callable[[], list[NhsStatus]]) -> None:
+    def __init__(
+        self,
+        ipr: Any,
+        log: Log,
+        nhs: Callable[[], list[NhsStatus]],
+        alive: Callable[[], Container[Hop]] = lambda: (),
+    ) -> None:
         self.ipr = ipr
         self.log = log
         self.nhs = nhs
+        self.alive = alive  # next hops of routes with `track` answering echoes
         self.routes: list[Route] = []
         self.installed: dict[Route, tuple[Hop, ...]] = {}  # tracked routes as they are now
 
@@ -84,10 +100,11 @@ class StaticRoutes:
     def update(self) -> None:
         """Recompute the tracked routes (an NHS changed state)."""
         states = self.nhs()
+        alive = self.alive()
         for route in self.routes:
             if not route.tracked:
                 continue
-            hops = next_hops(route, states)
+            hops = next_hops(route, states, alive)
             was = self.installed.get(route, ())
             if hops == was:
                 continue

@@ -6,6 +6,8 @@ Layout (names for the default prefix "dmvpn-"):
     dmvpn-hub1     nbma0 (veth to br0, underlay address), forwarding on
     dmvpn-spoke1   nbma0 as above, lan0 (veth to host1, LAN .1), forwarding on
     dmvpn-host1    eth0 (LAN .10), default route via spoke1
+                   (a dual spoke site: eth0 is a bridge with a port per spoke,
+                   the default route via the gateway VRRP moves, .1)
 
 An frr router's namespace holds no address: it bridges nbma0 to the tap
 "tapn" (bridge "brn") and, on a spoke, lan0 to "tapl" (bridge "brl"); the
@@ -334,6 +336,9 @@ class Lab:
                     )
                 continue
             ns, host_ns = self.namespace(spoke.name), self.namespace(host.name)
+            if spoke.site is not None:
+                self._site_port(spoke.name, host.name)
+                continue
             self._ip(
                 "-n",
                 ns,
@@ -376,6 +381,28 @@ class Lab:
         self._ip("-n", host_ns, "link", "set", LAN_HOST_INTERFACE, "up")
         gateway = spoke_lan.split("/")[0]
         self._ip("-n", host_ns, "route", "add", "default", "via", gateway)
+
+    def _site_port(self, spoke: str, host: str) -> None:
+        """Dual spoke: the site's host holds the LAN, a bridge named eth0 (its
+        address on it), one port "l-<spoke>" per spoke; its default route
+        goes to the gateway address VRRP moves between the spokes."""
+        topo = self.topology
+        ns, host_ns = self.namespace(spoke), self.namespace(host)
+        lan, host_lan, gateway = topo.plan(spoke).lan, topo.plan(host).lan, topo.site_gateway(host)
+        assert lan is not None and host_lan is not None and gateway is not None
+        if LAN_HOST_INTERFACE not in self._ip("-n", host_ns, "-br", "link"):
+            self._ip("-n", host_ns, "link", "add", LAN_HOST_INTERFACE, "type", "bridge")
+            self._ip("-n", host_ns, "addr", "add", str(host_lan), "dev", LAN_HOST_INTERFACE)
+            self._ip("-n", host_ns, "link", "set", LAN_HOST_INTERFACE, "up")
+            self._ip("-n", host_ns, "route", "add", "default", "via", str(gateway))
+        port = f"l-{spoke}"
+        self._ip(
+            "-n", ns, "link", "add", LAN_INTERFACE, "type", "veth", "peer", "name", port,
+            "netns", host_ns,
+        )  # fmt: skip
+        self._ip("-n", host_ns, "link", "set", port, "master", LAN_HOST_INTERFACE, "up")
+        self._ip("-n", ns, "addr", "add", str(lan), "dev", LAN_INTERFACE)
+        self._ip("-n", ns, "link", "set", LAN_INTERFACE, "up")
 
     def _bridge_tap(self, ns: str, bridge: str, port: str, tap: str) -> None:
         """An frr node's namespace: `port` and a tap for the guest on one bridge.

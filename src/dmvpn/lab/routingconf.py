@@ -146,6 +146,10 @@ def _ospf(topo: Topology, me: NodePlan, spec: RoutingSpec) -> list[str]:
     ]
     if me.lan is not None:
         router += [f" network {me.lan.network} area 0", f" passive-interface {LAN}"]
+    if me.site is not None:
+        # Dual spoke: the gateway's macvlan (daemon/vrrp.py) is in the LAN's
+        # network; no hellos from it.
+        router.append(" passive-interface vrrp1")
     if hub and "non-broadcast" in spec.ospf_network:
         # No multicast hellos on a non-broadcast network: the hub names its
         # neighbours (the spokes then answer by unicast).

@@ -94,6 +94,10 @@ TUNNEL_INTERFACE = "dmvpn0"
 # netns.Lab.down). At most 13 characters: the bridge port is "v-" + name, and
 # Linux interface names have at most 15.
 NodeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,12}$")]
+# Dual spoke: how fast the hubs find a site's spoke dead (echoes, 0.9 s)
+# and the spokes a dead master (3 adverts + skew, 0.7 s).
+SITE_TRACK = {"interval": 0.3, "multiplier": 3}
+SITE_VRRP_INTERVAL = 0.2
 # Cisco's cleartext NHRP password: printable ASCII, at most 8 characters.
 Password = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[ -~]+$")]
 
@@ -157,6 +161,10 @@ class SpokeSpec(_Strict):
     # `ip nhrp group NAME`: the hubs shape what they send this spoke by the
     # topology's `qos` rate for NAME (per-tunnel QoS).
     group: str | None = None
+    # Dual spoke (docs/ROUTING.md): spokes naming the same site share one LAN
+    # and its host (the first one's); the host's gateway, .1, is held by
+    # VRRP (the first spoke preferred), the spokes are at .2, .3, ...
+    site: NodeName | None = None
 
 
 def _default_hubs() -> list[HubSpec]:
@@ -189,6 +197,7 @@ class NodePlan:
     lan6: IPv6Interface | None = None  # spokes and hosts of a dual-stack lab
     nat: str | None = None  # spokes behind a lab NAT router: its name
     access: str | None = None  # spokes with an access router: its name
+    site: str | None = None  # dual spoke: the site shared with other spokes and their host
 
 
 class NodeDescription(TypedDict):
@@ -349,6 +358,7 @@ class Topology(_Strict):
             ("spoke", i, s, f"nodes.spokes.{i - 1}") for i, s in enumerate(self.nodes.spokes, 1)
         ]
         lans: list[tuple[IPv4Network, str]] = []
+        sites: dict[str, NodePlan] = {}  # site -> its first spoke
         nats = self._resolve_nat(claim)
         self._access = {}  # filled by _plan_access, spoke by spoke
         for role, i, spec, path in routers:
@@ -375,6 +385,33 @@ class Topology(_Strict):
                 )
                 continue
             host = spec.host or f"host{i}"
+            first = sites.get(spec.site) if spec.site is not None else None
+            if first is not None:
+                # Another spoke of a site: its LAN and host are the first one's.
+                if spec.lan is not None or spec.host is not None:
+                    raise ValueError(
+                        f"{path}: site {spec.site!r} has its LAN and host from "
+                        f"{first.name}; leave lan and host out"
+                    )
+                assert first.lan is not None and first.peer is not None
+                members = [p for p in plan.values() if p.site == spec.site and p.role == "spoke"]
+                if len(members) >= 8:
+                    raise ValueError(f"{path}.site: at most 8 spokes per site (the host is at .10)")
+                lan_net = first.lan.network
+                plan[spec.name] = NodePlan(
+                    spec.name,
+                    "spoke",
+                    i,
+                    nbma,
+                    tunnel,
+                    IPv4Interface(f"{lan_net[2 + len(members)]}/{lan_net.prefixlen}"),
+                    first.peer,
+                    kind=spec.kind,
+                    registration_no_unique=spec.registration_no_unique,
+                    nat=spec.nat,
+                    site=spec.site,
+                )
+                continue
             if spec.lan is not None:
                 lan = spec.lan
             elif i <= 255:
@@ -393,7 +430,8 @@ class Topology(_Strict):
                     raise ValueError(f"{path}.lan {lan} overlaps {other}")
             lans.append((lan, spec.name))
             claim(path + ".host", host)
-            spoke_lan = IPv4Interface(f"{lan[1]}/{lan.prefixlen}")
+            # A site's first spoke at .2: .1 is the gateway VRRP moves.
+            spoke_lan = IPv4Interface(f"{lan[2 if spec.site else 1]}/{lan.prefixlen}")
             host_lan = IPv4Interface(f"{lan[10]}/{lan.prefixlen}")
             plan[spec.name] = NodePlan(
                 spec.name,
@@ -407,8 +445,11 @@ class Topology(_Strict):
                 registration_no_unique=spec.registration_no_unique,
                 nat=spec.nat,
                 access=self._plan_access(spec, i, path, claim),
+                site=spec.site,
             )
-            plan[host] = NodePlan(host, "host", i, None, None, host_lan, spec.name)
+            if spec.site is not None:
+                sites[spec.site] = plan[spec.name]
+            plan[host] = NodePlan(host, "host", i, None, None, host_lan, spec.name, site=spec.site)
         for acc in self._access.values():
             if ("underlay", acc.address.ip) in used:
                 owner = used["underlay", acc.address.ip]
@@ -422,6 +463,8 @@ class Topology(_Strict):
         self._plan = {p.name: p for p in order}
         if self.dual_cloud:
             self._check_dual_cloud(order)
+        if sites:
+            self._check_sites(order)
         if self.routing.dynamic and any(p.kind == "frr" for p in order):
             raise ValueError("routing: the lab runs routing daemons beside dmvpn nodes only")
         if self.front_door_vrf:
@@ -458,6 +501,31 @@ class Topology(_Strict):
         """The tunnel network of cloud k (0: tunnel_network, then the next ones up)."""
         net = self.tunnel_network
         return IPv4Network((int(net.network_address) + k * net.num_addresses, net.prefixlen))
+
+    def _check_sites(self, order: list[NodePlan]) -> None:
+        """Dual spoke: what the lab builds it for (docs/ROUTING.md)."""
+        for site in dict.fromkeys(p.site for p in order if p.site is not None):
+            members = [p for p in order if p.site == site and p.role == "spoke"]
+            if len(members) < 2:
+                raise ValueError(f"site {site!r} has one spoke ({members[0].name}); it needs two")
+            if any(p.kind != "dmvpn" for p in members):
+                raise ValueError(f"site {site!r}: dmvpn spokes only (VRRP runs in the daemon)")
+        why = None
+        if self.ipv6:
+            why = "is built for IPv4 (VRRP for IPv4)"
+        elif self.phase == 2:
+            why = "is for phases 1 and 3 (a spoke's route to the site would have one next hop)"
+        elif self.dual_cloud:
+            why = "is not built with dual_cloud"
+        if why:
+            raise ValueError(f"site {why}")
+
+    def site_gateway(self, name: str) -> IPv4Address | None:
+        """The gateway address of a dual spoke site's node (its LAN's .1)."""
+        p = self.plan(name)
+        if p.site is None or p.lan is None:
+            return None
+        return p.lan.network[1]
 
     def _check_dual_cloud(self, order: list[NodePlan]) -> None:
         hubs = [p for p in order if p.role == "hub"]
@@ -640,14 +708,21 @@ class Topology(_Strict):
         if me.nbma is None or me.tunnel is None:
             raise ValueError(f"{name} is a LAN host: it runs no dmvpn node")
         nhrp: dict[str, Any] = {"network_id": 1, "holdtime": self.holdtime}
-        routes: list[dict[str, str]] = []
+        routes: list[dict[str, Any]] = []
         if me.role == "hub":
             nhrp["map_multicast"] = ["dynamic"]
             nhrp["redirect"] = self.phase == 3
+            site_hops: dict[str, list[str]] = {}
             for spoke in self.spokes:
+                if spoke.site is not None:
+                    site_hops.setdefault(str(_lan_of(spoke)), []).append(str(_ip(spoke.tunnel)))
+                    continue
                 routes.append(_route(_lan_of(spoke), spoke))
                 if self.ipv6:
                     routes.append(_route6(_lan6_of(spoke), spoke))
+            # A dual spoke site: ECMP over its spokes that answer echoes.
+            for lan, hops in site_hops.items():
+                routes.append({"prefix": lan, "via": hops, "track": dict(SITE_TRACK)})
         else:
             nhrp["nhs"] = [
                 {"address": str(_ip(h.tunnel)), "nbma": str(_ip(h.nbma)), "priority": h.index}
@@ -687,8 +762,11 @@ class Topology(_Strict):
                 if self.ipv6:
                     via6 = "nhs" if dual else str(_ip6(hub1.tunnel6))
                     routes.append({"prefix": str(self.lan_summary6), "via": via6})
-                if dual:
-                    nhrp["nhs_liveness"] = {"interval": 0.5, "multiplier": 3}
+            if len(self.hubs) > 1 or me.site is not None:
+                # Dual hub, in every phase (a dead NHS found in 1.5 s); a
+                # dual spoke site's spoke too: its gateway role follows its
+                # NHSes, so it must see a dead one fast.
+                nhrp["nhs_liveness"] = {"interval": 0.5, "multiplier": 3}
         if self.authentication is not None:
             nhrp["authentication"] = self.authentication
         qos: dict[str, Any] = {}
@@ -705,6 +783,19 @@ class Topology(_Strict):
             return self._dual_cloud_config(me, nhrp, routes)
         if self.vrf_clouds:
             return self._vrf_clouds_config(me, nhrp, routes, prefix)
+        vrrp: dict[str, Any] = {}
+        if me.site is not None:
+            members = [p.name for p in self.spokes if p.site == me.site]
+            vrrp["vrrp"] = [
+                {
+                    "interface": "lan0",  # netns.LAN_INTERFACE
+                    "vrid": 1,
+                    "address": str(self.site_gateway(name)),
+                    # The first spoke preferred: it takes the role back.
+                    "priority": 200 - 10 * members.index(name),
+                    "interval": SITE_VRRP_INTERVAL,
+                }
+            ]
         return {
             "node": name,
             "interfaces": [
@@ -729,6 +820,7 @@ class Topology(_Strict):
             ],
             "routes": routes,
             **({"ipsec": {"psk": self.ipsec_psk}} if self.ipsec_psk is not None else {}),
+            **vrrp,
         }
 
     def _dual_cloud_config(
