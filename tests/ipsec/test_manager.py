@@ -569,7 +569,7 @@ async def test_want_brings_the_sa_up() -> None:
     }
     conn = rig.charon.conns["dmvpn-172.30.0.1"]
     assert conn["remote_addrs"] == ["172.30.0.1"]
-    assert conn["children"]["gre"]["remote_ts"] == ["172.30.0.1/32[gre]"]
+    assert conn["children"]["gre"]["remote_ts"] == ["0.0.0.0/0[gre]"]
     (up,) = rig.events("ipsec-up")
     assert up.message == "IPsec to 172.30.0.1 up (initiated in 0 ms)"
     assert up.details == {
