@@ -250,6 +250,14 @@ def test_ipsec_through_nat(nat_cloud, tmp_path: Path) -> None:  # type: ignore[n
             timeout=20,
         )
         assert any(e["peers"] == {inside: public} for e in cloud.events("spoke2", "ipsec-nat"))
+        # spoke2 learnt spoke1 by resolution; its SA (IKE's NAT detection)
+        # says spoke1 is NATed: `N` in show dmvpn.
+        (peer,) = [
+            p
+            for p in _show(cloud, "spoke2", "dmvpn")["interfaces"][0]["peers"]
+            if p["nbma"] == public
+        ]
+        assert all("N" in row["attributes"] for row in peer["entries"]), peer
         target = _ip(cloud, "host1", "lan")
         assert cloud.lab.exec("host2", ["ping", "-c", "2", "-W", "1", target]).returncode == 0
     finally:

@@ -624,6 +624,7 @@ async def test_show_ipsec_sees_what_it_always_saw() -> None:
                 "age": None,
                 "rekey_in": None,
                 "nat": False,
+                "nat_remote": False,
             },
             "child": {
                 "state": "INSTALLED",

@@ -219,6 +219,7 @@ def _ike_view(ike: Sa) -> dict[str, Any]:
         "age": _int(ike.get("established")),
         "rekey_in": _int(ike.get("rekey-time")),
         "nat": ike.get("nat-any") == "yes",
+        "nat_remote": ike.get("nat-remote") == "yes",  # the peer is behind NAT
     }
 
 
