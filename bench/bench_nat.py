@@ -19,7 +19,8 @@ Layouts (phase 3, plain GRE, hub1 + spoke1/spoke2 + their hosts):
    trial: echoes lost, the longest gap between replies (the outage), and
    the time until replies come over the direct path again.
 
-Run: sudo .venv/bin/python bench/bench_nat.py [--trials 8] [--seconds 5]
+Run: sudo .venv/bin/python bench/bench_nat.py [--trials 8] [--seconds 5] [--ipsec]
+(--ipsec: the same cloud with IPsec on every router, hence NAT traversal.)
 """
 
 from __future__ import annotations
@@ -55,9 +56,14 @@ LAYOUTS: dict[str, list[dict[str, str]]] = {
 }
 
 
+# --ipsec: every router protects its GRE with IPsec (a cloud-wide PSK), so
+# the NATed layouts run IPsec NAT traversal (ipsec/natmap.py).
+IPSEC: dict[str, Any] = {}
+
+
 @contextmanager
 def cloud(layout: str) -> Iterator[tuple[Lab, Topology]]:
-    topo = Topology.from_data({"phase": 3, "nodes": {"spokes": LAYOUTS[layout]}})
+    topo = Topology.from_data({"phase": 3, "nodes": {"spokes": LAYOUTS[layout]}, **IPSEC})
     tmp = Path(tempfile.mkdtemp(prefix="dmvpn-bench-nat-"))
     lab = Lab(topo, prefix="dmvnat-", state_path=tmp / "lab.json")
     lab.up()
@@ -203,9 +209,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="per iperf3 run")
     ap.add_argument("--rounds", type=int, default=2, help="throughput rounds (public, nat)")
     ap.add_argument("--moves", type=int, default=3, help="address-change trials per mode")
+    ap.add_argument("--ipsec", action="store_true", help="IPsec (PSK) on every router")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_nat.py needs root (network namespaces)")
+    if args.ipsec:
+        IPSEC["ipsec_psk"] = "bench-psk-0123456789abcdef"
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),

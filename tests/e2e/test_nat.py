@@ -41,8 +41,13 @@ NODES: dict[str, Any] = {
 def nat_cloud(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     labs: list[Lab] = []
 
-    def make(phase: int, nodes: dict[str, Any] = NODES, hold: tuple[str, ...] = ()) -> Cloud:
-        topo = Topology.from_data({"phase": phase, "nodes": nodes})
+    def make(
+        phase: int,
+        nodes: dict[str, Any] = NODES,
+        hold: tuple[str, ...] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> Cloud:
+        topo = Topology.from_data({"phase": phase, "nodes": nodes, **(extra or {})})
         lab = Lab(topo, prefix=f"dmn{os.getpid() % 100000}-", state_path=tmp_path / "lab.json")
         labs.append(lab)
         lab.up()
@@ -214,3 +219,57 @@ def test_a_spoke_follows_its_underlay_address_changing_mid_flow(nat_cloud) -> No
     received = int(re.search(r"(\d+) received", out).group(1))  # type: ignore[union-attr]
     transmitted = int(re.search(r"(\d+) packets transmitted", out).group(1))  # type: ignore[union-attr]
     assert received > 0 and transmitted - received <= transmitted // 2, out
+
+
+def test_ipsec_through_nat(nat_cloud, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """IPsec NAT traversal: spoke1 behind nata registers over ESP in UDP 4500
+    (its GRE selector is its inside address; the hub translates that GRE to
+    the NAT's public address, ipsec/natmap.py), and its phase 3 shortcut to
+    public spoke2 runs over an SA of its own, NAT-T on the underlay."""
+    nodes = {
+        "hubs": [{"name": "hub1"}],
+        "spokes": [{"name": "spoke1", "nat": "nata"}, {"name": "spoke2"}],
+    }
+    cloud: Cloud = nat_cloud(3, nodes, extra={"ipsec_psk": "lab-psk-0123456789abcdef"})
+    inside, public = _ip(cloud, "spoke1", "nbma"), "172.30.0.201"
+    # The hub binds spoke1 at the public address, flagged NAT, as without IPsec.
+    peers = {p["protocol"].removesuffix("/32"): p for p in _show(cloud, "hub1", "nhrp")["entries"]}
+    entry = peers[_ip(cloud, "spoke1")]
+    assert entry["nbma"] == public and "nat" in entry["flags"], entry
+    assert any(e["peers"] == {inside: public} for e in cloud.events("hub1", "ipsec-nat"))
+    pcap = tmp_path / "underlay.pcap"
+    errors = (tmp_path / "tshark.err").open("w")
+    tshark = cloud.lab.popen(
+        "inet", ["tshark", "-q", "-i", "br0", "-w", str(pcap)], stdout=errors, stderr=errors
+    )
+    try:
+        cloud.wait("tshark to capture", lambda: pcap.exists() and pcap.stat().st_size > 0)
+        cloud.wait(
+            "host1 -> host2 direct via spoke2",
+            lambda: _direct(cloud, "host1", "host2", "spoke2"),
+            timeout=20,
+        )
+        assert any(e["peers"] == {inside: public} for e in cloud.events("spoke2", "ipsec-nat"))
+        # spoke2 learnt spoke1 by resolution; its SA (IKE's NAT detection)
+        # says spoke1 is NATed: `N` in show dmvpn.
+        (peer,) = [
+            p
+            for p in _show(cloud, "spoke2", "dmvpn")["interfaces"][0]["peers"]
+            if p["nbma"] == public
+        ]
+        assert all("N" in row["attributes"] for row in peer["entries"]), peer
+        target = _ip(cloud, "host1", "lan")
+        assert cloud.lab.exec("host2", ["ping", "-c", "2", "-W", "1", target]).returncode == 0
+    finally:
+        tshark.terminate()
+        tshark.wait(timeout=10)
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "ip", "-T", "fields", "-e", "ip.src", "-e", "ip.dst",
+         "-e", "ip.proto", "-e", "udp.dstport", "-e", "esp.spi"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = [(line.split("\t") + [""] * 5)[:5] for line in out.splitlines() if line.strip()]
+    # No GRE and no bare ESP on the underlay: all of it is ESP in UDP 4500.
+    assert not [r for r in rows if r[2] in {"47", "50"}], rows[:5]
+    shortcut = [r for r in rows if {r[0], r[1]} == {public, _ip(cloud, "spoke2", "nbma")}]
+    assert any(r[3] == "4500" and r[4] for r in shortcut), shortcut[:10]

@@ -569,7 +569,7 @@ async def test_want_brings_the_sa_up() -> None:
     }
     conn = rig.charon.conns["dmvpn-172.30.0.1"]
     assert conn["remote_addrs"] == ["172.30.0.1"]
-    assert conn["children"]["gre"]["remote_ts"] == ["172.30.0.1/32[gre]"]
+    assert conn["children"]["gre"]["remote_ts"] == ["0.0.0.0/0[gre]"]
     (up,) = rig.events("ipsec-up")
     assert up.message == "IPsec to 172.30.0.1 up (initiated in 0 ms)"
     assert up.details == {
@@ -624,6 +624,7 @@ async def test_show_ipsec_sees_what_it_always_saw() -> None:
                 "age": None,
                 "rekey_in": None,
                 "nat": False,
+                "nat_remote": False,
             },
             "child": {
                 "state": "INSTALLED",
@@ -1056,4 +1057,45 @@ async def test_our_sa_seen_while_our_initiate_is_under_way_is_left_to_the_initia
     assert peer.state is PeerState.UP and peer.task is None and rig.ups == [S2]
     assert not peer.initiated
     assert rig.events("ipsec-up")[0].message == "IPsec to 172.30.0.12 up (brought up by the peer)"
+    await rig.m.stop()
+
+
+class _RecordingNatView:
+    """natmap.NatView without nftables: the mappings it was given."""
+
+    def __init__(self) -> None:
+        self.view: dict[IPv4Address, IPv4Address] = {}
+        self.synced: list[dict[IPv4Address, IPv4Address]] = []
+
+    def sync(self, view: dict[IPv4Address, IPv4Address]) -> bool:
+        if view == self.view:
+            return False
+        self.view = dict(view)
+        self.synced.append(dict(view))
+        return True
+
+
+@virtual_time
+async def test_nat_traversal_translates_natted_peers_and_refuses_other_selectors() -> None:
+    rig = await Rig.started()
+    nat = _RecordingNatView()
+    rig.m.nat_view = nat  # type: ignore[assignment]
+    public = IPv4Address("172.30.0.201")
+    # A spoke behind NAT: IKE detected it, its GRE selector is its inside address.
+    natted = rig.charon.add_sa(A, public, initiator=False)
+    rig.charon.sas[natted]["nat-remote"] = "yes"
+    rig.charon.sas[natted]["child-sas"][f"gre-{natted}"]["remote-ts"] = ["172.31.1.11/32[gre]"]
+    # A peer not behind NAT claiming a third node's GRE.
+    liar = rig.charon.add_sa(A, S3, initiator=False)
+    rig.charon.sas[liar]["child-sas"][f"gre-{liar}"]["remote-ts"] = [f"{S2}/32[gre]"]
+    await asyncio.sleep(3)  # the next poll
+    assert nat.synced == [{IPv4Address("172.31.1.11"): public}]
+    assert [e.details for e in rig.events("ipsec-nat")] == [{"peers": {"172.31.1.11": str(public)}}]
+    (refused,) = rig.events("ipsec-selector-refused")
+    assert refused.details == {"remote": str(S3)} and "no NAT was detected" in refused.message
+    assert liar not in rig.charon.sas and natted in rig.charon.sas
+    # The NATed peer's SA is the one NHRP asks for, at the public address.
+    rig.m.want(A, public)
+    await asyncio.sleep(SETTLE)
+    assert rig.m.is_up(A, public) and rig.charon.sent("initiate") == []
     await rig.m.stop()

@@ -42,7 +42,7 @@ def test_peer_connection_protects_gre_only_between_nbma_addresses() -> None:
     assert conn["local"] == {"auth": "psk"} and conn["remote"] == {"auth": "psk", "id": "%any"}
     child = conn["children"]["gre"]
     assert child["local_ts"] == ["172.30.0.11/32[gre]"]
-    assert child["remote_ts"] == ["172.30.0.1/32[gre]"]
+    assert child["remote_ts"] == ["0.0.0.0/0[gre]"]  # narrowed by IKE (natmap.py)
     assert child["mode"] == "tunnel" and child["esp_proposals"] == ["aes256gcm16-x25519"]
     assert child["rekey_time"] == "600s" and child["life_time"] == "660s"
 
@@ -52,7 +52,7 @@ def test_responder_template_accepts_gre_from_any_peer() -> None:
     ((name, conn),) = responder_conn(cfg, A, None, {}).items()
     assert name == "dmvpn-any-172.30.0.11"
     assert conn["remote_addrs"] == ["%any"]
-    assert conn["children"]["gre"]["remote_ts"] == ["dynamic[gre]"]
+    assert conn["children"]["gre"]["remote_ts"] == ["0.0.0.0/0[gre]"]
 
 
 def test_certificates_and_identity() -> None:

@@ -366,6 +366,8 @@ class ApiServer:
             for itf in data["interfaces"]:
                 for peer in itf["peers"]:
                     sa = sas.get((itf["nbma_address"], peer["nbma"]))
+                    if sa is not None and (sa["ike"] or {}).get("nat_remote"):
+                        _flag_natted(peer["entries"])
                     peer["ipsec"] = (
                         None
                         if sa is None
@@ -505,6 +507,17 @@ def _family(value: Any) -> int | web.Response | None:
     if str(value) not in ("4", "6"):
         return _error(400, f"family must be 4 or 6, not {value!r}")
     return int(value)
+
+
+def _flag_natted(rows: list[dict[str, Any]]) -> None:
+    """`N` on a peer whose IPsec SA charon says is NATed (IKE's NAT
+    detection), when NHRP alone did not say so (a peer learnt by
+    resolution): after S/D/I, as Cisco orders the letters."""
+    for row in rows:
+        attrs: list[str] = row["attributes"]
+        if "N" not in attrs:
+            attrs.insert(1 if attrs and attrs[0] in ("S", "D", "I") else 0, "N")
+            row["attrb"] = "".join(attrs)
 
 
 def _page(request: web.Request, states: frozenset[str] | None) -> Page | web.Response:

@@ -55,6 +55,7 @@ import vici
 from dmvpn.config import Ipsec
 
 from .charon import CharonError, ManagedCharon
+from .natmap import NatView, mappings, selector_problem
 from .settings import CHILD, conn_name, peer_conn, responder_conn, secrets
 
 # Retry a failed peer after 1, 2, 4 ... at most 60 s.
@@ -218,6 +219,7 @@ def _ike_view(ike: Sa) -> dict[str, Any]:
         "age": _int(ike.get("established")),
         "rekey_in": _int(ike.get("rekey-time")),
         "nat": ike.get("nat-any") == "yes",
+        "nat_remote": ike.get("nat-remote") == "yes",  # the peer is behind NAT
     }
 
 
@@ -513,6 +515,7 @@ class IpsecManager:
         self.stats: dict[str, int] = {"initiated": 0, "failed": 0, "torn_down": 0, "lost": 0}
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()  # charon said an SA came or went: read them now
+        self.nat_view = NatView()  # NATed peers' GRE, inside <-> public (natmap.py)
 
     @staticmethod
     def _now() -> float:
@@ -797,6 +800,7 @@ class IpsecManager:
         """Each peer against charon's SAs: duplicates dropped, an SA that
         went (DPD, the peer tore it down) reported and brought back while
         wanted, one the peer brought up adopted, idle ones torn down."""
+        sas = await self._follow_nat(sas)
         now = self._now()
         for key, peer in list(self.peers.items()):
             # An earlier peer's await may have let charon die or this peer
@@ -829,6 +833,37 @@ class IpsecManager:
                 peer.sa = found
             if peer.idle_expired(now, self.cfg.idle_timeout):
                 await self._tear_down(peer)
+
+    async def _follow_nat(self, sas: list[Sa]) -> list[Sa]:
+        """NAT traversal (natmap.py): an SA whose peer's GRE selector is
+        neither its address nor excused by NAT is torn down; the GRE of
+        NATed peers is translated to their public address. The SAs left."""
+        kept = []
+        for sa in sas:
+            problem = selector_problem(sa)
+            if problem is None:
+                kept.append(sa)
+                continue
+            try:
+                await self._call(self.vici.terminate_ike, sa.get("uniqueid"))
+            except (OSError, vici.exception.CommandException):
+                pass
+            self.log(
+                "ipsec-selector-refused",
+                f"IPsec from {sa.get('remote-host')} torn down: {problem}",
+                remote=str(sa.get("remote-host")),
+            )
+        try:
+            if self.nat_view.sync(mappings(kept)):
+                self.log(
+                    "ipsec-nat",
+                    "GRE of NATed peers translated: "
+                    + (", ".join(f"{i} as {p}" for i, p in self.nat_view.view.items()) or "none"),
+                    peers={str(i): str(p) for i, p in self.nat_view.view.items()},
+                )
+        except OSError as exc:
+            self.log("ipsec-nat-error", f"cannot translate NATed peers' GRE: {exc}")
+        return kept
 
     async def _drop_duplicate(self, peer: PeerSa, sa: Sa) -> None:
         try:

@@ -5,7 +5,8 @@ tested without a charon.
 Data plane: kernel-libipsec (userspace ESP on a TUN device), which does
 tunnel mode only and always encapsulates ESP in UDP 4500 (real-peers.md).
 Only GRE between the two NBMA addresses is protected:
-``local_ts = A/32[gre]``, ``remote_ts = B/32[gre]``.
+``local_ts = A/32[gre]``, ``remote_ts`` any GRE address, narrowed by IKE to
+the peer's one address (behind NAT its inside address: natmap.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ IKE_FWMARK = 0x42
 # The responder template: any peer may bring up a GRE SA to us.
 RESPONDER = "dmvpn-any"
 CHILD = "gre"
+# The responder template's remote selector (see _conn).
+ANY_GRE = "0.0.0.0/0[gre]"
 # Plugins, in load order: kernel-libipsec must come before kernel-netlink.
 PLUGINS = (
     "random nonce openssl pem x509 pubkey pkcs1 pkcs8 hmac sha1 sha2 aes gcm kdf "
@@ -95,8 +98,13 @@ def _conn(
     local, remote = _auth(cfg, identity, creds)
     child = {
         "local_ts": [f"{local_addr}/32[gre]"],
-        # On the responder template, `dynamic` is the peer's IKE address.
-        "remote_ts": [f"{remote_addr}/32[gre]" if remote_addr else "dynamic[gre]"],
+        # Any GRE address of the peer, narrowed to what it proposes (as
+        # responder) or answers (as initiator): its own address, or behind
+        # NAT its inside one, which is not the address we reach it at and
+        # which we cannot know beforehand. The manager tears down an SA
+        # whose selector is another single address without NAT between us
+        # (natmap.selector_problem).
+        "remote_ts": [ANY_GRE],
         "mode": cfg.mode,
         "esp_proposals": list(cfg.esp_proposals),
         "rekey_time": f"{cfg.child_lifetime}s",

@@ -225,6 +225,8 @@ def wait_registered(runner: Runner, frr: FrrNodes, timeout: float = REGISTRATION
     """Wait until every spoke, of either kind, has registered with every hub."""
     topo = runner.lab.topology
     native = [p.name for p in topo.spokes if p.kind == "dmvpn"]
+    # Regional hubs (hierarchical hubs) register with their central hub.
+    native += [p.name for p in topo.hubs if p.kind == "dmvpn" and topo.nhs_of(p.name)]
     waiting = {p.name for p in topo.spokes if p.kind == "frr"}
 
     def check() -> bool:

@@ -180,21 +180,24 @@ class Runner:
                 raise LabError(f"timed out after {timeout:g} s waiting for {what}\n{tails}")
             time.sleep(_POLL)
 
-    def registered(self, spoke: str) -> bool:
-        """True once the spoke has registered with every hub (an "nhs-up" per NHS)."""
-        hubs = {str(h.tunnel.ip) for h in self.lab.topology.hubs if h.tunnel is not None}
+    def registered(self, node: str) -> bool:
+        """True once the node has registered with each of its own NHSs (an
+        "nhs-up" per NHS: every hub by default, a regional hub's central ones)."""
+        hubs = {str(h.tunnel.ip) for h in self.lab.topology.nhs_of(node) if h.tunnel is not None}
         if self.lab.topology.vrf_clouds:  # every hub in every VRF (the same addresses)
             itfs = [f"dmvpn{k}" for k in range(1, VRF_CLOUDS + 1)]
-            events = self.events(spoke, "nhs-up")
+            events = self.events(node, "nhs-up")
             pairs = {(str(e.get("interface")), str(e.get("nhs"))) for e in events}
             return all((i, h) in pairs for i in itfs for h in hubs)
-        up = {str(e.get("nhs")) for e in self.events(spoke, "nhs-up")}
+        up = {str(e.get("nhs")) for e in self.events(node, "nhs-up")}
         return hubs <= up
 
     def wait_registered(self, timeout: float = REGISTRATION_TIMEOUT) -> float:
-        """Wait until every dmvpn spoke has registered with every hub; the seconds
-        it took (frr spokes: `dmvpn.lab.frrnode.wait_registered`)."""
-        spokes = [p.name for p in self.lab.topology.spokes if p.kind == "dmvpn"]
+        """Wait until every dmvpn spoke (and regional hub) has registered with
+        its NHSs; the seconds it took (frr spokes: `dmvpn.lab.frrnode.wait_registered`)."""
+        topo = self.lab.topology
+        spokes = [p.name for p in topo.spokes if p.kind == "dmvpn"]
+        spokes += [p.name for p in topo.hubs if p.kind == "dmvpn" and topo.nhs_of(p.name)]
         return self.wait_for(
             "every spoke to register with every hub",
             lambda: all(self.registered(s) for s in spokes),

@@ -20,6 +20,13 @@ underlay, one NHRP instance per family):
 Every IPv4 address can be overridden per node; the result is checked for
 clashes before anything is built.
 
+Hierarchical hubs: a hub's `nhs: [central]` makes it a regional hub (an NHS
+that registers with the central hub and routes the lab's LAN summary through
+it); a spoke's `nhs: [regional]` registers with that hub only. Each hub
+routes a spoke's LAN to the spoke if it registers there, else to the hub
+below it whose region holds the spoke. Without `nhs`, spokes register with
+every hub and hubs with none (the default).
+
 A hub or spoke is `kind: dmvpn` (our daemon, the default) or `kind: frr`:
 FRR's nhrpd on a kernel mGRE in a QEMU guest, configured from the same
 settings (`dmvpn.lab.frrconf`, `dmvpn.lab.frrnode`), for interop.
@@ -138,6 +145,9 @@ class HubSpec(_Strict):
     kind: Kind = "dmvpn"
     nbma: IPv4Address | None = None  # underlay address
     tunnel: IPv4Address | None = None  # tunnel (protocol) address
+    # Hierarchical hubs: the hubs this one registers with (a regional hub
+    # under a central one); none by default.
+    nhs: list[NodeName] | None = None
 
 
 class SpokeSpec(_Strict):
@@ -165,6 +175,9 @@ class SpokeSpec(_Strict):
     # and its host (the first one's); the host's gateway, .1, is held by
     # VRRP (the first spoke preferred), the spokes are at .2, .3, ...
     site: NodeName | None = None
+    # The hubs this spoke registers with (hierarchical hubs: its regional
+    # hub); every hub by default.
+    nhs: list[NodeName] | None = None
 
 
 def _default_hubs() -> list[HubSpec]:
@@ -490,12 +503,73 @@ class Topology(_Strict):
             ]
             if clash:
                 raise ValueError(f"vrf_clouds: not with {', '.join(clash)}")
+        self._check_hierarchy()
         if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
             raise ValueError(
                 "ipsec_psk: frr nodes run no strongSwan in the lab; "
                 "use ipsec_psk with dmvpn nodes only"
             )
         return self
+
+    def _check_hierarchy(self) -> None:
+        """`nhs:` names hubs, never the node itself, and hubs form no loop."""
+        specs: list[tuple[str, HubSpec | SpokeSpec]] = [
+            (f"nodes.hubs.{i}", h) for i, h in enumerate(self.nodes.hubs)
+        ]
+        specs += [(f"nodes.spokes.{i}", s) for i, s in enumerate(self.nodes.spokes)]
+        hubs = {h.name for h in self.nodes.hubs}
+        if not any(spec.nhs is not None for _, spec in specs):
+            return
+        for path, spec in specs:
+            for name in spec.nhs or []:
+                if name == spec.name:
+                    raise ValueError(f"{path}.nhs: {name!r} cannot register with itself")
+                if name not in hubs:
+                    raise ValueError(f"{path}.nhs: {name!r} is not a hub")
+            if spec.nhs is not None and len(set(spec.nhs)) != len(spec.nhs):
+                raise ValueError(f"{path}.nhs: a hub is named twice")
+            if spec.nhs == [] and isinstance(spec, SpokeSpec):
+                raise ValueError(f"{path}.nhs: a spoke needs at least one hub")
+        why = None
+        if self.dual_cloud or self.ipv6 or self.routing.dynamic or self.vrf_clouds:
+            why = "is built for one IPv4 cloud with static routing"
+        elif any(s.site is not None for s in self.nodes.spokes):
+            why = "is not yet combined with dual spoke sites (site:)"
+        elif any(p.kind == "frr" for p in self._plan.values()):
+            why = "is for dmvpn nodes only"
+        if why:
+            raise ValueError(f"nhs (hierarchical hubs) {why}")
+        # A loop of hubs would bounce packets and requests between them.
+        parents = {h.name: list(h.nhs or []) for h in self.nodes.hubs}
+        for start in parents:
+            seen, todo = set(), list(parents[start])
+            while todo:
+                hub = todo.pop()
+                if hub == start:
+                    raise ValueError(f"nhs: hub {start!r} registers with itself through {hub!r}")
+                if hub not in seen:
+                    seen.add(hub)
+                    todo.extend(parents[hub])
+
+    def nhs_of(self, name: str) -> list[NodePlan]:
+        """The hubs `name` registers with: its `nhs`, or for a spoke without
+        one every hub (the default), for a hub without one none."""
+        p = self.plan(name)
+        specs = self.nodes.hubs if p.role == "hub" else self.nodes.spokes
+        spec = next((s for s in specs if s.name == name), None)
+        if spec is not None and spec.nhs is not None:
+            return [self.plan(n) for n in spec.nhs]
+        return self.hubs if p.role == "spoke" else []
+
+    def _under(self, hub: NodePlan, spoke: NodePlan) -> NodePlan | None:
+        """The next hop from `hub` down to `spoke`: the spoke itself when it
+        registers here, else the hub below this one whose region holds it."""
+        if hub in self.nhs_of(spoke.name):
+            return spoke
+        for child in self.hubs:
+            if hub in self.nhs_of(child.name) and self._under(child, spoke) is not None:
+                return child
+        return None
 
     def cloud_network(self, k: int) -> IPv4Network:
         """The tunnel network of cloud k (0: tunnel_network, then the next ones up)."""
@@ -714,19 +788,36 @@ class Topology(_Strict):
             nhrp["redirect"] = self.phase == 3
             site_hops: dict[str, list[str]] = {}
             for spoke in self.spokes:
+                # Hierarchical hubs: down through the regional hub holding it.
+                down = self._under(me, spoke)
+                if down is None:
+                    continue
                 if spoke.site is not None:
                     site_hops.setdefault(str(_lan_of(spoke)), []).append(str(_ip(spoke.tunnel)))
                     continue
-                routes.append(_route(_lan_of(spoke), spoke))
+                routes.append(_route(_lan_of(spoke), down))
                 if self.ipv6:
-                    routes.append(_route6(_lan6_of(spoke), spoke))
+                    routes.append(_route6(_lan6_of(spoke), down))
             # A dual spoke site: ECMP over its spokes that answer echoes.
             for lan, hops in site_hops.items():
                 routes.append({"prefix": lan, "via": hops, "track": dict(SITE_TRACK)})
+            if parents := self.nhs_of(name):
+                # A regional hub: an NHS that is also an NHC of the central
+                # hub(s), which hold every other region's LANs.
+                nhrp["server"] = True
+                nhrp["nhs"] = [
+                    {"address": str(_ip(h.tunnel)), "nbma": str(_ip(h.nbma)), "priority": h.index}
+                    for h in parents
+                ]
+                up = "nhs" if len(parents) > 1 else str(_ip(parents[0].tunnel))
+                routes.append({"prefix": str(self.lan_summary), "via": up})
+                if len(parents) > 1:
+                    nhrp["nhs_liveness"] = {"interval": 0.5, "multiplier": 3}
         else:
+            my_hubs = self.nhs_of(name)
             nhrp["nhs"] = [
                 {"address": str(_ip(h.tunnel)), "nbma": str(_ip(h.nbma)), "priority": h.index}
-                for h in self.hubs
+                for h in my_hubs
             ]
             if self.ipv6:
                 # `ipv6 nhrp nhs`: the same hubs, registered by the IPv6 engine.
@@ -736,7 +827,7 @@ class Topology(_Strict):
                         "nbma": str(_ip(h.nbma)),
                         "priority": h.index,
                     }
-                    for h in self.hubs
+                    for h in my_hubs
                 ]
             nhrp["map_multicast"] = ["nhs"]
             nhrp["shortcut"] = self.phase == 3
@@ -755,8 +846,8 @@ class Topology(_Strict):
                 # summary, and the hub's redirect brings shortcuts.
                 # With several hubs (dual hub): through whichever NHS is up,
                 # found dead within a second and a half (docs/ROUTING.md).
-                hub1 = self.hubs[0]
-                dual = len(self.hubs) > 1
+                hub1 = my_hubs[0]
+                dual = len(my_hubs) > 1
                 via: str = "nhs" if dual else str(_ip(hub1.tunnel))
                 routes.append({"prefix": str(self.lan_summary), "via": via})
                 if self.ipv6:
