@@ -208,12 +208,28 @@ class FakeCharon:
         self.while_initiating: Callable[[IPv4Address, IPv4Address], None] | None = None
         # What `emit` sends to listeners: no events unless a test sends them,
         # so that the others see the poll only.
-        self.events: queue.Queue[str] = queue.Queue()
+        self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        # Set: an initiate blocks (on its worker thread) until it is cleared
+        # (charon still working on the exchange).
+        self.initiate_gate = threading.Event()
+        self.initiate_gate.set()
+        # The same for list-sas (charon answers it only once no IKE SA is
+        # being worked on).
+        self.list_gate = threading.Event()
+        self.list_gate.set()
         self._ids = itertools.count(1)
 
-    def emit(self, kind: str) -> None:
-        """charon tells its listeners (child-updown, ike-updown)."""
-        self.events.put(kind)
+    def emit(self, kind: str, payload: dict[str, Any] | None = None) -> None:
+        """charon tells its listeners (child-updown, ike-updown), with what
+        the event carries (`up` and the IKE SA by name), if anything."""
+        self.events.put((kind, payload or {}))
+
+    def child_up(self, uid: str) -> None:
+        """child-updown for one of the SAs, as charon sends it: `up`, and the
+        IKE SA under its connection's name with the child that came up."""
+        with self.lock:
+            sa = self.sas[uid]
+        self.emit("child-updown", {"up": "yes", f"dmvpn-{sa['remote-host']}": sa})
 
     def session(self) -> FakeSession:
         if not self.running:
@@ -298,6 +314,8 @@ class FakeSession:
             remote = IPv4Address(conn["remote_addrs"][0])
             if self.c.while_initiating is not None:
                 self.c.while_initiating(local, remote)
+        self.c.initiate_gate.wait(10)
+        with self.c.lock:
             refused = self.c.refuse.get(remote)
             uid = "0" if refused is not None else self.c.add_sa(local, remote, initiator=True)
         yield _wire({"msg": f"initiating IKE_SA {message['ike']}[{uid}] to {remote}"})
@@ -321,14 +339,15 @@ class FakeSession:
         # not the virtual clock's).
         while self.c.running:
             try:
-                kind = self.c.events.get(timeout=timeout)
+                kind, payload = self.c.events.get(timeout=timeout)
             except queue.Empty:
                 yield None, None
                 continue
             if kind in event_types:
-                yield kind.encode(), {}
+                yield kind.encode(), _wire(payload)
 
     def list_sas(self, message: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        self.c.list_gate.wait(10)
         with self.c.lock:
             self._log("list_sas", message)
             listed = [_wire(sa) for sa in self.c.sas.values()]
@@ -933,6 +952,79 @@ async def test_charons_events_make_an_sa_count_at_once_not_at_the_next_poll() ->
     rig.charon.emit("ike-updown")
     await _until(lambda: rig.downs == [S2])
     assert rig.downs == [S2] and now() == at
+    await rig.m.stop()
+
+
+@virtual_time
+async def test_the_peers_child_sa_counts_at_its_event_while_initiate_and_list_sas_wait() -> None:
+    """Simultaneous initiation made deterministic (issue 18): our initiate is
+    under way and charon would answer list-sas only later (an IKE SA is
+    being worked on); the peer's child SA comes up first. Its child-updown
+    event alone makes the peer up, in the same instant, with the event's
+    details; our initiate returning later changes nothing."""
+    rig = await Rig.started()
+    rig.charon.initiate_gate.clear()
+    rig.m.want(A, S2)
+    await _until(lambda: len(rig.charon.sent("initiate")) == 1)
+    rig.charon.list_gate.clear()
+    with rig.charon.lock:
+        uid = rig.charon.add_sa(A, S2, initiator=False)
+    at = now()
+    rig.charon.child_up(uid)
+    await _until(lambda: rig.m.is_up(A, S2))
+    assert rig.m.is_up(A, S2) and now() == at and rig.ups == [S2]
+    assert not rig.peer(S2)["initiated"] and rig.peer(S2)["ike"]["remote_id"] == str(S2)
+    (up,) = rig.events("ipsec-up")
+    assert up.message == "IPsec to 172.30.0.12 up (brought up by the peer)"
+    rig.charon.list_gate.set()
+    rig.charon.initiate_gate.set()  # ours completes too: a duplicate, one up only
+    await asyncio.sleep(3)
+    assert rig.ups == [S2] and len(rig.events("ipsec-up")) == 1 and rig.m.is_up(A, S2)
+    assert not rig.events("ipsec-failed")
+    await rig.m.stop()
+
+
+@virtual_time
+async def test_our_child_sa_counts_at_its_event_before_the_initiate_answers() -> None:
+    """charon's event for the child SA we initiated comes before the
+    initiate's own answer (which waits behind the exchange with the peer's
+    IKE SA): up at the event, as initiated by us."""
+    rig = await Rig.started()
+    rig.charon.initiate_gate.clear()
+    rig.m.want(A, S2)
+    await _until(lambda: len(rig.charon.sent("initiate")) == 1)
+    rig.charon.list_gate.clear()
+    with rig.charon.lock:
+        uid = rig.charon.add_sa(A, S2, initiator=True)
+    rig.charon.child_up(uid)
+    await _until(lambda: rig.m.is_up(A, S2))
+    assert rig.m.is_up(A, S2) and rig.ups == [S2] and rig.peer(S2)["initiated"]
+    (up,) = rig.events("ipsec-up")
+    assert up.message == "IPsec to 172.30.0.12 up (initiated in 0 ms)"
+    rig.charon.list_gate.set()
+    rig.charon.initiate_gate.set()
+    await asyncio.sleep(3)
+    assert rig.ups == [S2] and len(rig.events("ipsec-up")) == 1
+    await rig.m.stop()
+
+
+@virtual_time
+async def test_events_for_other_pairs_and_children_that_went_only_wake_the_review() -> None:
+    """A child-updown for an SA no peer wants, or one saying a child went,
+    makes nothing up by itself."""
+    rig = await Rig.started()
+    rig.charon.refuse[S2] = ["peer not responding, giving up after 5 retransmits"]
+    rig.m.want(A, S2)
+    await asyncio.sleep(0.5)
+    assert rig.peer(S2)["state"] == "failed"
+    other = _sa(7, A, S3, initiator=False)
+    rig.charon.emit("child-updown", {"up": "yes", "dmvpn-172.30.0.13": other})
+    went = _sa(8, A, S2, initiator=False)
+    rig.charon.emit("child-updown", {"dmvpn-172.30.0.12": went})
+    rig.charon.emit("child-updown", {"up": "yes", "dmvpn-x": "not an SA"})
+    lists = len(rig.charon.sent("list_sas"))
+    await _until(lambda: len(rig.charon.sent("list_sas")) > lists)
+    assert not rig.m.is_up(A, S2) and rig.ups == []
     await rig.m.stop()
 
 

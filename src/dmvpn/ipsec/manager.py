@@ -20,9 +20,11 @@ How it is divided, so that the decisions can be tested without charon
 - `Vici` makes the blocking VICI calls, each over a session from a factory
   (`vici.Session` on charon's socket; a fake one in tests).
 - `IpsecManager` is the asyncio shell around them: a task per peer's
-  attempt, a read of charon's SAs whenever charon's events (`child-updown`,
-  `ike-updown`, on a listener thread) say one came or went and every 2 s
-  as a safety net, a watch on a managed charon. VICI calls run on
+  attempt, charon's events (`child-updown`, `ike-updown`, on a listener
+  thread): a child SA that came up counts at once from the event's own
+  details, and any event makes it read charon's SAs (for what went, and
+  duplicates), as it does every 2 s as a safety net; a watch on a managed
+  charon. VICI calls run on
   worker threads, so the event loop never waits on charon.
 
 Time is the event loop's clock (`loop.time()`, monotonic): retries, backoff,
@@ -382,15 +384,18 @@ class Vici:
         version = _text(v.version())
         return f"{version.get('daemon')} {version.get('version')}"
 
-    def listen(self, wake: Callable[[], None], stop: Callable[[], bool]) -> None:
-        """Block until `stop()`, calling `wake()` at each of charon's SA
-        events. Returns when charon closes the session; raises when it cannot
-        be reached."""
-        for kind, _ in self.session().listen(SA_EVENTS, timeout=LISTEN_TIMEOUT):
+    def listen(
+        self, on_event: Callable[[str, dict[str, Any]], None], stop: Callable[[], bool]
+    ) -> None:
+        """Block until `stop()`, calling `on_event(kind, payload)` at each of
+        charon's SA events (the payload decoded: `up` and the IKE SA by its
+        name, with the child that changed). Returns when charon closes the
+        session; raises when it cannot be reached."""
+        for kind, payload in self.session().listen(SA_EVENTS, timeout=LISTEN_TIMEOUT):
             if stop():
                 return
             if kind is not None:
-                wake()
+                on_event(_text(kind), _text(dict(payload or {})))
 
     def list_sas(self) -> list[Sa]:
         out = []
@@ -553,15 +558,15 @@ class IpsecManager:
         threading.Thread(target=self._listen, args=(loop,), name="vici-events", daemon=True).start()
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
-        """charon's SA events wake the poll (on the listener's thread)."""
+        """charon's SA events go to the event loop (from the listener's thread)."""
 
-        def wake() -> None:
+        def on_event(kind: str, payload: dict[str, Any]) -> None:
             if not loop.is_closed():
-                loop.call_soon_threadsafe(self._wake.set)
+                loop.call_soon_threadsafe(self._on_event, kind, payload)
 
         while not self.stopping:
             try:
-                self.vici.listen(wake, lambda: self.stopping)
+                self.vici.listen(on_event, lambda: self.stopping)
             except Exception:
                 pass  # charon gone or restarting; the poll covers the gap
             if not self.stopping:
@@ -775,6 +780,36 @@ class IpsecManager:
             how = "initiated" if initiated else "brought up by the peer"
         peer.up(sa, self._now(), initiated=initiated, how=how)
         self.on_up(peer)
+
+    def _on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """One of charon's SA events. A child SA of ours that came up counts
+        at once, whoever initiated it, with the details the event carries:
+        no list-sas, which charon answers only once no IKE SA is being
+        worked on (17 ms while both sides initiated, issue 18). Whatever
+        else (an SA went, duplicates) is for the review, woken now."""
+        self._wake.set()
+        if kind != "child-updown" or payload.get("up") != "yes" or not self.ready.is_set():
+            return
+        for sa in payload.values():
+            if not isinstance(sa, dict):
+                continue
+            try:
+                local = IPv4Address(sa.get("local-host", ""))
+                remote = IPv4Address(sa.get("remote-host", ""))
+            except ValueError:
+                continue
+            key = (local, remote)
+            peer = self.peers.get(key)
+            if peer is None or not matching([sa], *key):
+                continue
+            if peer.state is PeerState.UP:
+                continue
+            mine = _initiator(sa)
+            took = None
+            if mine and peer.state is PeerState.CONNECTING and peer.task is not None:
+                took = self._now() - peer.since  # our initiate, not back yet
+            self._cancel(peer)
+            self._up(peer, sa, initiated=mine, took=took)
 
     async def _poll(self) -> None:
         """SA state at once when charon's events say it changed; counters and
