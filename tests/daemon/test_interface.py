@@ -18,7 +18,7 @@ from dmvpn.config import parse_config
 from dmvpn.daemon.interface import InterfaceRuntime
 from dmvpn.dataplane.forwarding import PeerCounters
 from dmvpn.dataplane.plane import DataPlane, DataPlaneHooks
-from dmvpn.nhrp import Engine, SendPacket, ShortcutAdded
+from dmvpn.nhrp import Engine, SendPacket, ShortcutAdded, ShortcutRemoved
 from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import PrefixTable
 from dmvpn.wire import Address, PacketType, decode_nhrp
@@ -67,6 +67,7 @@ class FakeDataPlane(DataPlane):
         self.protected: str | None = None
         self.state = "new"
         self.hooks: DataPlaneHooks | None = None
+        self.order: list[str] = []  # neighbour flushes and routes, shared with FakeIpr
 
     def open(self, hooks: DataPlaneHooks) -> None:
         self.hooks, self.state = hooks, "open"
@@ -89,6 +90,9 @@ class FakeDataPlane(DataPlane):
 
     def unbind(self, protocol: Address) -> None:
         self.bound.pop(protocol, None)
+
+    def flush_neighbours(self) -> None:
+        self.order.append("neighbours")
 
     @property
     def bindings(self) -> Mapping[Address, IPv4Address]:
@@ -134,14 +138,16 @@ class StaticRouting:
 class FakeIpr:
     """pyroute2's IPRoute as the runtime uses it for shortcut routes."""
 
-    def __init__(self) -> None:
+    def __init__(self, order: list[str] | None = None) -> None:
         self.routes: list[tuple[str, str]] = []
         self.fail = False
+        self.order = order if order is not None else []
 
     def route(self, op: str, **kw: Any) -> None:
         if self.fail:
             raise OSError(101, "Network is unreachable")
         self.routes.append((op, kw["dst"]))
+        self.order.append(f"route {op}")
 
 
 class FakeIpsec:
@@ -178,7 +184,7 @@ def _runtime(
     rt = InterfaceRuntime(
         cfg,
         dp,
-        ipr=FakeIpr(),  # type: ignore[arg-type]
+        ipr=FakeIpr(dp.order),  # type: ignore[arg-type]
         log=lambda kind, message, **_: logged.append((kind, message)),  # type: ignore[arg-type]
         loop=loop,
         ipsec=ipsec,
@@ -259,6 +265,18 @@ def test_without_ipsec_shortcut_is_logged_with_the_route_installed(loop) -> None
     _engine_shortcut(rt)
     assert rt.ipr.routes == [("replace", "192.168.2.0/24")]  # type: ignore[attr-defined]
     assert [m for k, m in logged if k.startswith("shortcut")] == [SHORTCUT]
+
+
+def test_the_next_hops_neighbour_entry_is_written_before_the_shortcut_route(loop) -> None:  # type: ignore[no-untyped-def]
+    """The binding's neighbour write is queued for the event loop; the route
+    must not wait for it, nor go in before it (the first packet would make
+    the kernel resolve the next hop): it is written just before (issue 18)."""
+    rt, dp, _ = _runtime(loop)
+    rt.open()
+    _engine_shortcut(rt)
+    assert dp.order == ["neighbours", "route replace"]
+    rt._handlers[ShortcutRemoved](ShortcutRemoved(LAN2, T2))
+    assert dp.order[2:] == ["route del"]
 
 
 def test_with_ipsec_a_held_shortcut_is_logged_deferred_then_installed(loop) -> None:  # type: ignore[no-untyped-def]
