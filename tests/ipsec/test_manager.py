@@ -33,6 +33,7 @@ from dmvpn.config import Ipsec
 from dmvpn.ipsec.charon import CharonError
 from dmvpn.ipsec.manager import (
     BACKOFF_MAX,
+    INITIATE_DEFER,
     POLL_INTERVAL,
     IpsecManager,
     PeerSa,
@@ -416,8 +417,16 @@ class Rig:
     """A manager on a fake charon, with what it logged and reported."""
 
     def __init__(
-        self, *, local: IPv4Address = A, managed: bool = False, idle_timeout: int = 10
+        self,
+        *,
+        local: IPv4Address = A,
+        managed: bool = False,
+        idle_timeout: int = 10,
+        initiate_defer: float = 0.0,
     ) -> None:
+        """`initiate_defer` 0 (not the manager's default): these tests time
+        attempts as they were before the lower address gave way; the ones
+        about giving way set it."""
         loop = asyncio.get_running_loop()
         assert isinstance(loop, VirtualTimeLoop)
         self.charon = FakeCharon(loop)
@@ -446,6 +455,7 @@ class Rig:
             on_restart=self._restarted,
             session=self.charon.session,
             charon=self.process,
+            initiate_defer=initiate_defer,
         )
 
     @classmethod
@@ -1005,6 +1015,44 @@ async def test_our_child_sa_counts_at_its_event_before_the_initiate_answers() ->
     rig.charon.initiate_gate.set()
     await asyncio.sleep(3)
     assert rig.ups == [S2] and len(rig.events("ipsec-up")) == 1
+    await rig.m.stop()
+
+
+@virtual_time
+async def test_the_lower_address_gives_the_higher_ones_initiate_a_head_start() -> None:
+    """Both sides want the SA at once (issue 18): the lower address waits
+    INITIATE_DEFER before initiating; the higher one's SA coming up meanwhile
+    (its child-updown) makes it up with no initiate of its own, so no
+    duplicate IKE SA is made (dropping one lost the packets in flight)."""
+    rig = await Rig.started(initiate_defer=INITIATE_DEFER)
+    assert A < S2
+    rig.m.want(A, S2)
+    await asyncio.sleep(INITIATE_DEFER / 2)
+    assert rig.charon.sent("initiate") == []
+    with rig.charon.lock:
+        uid = rig.charon.add_sa(A, S2, initiator=False)
+    rig.charon.child_up(uid)
+    await _until(lambda: rig.m.is_up(A, S2))
+    assert rig.m.is_up(A, S2) and not rig.peer(S2)["initiated"]
+    await asyncio.sleep(3)
+    assert rig.charon.sent("initiate") == [] and len(rig.charon.between(A, S2)) == 1
+    await rig.m.stop()
+
+
+@virtual_time
+async def test_the_lower_address_initiates_after_the_head_start_and_the_higher_at_once() -> None:
+    """A peer that does not initiate costs the lower address INITIATE_DEFER;
+    the higher address (here towards the hub) and retries do not wait."""
+    rig = await Rig.started(initiate_defer=INITIATE_DEFER)
+    start = now()
+    rig.m.want(A, S2)
+    rig.m.want(A, HUB)
+    await asyncio.sleep(1)
+    (to_hub, to_s2) = sorted(rig.charon.sent("initiate"), key=lambda c: c.at)
+    assert to_hub.message["ike"] == "dmvpn-172.30.0.1" and to_hub.at == start
+    assert to_s2.message["ike"] == "dmvpn-172.30.0.12"
+    assert to_s2.at == pytest.approx(start + INITIATE_DEFER)
+    assert rig.m.is_up(A, S2) and rig.m.is_up(A, HUB)
     await rig.m.stop()
 
 

@@ -70,6 +70,10 @@ SA_EVENTS = ["child-updown", "ike-updown"]
 LISTEN_TIMEOUT = 1.0
 RELISTEN_DELAY = 0.5
 INITIATE_TIMEOUT_MS = 15000
+# The lower address of a pair waits this long for the higher one's SA
+# before initiating its own (`IpsecManager._attempt` says why): about an
+# IKE exchange between two loaded namespaces.
+INITIATE_DEFER = 0.03
 # Lines from charon's initiate log that say why an SA failed.
 _REASONS = (
     "AUTHENTICATION_FAILED",
@@ -485,11 +489,13 @@ class IpsecManager:
         session: Callable[[], ViciSession] | None = None,
         charon: CharonProcess | None = None,
         namespace: str | None = None,
+        initiate_defer: float = INITIATE_DEFER,
     ) -> None:
         """`session` (VICI sessions) and `charon` (the managed charon, when
         the config says `managed`) replace the real ones in tests;
         `namespace` is the underlay's (front-door VRF), where charon runs."""
         self.cfg = cfg
+        self.initiate_defer = initiate_defer
         self.node = node
         self.identity = identity
         self.locals = list(local_addresses)
@@ -745,6 +751,17 @@ class IpsecManager:
         if found is not None:
             self._up(peer, found, initiated=_initiator(found))
             return
+        if peer.failures == 0 and peer.local < peer.remote and self.initiate_defer > 0:
+            # Both spokes usually need the SA at once (each answers the
+            # other's resolution). The lower address gives the higher one's
+            # initiate a head start: its SA then comes up here as the
+            # responder (child-updown cancels this wait), one IKE SA rather
+            # than two, and no duplicate to drop, which lost the packets in
+            # flight on it (issue 18). A peer that does not initiate costs
+            # this much more.
+            await asyncio.sleep(self.initiate_defer)
+            if not self._current(peer) or self.stopping or peer.state is PeerState.UP:
+                return
         started = self._now()
         peer.move(PeerState.CONNECTING, started)  # the outcome is logged
         self.stats["initiated"] += 1
