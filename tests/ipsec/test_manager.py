@@ -1057,6 +1057,25 @@ async def test_the_lower_address_initiates_after_the_head_start_and_the_higher_a
 
 
 @virtual_time
+async def test_a_list_asked_for_before_the_sa_came_up_does_not_take_it_down() -> None:
+    """The ike-updown just before child-updown starts a list-sas that charon
+    may answer without the child; the child's event makes the peer up
+    meanwhile. That older list must not report the SA as gone."""
+    rig = await Rig.started()
+    peer = PeerSa(A, S2, since=now(), log=rig.log)
+    rig.m.peers[(A, S2)] = peer
+    asked = now()
+    await asyncio.sleep(0.001)  # charon works on the list; the event comes
+    peer.up(_sa(1, A, S2, initiator=False), now(), initiated=False, how="test")
+    await rig.m._review([], asked)
+    assert peer.state is PeerState.UP and rig.downs == []
+    await asyncio.sleep(0.5)
+    await rig.m._review([], now())  # asked for after it came up: it went
+    assert peer.state is not PeerState.UP and rig.downs == [S2]
+    await rig.m.stop()
+
+
+@virtual_time
 async def test_events_for_other_pairs_and_children_that_went_only_wake_the_review() -> None:
     """A child-updown for an SA no peer wants, or one saying a child went,
     makes nothing up by itself."""

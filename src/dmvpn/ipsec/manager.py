@@ -839,13 +839,14 @@ class IpsecManager:
             self._wake.clear()
             if not self.ready.is_set():
                 continue
+            asked = self._now()
             try:
                 sas = await self._call(self.vici.list_sas)
             except (OSError, vici.exception.CommandException):
                 continue
-            await self._review(sas)
+            await self._review(sas, asked)
 
-    async def _review(self, sas: list[Sa]) -> None:
+    async def _review(self, sas: list[Sa], asked: float | None = None) -> None:
         """Each peer against charon's SAs: duplicates dropped, an SA that
         went (DPD, the peer tore it down) reported and brought back while
         wanted, one the peer brought up adopted, idle ones torn down."""
@@ -863,6 +864,10 @@ class IpsecManager:
                 matches.remove(sa)
             found = carrying(matches)
             if peer.state is PeerState.UP and found is None:
+                if asked is not None and peer.since > asked:
+                    # Up (charon's event) after this list was asked for: the
+                    # list is older than the SA, not a sign that it went.
+                    continue
                 self.stats["lost"] += 1
                 peer.lost(now)
                 self.on_down(peer)
