@@ -67,8 +67,12 @@ POLL_INTERVAL = 2.0
 # charon's events that an SA came up or went.
 SA_EVENTS = ["child-updown", "ike-updown"]
 # How often the event listener checks whether to stop, and waits to reconnect.
-LISTEN_TIMEOUT = 1.0
+LISTEN_TIMEOUT = 0.1
 RELISTEN_DELAY = 0.5
+# How long start() waits for the listener to have registered for the
+# events (the first SAs come up right after start: an event missed then
+# leaves the peer to the initiate's late answer or the poll; issue 18).
+SUBSCRIBE_WAIT = 2.0
 INITIATE_TIMEOUT_MS = 15000
 # The lower address of a pair waits this long for the higher one's SA
 # before initiating its own (`IpsecManager._attempt` says why): about an
@@ -389,13 +393,20 @@ class Vici:
         return f"{version.get('daemon')} {version.get('version')}"
 
     def listen(
-        self, on_event: Callable[[str, dict[str, Any]], None], stop: Callable[[], bool]
+        self,
+        on_event: Callable[[str, dict[str, Any]], None],
+        stop: Callable[[], bool],
+        subscribed: Callable[[], None] | None = None,
     ) -> None:
         """Block until `stop()`, calling `on_event(kind, payload)` at each of
         charon's SA events (the payload decoded: `up` and the IKE SA by its
-        name, with the child that changed). Returns when charon closes the
-        session; raises when it cannot be reached."""
+        name, with the child that changed), and `subscribed()` once charon
+        has the registration (at the first event or idle timeout). Returns
+        when charon closes the session; raises when it cannot be reached."""
         for kind, payload in self.session().listen(SA_EVENTS, timeout=LISTEN_TIMEOUT):
+            if subscribed is not None:
+                subscribed()
+                subscribed = None
             if stop():
                 return
             if kind is not None:
@@ -524,6 +535,7 @@ class IpsecManager:
         self.stats: dict[str, int] = {"initiated": 0, "failed": 0, "torn_down": 0, "lost": 0}
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()  # charon said an SA came or went: read them now
+        self._subscribed = threading.Event()  # the listener is registered with charon
 
     @staticmethod
     def _now() -> float:
@@ -549,6 +561,12 @@ class IpsecManager:
             self.version = await self._call(self._load)
         except (OSError, vici.exception.CommandException) as exc:
             raise CharonError(f"cannot configure charon over {self.vici_socket}: {exc}") from None
+        # The event listener first: the SAs wanted at once (the NHS's) come
+        # up within ms, and their events must not be missed.
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._listen, args=(loop,), name="vici-events", daemon=True).start()
+        # On the pool, so that a test's virtual clock waits for it too.
+        await self._call(self._subscribed.wait, SUBSCRIBE_WAIT)
         note, held = self._open_ike()
         self.ready.set()
         where = f"pid {self.charon.pid}" if self.charon else "external"
@@ -559,9 +577,6 @@ class IpsecManager:
             **held,
         )
         self._tasks.append(asyncio.create_task(self._poll()))
-        # A thread of its own, not the pool: it blocks for the manager's life.
-        loop = asyncio.get_running_loop()
-        threading.Thread(target=self._listen, args=(loop,), name="vici-events", daemon=True).start()
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """charon's SA events go to the event loop (from the listener's thread)."""
@@ -572,7 +587,7 @@ class IpsecManager:
 
         while not self.stopping:
             try:
-                self.vici.listen(on_event, lambda: self.stopping)
+                self.vici.listen(on_event, lambda: self.stopping, self._subscribed.set)
             except Exception:
                 pass  # charon gone or restarting; the poll covers the gap
             if not self.stopping:
