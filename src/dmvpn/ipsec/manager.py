@@ -646,6 +646,7 @@ class IpsecManager:
             if self.stopping:
                 return
             self.ready.clear()
+            self._subscribed.clear()  # the listener registers again with the new charon
             self.restarts += 1
             self.log(
                 "ipsec-charon-died", f"charon exited with status {rc}; restarting it", status=rc
@@ -669,6 +670,7 @@ class IpsecManager:
                 except (CharonError, OSError, vici.exception.CommandException) as exc:
                     self.log("ipsec-charon-error", f"charon restart failed: {exc}")
                     delay = min(BACKOFF_MAX, delay * 2)
+            await self._call(self._subscribed.wait, SUBSCRIBE_WAIT)
             note, held = self._open_ike()
             self.ready.set()
             self.log(
