@@ -18,7 +18,7 @@ from dmvpn.config import parse_config
 from dmvpn.daemon.interface import InterfaceRuntime
 from dmvpn.dataplane.forwarding import PeerCounters
 from dmvpn.dataplane.plane import DataPlane, DataPlaneHooks
-from dmvpn.nhrp import Engine, SendPacket, ShortcutAdded
+from dmvpn.nhrp import Engine, SendPacket, ShortcutAdded, ShortcutRemoved
 from dmvpn.nhrp.outputs import shortcut_event
 from dmvpn.nhrp.routing import PrefixTable
 from dmvpn.wire import Address, PacketType, decode_nhrp
@@ -67,6 +67,7 @@ class FakeDataPlane(DataPlane):
         self.protected: str | None = None
         self.state = "new"
         self.hooks: DataPlaneHooks | None = None
+        self.order: list[str] = []  # neighbour flushes and routes, shared with FakeIpr
 
     def open(self, hooks: DataPlaneHooks) -> None:
         self.hooks, self.state = hooks, "open"
@@ -89,6 +90,9 @@ class FakeDataPlane(DataPlane):
 
     def unbind(self, protocol: Address) -> None:
         self.bound.pop(protocol, None)
+
+    def flush_neighbours(self) -> None:
+        self.order.append("neighbours")
 
     @property
     def bindings(self) -> Mapping[Address, IPv4Address]:
@@ -134,14 +138,16 @@ class StaticRouting:
 class FakeIpr:
     """pyroute2's IPRoute as the runtime uses it for shortcut routes."""
 
-    def __init__(self) -> None:
+    def __init__(self, order: list[str] | None = None) -> None:
         self.routes: list[tuple[str, str]] = []
         self.fail = False
+        self.order = order if order is not None else []
 
     def route(self, op: str, **kw: Any) -> None:
         if self.fail:
             raise OSError(101, "Network is unreachable")
         self.routes.append((op, kw["dst"]))
+        self.order.append(f"route {op}")
 
 
 class FakeIpsec:
@@ -178,7 +184,7 @@ def _runtime(
     rt = InterfaceRuntime(
         cfg,
         dp,
-        ipr=FakeIpr(),  # type: ignore[arg-type]
+        ipr=FakeIpr(dp.order),  # type: ignore[arg-type]
         log=lambda kind, message, **_: logged.append((kind, message)),  # type: ignore[arg-type]
         loop=loop,
         ipsec=ipsec,
@@ -261,6 +267,18 @@ def test_without_ipsec_shortcut_is_logged_with_the_route_installed(loop) -> None
     assert [m for k, m in logged if k.startswith("shortcut")] == [SHORTCUT]
 
 
+def test_the_next_hops_neighbour_entry_is_written_before_the_shortcut_route(loop) -> None:  # type: ignore[no-untyped-def]
+    """The binding's neighbour write is queued for the event loop; the route
+    must not wait for it, nor go in before it (the first packet would make
+    the kernel resolve the next hop): it is written just before (issue 18)."""
+    rt, dp, _ = _runtime(loop)
+    rt.open()
+    _engine_shortcut(rt)
+    assert dp.order == ["neighbours", "route replace"]
+    rt._handlers[ShortcutRemoved](ShortcutRemoved(LAN2, T2))
+    assert dp.order[2:] == ["route del"]
+
+
 def test_with_ipsec_a_held_shortcut_is_logged_deferred_then_installed(loop) -> None:  # type: ignore[no-untyped-def]
     rt, _, logged = _runtime(loop, FakeIpsec())
     rt.open()
@@ -294,15 +312,15 @@ def test_a_route_that_cannot_be_installed_is_not_logged_as_a_shortcut(loop) -> N
 
 def test_held_nhrp_goes_again_on_a_timer_after_the_sa_came_up(loop) -> None:  # type: ignore[no-untyped-def]
     """The registration held for the hub's SA goes when it comes up and again
-    10 and 30 ms later (the hub's inbound SA may have been late); the hub's
-    answer before that would have cancelled it."""
+    5, 10 and 30 ms later (the hub's inbound SA may have been late); the
+    hub's answer before that would have cancelled it."""
     rt, dp, _ = _runtime(loop, FakeIpsec())
     rt.open()
     rt.start()
     rt.ipsec_up(SimpleNamespace(local=IPv4Address("198.51.100.11"), remote=HUB))  # type: ignore[arg-type]
     assert _types(dp.sent) == [(HUB, PacketType.REGISTRATION_REQUEST)]
     loop.run_until_complete(asyncio.sleep(0.06))
-    assert _types(dp.sent) == [(HUB, PacketType.REGISTRATION_REQUEST)] * 3
-    assert dp.sent[0] == dp.sent[1] == dp.sent[2] and rt.ipsec_stats["resent"] == 2
+    assert _types(dp.sent) == [(HUB, PacketType.REGISTRATION_REQUEST)] * 4
+    assert len(set(dp.sent)) == 1 and rt.ipsec_stats["resent"] == 3
     loop.run_until_complete(asyncio.sleep(0.06))
-    assert len(dp.sent) == 3  # no more
+    assert len(dp.sent) == 4  # no more

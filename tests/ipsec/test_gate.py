@@ -156,15 +156,21 @@ def test_held_packets_go_once_more_after_the_sa_came_up_unless_answered() -> Non
     assert gate.deadline() == 10.03
     assert gate.on_timer(10.02) == []  # not yet
     # PEER sends NHRP of its own (its reply to another request of ours):
-    # that says nothing of whether our reply arrived.
+    # that says nothing of whether our reply arrived, but the peer has its
+    # SA now (it sent over it): our reply goes again at once, not at 10.03.
     theirs = _nhrp(PacketType.RESOLUTION_REPLY, 1)
-    assert gate.receive(theirs, PEER, 10.02) == [Deliver(theirs, PEER, 10.02)]
+    assert gate.receive(theirs, PEER, 10.02) == [
+        Transmit(PEER, reply),
+        Deliver(theirs, PEER, 10.02),
+    ]
+    assert gate.receive(theirs, PEER, 10.021) == [Deliver(theirs, PEER, 10.021)]  # once
     # OTHER answers our request: it arrived, nothing to resend there.
     answer = _nhrp(PacketType.RESOLUTION_REPLY, 7)
     assert gate.receive(answer, OTHER, 10.025) == [Deliver(answer, OTHER, 10.025)]
+    # The times stay (the peer's NHRP may have come over another SA).
     assert gate.on_timer(10.03) == [Transmit(PEER, reply)]
-    assert gate.stats["resent"] == 1
-    assert gate.deadline() is None and gate.on_timer(11.0) == []  # once only
+    assert gate.stats["resent"] == 2
+    assert gate.deadline() is None and gate.on_timer(11.0) == []  # no more
 
 
 def test_nothing_is_resent_after_the_sa_went_or_when_nothing_was_held() -> None:

@@ -557,6 +557,11 @@ class InterfaceRuntime:
         self.multicast.unbind(out.protocol)
 
     def _route(self, op: str, out: ShortcutAdded | ShortcutRemoved, announce: bool = False) -> None:
+        if op == "replace":
+            # The next hop's neighbour entry first (queued by its binding just
+            # before): the first packet the route takes then finds it, rather
+            # than making the kernel resolve it (issue 18).
+            self.dataplane.flush_neighbours()
         error = shortcut_route(self.ipr, self.dataplane.index, op, out)
         if error is not None and op == "replace":
             self.log("route-error", f"could not install shortcut {out.prefix}: {error}")

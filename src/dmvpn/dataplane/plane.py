@@ -85,6 +85,12 @@ class DataPlane(ABC):
     @abstractmethod
     def unbind(self, protocol: Address) -> None: ...
 
+    @abstractmethod
+    def flush_neighbours(self) -> None:
+        """Write the neighbour entries that bindings queued, now: a route
+        about to go in needs its next hop's (where the interface has a
+        neighbour table)."""
+
     @property
     @abstractmethod
     def bindings(self) -> Mapping[Address, IPv4Address]:

@@ -262,6 +262,10 @@ class UserspaceDataPlane(DataPlane):
             # the event loop, off the packet path (neighbours.py).
             self._neighbours.replace(protocol, nbma_mac(nbma))
 
+    def flush_neighbours(self) -> None:
+        if self._neighbours is not None:
+            self._neighbours.flush()
+
     def unbind(self, protocol: Address) -> None:
         self.forwarder.unbind(protocol)
         if self._on_link(protocol) and self._neighbours is not None:

@@ -44,8 +44,9 @@ HELD_PER_PEER = 16
 # Held packets go again these long after the SA came up (a request only if
 # the peer has not answered it): the first may have left before the peer's
 # charon installed its inbound SA (issue 18), which takes a few ms, more on
-# a loaded machine; NHRP's own retry is 1 s away.
-RESEND_AFTER = (0.01, 0.03)
+# a loaded machine; NHRP's own retry is 1 s away. They also go again at
+# once when the first NHRP comes from the peer meanwhile: it has its SA.
+RESEND_AFTER = (0.005, 0.01, 0.03)
 
 _ANSWERS = {
     PacketType.RESOLUTION_REPLY: PacketType.RESOLUTION_REQUEST,
@@ -142,6 +143,9 @@ class IpsecGate:
         # with the (type, request id) of the request it is (None: no answer
         # to wait for), so that an answer takes it off.
         self.resend: dict[IPv4Address, tuple[list[float], list[tuple[bytes, Key | None]]]] = {}
+        # Peers in `resend` whose NHRP has not arrived yet: the first that
+        # does sends what is still unanswered at once.
+        self.unheard: set[IPv4Address] = set()
         self.up: set[IPv4Address] = set()  # peers whose SA is up
         self.held: dict[IPv4Address, deque[bytes]] = {}  # NHRP waiting to go out
         self.inbound: dict[IPv4Address, deque[tuple[bytes, float]]] = {}  # waiting to go in
@@ -212,9 +216,12 @@ class IpsecGate:
         the SA exists and the daemon just has not read it: it waits, briefly,
         rather than being refused for want of an identity."""
         if not self.hold_inbound or self.is_up(src_nbma):
+            actions: list[Action] = []
             if isinstance(src_nbma, IPv4Address) and src_nbma in self.resend:
                 self._answered(src_nbma, data)
-            return [Deliver(data, src_nbma, now)]
+                actions = self._heard(src_nbma)
+            actions.append(Deliver(data, src_nbma, now))
+            return actions
         assert isinstance(src_nbma, IPv4Address)
         queue = self.inbound.setdefault(src_nbma, deque(maxlen=self.held_per_peer))
         queue.append((data, now))
@@ -226,12 +233,15 @@ class IpsecGate:
         """The SA is up: what waited goes, in the order it was produced (and
         again `resend_after` later, unless the peer answers first)."""
         self.up.add(nbma)
-        actions: list[Action] = [Deliver(d, nbma, t) for d, t in self.inbound.pop(nbma, ())]
+        inbound = self.inbound.pop(nbma, ())
+        actions: list[Action] = [Deliver(d, nbma, t) for d, t in inbound]
         held = list(self.held.pop(nbma, ()))
         actions += [Transmit(nbma, d) for d in held]
         if held and self.resend_after:
             times = [now + after for after in self.resend_after]
             self.resend[nbma] = (times, [(d, _request(d)) for d in held])
+            if not inbound:  # else the peer was heard over the SA already
+                self.unheard.add(nbma)
         for key, out in list(self.pending_binds.items()):
             if out.nbma == nbma:
                 del self.pending_binds[key]
@@ -255,9 +265,24 @@ class IpsecGate:
                     times.pop(0)
                 if not times:
                     del self.resend[nbma]
+                    self.unheard.discard(nbma)
                 self.stats["resent"] += len(sent)
                 actions += [Transmit(nbma, d) for d, _ in sent]
         return actions
+
+    def _heard(self, nbma: IPv4Address) -> list[Action]:
+        """The peer's first NHRP since its SA came up: it has the SA (it sent
+        over it), so what is still unanswered goes again now rather than at
+        the next resend time (once; the times stay, in case it came over
+        another SA)."""
+        if nbma not in self.unheard:
+            return []
+        self.unheard.discard(nbma)
+        entry = self.resend.get(nbma)
+        if entry is None:
+            return []
+        self.stats["resent"] += len(entry[1])
+        return [Transmit(nbma, d) for d, _ in entry[1]]
 
     def _answered(self, nbma: IPv4Address, data: bytes) -> None:
         """A request the peer answered arrived: it need not go again. (Other
@@ -276,11 +301,13 @@ class IpsecGate:
             self.resend[nbma] = (times, left)
         else:
             del self.resend[nbma]
+            self.unheard.discard(nbma)
 
     def sa_down(self, nbma: IPv4Address) -> list[Action]:
         """The SA went: its bindings and shortcuts wait again (data via the hub)."""
         self.up.discard(nbma)
         self.resend.pop(nbma, None)
+        self.unheard.discard(nbma)
         actions: list[Action] = []
         for prefix, sc in list(self.applied_shortcuts.items()):
             if sc.nbma == nbma:

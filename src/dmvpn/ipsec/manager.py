@@ -20,9 +20,11 @@ How it is divided, so that the decisions can be tested without charon
 - `Vici` makes the blocking VICI calls, each over a session from a factory
   (`vici.Session` on charon's socket; a fake one in tests).
 - `IpsecManager` is the asyncio shell around them: a task per peer's
-  attempt, a read of charon's SAs whenever charon's events (`child-updown`,
-  `ike-updown`, on a listener thread) say one came or went and every 2 s
-  as a safety net, a watch on a managed charon. VICI calls run on
+  attempt, charon's events (`child-updown`, `ike-updown`, on a listener
+  thread): a child SA that came up counts at once from the event's own
+  details, and any event makes it read charon's SAs (for what went, and
+  duplicates), as it does every 2 s as a safety net; a watch on a managed
+  charon. VICI calls run on
   worker threads, so the event loop never waits on charon.
 
 Time is the event loop's clock (`loop.time()`, monotonic): retries, backoff,
@@ -66,9 +68,17 @@ POLL_INTERVAL = 2.0
 # charon's events that an SA came up or went.
 SA_EVENTS = ["child-updown", "ike-updown"]
 # How often the event listener checks whether to stop, and waits to reconnect.
-LISTEN_TIMEOUT = 1.0
+LISTEN_TIMEOUT = 0.1
 RELISTEN_DELAY = 0.5
+# How long start() waits for the listener to have registered for the
+# events (the first SAs come up right after start: an event missed then
+# leaves the peer to the initiate's late answer or the poll; issue 18).
+SUBSCRIBE_WAIT = 2.0
 INITIATE_TIMEOUT_MS = 15000
+# The lower address of a pair waits this long for the higher one's SA
+# before initiating its own (`IpsecManager._attempt` says why): about an
+# IKE exchange between two loaded namespaces.
+INITIATE_DEFER = 0.03
 # Lines from charon's initiate log that say why an SA failed.
 _REASONS = (
     "AUTHENTICATION_FAILED",
@@ -384,15 +394,25 @@ class Vici:
         version = _text(v.version())
         return f"{version.get('daemon')} {version.get('version')}"
 
-    def listen(self, wake: Callable[[], None], stop: Callable[[], bool]) -> None:
-        """Block until `stop()`, calling `wake()` at each of charon's SA
-        events. Returns when charon closes the session; raises when it cannot
-        be reached."""
-        for kind, _ in self.session().listen(SA_EVENTS, timeout=LISTEN_TIMEOUT):
+    def listen(
+        self,
+        on_event: Callable[[str, dict[str, Any]], None],
+        stop: Callable[[], bool],
+        subscribed: Callable[[], None] | None = None,
+    ) -> None:
+        """Block until `stop()`, calling `on_event(kind, payload)` at each of
+        charon's SA events (the payload decoded: `up` and the IKE SA by its
+        name, with the child that changed), and `subscribed()` once charon
+        has the registration (at the first event or idle timeout). Returns
+        when charon closes the session; raises when it cannot be reached."""
+        for kind, payload in self.session().listen(SA_EVENTS, timeout=LISTEN_TIMEOUT):
+            if subscribed is not None:
+                subscribed()
+                subscribed = None
             if stop():
                 return
             if kind is not None:
-                wake()
+                on_event(_text(kind), _text(dict(payload or {})))
 
     def list_sas(self) -> list[Sa]:
         out = []
@@ -482,11 +502,13 @@ class IpsecManager:
         session: Callable[[], ViciSession] | None = None,
         charon: CharonProcess | None = None,
         namespace: str | None = None,
+        initiate_defer: float = INITIATE_DEFER,
     ) -> None:
         """`session` (VICI sessions) and `charon` (the managed charon, when
         the config says `managed`) replace the real ones in tests;
         `namespace` is the underlay's (front-door VRF), where charon runs."""
         self.cfg = cfg
+        self.initiate_defer = initiate_defer
         self.node = node
         self.identity = identity
         self.locals = list(local_addresses)
@@ -516,6 +538,7 @@ class IpsecManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()  # charon said an SA came or went: read them now
         self.nat_view = NatView()  # NATed peers' GRE, inside <-> public (natmap.py)
+        self._subscribed = threading.Event()  # the listener is registered with charon
 
     @staticmethod
     def _now() -> float:
@@ -541,6 +564,12 @@ class IpsecManager:
             self.version = await self._call(self._load)
         except (OSError, vici.exception.CommandException) as exc:
             raise CharonError(f"cannot configure charon over {self.vici_socket}: {exc}") from None
+        # The event listener first: the SAs wanted at once (the NHS's) come
+        # up within ms, and their events must not be missed.
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._listen, args=(loop,), name="vici-events", daemon=True).start()
+        # On the pool, so that a test's virtual clock waits for it too.
+        await self._call(self._subscribed.wait, SUBSCRIBE_WAIT)
         note, held = self._open_ike()
         self.ready.set()
         where = f"pid {self.charon.pid}" if self.charon else "external"
@@ -551,20 +580,17 @@ class IpsecManager:
             **held,
         )
         self._tasks.append(asyncio.create_task(self._poll()))
-        # A thread of its own, not the pool: it blocks for the manager's life.
-        loop = asyncio.get_running_loop()
-        threading.Thread(target=self._listen, args=(loop,), name="vici-events", daemon=True).start()
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
-        """charon's SA events wake the poll (on the listener's thread)."""
+        """charon's SA events go to the event loop (from the listener's thread)."""
 
-        def wake() -> None:
+        def on_event(kind: str, payload: dict[str, Any]) -> None:
             if not loop.is_closed():
-                loop.call_soon_threadsafe(self._wake.set)
+                loop.call_soon_threadsafe(self._on_event, kind, payload)
 
         while not self.stopping:
             try:
-                self.vici.listen(wake, lambda: self.stopping)
+                self.vici.listen(on_event, lambda: self.stopping, self._subscribed.set)
             except Exception:
                 pass  # charon gone or restarting; the poll covers the gap
             if not self.stopping:
@@ -623,6 +649,7 @@ class IpsecManager:
             if self.stopping:
                 return
             self.ready.clear()
+            self._subscribed.clear()  # the listener registers again with the new charon
             self.restarts += 1
             self.log(
                 "ipsec-charon-died", f"charon exited with status {rc}; restarting it", status=rc
@@ -646,6 +673,7 @@ class IpsecManager:
                 except (CharonError, OSError, vici.exception.CommandException) as exc:
                     self.log("ipsec-charon-error", f"charon restart failed: {exc}")
                     delay = min(BACKOFF_MAX, delay * 2)
+            await self._call(self._subscribed.wait, SUBSCRIBE_WAIT)
             note, held = self._open_ike()
             self.ready.set()
             self.log(
@@ -743,6 +771,17 @@ class IpsecManager:
         if found is not None:
             self._up(peer, found, initiated=_initiator(found))
             return
+        if peer.failures == 0 and peer.local < peer.remote and self.initiate_defer > 0:
+            # Both spokes usually need the SA at once (each answers the
+            # other's resolution). The lower address gives the higher one's
+            # initiate a head start: its SA then comes up here as the
+            # responder (child-updown cancels this wait), one IKE SA rather
+            # than two, and no duplicate to drop, which lost the packets in
+            # flight on it (issue 18). A peer that does not initiate costs
+            # this much more.
+            await asyncio.sleep(self.initiate_defer)
+            if not self._current(peer) or self.stopping or peer.state is PeerState.UP:
+                return
         started = self._now()
         peer.move(PeerState.CONNECTING, started)  # the outcome is logged
         self.stats["initiated"] += 1
@@ -779,6 +818,36 @@ class IpsecManager:
         peer.up(sa, self._now(), initiated=initiated, how=how)
         self.on_up(peer)
 
+    def _on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """One of charon's SA events. A child SA of ours that came up counts
+        at once, whoever initiated it, with the details the event carries:
+        no list-sas, which charon answers only once no IKE SA is being
+        worked on (17 ms while both sides initiated, issue 18). Whatever
+        else (an SA went, duplicates) is for the review, woken now."""
+        self._wake.set()
+        if kind != "child-updown" or payload.get("up") != "yes" or not self.ready.is_set():
+            return
+        for sa in payload.values():
+            if not isinstance(sa, dict):
+                continue
+            try:
+                local = IPv4Address(sa.get("local-host", ""))
+                remote = IPv4Address(sa.get("remote-host", ""))
+            except ValueError:
+                continue
+            key = (local, remote)
+            peer = self.peers.get(key)
+            if peer is None or not matching([sa], *key):
+                continue
+            if peer.state is PeerState.UP:
+                continue
+            mine = _initiator(sa)
+            took = None
+            if mine and peer.state is PeerState.CONNECTING and peer.task is not None:
+                took = self._now() - peer.since  # our initiate, not back yet
+            self._cancel(peer)
+            self._up(peer, sa, initiated=mine, took=took)
+
     async def _poll(self) -> None:
         """SA state at once when charon's events say it changed; counters and
         liveness every POLL_INTERVAL in any case."""
@@ -790,13 +859,14 @@ class IpsecManager:
             self._wake.clear()
             if not self.ready.is_set():
                 continue
+            asked = self._now()
             try:
                 sas = await self._call(self.vici.list_sas)
             except (OSError, vici.exception.CommandException):
                 continue
-            await self._review(sas)
+            await self._review(sas, asked)
 
-    async def _review(self, sas: list[Sa]) -> None:
+    async def _review(self, sas: list[Sa], asked: float | None = None) -> None:
         """Each peer against charon's SAs: duplicates dropped, an SA that
         went (DPD, the peer tore it down) reported and brought back while
         wanted, one the peer brought up adopted, idle ones torn down."""
@@ -815,6 +885,10 @@ class IpsecManager:
                 matches.remove(sa)
             found = carrying(matches)
             if peer.state is PeerState.UP and found is None:
+                if asked is not None and peer.since > asked:
+                    # Up (charon's event) after this list was asked for: the
+                    # list is older than the SA, not a sign that it went.
+                    continue
                 self.stats["lost"] += 1
                 peer.lost(now)
                 self.on_down(peer)

@@ -46,6 +46,11 @@ charon {{
     dmvpn {{
       path = {log}
       time_format = %F %T
+      # Milliseconds, and each line written at once: charon's log is read
+      # beside the daemon's JSON log (timelines of ms), and a charon that
+      # is killed would otherwise lose its buffered tail.
+      time_add_ms = yes
+      flush_line = yes
       default = 1
       ike = 1
       cfg = 1
