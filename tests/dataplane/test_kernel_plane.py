@@ -21,6 +21,7 @@ from dmvpn.dataplane.kernel import (
     WHOLE,
     KernelDataPlane,
     capture_filter,
+    complete_udp_checksum,
     link_commands,
     neighbour_misses,
     sysctls,
@@ -165,3 +166,24 @@ def test_dataplane_kernel_makes_a_kernel_plane_without_touching_the_host() -> No
     assert plane.bindings == {IPv4Address("10.0.0.12"): IPv4Address("172.30.0.12")}
     plane.unbind(IPv4Address("10.0.0.12"))
     assert dict(plane.bindings) == {}
+
+
+def test_multicast_copies_get_the_udp_checksum_offload_left_undone() -> None:
+    # A UDP datagram as a packet socket sees it leave a device with HW_CSUM:
+    # the checksum field holds only the pseudo-header sum.
+    payload = b"hello-from-the-kernel-hub"
+    udp = struct.pack("!HHHH", 5000, 5000, 8 + len(payload), 0x1234) + payload
+    header = bytearray(b"\x45\x00" + struct.pack("!H", 20 + len(udp)) + b"\0\0\x40\x00\x01\x11")
+    header += b"\0\0" + IPv4Address("10.0.0.1").packed + IPv4Address("239.1.1.1").packed
+    fixed = complete_udp_checksum(bytes(header) + udp)
+    assert fixed[:20] == header and fixed[28:] == payload
+    # A correct checksum sums (with the pseudo-header) to 0xFFFF.
+    pseudo = bytes(header[12:20]) + struct.pack("!BBH", 0, 17, len(udp))
+    data = pseudo + fixed[20:]
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert total == 0xFFFF
+    ospf = bytes(header[:9]) + b"\x59" + bytes(header[10:]) + udp
+    assert complete_udp_checksum(ospf) == ospf  # not UDP: untouched

@@ -11,17 +11,11 @@ One cloud for the module: booting guests costs seconds.
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from dmvpn.lab import Lab, Topology
-from dmvpn.lab.runner import Runner
-from dmvpn.lab.vmnode import DmvpnGuests
+from .kernelcloud import Cloud, kernel_cloud
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, guest taps)")
 
@@ -39,93 +33,10 @@ TOPOLOGY = {
 }
 
 
-class Cloud:
-    def __init__(self, lab: Lab, runner: Runner, guests: DmvpnGuests) -> None:
-        self.lab, self.runner, self.guests = lab, runner, guests
-
-    def wait(self, what: str, check: Callable[[], object], timeout: float = 30) -> float:
-        start = time.monotonic()
-        while not check():
-            if time.monotonic() - start > timeout:
-                pytest.fail(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(0.3)
-        return time.monotonic() - start
-
-    def sh(self, node: str, command: str) -> str:
-        if node in self.guests.nodes:
-            return self.guests.run(node, command).output
-        res = self.lab.exec(node, ["sh", "-c", command], capture_output=True, text=True)
-        return str(res.stdout)
-
-    def ping(self, host: str, dst: str, count: int = 3) -> bool:
-        res = self.lab.exec(
-            host,
-            ["ping", "-c", str(count), "-i", "0.3", "-W", "2", dst],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        return res.returncode == 0
-
-    def lan_ip(self, node: str) -> str:
-        addr = self.lab.topology.plan(node).lan
-        assert addr is not None
-        return str(addr.ip)
-
-    def cache(self, node: str) -> dict[str, dict[str, Any]]:
-        data = self.guests.api(node, "/v1/nhrp") if node in self.guests.nodes else None
-        if data is None:
-            import json
-
-            sock = str(self.runner.socket_path(node))
-            out = self.lab.exec(
-                node,
-                [*self.runner.dmvpn, "show", "nhrp", "--json", "--socket", sock],
-                capture_output=True,
-                text=True,
-            ).stdout
-            data = json.loads(out)
-        return {e["protocol"]: e for e in data["entries"]}
-
-    def shortcut_via(self, node: str, prefix: str) -> str | None:
-        """The next hop of the node's NHRP shortcut route (protocol 177) for prefix."""
-        out = self.sh(node, f"ip route show proto 177 {prefix}")
-        m = re.search(r"via (\S+)", out)
-        return m.group(1) if m else None
-
-    def neighbour(self, node: str, addr: str) -> str:
-        return self.sh(node, f"ip neigh show {addr} dev dmvpn0").strip()
-
-
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Cloud]:
-    assert shutil.which("qemu-system-x86_64"), "qemu-system-x86 missing"
-    lab = Lab(Topology.from_data(TOPOLOGY), prefix=f"kdp{os.getpid() % 10000}-")
-    lab.up()
-    try:
-        runner = Runner(lab)
-        guests = DmvpnGuests(lab)
-        guests.start()  # the guests boot while the host's daemons start
-        runner.start()
-        guests.wait_ready(timeout=240)
-        c = Cloud(lab, runner, guests)
-        c.wait(
-            "the kernel spokes to register",
-            lambda: all(guests.events(s, "nhs-up") for s in guests.nodes),
-            timeout=60,
-        )
-        runner.wait_registered()
+    with kernel_cloud(TOPOLOGY, f"kdp{os.getpid() % 10000}-") as c:
         yield c
-    finally:
-        keep = os.environ.get("DMVPN_INTEROP_KEEP")
-        if keep:  # for a post-mortem: the guests' consoles and daemons' logs
-            shutil.copytree(
-                lab.run_dir,
-                f"{keep}/kernel-dataplane",
-                dirs_exist_ok=True,
-                ignore=shutil.ignore_patterns("*.sock"),
-            )
-        lab.down()
 
 
 def test_kernel_spokes_register_with_a_userspace_hub(cloud: Cloud) -> None:

@@ -57,6 +57,7 @@ from .plane import DataPlane, DataPlaneError, DataPlaneHooks
 __all__ = [
     "KernelDataPlane",
     "capture_filter",
+    "complete_udp_checksum",
     "kernel_gre_unavailable",
     "link_commands",
     "neighbour_misses",
@@ -174,6 +175,33 @@ def neighbour_misses(data: bytes, index: int) -> list[IPv4Address]:
                     attr += (alen + 3) & ~3
         off += (length + 3) & ~3
     return out
+
+
+def _sum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def complete_udp_checksum(packet: bytes) -> bytes:
+    """The packet with its UDP checksum computed. A packet seen leaving the
+    GRE device is seen before checksum offload (the device has HW_CSUM): a
+    local sender's UDP checksum holds only the pseudo-header sum, which the
+    kernel would have finished on its own way out, and a copy sent on as is
+    would be dropped by every receiver. Other protocols pass unchanged
+    (raw-socket senders such as OSPF and PIM sum their own)."""
+    ihl = (packet[0] & 0x0F) * 4
+    if len(packet) < ihl + 8 or packet[9] != 17 or packet[6:8] not in (b"\0\0", b"\x40\0"):
+        return packet  # not UDP, or a fragment (no header to fix in the rest)
+    udp = bytearray(packet[ihl:])
+    udp[6:8] = b"\0\0"
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 17, len(udp))
+    checksum = ~_sum16(pseudo + bytes(udp)) & 0xFFFF
+    udp[6:8] = struct.pack("!H", checksum or 0xFFFF)
+    return packet[:ihl] + bytes(udp)
 
 
 def kernel_gre_unavailable() -> str | None:
@@ -344,6 +372,7 @@ class KernelDataPlane(DataPlane):
 
     def _replicate(self, packet: bytes) -> None:
         assert self._capture is not None
+        packet = complete_udp_checksum(packet)
         for nbma in self._multicast:
             try:
                 self._capture.sendto(packet, (self.cfg.name, ETH_P_IP, 0, 0, nbma.packed))

@@ -14,8 +14,11 @@ Files, in the lab's run directory (removed by `Lab.down`):
     <node>.vm/dmvpn.log     its structured log (the guest writes it on the share)
     <node>.vm/boot.sh       addresses, ip_forward, then the daemon; ready once it runs
 
+Under emulation the daemon is slow to start: importing it took 25 s in an
+idle guest (aiohttp, pyroute2, pydantic; 19 s of it CPU), up to 90 s with
+two guests booting on a loaded 2-core host; the guest boots in 6-15 s.
 Show commands go to the daemon's API socket in the guest through curl
-(starting Python under emulation costs seconds; curl tens of milliseconds).
+(another Python would cost as much again; curl tens of milliseconds).
 """
 
 from __future__ import annotations
