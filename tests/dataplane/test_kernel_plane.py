@@ -187,3 +187,18 @@ def test_multicast_copies_get_the_udp_checksum_offload_left_undone() -> None:
     assert total == 0xFFFF
     ospf = bytes(header[:9]) + b"\x59" + bytes(header[10:]) + udp
     assert complete_udp_checksum(ospf) == ospf  # not UDP: untouched
+
+
+def test_auto_prefers_the_kernel_plane_only_where_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmvpn.daemon import node as node_module
+
+    logs: list[str] = []
+    log = lambda kind, msg: logs.append(msg)  # noqa: E731
+    monkeypatch.setattr(node_module, "kernel_gre_unavailable", lambda: None)
+    cfg = parse_config(node(dataplane="auto")).interfaces[0]
+    plane = make_dataplane(cfg, None, log)  # type: ignore[arg-type]
+    assert isinstance(plane, KernelDataPlane) and "kernel data plane" in logs[-1]
+    # IPsec (not carried yet) and no ip_gre: not the kernel plane.
+    assert not isinstance(make_dataplane(cfg, None, log, ipsec=True), KernelDataPlane)  # type: ignore[arg-type]
+    monkeypatch.setattr(node_module, "kernel_gre_unavailable", lambda: "no ip_gre")
+    assert not isinstance(make_dataplane(cfg, None, log), KernelDataPlane)  # type: ignore[arg-type]
