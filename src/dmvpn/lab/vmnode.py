@@ -78,7 +78,7 @@ class DmvpnGuests:
         plan = self.lab.topology.plan(node)
         assert plan.nbma is not None
         lines = [
-            "modprobe -a ip_gre",
+            "modprobe -a ip_gre tun",
             "ip -batch - <<'EOB'",
             f"addr add {plan.nbma} dev {GUEST_NBMA}",
             f"link set {GUEST_NBMA} up",
