@@ -458,6 +458,11 @@ class KernelDataPlane(DataPlane):
 
     def set_nhs(self, nbmas: list[IPv4Address]) -> None:
         self._nhs = list(nbmas)
+        # Entries waiting on a resolution follow the preferred NHS.
+        for addr in self._via_nhs:
+            self._neighbour(addr, self._nhs[0] if self._nhs else None)
+        if not self._nhs:
+            self._via_nhs.clear()
 
     def set_multicast(self, nbmas: Collection[IPv4Address]) -> None:
         self._multicast = nbmas  # live (plane.py)
