@@ -6,11 +6,15 @@ this host has no ip_gre."""
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dmvpn.config import ConfigError, parse_config
 from dmvpn.daemon.node import make_dataplane
@@ -202,3 +206,48 @@ def test_auto_prefers_the_kernel_plane_only_where_it_fits(monkeypatch: pytest.Mo
     assert not isinstance(make_dataplane(cfg, None, log, ipsec=True), KernelDataPlane)  # type: ignore[arg-type]
     monkeypatch.setattr(node_module, "kernel_gre_unavailable", lambda: "no ip_gre")
     assert not isinstance(make_dataplane(cfg, None, log), KernelDataPlane)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a network namespace)")
+def test_dataplane_kernel_without_ip_gre_is_refused_cleanly(tmp_path: Path) -> None:
+    # A device of that name is there already (and this host has no ip_gre
+    # at all, real-peers.md): the daemon says so as a config error and exits
+    # 1, and leaves the device that was there alone.
+    from dmvpn.lab import Lab, Topology
+    from dmvpn.lab.runner import dmvpn_command
+
+    topo = {"phase": 3, "nodes": {"hubs": [{"name": "hub1"}], "spokes": [{"name": "spoke1"}]}}
+    lab = Lab(Topology.from_data(topo), prefix=f"kpr{os.getpid() % 10000}-")
+    lab.up()
+    try:
+        cfg = lab.topology.node_config("spoke1")
+        cfg["interfaces"][0]["dataplane"] = "kernel"
+        cfg["socket"] = str(tmp_path / "api.sock")
+        path = tmp_path / "spoke1.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        lab.exec("spoke1", ["ip", "link", "add", "dmvpn0", "type", "bridge"], check=True)
+        res = lab.exec(
+            "spoke1",
+            [*dmvpn_command(), "run", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 1, res.stderr[-2000:]
+        errors = [
+            json.loads(line)
+            for line in res.stderr.splitlines()
+            if line.startswith("{") and '"config-error"' in line
+        ]
+        assert errors and "dataplane kernel" in errors[0]["message"], res.stderr[-2000:]
+        assert "Traceback" not in res.stderr
+        links = lab.exec("spoke1", ["ip", "-o", "link"], capture_output=True, text=True)
+        assert (
+            "dmvpn0" in links.stdout
+            and "bridge"
+            in lab.exec(
+                "spoke1", ["ip", "-d", "link", "show", "dmvpn0"], capture_output=True, text=True
+            ).stdout
+        )
+    finally:
+        lab.down()

@@ -225,6 +225,7 @@ class KernelDataPlane(DataPlane):
         self.cfg, self.ipr, self.log = cfg, ipr, log
         self.redirect = cfg.nhrp.redirect
         self._index = -1
+        self._created = False  # the device is ours to delete
         self._hooks: DataPlaneHooks | None = None
         self._loop: AbstractEventLoop | None = None
         self._nhrp: socket.socket | None = None
@@ -246,11 +247,13 @@ class KernelDataPlane(DataPlane):
     def open(self, hooks: DataPlaneHooks) -> None:
         self._hooks = hooks
         name = self.cfg.name
-        for argv in link_commands(self.cfg):
+        for i, argv in enumerate(link_commands(self.cfg)):
             res = subprocess.run(argv, capture_output=True, text=True, check=False)
             if res.returncode != 0:
-                self._remove_link()
+                if i > 0:  # ours, half made (a device that was there stays)
+                    self._remove_link()
                 raise DataPlaneError(f"`{' '.join(argv)}` failed: {res.stderr.strip()}")
+        self._created = True
         for path, value in sysctls(name):
             try:
                 Path(path).write_text(value)
@@ -312,10 +315,12 @@ class KernelDataPlane(DataPlane):
             if sock is not None:
                 sock.close()
         self._nhrp = self._capture = self._misses = None
-        self._remove_link()
+        if self._created:
+            self._remove_link()
 
     def _remove_link(self) -> None:
         # A kernel device outlives the process (unlike a TAP): delete it.
+        self._created = False
         subprocess.run(["ip", "link", "del", self.cfg.name], capture_output=True, check=False)
 
     # -- readers ----------------------------------------------------------------
