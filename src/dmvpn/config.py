@@ -188,8 +188,9 @@ class Interface(_Strict):
     # `userspace` (TAP + raw GRE, any Linux), `ebpf` (the same, with bound
     # peers' unicast encapsulated by tc programs in the kernel; an error if
     # they cannot load), `auto` (eBPF when it loads, else userspace; IPsec:
-    # userspace).
-    dataplane: Literal["userspace", "ebpf", "auto"] = "userspace"
+    # userspace); `kernel` (the kernel's own mGRE device, where ip_gre
+    # exists: dataplane/kernel.py; `auto` prefers it when ip_gre loads).
+    dataplane: Literal["userspace", "ebpf", "kernel", "auto"] = "userspace"
     # Cisco `ip tcp adjust-mss N`: the MSS option of TCP SYNs crossing the
     # tunnel, both ways, lowered to N (IPv6: N - 20, its header being 20
     # bytes longer), never raised (dataplane/mss.py). Cisco's range.
@@ -231,6 +232,15 @@ class Interface(_Strict):
                 "dataplane: ebpf redirects GRE to a device of this namespace; with "
                 "tunnel.namespace (front-door VRF) use userspace or auto"
             )
+        if self.dataplane == "kernel":
+            for field, value in (
+                ("ipv6_address", self.ipv6_address),
+                ("tunnel.namespace", self.tunnel.namespace),
+            ):
+                if value is not None:
+                    raise ValueError(
+                        f"dataplane: kernel does not do {field} yet; use userspace or auto"
+                    )
         if self.qos is not None:
             if not self.is_hub:
                 raise ValueError("qos: per-tunnel QoS shapes what an NHS sends; this is a spoke")
@@ -534,6 +544,11 @@ class NodeConfig(_Strict):
                 )
             sources = [i.tunnel.source for i in self.interfaces]
             for i, itf in enumerate(self.interfaces):
+                if itf.dataplane == "kernel":
+                    raise ValueError(
+                        f"interfaces.{i}.dataplane: kernel does not carry IPsec yet "
+                        "(docs/IPSEC.md); use userspace or auto"
+                    )
                 if itf.dataplane == "ebpf":
                     # bpf_redirect bypasses xfrm: protected GRE would leave in clear.
                     raise ValueError(

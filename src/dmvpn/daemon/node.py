@@ -20,7 +20,8 @@ from pyroute2 import IPRoute
 from dmvpn.api.server import ApiError, ApiServer, default_socket_path
 from dmvpn.config import ConfigError, Interface, NodeConfig, load_config
 from dmvpn.dataplane.ebpf import EbpfDataPlane, ebpf_unavailable
-from dmvpn.dataplane.plane import DataPlane
+from dmvpn.dataplane.kernel import KernelDataPlane, kernel_gre_unavailable
+from dmvpn.dataplane.plane import DataPlane, DataPlaneError
 from dmvpn.dataplane.userspace import UserspaceDataPlane
 from dmvpn.ipsec import IpsecManager, PeerSa
 from dmvpn.ipsec.charon import CharonError
@@ -41,6 +42,11 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
     redirects would bypass xfrm) or the host cannot; the log says which."""
     if cfg.dataplane == "ebpf":
         return EbpfDataPlane(cfg, ipr, log, required=True)
+    if cfg.dataplane == "kernel":
+        return KernelDataPlane(cfg, ipr, log)
+    if cfg.dataplane == "auto" and _kernel_fits(cfg, ipsec):
+        log("dataplane", f"{cfg.name}: kernel data plane (ip_gre)")
+        return KernelDataPlane(cfg, ipr, log)
     if cfg.dataplane == "auto":
         why = (
             "IPsec is on (bpf_redirect bypasses xfrm)"
@@ -57,6 +63,14 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
             return EbpfDataPlane(cfg, ipr, log, required=False)
         log("dataplane", f"{cfg.name}: userspace data plane ({why})")
     return UserspaceDataPlane(cfg, ipr, log)
+
+
+def _kernel_fits(cfg: Interface, ipsec: bool) -> bool:
+    """`auto` takes the kernel's mGRE where ip_gre loads and nothing the
+    kernel plane lacks yet is asked for (dataplane/kernel.py)."""
+    if ipsec or cfg.ipv6_address is not None or cfg.tunnel.namespace is not None:
+        return False
+    return kernel_gre_unavailable() is None
 
 
 class Logger:
@@ -265,7 +279,15 @@ class Node:
                         )
                         rt.listeners.append(api.publish)
                         self.interfaces.append(rt)
-                        rt.open()
+                        try:
+                            rt.open()
+                        except DataPlaneError as exc:
+                            # Not a crash: the config asks what this host cannot.
+                            self.interfaces.remove(rt)
+                            self.log(
+                                "config-error", f"{itf.name}: dataplane {itf.dataplane}: {exc}"
+                            )
+                            raise SystemExit(1) from None
                     self.routes = StaticRoutes(ipr, self.log, self.nhs_states, self.alive_hops)
                     for rt in self.interfaces:
                         rt.nhs_listeners.append(self.routes.update)

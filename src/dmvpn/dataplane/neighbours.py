@@ -2,7 +2,8 @@
 packet path.
 
 A binding on the tunnel network is mirrored into the TAP's neighbour table
-as a permanent entry with the peer's NBMA MAC (userspace.py says why). One
+as a permanent entry with the peer's NBMA MAC (userspace.py says why), or
+into a kernel GRE device's with the NBMA address itself (kernel.py). One
 synchronous pyroute2 call per binding was 41% of a hub's time in a
 registration storm (issue 20). Here a binding only records what the kernel
 should end up with (the last word per address wins: a bind then an unbind
@@ -78,6 +79,15 @@ def neigh_message(seq: int, index: int, protocol: Address, mac: bytes | None) ->
             + _attr(NDA_LLADDR, mac)
         )
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+
+
+def _lladdr(msg: bytes) -> bytes:
+    """The link-layer address of a neigh_message: its last attribute (an
+    Ethernet MAC on a TAP, an NBMA address on a kernel GRE device)."""
+    off = _NLMSGHDR.size + _NDMSG.size
+    off += (_RTA.unpack_from(msg, off)[0] + 3) & ~3  # NDA_DST
+    length = _RTA.unpack_from(msg, off)[0]
+    return msg[off + _RTA.size : off + length]
 
 
 class NeighbourWriter:
@@ -180,8 +190,7 @@ class NeighbourWriter:
             protocol = self._sent.pop(seq, None)
             if protocol is not None and protocol not in self.pending:
                 kind = _NLMSGHDR.unpack_from(msg)[1]
-                mac = msg[-8:-2] if kind == RTM_NEWNEIGH else None
-                self.pending[protocol] = mac
+                self.pending[protocol] = _lladdr(msg) if kind == RTM_NEWNEIGH else None
 
     def _read_errors(self) -> None:
         sock = self._sock

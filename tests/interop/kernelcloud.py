@@ -1,0 +1,114 @@
+"""A cloud with our daemon in QEMU guests on the kernel's mGRE
+(dmvpn.lab.vmnode) beside userspace nodes in namespaces (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from dmvpn.lab import Lab, Topology
+from dmvpn.lab.runner import Runner
+from dmvpn.lab.vmnode import DmvpnGuests
+
+
+class Cloud:
+    def __init__(self, lab: Lab, runner: Runner, guests: DmvpnGuests) -> None:
+        self.lab, self.runner, self.guests = lab, runner, guests
+
+    def wait(self, what: str, check: Callable[[], object], timeout: float = 30) -> float:
+        start = time.monotonic()
+        while not check():
+            if time.monotonic() - start > timeout:
+                pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(0.3)
+        return time.monotonic() - start
+
+    def sh(self, node: str, command: str) -> str:
+        if node in self.guests.nodes:
+            return self.guests.run(node, command).output
+        res = self.lab.exec(node, ["sh", "-c", command], capture_output=True, text=True)
+        return str(res.stdout)
+
+    def ping(self, host: str, dst: str, count: int = 3) -> bool:
+        res = self.lab.exec(
+            host,
+            ["ping", "-c", str(count), "-i", "0.3", "-W", "2", dst],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return res.returncode == 0
+
+    def lan_ip(self, node: str) -> str:
+        addr = self.lab.topology.plan(node).lan
+        assert addr is not None
+        return str(addr.ip)
+
+    def cache(self, node: str) -> dict[str, dict[str, Any]]:
+        data = self.guests.api(node, "/v1/nhrp") if node in self.guests.nodes else None
+        if data is None:
+            sock = str(self.runner.socket_path(node))
+            out = self.lab.exec(
+                node,
+                [*self.runner.dmvpn, "show", "nhrp", "--json", "--socket", sock],
+                capture_output=True,
+                text=True,
+            ).stdout
+            data = json.loads(out)
+        return {e["protocol"]: e for e in data["entries"]}
+
+    def shortcut_via(self, node: str, prefix: str) -> str | None:
+        """The next hop of the node's NHRP shortcut route (protocol 177) for prefix."""
+        out = self.sh(node, f"ip route show proto 177 {prefix}")
+        m = re.search(r"via (\S+)", out)
+        return m.group(1) if m else None
+
+    def neighbour(self, node: str, addr: str) -> str:
+        return self.sh(node, f"ip neigh show {addr} dev dmvpn0").strip()
+
+
+@contextmanager
+def kernel_cloud(topology: dict[str, Any], prefix: str) -> Iterator[Cloud]:
+    """The lab up, the guests (`kind: frr` nodes) booted with our daemon on
+    the kernel plane, the host's daemons started, every spoke registered."""
+    assert shutil.which("qemu-system-x86_64"), "qemu-system-x86 missing"
+    lab = Lab(Topology.from_data(topology), prefix=prefix)
+    lab.up()
+    try:
+        runner = Runner(lab)
+        guests = DmvpnGuests(lab)
+        # The host's hubs first, the guests boot meanwhile, the host's spokes
+        # once every guest runs: a spoke whose hub is still starting under
+        # emulation would back off its registrations.
+        hubs = [p.name for p in lab.topology.hubs if p.name in runner.routers]
+        runner.start(hubs)
+        guests.start()
+        guests.wait_ready(timeout=240)
+        runner.start([r for r in runner.routers if r not in hubs])
+        c = Cloud(lab, runner, guests)
+        spokes = [p.name for p in lab.topology.spokes if p.name in guests.nodes]
+        c.wait(
+            "the kernel spokes to register",
+            lambda: all(guests.events(s, "nhs-up") for s in spokes),
+            timeout=60,
+        )
+        runner.wait_registered()
+        yield c
+    finally:
+        keep = os.environ.get("DMVPN_INTEROP_KEEP")
+        if keep:  # for a post-mortem: the guests' consoles and daemons' logs
+            shutil.copytree(
+                lab.run_dir,
+                f"{keep}/{prefix}",
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("*.sock"),
+            )
+        lab.down()
