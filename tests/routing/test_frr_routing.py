@@ -8,6 +8,8 @@ routing limitations shown with real daemons (docs/ROUTING.md):
   route, distance 0) and OSPF's comes back when it is withdrawn.
 - RIP split horizon on the hub's tunnel interface hides spoke routes from
   the other spokes; off, they are learnt.
+- EIGRP (FRR's eigrpd): split horizon is always on (no switch in FRR 8.4):
+  the hub learns every LAN, the spokes nothing from each other.
 - BGP: the hub with dynamic neighbours (`bgp listen range`) sending only a
   summary; phase 3 shortcuts (more specific) live beside it.
 """
@@ -154,6 +156,31 @@ def test_rip_split_horizon_on_the_hub(cloud: Callable[[Any], Cloud], split_horiz
             lambda: c.hops("host1", "192.168.2.10")[1:2] == ["10.0.0.12"],
             30,
         )
+
+
+def test_eigrp_split_horizon_always_on_spokes_learn_nothing(cloud: Callable[[Any], Cloud]) -> None:
+    c = cloud("eigrp")
+    c.wait(
+        "the hub to learn both LANs",
+        lambda: all(c.route_via("hub1", f"192.168.{n}.0/24") is not None for n in (1, 2)),
+    )
+    # The hub's next hop for each LAN is the spoke that advertised it.
+    assert c.route_via("hub1", "192.168.1.0/24") == "10.0.0.11"
+    assert "proto eigrp" in c.routes("hub1", "192.168.2.0/24")
+    # Spokes peer with the hub only (their multicast goes to the NHS).
+    neighbours = c.frr.vtysh("spoke1", "show ip eigrp neighbor")
+    assert "10.0.0.1 " in neighbours and "10.0.0.12" not in neighbours, neighbours
+    # EIGRP updates are triggered and reliable: had the hub sent spoke2's LAN
+    # it would be here within milliseconds; 3 s is ample.
+    time.sleep(3)
+    assert c.routes("spoke1", "192.168.2.0/24") == ""
+    assert "192.168.2.0/24" not in c.frr.vtysh("spoke1", "show ip eigrp topology")
+    # No route, so no traffic crosses the hub: no redirect, no shortcut.
+    ping = c.lab.exec(
+        "host1", ["ping", "-c", "1", "-W", "1", "192.168.2.10"], capture_output=True, text=True
+    )
+    assert ping.returncode != 0 and "Unreachable" in ping.stdout, ping.stdout
+    assert "proto 177" not in c.routes("spoke1", "192.168.2.0/24")
 
 
 def test_bgp_dynamic_neighbours_summary_only_and_phase3(cloud: Callable[[Any], Cloud]) -> None:
