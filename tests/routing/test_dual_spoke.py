@@ -11,11 +11,14 @@ it (docs/ROUTING.md, "Dual spoke")."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dmvpn.cli.lab import _status_data
 from dmvpn.lab.failover import kill_daemon, outage
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.runner import Runner
@@ -69,6 +72,12 @@ def role(runner: Runner, node: str) -> str:
     return last[-1].removeprefix("vrrp-") if last else "backup"
 
 
+def site_status(lab: Lab) -> dict[str, Any]:
+    """`dmvpn lab status --json`'s entry for the site."""
+    (site,) = _status_data(lab)["sites"]
+    return dict(site)
+
+
 def test_either_spoke_carries_the_site(dual_spoke: tuple[Lab, Runner]) -> None:
     lab, runner = dual_spoke
     # spoke1 (priority 200) holds the gateway; the hub routes the site over both.
@@ -79,10 +88,26 @@ def test_either_spoke_carries_the_site(dual_spoke: tuple[Lab, Runner]) -> None:
         lambda: hops(lab, "hub1", "192.168.1.0/24") == {"10.0.0.11", "10.0.0.12"},
         timeout=10,
     )
+    # What lab status and `show vrrp` say (from the daemons' API).
+    site = site_status(lab)
+    assert site["spokes"] == ["spoke1", "spoke2"] and site["gateway"] == "192.168.1.1"
+    assert site["master"] == "spoke1", site
+    assert site["roles"] == {"spoke1": "master", "spoke2": "backup"}, site
+    assert site["priorities"] == {"spoke1": 200, "spoke2": 190}, site
+    show = subprocess.run(
+        [*runner.dmvpn, "show", "vrrp", "--socket", str(runner.socket_path("spoke2"))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "lan0" in show and "Backup" in show and "192.168.1.1" in show, show
+
     # kill -9 of the master's daemon, no traffic before: host1 -> host3 and back.
     lost = outage(lab, "host1", OTHER_HOST, lambda: kill_daemon(lab, "spoke1"), traffic=False)
     assert lost.recovered and lost.seconds < 3.0, lost
     assert role(runner, "spoke2") == "master"
+    site = site_status(lab)
+    assert site["master"] == "spoke2" and site["roles"]["spoke1"] is None, site
     assert hops(lab, "hub1", "192.168.1.0/24") == {"10.0.0.12"}
 
     # spoke1 comes back and takes the gateway back (it is preferred).

@@ -191,6 +191,8 @@ class ApiServer:
         self._subscribers: set[_Subscriber] = set()
         # Set by the daemon when the node config has an `ipsec` section.
         self.ipsec: IpsecLike | None = None
+        # The daemon's VRRP groups (daemon/vrrp.py), read live: objects with view().
+        self.vrrp: Sequence[Any] = ()
         self._runner: web.AppRunner | None = None
         self._inode: int | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -206,6 +208,7 @@ class ApiServer:
                 web.get("/v1/nhrp/traffic", self._traffic),
                 web.get("/v1/nhrp/group", self._group),
                 web.get("/v1/ipsec", self._ipsec),
+                web.get("/v1/vrrp", self._vrrp),
                 web.post("/v1/nhrp/clear", self._clear),
                 web.get("/v1/events", self._events),
                 web.get("/metrics", self._metrics),
@@ -422,6 +425,9 @@ class ApiServer:
             if stats is not None:
                 held[rt.cfg.name] = dict(stats)
         return _json({"node": self.node, "enabled": True, **self.ipsec.view(), "interfaces": held})
+
+    async def _vrrp(self, request: web.Request) -> web.Response:
+        return _json({"node": self.node, "groups": [router.view() for router in self.vrrp]})
 
     async def _clear(self, request: web.Request) -> web.Response:
         body: Any = {}

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
+from dmvpn.cli.show import ApiClient, DaemonUnavailable
 from dmvpn.lab import DEFAULT_PREFIX, INET, Lab, LabError, Topology, TopologyError, access, nat
 from dmvpn.lab.demo import Demo, missing_tools
 from dmvpn.lab.frrconf import vtysh_command
@@ -204,7 +205,45 @@ def _status_data(lab: Lab) -> dict[str, Any]:
         "nodes": nodes,
         "nat_routers": nat.status(lab, set(lab.existing_namespaces())),
         "access_routers": access.status(lab, set(lab.existing_namespaces())),
+        "sites": _sites(lab, nodes),
     }
+
+
+def _sites(lab: Lab, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dual spoke sites: each site's spokes and which one holds the VRRP
+    gateway now, asked of each running spoke's daemon (`/v1/vrrp`)."""
+    topo = lab.topology
+    running = {n["name"]: n for n in nodes if n["daemon"] == "running"}
+    out = []
+    for site in dict.fromkeys(p.site for p in topo.spokes if p.site is not None):
+        spokes = [p.name for p in topo.spokes if p.site == site]
+        roles: dict[str, str | None] = {}
+        priorities: dict[str, int | None] = {}
+        for name in spokes:
+            roles[name], priorities[name] = None, None  # daemon stopped or not answering
+            if name not in running:
+                continue
+            try:
+                data = ApiClient(Path(running[name]["socket"]), timeout=2.0).request(
+                    "GET", "/v1/vrrp"
+                )
+            except (DaemonUnavailable, click.ClickException):
+                continue
+            for g in data.get("groups", []):
+                roles[name], priorities[name] = g["role"], g["priority"]
+        masters = [n for n in spokes if roles[n] == "master"]
+        gateway = topo.site_gateway(spokes[0])
+        out.append(
+            {
+                "site": site,
+                "gateway": None if gateway is None else str(gateway),
+                "spokes": spokes,
+                "master": masters[0] if len(masters) == 1 else None,
+                "roles": roles,
+                "priorities": priorities,
+            }
+        )
+    return out
 
 
 def _print_status(lab: Lab) -> None:
@@ -243,6 +282,20 @@ def _print_status(lab: Lab) -> None:
             rows.append(
                 [r["name"], r["namespace"], r["public"], r["inside"], ", ".join(r["spokes"]), state]
             )
+        click.echo("")
+        for line in table_lines(rows):
+            click.echo(line)
+    if data["sites"]:
+        rows = [["SITE", "GATEWAY", "SPOKES (VRRP role, priority)", "GATEWAY HELD BY"]]
+        for site in data["sites"]:
+            members = ", ".join(
+                f"{n} ({site['roles'][n] or 'no answer'}"
+                + (f", {site['priorities'][n]})" if site["priorities"][n] is not None else ")")
+                for n in site["spokes"]
+            )
+            masters = [n for n in site["spokes"] if site["roles"][n] == "master"]
+            held = site["master"] or ("none" if not masters else "several: " + ", ".join(masters))
+            rows.append([site["site"], site["gateway"] or "-", members, held])
         click.echo("")
         for line in table_lines(rows):
             click.echo(line)

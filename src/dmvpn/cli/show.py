@@ -489,6 +489,20 @@ def render_ipsec(data: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def render_vrrp(data: dict[str, Any]) -> str:
+    """`show vrrp`: each gateway group, like Cisco's `show vrrp brief`."""
+    if not data["groups"]:
+        return f"{data['node']}: no VRRP groups (no `vrrp` section)\n"
+    head = f"{'Interface':<10} {'Grp':>3} {'Pri':>3} {'Time':>6} {'State':<7} {'Eligible':<8}"
+    out = [f"{head} Group addr\n"]
+    for g in data["groups"]:
+        out.append(
+            f"{g['interface']:<10} {g['vrid']:>3} {g['priority']:>3} {g['interval']:>5}s "
+            f"{g['role'].capitalize():<7} {'yes' if g['eligible'] else 'no':<8} {g['address']}\n"
+        )
+    return "".join(out)
+
+
 def render_event(e: dict[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
     where = f"{e['interface']} " if e.get("interface") else ""
@@ -574,6 +588,15 @@ def show_ipsec_cmd(ctx: click.Context, /, **given: Any) -> None:
     identities, algorithms, packets and bytes, age)."""
     opts = _settings(ctx, **given)
     _emit(_client(opts).request("GET", "/v1/ipsec"), opts["as_json"], render_ipsec)
+
+
+@show_group.command("vrrp")
+@_common
+@click.pass_context
+def show_vrrp_cmd(ctx: click.Context, /, **given: Any) -> None:
+    """VRRP gateway groups (dual spoke sites): role, priority, address."""
+    opts = _settings(ctx, **given)
+    _emit(_client(opts).request("GET", "/v1/vrrp"), opts["as_json"], render_vrrp)
 
 
 @click.group("clear")

@@ -243,6 +243,7 @@ class Node:
             self.log("api-error", str(exc))
             raise SystemExit(1) from None
         self.log("api", f"management API on {api.path}", socket=str(api.path))
+        api.vrrp = self.vrrp  # the live list: groups started later are served
         if self.config.ipsec is not None:
             try:
                 self.ipsec = IpsecManager(

@@ -210,6 +210,24 @@ class VrrpRouter:
         with contextlib.suppress(Exception):
             self.ipr.link("del", ifname=self.device)
 
+    def view(self) -> dict[str, Any]:
+        """The group's state for the API (`/v1/vrrp`, `show vrrp`)."""
+        g = self.group
+        return {
+            "interface": self.cfg.interface,
+            "vrid": self.cfg.vrid,
+            "address": str(self._vip),
+            "device": self.device,
+            "role": (g.role if g is not None else VrrpRole.INIT).value,
+            "priority": self.cfg.priority,
+            "interval": self.cfg.interval,
+            "track_nhs": self.cfg.track_nhs,
+            "eligible": g.eligible if g is not None else False,
+            "own": None if g is None else str(g.own),
+            "transitions": 0 if g is None else g.transitions,
+            "rx_bad": self.rx_bad,
+        }
+
     def update(self) -> None:
         if self.group is None or self._loop is None:
             return
