@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from dmvpn.cli.show import render_vrrp
 from dmvpn.config import NodeConfig, Route
 from dmvpn.daemon.static_routes import next_hops
 from dmvpn.daemon.vrrp import VrrpGroup, VrrpRole
@@ -156,3 +157,21 @@ def test_tracked_next_hops_must_be_on_a_tunnel_network() -> None:
     hub["routes"].append({"prefix": "172.16.0.0/12", "via": ["192.0.2.9"], "track": {}})
     with pytest.raises(ConfigError, match=r"routes\.2\.via: 192\.0\.2\.9 is on no interface"):
         parse_config(hub)
+
+
+def test_show_vrrp_renders_each_group_and_none() -> None:
+    group = {"interface": "lan0", "vrid": 1, "priority": 190, "interval": 0.2}
+    group |= {"role": "backup", "eligible": False, "address": "192.168.1.1"}
+    lines = render_vrrp({"node": "spoke2", "groups": [group]}).splitlines()
+    assert lines[0].split() == [
+        "Interface",
+        "Grp",
+        "Pri",
+        "Time",
+        "State",
+        "Eligible",
+        "Group",
+        "addr",
+    ]
+    assert lines[1].split() == ["lan0", "1", "190", "0.2s", "Backup", "no", "192.168.1.1"]
+    assert "no VRRP groups" in render_vrrp({"node": "hub1", "groups": []})

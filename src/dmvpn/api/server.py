@@ -335,6 +335,7 @@ class ApiServer:
                     "GET /v1/nhrp/traffic",
                     "GET /v1/nhrp/group",
                     "GET /v1/ipsec",
+                    "GET /v1/vrrp",
                     "POST /v1/nhrp/clear",
                     "GET /v1/events",
                     "GET /metrics",
