@@ -170,6 +170,10 @@ def test_eigrp_split_horizon_always_on_spokes_learn_nothing(cloud: Callable[[Any
     # Spokes peer with the hub only (their multicast goes to the NHS).
     neighbours = c.frr.vtysh("spoke1", "show ip eigrp neighbor")
     assert "10.0.0.1 " in neighbours and "10.0.0.12" not in neighbours, neighbours
+    # The lab's fast timers took (applied after start): hello 1 s, hold 4 s.
+    for node in ("hub1", "spoke1"):
+        itf = c.frr.vtysh(node, "show ip eigrp interface")
+        assert re.search(r"^dmvpn0\s.*\s1\s+4\s*$", itf, re.M), itf
     # EIGRP updates are triggered and reliable: had the hub sent spoke2's LAN
     # it would be here within milliseconds; 3 s is ample.
     time.sleep(3)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from .netns import Lab, LabError
-from .routingconf import daemon_configs, daemons_for
+from .routingconf import EIGRP_INTERFACE, TUNNEL, daemon_configs, daemons_for
 
 __all__ = ["FRR_DIR", "RoutingDaemons"]
 
@@ -110,6 +110,18 @@ class RoutingDaemons:
                     )
                 # The others connect to zebra's socket: wait for each in turn.
                 self._wait(work / f"{daemon}.vty", node, daemon, proc)
+            if "eigrpd" in daemons:
+                self._eigrp_timers(node)
+
+    def _eigrp_timers(self, node: str) -> None:
+        """The tunnel's EIGRP timers, refused in eigrpd's startup config
+        (routingconf.EIGRP_INTERFACE): applied once eigrpd has the interface."""
+        end = time.monotonic() + _START_TIMEOUT
+        while TUNNEL not in self.vtysh(node, "show ip eigrp interface"):
+            if time.monotonic() > end:
+                raise LabError(f"eigrpd on {node} did not take up {TUNNEL}")
+            time.sleep(0.05)
+        self.vtysh(node, "configure terminal", f"interface {TUNNEL}", *EIGRP_INTERFACE)
 
     def _wait(self, sock: Path, node: str, daemon: str, proc: subprocess.Popen[bytes]) -> None:
         end = time.monotonic() + _START_TIMEOUT
