@@ -512,7 +512,6 @@ class Topology(_Strict):
                     ("dual_cloud", self.dual_cloud),
                     ("ipv6", self.ipv6),
                     ("routing (dynamic)", self.routing.dynamic),
-                    ("ipsec_psk (one charon SA per NBMA pair)", self.ipsec_psk is not None),
                     ("dataplane: ebpf", self.dataplane == "ebpf"),
                     ("qos", bool(self.qos)),
                     ("spokes behind a lab NAT", any(p.nat for p in order)),
@@ -989,7 +988,9 @@ class Topology(_Strict):
             }
             for k in range(1, VRF_CLOUDS + 1)
         ]
-        return {"node": me.name, "interfaces": interfaces}
+        # One charon; both clouds share each peer's SA (one NBMA address).
+        ipsec = {"ipsec": {"psk": self.ipsec_psk}} if self.ipsec_psk is not None else {}
+        return {"node": me.name, "interfaces": interfaces, **ipsec}
 
     def vrfs(self, name: str, prefix: str = DEFAULT_PREFIX) -> list[VrfDescription]:
         """A router's VRFs with `vrf_clouds` (what _vrf_clouds_config puts in
