@@ -507,7 +507,7 @@ def test_netns_vrf_clouds_in_status_and_exec(tmp_path: Path) -> None:
     host; `lab exec --vrf K` runs in VRF K of a router or host."""
     _require_root()
     path = tmp_path / "vrf.yaml"
-    nodes = {"hubs": [{"name": "hub1"}], "spokes": [{"name": "spoke1"}]}
+    nodes = {"hubs": [{"name": "hub1"}], "spokes": [{"name": "spoke1"}, {"name": "spoke2"}]}
     path.write_text(yaml.safe_dump({"key": 1, "vrf_clouds": True, "nodes": nodes}))
     prefix = f"dmvpnl{os.getpid()}v-"
     try:
@@ -515,6 +515,7 @@ def test_netns_vrf_clouds_in_status_and_exec(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stdout + res.stderr
         data = _status(prefix)
         assert data["vrf_clouds"] is True
+        assert f"exec --prefix {prefix} --vrf 2 host1 -- ping" in res.stdout, res.stdout
         spoke1 = next(n for n in data["nodes"] if n["name"] == "spoke1")
         assert spoke1["vrfs"][1] == {
             "vrf": 2,
@@ -532,8 +533,8 @@ def test_netns_vrf_clouds_in_status_and_exec(tmp_path: Path) -> None:
             "exec", "--prefix", prefix, "--vrf", "2", "spoke1", "--", "ip", "-br", "link"
         )
         assert "dmvpn2" in link.stdout and "dmvpn1" not in link.stdout, link.stdout + link.stderr
-        # VRF 2's host reaches the hub's VRF 2 over cloud 2.
-        ping = ["ping", "-c", "1", "-W", "2", "10.0.0.1"]
+        # VRF 2's host1 reaches VRF 2's host2 over cloud 2.
+        ping = ["ping", "-c", "1", "-W", "2", "192.168.2.10"]
         res = lab_cli("exec", "--prefix", prefix, "--vrf", "2", "host1", "--", *ping)
         assert res.returncode == 0, res.stdout + res.stderr
         for bad, why in (("3", "no VRF 3"), ("1", "inet has no VRFs")):

@@ -123,6 +123,10 @@ def up_cmd(topology: Path | None, prefix: str, timeout: float) -> None:
     click.echo("\ntry:")
     if len(hosts) >= 2 and hosts[1].lan is not None:
         click.echo(f"  dmvpn lab exec{px} {hosts[0].name} -- ping -c 3 {hosts[1].lan.ip}")
+        if topo.vrf_clouds:  # the same addresses in VRF 2
+            click.echo(
+                f"  dmvpn lab exec{px} --vrf 2 {hosts[0].name} -- ping -c 3 {hosts[1].lan.ip}"
+            )
     if topo.spokes:
         click.echo(f"  dmvpn lab show{px} {topo.spokes[0].name} dmvpn")
     click.echo(f"  dmvpn lab down{px}")
