@@ -542,7 +542,6 @@ class NodeConfig(_Strict):
                     "with ipsec, every interface needs the same tunnel.namespace "
                     "(one charon, in the underlay's namespace)"
                 )
-            sources = [i.tunnel.source for i in self.interfaces]
             for i, itf in enumerate(self.interfaces):
                 if itf.dataplane == "kernel":
                     raise ValueError(
@@ -555,10 +554,9 @@ class NodeConfig(_Strict):
                         f"interfaces.{i}.dataplane: ebpf cannot carry IPsec-protected GRE "
                         "(its redirects bypass xfrm); use userspace or auto"
                     )
-            if len(set(sources)) != len(sources):
-                # One GRE child SA per pair of NBMA addresses: two interfaces
-                # on one source could not tell their peers' SAs apart.
-                raise ValueError("with ipsec, each interface needs its own tunnel.source")
+            # Interfaces may share a tunnel.source (clouds in VRFs, told apart
+            # by GRE key below): they then share the one GRE child SA to each
+            # peer's NBMA address, which the manager counts for both.
         # One GRE socket per interface sees every GRE packet of its underlay
         # namespace and keeps those of its key: two interfaces with the same
         # key on the same source could not tell their packets apart.

@@ -40,12 +40,14 @@ def echoes(ns: str) -> int:
 
 
 @pytest.fixture
-def vrf_lab(tmp_path: Path) -> Iterator[tuple[Lab, Runner]]:
+def vrf_lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Lab, Runner]]:
+    psk = getattr(request, "param", None)  # indirect: the lab's ipsec_psk
     topo = Topology.from_data(
         {
             "phase": 3,
             "key": 1,
             "vrf_clouds": True,
+            **({"ipsec_psk": psk} if psk else {}),
             "nodes": {
                 "hubs": [{"name": "hub1"}],
                 "spokes": [{"name": "spoke1"}, {"name": "spoke2"}],
@@ -109,3 +111,49 @@ def test_two_vrfs_on_one_daemon(vrf_lab: tuple[Lab, Runner]) -> None:
     hub_nbma = "172.30.0.1"
     assert ns_run(vrf("spoke1", 1), "ip", "route", "get", hub_nbma).returncode != 0
     assert ns_run(lab.namespace("spoke1"), "ip", "route", "get", hub_nbma).returncode == 0
+
+
+def show_ipsec(lab: Lab, runner: Runner, node: str) -> dict[str, dict[str, object]]:
+    """`show ipsec`'s peers of a node, by remote NBMA address."""
+    out = ns_run(
+        lab.namespace(node),
+        *dmvpn_command(),
+        "show",
+        "ipsec",
+        "--json",
+        "--socket",
+        str(runner.socket_path(node)),
+    )
+    assert out.returncode == 0, out.stderr
+    return {p["remote"]: p for p in json.loads(out.stdout)["peers"]}
+
+
+@pytest.mark.parametrize("vrf_lab", ["0123456789abcdef0123"], indirect=True)
+def test_two_vrfs_share_each_peers_sa(vrf_lab: tuple[Lab, Runner]) -> None:
+    """With IPsec, both clouds of a router use one underlay address, so one
+    GRE child SA per peer carries both keys: counted once per interface
+    (bindings 2) and kept while either cloud still needs it."""
+    lab, runner = vrf_lab
+    vrf = lab.vrf_namespace
+    hub, spoke2 = "172.30.0.1", "172.30.0.12"
+    for k in (1, 2):  # both clouds' traffic over the shared SAs, phase 3 too
+        deadline = time.monotonic() + 20
+        while True:
+            ping = ns_run(vrf("host1", k), "ping", "-c", "2", "-i", "0.2", "-W", "1", HOST2)
+            routes = ns_run(vrf("spoke1", k), "ip", "route", "show", "proto", "177").stdout
+            if ping.returncode == 0 and "192.168.2.0/24 via 10.0.0.12" in routes:
+                break
+            assert time.monotonic() < deadline, f"VRF {k}: {ping.stdout}{routes!r}"
+    deadline = time.monotonic() + 10
+    while True:
+        peers = show_ipsec(lab, runner, "spoke1")
+        got = {r: (p["state"], p["bindings"]) for r, p in peers.items()}
+        # One SA to the hub and one to spoke2, each wanted by both interfaces.
+        if got == {hub: ("up", 2), spoke2: ("up", 2)}:
+            break
+        assert time.monotonic() < deadline, got
+    hub_peers = show_ipsec(lab, runner, "hub1")
+    assert {r: p["bindings"] for r, p in hub_peers.items()} == {
+        "172.30.0.11": 2,
+        "172.30.0.12": 2,
+    }

@@ -28,6 +28,7 @@ from dmvpn.cli.lab import lab_group
 from dmvpn.config import parse_config
 from dmvpn.lab import Lab, LabError
 from dmvpn.lab.runner import Runner
+from dmvpn.lab.topology import Topology
 
 PREFIX = f"dmvpnl{os.getpid()}-"  # the default lab, up for the whole module
 OTHER = f"dmvpnl{os.getpid()}o-"  # labs built and taken down inside one test
@@ -460,6 +461,87 @@ def test_netns_access_router_in_status_exec_and_down(tmp_path: Path) -> None:
         assert "mtu 1380" in link.stdout
         res = lab_cli("down", "--prefix", prefix)
         assert res.returncode == 0 and "deleted 5 namespace(s)" in res.stdout, res.stdout
+        _assert_nothing_left(prefix)
+    finally:
+        _force_down(prefix)
+
+
+def test_vrfs_describe_what_the_node_config_builds() -> None:
+    """`Topology.vrfs` (what `lab status` lists) names the namespace, interface,
+    GRE key and network-id each router's config puts in each VRF."""
+    topo = Topology.from_data(
+        {
+            "key": 7,
+            "vrf_clouds": True,
+            "nodes": {"hubs": [{"name": "hub1"}], "spokes": [{"name": "spoke1"}]},
+        }
+    )
+    for name in ("hub1", "spoke1"):
+        itfs = topo.node_config(name, "px-")["interfaces"]
+        got = [
+            (v["namespace"], v["interface"], v["key"], v["network_id"])
+            for v in topo.vrfs(name, "px-")
+        ]
+        want = [
+            (i["namespace"], i["name"], i["tunnel"]["key"], i["nhrp"]["network_id"]) for i in itfs
+        ]
+        assert (
+            got
+            == want
+            == [
+                (f"px-{name}-vrf1", "dmvpn1", 7, 1),
+                (f"px-{name}-vrf2", "dmvpn2", 8, 2),
+            ]
+        )
+    assert [(v["host"], v["host_namespace"]) for v in topo.vrfs("spoke1", "px-")] == [
+        ("host1", "px-host1"),
+        ("host1", "px-host1-vrf2"),
+    ]
+    assert topo.vrfs("hub1", "px-")[0]["host"] is None
+    assert topo.vrfs("host1", "px-") == []
+    assert Topology.default().vrfs("spoke1") == []
+
+
+def test_netns_vrf_clouds_in_status_and_exec(tmp_path: Path) -> None:
+    """A vrf_clouds lab: `lab status` lists each router's VRFs and each VRF's
+    host; `lab exec --vrf K` runs in VRF K of a router or host."""
+    _require_root()
+    path = tmp_path / "vrf.yaml"
+    nodes = {"hubs": [{"name": "hub1"}], "spokes": [{"name": "spoke1"}, {"name": "spoke2"}]}
+    path.write_text(yaml.safe_dump({"key": 1, "vrf_clouds": True, "nodes": nodes}))
+    prefix = f"dmvpnl{os.getpid()}v-"
+    try:
+        res = lab_cli("up", str(path), "--prefix", prefix)
+        assert res.returncode == 0, res.stdout + res.stderr
+        data = _status(prefix)
+        assert data["vrf_clouds"] is True
+        assert f"exec --prefix {prefix} --vrf 2 host1 -- ping" in res.stdout, res.stdout
+        spoke1 = next(n for n in data["nodes"] if n["name"] == "spoke1")
+        assert spoke1["vrfs"][1] == {
+            "vrf": 2,
+            "namespace": f"{prefix}spoke1-vrf2",
+            "interface": "dmvpn2",
+            "key": 2,
+            "network_id": 2,
+            "host": "host1",
+            "host_namespace": f"{prefix}host1-vrf2",
+        }
+        table = lab_cli("status", "--prefix", prefix).stdout
+        assert re.search(rf"hub1 +1 +{prefix}hub1-vrf1 +dmvpn1 +1 +1 +-", table), table
+        assert re.search(rf"spoke1 +2 +{prefix}spoke1-vrf2 +dmvpn2 +2 +2 +host1 \(in ", table)
+        link = lab_cli(
+            "exec", "--prefix", prefix, "--vrf", "2", "spoke1", "--", "ip", "-br", "link"
+        )
+        assert "dmvpn2" in link.stdout and "dmvpn1" not in link.stdout, link.stdout + link.stderr
+        # VRF 2's host1 reaches VRF 2's host2 over cloud 2.
+        ping = ["ping", "-c", "1", "-W", "2", "192.168.2.10"]
+        res = lab_cli("exec", "--prefix", prefix, "--vrf", "2", "host1", "--", *ping)
+        assert res.returncode == 0, res.stdout + res.stderr
+        for bad, why in (("3", "no VRF 3"), ("1", "inet has no VRFs")):
+            node = "spoke1" if bad == "3" else "inet"
+            res = lab_cli("exec", "--prefix", prefix, "--vrf", bad, node, "--", "true")
+            assert res.returncode == 1 and why in res.stderr, res.stderr
+        assert lab_cli("down", "--prefix", prefix).returncode == 0
         _assert_nothing_left(prefix)
     finally:
         _force_down(prefix)

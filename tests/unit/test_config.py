@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -187,22 +188,30 @@ def test_ipsec_certificates_are_read_relative_to_the_file(tmp_path: Path) -> Non
     assert config.ipsec_identity() == "10.0.0.11"  # the tunnel address, from the cert's SAN
 
 
-def test_ipsec_needs_one_tunnel_source_per_interface() -> None:
+def test_ipsec_interfaces_share_a_tunnel_source_by_key() -> None:
+    """With ipsec, two interfaces on one source share each peer's SA: allowed
+    with different GRE keys, refused (by the key) without."""
     from dmvpn.config import parse_config
 
-    itf = {"address": "10.0.0.11/24", "tunnel": {"source": "198.51.100.11"}}
-    data = {
-        "node": "n",
-        "ipsec": {"psk": "a-long-shared-secret"},
-        "interfaces": [
-            dict(itf, name="a", nhrp={"network_id": 1}),
-            dict(itf, name="b", address="10.0.1.11/24", nhrp={"network_id": 2}),
-        ],
-    }
+    def data(key_a: int | None, key_b: int | None) -> dict[str, Any]:
+        def itf(name: str, address: str, key: int | None, nid: int) -> dict[str, Any]:
+            tunnel: dict[str, Any] = {"source": "198.51.100.11"}
+            if key is not None:
+                tunnel["key"] = key
+            return {"name": name, "address": address, "tunnel": tunnel, "nhrp": {"network_id": nid}}
+
+        return {
+            "node": "n",
+            "ipsec": {"psk": "a-long-shared-secret"},
+            "interfaces": [itf("a", "10.0.0.11/24", key_a, 1), itf("b", "10.0.1.11/24", key_b, 2)],
+        }
+
+    assert len(parse_config(data(1, 2)).interfaces) == 2
     with pytest.raises(ConfigError) as info:
-        parse_config(data)
+        parse_config(data(None, None))
     assert info.value.problems == [
-        "(top level): with ipsec, each interface needs its own tunnel.source"
+        "(top level): interfaces.1.tunnel.key: no key is already used by interfaces.0 on the "
+        "same underlay (198.51.100.11): each cloud on one underlay needs its own tunnel.key"
     ]
 
 

@@ -143,7 +143,13 @@ def test_lab_vrf_clouds_configs() -> None:
     assert vrf_namespace("x-", "host1", 2, host=True) == "x-host1-vrf2"
     # With a front-door VRF as well: allowed (the runner adds tunnel.namespace).
     Topology.from_data({"vrf_clouds": True, "front_door_vrf": True})
-    for extra in ({"ipsec_psk": "0123456789abcdef"}, {"qos": {"g": "1mbit"}}, {"ipv6": True}):
+    # With IPsec too: both interfaces share the one SA to each peer.
+    psk = "0123456789abcdef"
+    cfg = parse_config(
+        Topology.from_data({"vrf_clouds": True, "ipsec_psk": psk}).node_config("hub1")
+    )
+    assert cfg.ipsec is not None and len({i.tunnel.source for i in cfg.interfaces}) == 1
+    for extra in ({"qos": {"g": "1mbit"}}, {"ipv6": True}):
         with pytest.raises(TopologyError, match="vrf_clouds: not with"):
             Topology.from_data({"vrf_clouds": True, **extra})
 

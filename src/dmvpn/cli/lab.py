@@ -3,7 +3,8 @@
     dmvpn lab up [TOPOLOGY.yaml]    build it, start one daemon per router, wait for registration
     dmvpn lab status [--json]       every node: role, addresses, daemon
     dmvpn lab exec NODE -- CMD...   run a command inside a node (hub1, spoke2, host3, inet;
-                                    on an frr node, inside its QEMU guest)
+                                    on an frr node, inside its QEMU guest; `--vrf K`:
+                                    in VRF K of a `vrf_clouds` router or host)
     dmvpn lab show NODE ARGS...     `dmvpn show ARGS` against that node's daemon
     dmvpn lab down                  remove everything the lab created (also after a crash)
     dmvpn lab demo [--keep]         build the default cloud, show a shortcut forming, tear down
@@ -36,6 +37,7 @@ from dmvpn.lab.frrnode import FrrNodes, wait_registered
 from dmvpn.lab.routingd import RoutingDaemons
 from dmvpn.lab.runner import REGISTRATION_TIMEOUT, Runner, dmvpn_command
 from dmvpn.lab.text import summary, table_lines
+from dmvpn.lab.topology import VRF_CLOUDS
 
 __all__ = ["lab_group"]
 
@@ -122,6 +124,10 @@ def up_cmd(topology: Path | None, prefix: str, timeout: float) -> None:
     click.echo("\ntry:")
     if len(hosts) >= 2 and hosts[1].lan is not None:
         click.echo(f"  dmvpn lab exec{px} {hosts[0].name} -- ping -c 3 {hosts[1].lan.ip}")
+        if topo.vrf_clouds:  # the same addresses in VRF 2
+            click.echo(
+                f"  dmvpn lab exec{px} --vrf 2 {hosts[0].name} -- ping -c 3 {hosts[1].lan.ip}"
+            )
     if topo.spokes:
         click.echo(f"  dmvpn lab show{px} {topo.spokes[0].name} dmvpn")
     click.echo(f"  dmvpn lab down{px}")
@@ -194,6 +200,7 @@ def _status_data(lab: Lab) -> dict[str, Any]:
             node["config"] = str(runner.config_path(name))
             node["log"] = str(runner.log_path(name))
             node["socket"] = str(runner.socket_path(name))
+        node["vrfs"] = topo.vrfs(row["name"], lab.prefix)  # vrf_clouds only
         nodes.append(node)
     return {
         "prefix": lab.prefix,
@@ -203,6 +210,7 @@ def _status_data(lab: Lab) -> dict[str, Any]:
         "state_file": str(lab.state_path),
         "run_dir": str(lab.run_dir),
         "nodes": nodes,
+        "vrf_clouds": topo.vrf_clouds,
         "nat_routers": nat.status(lab, set(lab.existing_namespaces())),
         "access_routers": access.status(lab, set(lab.existing_namespaces())),
         "sites": _sites(lab, nodes),
@@ -275,6 +283,7 @@ def _print_status(lab: Lab) -> None:
         )
     for line in table_lines(rows):
         click.echo(line)
+    _print_vrfs(lab, data)
     if data["nat_routers"]:
         rows = [["NAT ROUTER", "NAMESPACE", "PUBLIC", "INSIDE", "SPOKES", "STATE"]]
         for r in data["nat_routers"]:
@@ -318,18 +327,52 @@ def _print_status(lab: Lab) -> None:
             click.echo(line)
 
 
+def _print_vrfs(lab: Lab, data: dict[str, Any]) -> None:
+    """vrf_clouds: each router's VRFs (its interface, GRE key, network-id, the
+    spoke's host there), as `lab exec --vrf K NODE` reaches them."""
+    vrfs = [(n["name"], v) for n in data["nodes"] for v in n["vrfs"]]
+    if not vrfs:
+        return
+    existing = set(lab.existing_namespaces())
+    rows = [["ROUTER", "VRF", "NAMESPACE", "INTERFACE", "KEY", "NETWORK-ID", "HOST"]]
+    for name, v in vrfs:
+        host = "-" if v["host"] is None else f"{v['host']} (in {v['host_namespace']})"
+        rows.append(
+            [
+                name,
+                str(v["vrf"]),
+                v["namespace"] + ("" if v["namespace"] in existing else " (missing)"),
+                v["interface"],
+                str(v["key"]),
+                str(v["network_id"]),
+                host,
+            ]
+        )
+    click.echo("")
+    for line in table_lines(rows):
+        click.echo(line)
+
+
 # -- exec and show -------------------------------------------------------------
 
 
 @lab_group.command("exec", context_settings=_NO_OPTIONS)
 @_prefix_option
+@click.option(
+    "--vrf",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="In a vrf_clouds lab: run in VRF K of NODE (a router's dmvpnK side, or a host's).",
+)
 @click.argument("node")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_cmd(prefix: str, node: str, command: tuple[str, ...]) -> None:
+def exec_cmd(prefix: str, vrf: int | None, node: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside NODE's namespace (a hub, spoke, host, or "inet" for the
     underlay bridge); exits with COMMAND's status. Options go before NODE:
 
         dmvpn lab exec host1 -- ping -c 3 192.168.2.10
+        dmvpn lab exec --vrf 2 spoke1 -- ip route    # vrf_clouds: spoke1's VRF 2
     """
     argv = _after_dashes(command)
     if not argv:
@@ -337,6 +380,8 @@ def exec_cmd(prefix: str, node: str, command: tuple[str, ...]) -> None:
     _need_root()
     lab = _attach(prefix)
     namespace = _namespace(lab, node)
+    if vrf is not None:
+        sys.exit(_run_inside(lab, _vrf_namespace(lab, node, vrf), argv))
     nats = {n.name for n in lab.topology.nat_routers}
     nats |= {a.name for a in lab.topology.access_routers}
     if node != INET and node not in nats and lab.topology.plan(node).kind == "frr":
@@ -473,6 +518,20 @@ def _namespace(lab: Lab, node: str) -> str:
             f"no node {node!r} in lab {lab.prefix!r} "
             f"(nodes: {', '.join([*lab.topology.names, INET])})"
         ) from None
+
+
+def _vrf_namespace(lab: Lab, node: str, k: int) -> str:
+    """VRF k of a router or host of a vrf_clouds lab, or why there is none."""
+    topo = lab.topology
+    if not topo.vrf_clouds:
+        raise click.ClickException(
+            f"lab {lab.prefix!r} has no VRFs (its topology has no vrf_clouds)"
+        )
+    if node == INET or node not in topo.names:
+        raise click.ClickException(f"{node} has no VRFs (routers and hosts have)")
+    if k > VRF_CLOUDS:
+        raise click.ClickException(f"no VRF {k}: the lab's VRFs are 1 to {VRF_CLOUDS}")
+    return lab.vrf_namespace(node, k)
 
 
 def _load_topology(path: Path | None) -> Topology:

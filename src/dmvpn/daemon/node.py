@@ -166,17 +166,17 @@ class Node:
         for router in self.vrrp:
             router.update()
 
-    def _by_source(self, local: IPv4Address) -> InterfaceRuntime | None:
-        return next((rt for rt in self.interfaces if rt.cfg.tunnel.source == local), None)
+    def _by_source(self, local: IPv4Address) -> list[InterfaceRuntime]:
+        # Several: clouds in VRFs share one underlay address (told apart by
+        # GRE key), and so the one SA to each peer (docs/VRF.md).
+        return [rt for rt in self.interfaces if rt.cfg.tunnel.source == local]
 
     def _ipsec_up(self, peer: PeerSa) -> None:
-        rt = self._by_source(peer.local)
-        if rt is not None:
+        for rt in self._by_source(peer.local):
             rt.ipsec_up(peer)
 
     def _ipsec_down(self, peer: PeerSa) -> None:
-        rt = self._by_source(peer.local)
-        if rt is not None:
+        for rt in self._by_source(peer.local):
             rt.ipsec_down(peer)
 
     def _ipsec_restarted(self) -> None:
@@ -250,7 +250,7 @@ class Node:
                     self.config.ipsec,
                     self.config.node,
                     self.config.ipsec_identity(),
-                    [i.tunnel.source for i in self.config.interfaces],
+                    list(dict.fromkeys(i.tunnel.source for i in self.config.interfaces)),
                     self.log,
                     on_up=self._ipsec_up,
                     on_down=self._ipsec_down,

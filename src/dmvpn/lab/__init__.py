@@ -18,6 +18,7 @@ from .topology import (
     SpokeSpec,
     Topology,
     TopologyError,
+    VrfDescription,
     namespace_name,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "SpokeSpec",
     "Topology",
     "TopologyError",
+    "VrfDescription",
     "namespace_name",
 ]

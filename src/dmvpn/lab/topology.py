@@ -81,7 +81,9 @@ __all__ = [
     "SpokeSpec",
     "Topology",
     "TopologyError",
+    "VrfDescription",
     "namespace_name",
+    "vrf_interface",
     "vrf_namespace",
     "VRF_CLOUDS",
 ]
@@ -126,6 +128,11 @@ def vrf_namespace(prefix: str, node: str, k: int, *, host: bool = False) -> str:
     if host and k == 1:
         return namespace_name(prefix, node)
     return f"{namespace_name(prefix, node)}-vrf{k}"
+
+
+def vrf_interface(k: int) -> str:
+    """With `vrf_clouds`, the DMVPN interface of cloud ``k`` (in VRF k)."""
+    return f"dmvpn{k}"
 
 
 def namespace_name(prefix: str, node: str) -> str:
@@ -223,6 +230,18 @@ class NodeDescription(TypedDict):
     underlay: str | None
     tunnel: str | None
     lan: str | None
+
+
+class VrfDescription(TypedDict):
+    """One VRF of a router in a `vrf_clouds` lab: for `lab status` and `lab exec --vrf`."""
+
+    vrf: int  # 1-based: cloud K
+    namespace: str  # the router's VRF K (dmvpnK, its LAN and routes)
+    interface: str
+    key: int  # GRE key
+    network_id: int
+    host: str | None  # a spoke's host in this VRF (`lab exec --vrf K HOST`)
+    host_namespace: str | None
 
 
 class TopologyError(ConfigError):
@@ -493,7 +512,6 @@ class Topology(_Strict):
                     ("dual_cloud", self.dual_cloud),
                     ("ipv6", self.ipv6),
                     ("routing (dynamic)", self.routing.dynamic),
-                    ("ipsec_psk (one charon SA per NBMA pair)", self.ipsec_psk is not None),
                     ("dataplane: ebpf", self.dataplane == "ebpf"),
                     ("qos", bool(self.qos)),
                     ("spokes behind a lab NAT", any(p.nat for p in order)),
@@ -960,7 +978,7 @@ class Topology(_Strict):
         assert me.tunnel is not None and me.nbma is not None
         interfaces: list[dict[str, Any]] = [
             {
-                "name": f"dmvpn{k}",
+                "name": vrf_interface(k),
                 "namespace": vrf_namespace(prefix, me.name, k),
                 "address": str(me.tunnel),
                 "tunnel": {"source": str(me.nbma.ip), "key": self.key + k - 1},
@@ -970,7 +988,29 @@ class Topology(_Strict):
             }
             for k in range(1, VRF_CLOUDS + 1)
         ]
-        return {"node": me.name, "interfaces": interfaces}
+        # One charon; both clouds share each peer's SA (one NBMA address).
+        ipsec = {"ipsec": {"psk": self.ipsec_psk}} if self.ipsec_psk is not None else {}
+        return {"node": me.name, "interfaces": interfaces, **ipsec}
+
+    def vrfs(self, name: str, prefix: str = DEFAULT_PREFIX) -> list[VrfDescription]:
+        """A router's VRFs with `vrf_clouds` (what _vrf_clouds_config puts in
+        each); none for a host or without `vrf_clouds`."""
+        me = self.plan(name)
+        if not self.vrf_clouds or me.role == "host":
+            return []
+        host = me.peer if me.role == "spoke" else None
+        return [
+            VrfDescription(
+                vrf=k,
+                namespace=vrf_namespace(prefix, name, k),
+                interface=vrf_interface(k),
+                key=self.key + k - 1,
+                network_id=k,
+                host=host,
+                host_namespace=None if host is None else vrf_namespace(prefix, host, k, host=True),
+            )
+            for k in range(1, VRF_CLOUDS + 1)
+        ]
 
     def describe(self, prefix: str = DEFAULT_PREFIX) -> list[NodeDescription]:
         """One row per node (hubs, spokes, hosts) for `lab status`."""
