@@ -134,6 +134,8 @@ class VirtualMachine:
         shutil.copyfile(_HERE / "agent.py", work / "agent.py")
         nics = ",".join(f"{_mac(spec.node, i)}/{nic.name}" for i, nic in enumerate(spec.nics))
         append = f"console=ttyS0 panic=-1 quiet DMVPN_NICS={nics} DMVPN_NODE={spec.node}"
+        if spec.shares:  # mounted ro at /run/share/<tag> (initramfs-init.sh)
+            append += " DMVPN_SHARES=" + ",".join(tag for tag, _ in spec.shares)
         argv = [
             QEMU,
             "-machine",

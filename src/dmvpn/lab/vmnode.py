@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,6 +45,23 @@ GUEST_SOCKET = "/run/dmvpn.sock"
 _MEMORY_MB = 384
 # Python starts slowly under emulation, and slower with several guests booting.
 _DAEMON_TIMEOUT = 200
+# The guest mounts a tmpfs over these (guest/initramfs-init.sh), hiding the
+# host's files there: an installation under one (a CI clone in /tmp) is
+# shared into the guest and bind-mounted back at its own path.
+_MASKED = (Path("/tmp"), Path("/run"), Path("/var/tmp"))
+
+
+def hidden_installation(prefix: Path, package: Path) -> list[Path]:
+    """The directories of this installation (the venv at `prefix`, the
+    directory holding the `dmvpn` package) that the guest's tmpfs mounts
+    would hide; outermost only."""
+    found: list[Path] = []
+    for path in sorted({prefix.resolve(), package.resolve()}, key=lambda p: len(p.parts)):
+        if any(path.is_relative_to(m) for m in _MASKED) and not any(
+            path.is_relative_to(f) for f in found
+        ):
+            found.append(path)
+    return found
 
 
 class DmvpnGuests:
@@ -64,6 +82,9 @@ class DmvpnGuests:
         self._kernel = kernel
         self.vms: dict[str, VirtualMachine] = {}
         self.dmvpn = dmvpn_command()
+        import dmvpn  # where this installation's package lives
+
+        self.hidden = hidden_installation(Path(sys.prefix), Path(dmvpn.__file__).parent.parent)
 
     def dir(self, node: str) -> Path:
         return self.lab.run_dir / f"{node}.vm"
@@ -78,6 +99,11 @@ class DmvpnGuests:
         plan = self.lab.topology.plan(node)
         assert plan.nbma is not None
         lines = [
+            f"mkdir -p {shlex.quote(str(path))} && mount --bind /run/share/inst{i} "
+            f"{shlex.quote(str(path))}"
+            for i, path in enumerate(self.hidden)
+        ]
+        lines += [
             "modprobe -a ip_gre tun",
             "ip -batch - <<'EOB'",
             f"addr add {plan.nbma} dev {GUEST_NBMA}",
@@ -109,6 +135,7 @@ class DmvpnGuests:
                 nics=tuple(nics),
                 memory_mb=_MEMORY_MB,
                 boot=self.boot_script(node),
+                shares=tuple((f"inst{i}", path) for i, path in enumerate(self.hidden)),
             )
             self.vms[node] = VirtualMachine(self.lab, spec, self._kernel)
         return self.vms[node]
