@@ -119,7 +119,12 @@ def test_every_path_through_nat(nat_cloud, phase: int) -> None:  # type: ignore[
             s == dst and d == src for s, d, _ in pairs[: pairs.index((src, dst, via))]
         )
         assert first[1] in ((hub, _ip(cloud, via)) if reverse_ran else (hub,)), (src, dst, first)
-        assert first[-1] == target, (src, dst, first)
+        if first[-1] != target:
+            # The switch-over: an answer the public end sent direct before the
+            # NATed end's probe opened its NAT is lost (docs/NAT.md); from
+            # then on the path must work.
+            assert first[-1] == "*", (src, dst, first)
+            assert cloud.lab.exec(src, ["ping", "-c", "2", "-W", "1", target]).returncode == 0
         if phase == 1:
             time.sleep(0.5)
             assert cloud.hops(src, target)[1] == hub  # never direct

@@ -1272,3 +1272,28 @@ async def test_nat_traversal_translates_natted_peers_and_refuses_other_selectors
     await asyncio.sleep(SETTLE)
     assert rig.m.is_up(A, public) and rig.charon.sent("initiate") == []
     await rig.m.stop()
+
+
+@virtual_time
+async def test_a_natted_peers_gre_is_translated_before_its_sa_counts_as_up() -> None:
+    """The NATed peer's first NHRP over a new SA arrives within a millisecond
+    of it: the translation must be in place when the SA counts as up (at its
+    child-updown), not at the review after it, or NHRP binds the inside
+    address (seen in tests/e2e/test_nat.py::test_ipsec_through_nat)."""
+    rig = await Rig.started()
+    nat = _RecordingNatView()
+    rig.m.nat_view = nat  # type: ignore[assignment]
+    at_up: list[dict[IPv4Address, IPv4Address]] = []
+    rig.m.on_up = lambda p: at_up.append(dict(nat.view))
+    public = IPv4Address("172.30.0.201")
+    rig.charon.list_gate.clear()  # the review's list-sas cannot run yet
+    rig.m.want(A, public)
+    natted = rig.charon.add_sa(A, public, initiator=False)
+    rig.charon.sas[natted]["nat-remote"] = "yes"
+    rig.charon.sas[natted]["child-sas"][f"gre-{natted}"]["remote-ts"] = ["172.31.1.11/32[gre]"]
+    rig.charon.child_up(natted)
+    await _until(lambda: bool(at_up))
+    assert at_up == [{IPv4Address("172.31.1.11"): public}]
+    assert [e.details for e in rig.events("ipsec-nat")] == [{"peers": {"172.31.1.11": str(public)}}]
+    rig.charon.list_gate.set()
+    await rig.m.stop()

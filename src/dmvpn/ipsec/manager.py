@@ -841,12 +841,33 @@ class IpsecManager:
                 continue
             if peer.state is PeerState.UP:
                 continue
+            self._map_nat(sa)
             mine = _initiator(sa)
             took = None
             if mine and peer.state is PeerState.CONNECTING and peer.task is not None:
                 took = self._now() - peer.since  # our initiate, not back yet
             self._cancel(peer)
             self._up(peer, sa, initiated=mine, took=took)
+
+    def _map_nat(self, sa: Sa) -> None:
+        """A NATed peer's GRE translated as its SA comes up, not at the review
+        that follows: its first NHRP over the SA (a reply it held) arrives
+        within a millisecond, and seen from the inside address it was bound
+        there, a peer no SA leads to (issue 13's e2e test caught it)."""
+        new = mappings([sa])
+        if not new or all(self.nat_view.view.get(i) == p for i, p in new.items()):
+            return
+        try:
+            self.nat_view.sync({**new, **self.nat_view.view})
+        except OSError as exc:
+            self.log("ipsec-nat-error", f"cannot translate NATed peers' GRE: {exc}")
+            return
+        self.log(
+            "ipsec-nat",
+            "GRE of NATed peers translated: "
+            + ", ".join(f"{i} as {p}" for i, p in self.nat_view.view.items()),
+            peers={str(i): str(p) for i, p in self.nat_view.view.items()},
+        )
 
     async def _poll(self) -> None:
         """SA state at once when charon's events say it changed; counters and
