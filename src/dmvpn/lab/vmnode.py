@@ -2,11 +2,13 @@
 
 The host kernel may lack ip_gre (this lab's does); a guest of the VM
 machinery (`dmvpn.lab.vm`) has Debian's kernel, which has it. `DmvpnGuests`
-boots one guest per router the topology marks `kind: frr` (the lab wires
-those to taps exactly as for nhrpd guests) and runs `dmvpn run` in it with
-the topology's own node config, with `dataplane:` as asked (`kernel` by
-default). The guest's root is the host's / read-only, so the daemon is this
-very installation (the interpreter and package the tests run with).
+boots one guest per router it is given (by default those the topology marks
+`kind: frr`: the lab wires those to taps exactly as for nhrpd guests, and
+`kind: vm` nodes alike; `dmvpn lab up` boots the latter here) and runs
+`dmvpn run` in it with the topology's own node config, with `dataplane:` as
+asked, else the node's (topology), else `kernel`. The guest's root is the
+host's / read-only, so the daemon is this very installation (the interpreter
+and package the tests run with).
 
 Files, in the lab's run directory (removed by `Lab.down`):
 
@@ -39,6 +41,7 @@ from .frrconf import GUEST_LAN, GUEST_NBMA
 from .guestkernel import GuestKernel, ensure_kernel
 from .netns import FRR_LAN_TAP, FRR_NBMA_TAP, Lab, LabError
 from .runner import dmvpn_command
+from .topology import VM_DATAPLANE
 from .vm import BOOT_TIMEOUT, GuestResult, GuestSpec, Nic, VirtualMachine
 
 __all__ = ["GUEST_SOCKET", "DmvpnGuests"]
@@ -67,7 +70,7 @@ class DmvpnGuests:
         self,
         lab: Lab,
         nodes: Iterable[str] | None = None,
-        dataplane: str = "kernel",
+        dataplane: str | None = None,
         kernel: GuestKernel | None = None,
     ) -> None:
         self.lab = lab
@@ -85,7 +88,8 @@ class DmvpnGuests:
     def config(self, node: str) -> dict[str, Any]:
         cfg = {**self.lab.topology.node_config(node), "socket": GUEST_SOCKET}
         for itf in cfg["interfaces"]:
-            itf["dataplane"] = self.dataplane
+            # Ours if given, else the topology's (a vm node's), else the kernel's.
+            itf["dataplane"] = self.dataplane or itf.get("dataplane") or VM_DATAPLANE
         return cfg
 
     def boot_script(self, node: str) -> str:
