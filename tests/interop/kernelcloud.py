@@ -85,18 +85,18 @@ def kernel_clouds(*labs: tuple[dict[str, Any], str]) -> Iterator[list[Cloud]]:
     assert shutil.which("qemu-system-x86_64"), "qemu-system-x86 missing"
     built: list[Lab] = []
     try:
-        clouds = []
+        clouds, hubs = [], []
         for topology, prefix in labs:
             lab = Lab(Topology.from_data(topology), prefix=prefix)
             built.append(lab)
-            lab.up()
-            clouds.append(Cloud(lab, Runner(lab), DmvpnGuests(lab)))
-        # The host's hubs first, the guests boot meanwhile, the host's spokes
-        # once every guest runs: a spoke whose hub is still starting under
-        # emulation would back off its registrations.
-        hubs = [[p.name for p in c.lab.topology.hubs if p.name in c.runner.routers] for c in clouds]
-        for c, h in zip(clouds, hubs, strict=True):
-            c.runner.start(h)
+            lab.up()  # the next lab is built while this one's guests boot
+            c = Cloud(lab, Runner(lab), DmvpnGuests(lab))
+            clouds.append(c)
+            # The host's hubs first, the guests boot meanwhile, the host's
+            # spokes once every guest runs: a spoke whose hub is still
+            # starting under emulation would back off its registrations.
+            hubs.append([p.name for p in lab.topology.hubs if p.name in c.runner.routers])
+            c.runner.start(hubs[-1])
             c.guests.start()
         for c in clouds:
             c.guests.wait_ready(timeout=300)

@@ -209,6 +209,14 @@ def _status_data(lab: Lab) -> dict[str, Any]:
             node["log"] = str(frr.dir(row["name"]) / "logs" / "nhrpd.log")
             node["console"] = str(frr.dir(row["name"]) / "console.log")
             node["socket"] = None
+        elif row["kind"] == "vm":
+            # Our daemon in a QEMU guest: its files on the guest's share.
+            work = DmvpnGuests(lab, [row["name"]]).dir(row["name"])
+            node["daemon"] = "running" if row["pids"] else "stopped"
+            node["config"] = str(work / "node.yaml")
+            node["log"] = str(work / "dmvpn.log")
+            node["console"] = str(work / "console.log")
+            node["socket"] = None  # in the guest: `lab show` reaches it
         else:
             name = row["name"]
             node["daemon"] = "running" if row["pids"] else "stopped"
