@@ -111,15 +111,11 @@ def up_cmd(topology: Path | None, prefix: str, timeout: float) -> None:
             runner.start(first)
             click.echo(f"booting QEMU guests with dmvpn on {', '.join(vms.nodes)}")
             vms.start()
-        if runner.routers:
-            click.echo(f"starting dmvpn on {', '.join(runner.routers)} (logs in {lab.run_dir}/)")
-            if vms.nodes:
-                took = vms.wait_ready(timeout=300)
-                click.echo(f"dmvpn running in guests on {', '.join(vms.nodes)} in {took:.1f} s")
-            runner.start([r for r in runner.routers if r not in first])
-        elif vms.nodes:
             took = vms.wait_ready(timeout=300)
             click.echo(f"dmvpn running in guests on {', '.join(vms.nodes)} in {took:.1f} s")
+        if runner.routers:
+            click.echo(f"starting dmvpn on {', '.join(runner.routers)} (logs in {lab.run_dir}/)")
+            runner.start([r for r in runner.routers if r not in first])
         if frr.nodes:
             click.echo(f"nhrpd running on {', '.join(frr.nodes)} in {frr.wait_ready():.1f} s")
         took = wait_registered(runner, frr, timeout)
