@@ -77,8 +77,9 @@ class Cloud:
 
 @contextmanager
 def kernel_clouds(*labs: tuple[dict[str, Any], str]) -> Iterator[list[Cloud]]:
-    """Several labs (topology, prefix) up at once, their guests (`kind: frr`
-    nodes) booted together with our daemon on the kernel plane, the host's
+    """Several labs (topology, prefix) up at once, their guests (`kind: vm`
+    nodes, or `kind: frr` ones) booted together with our daemon (on the
+    kernel plane unless the topology says otherwise), the host's
     daemons started, every spoke registered. One boot for all: each guest is
     one emulated CPU, so guests of different labs share the cores instead of
     waiting for each other's boot (and Python imports) in turn."""

@@ -35,8 +35,8 @@ KERNEL_SPOKES = {
     "nodes": {
         "hubs": [{"name": "hub1"}],
         "spokes": [
-            {"name": "spoke1", "kind": "frr"},  # the lab's guest wiring; dmvpn runs in it
-            {"name": "spoke2", "kind": "frr"},
+            {"name": "spoke1", "kind": "vm"},  # our daemon in a guest, dataplane: kernel
+            {"name": "spoke2", "kind": "vm", "dataplane": "kernel"},
             {"name": "spoke3"},
         ],
     },
@@ -47,7 +47,7 @@ KERNEL_HUB = {
     "phase": 3,
     "holdtime": 60,
     "nodes": {
-        "hubs": [{"name": "hub1", "kind": "frr"}],  # the lab's guest wiring; dmvpn runs in it
+        "hubs": [{"name": "hub1", "kind": "vm"}],  # our daemon in a guest, dataplane: kernel
         "spokes": [{"name": "spoke1"}, {"name": "spoke2"}],
     },
 }

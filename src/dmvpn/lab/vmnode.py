@@ -2,9 +2,9 @@
 
 The host kernel may lack ip_gre (this lab's does); a guest of the VM
 machinery (`dmvpn.lab.vm`) has Debian's kernel, which has it. `DmvpnGuests`
-boots one guest per router it is given (by default those the topology marks
-`kind: frr`: the lab wires those to taps exactly as for nhrpd guests, and
-`kind: vm` nodes alike; `dmvpn lab up` boots the latter here) and runs
+boots one guest per router it is given (by default the topology's guests:
+`kind: vm`, which `dmvpn lab up` boots here, and `kind: frr`, whose wiring
+to taps is the same) and runs
 `dmvpn run` in it with the topology's own node config, with `dataplane:` as
 asked, else the node's (topology), else `kernel`. The guest's root is the
 host's / read-only, so the daemon is this very installation (the interpreter
@@ -74,9 +74,8 @@ class DmvpnGuests:
         kernel: GuestKernel | None = None,
     ) -> None:
         self.lab = lab
-        self.nodes = (
-            list(nodes) if nodes is not None else [p.name for p in lab.topology.frr_routers]
-        )
+        guests = [p.name for p in lab.topology.routers if p.kind != "dmvpn"]
+        self.nodes = list(nodes) if nodes is not None else guests
         self.dataplane = dataplane
         self._kernel = kernel
         self.vms: dict[str, VirtualMachine] = {}
