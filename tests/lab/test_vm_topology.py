@@ -94,6 +94,14 @@ def test_frr_guests_keep_their_dmvpn_default_of_kernel() -> None:
             "nodes.hubs.0.dataplane: kernel does not do front_door_vrf yet",
         ),
         (
+            {"front_door_vrf": True, "nodes": {"hubs": [{"name": "hub1", "dataplane": "ebpf"}]}},
+            "nodes.hubs.0.dataplane: ebpf is not yet with front_door_vrf",
+        ),
+        (
+            {"vrf_clouds": True, "nodes": {"hubs": [{"name": "hub1", "dataplane": "ebpf"}]}},
+            "nodes.hubs.0.dataplane: ebpf is not yet with vrf_clouds",
+        ),
+        (
             {"nodes": {"hubs": [{"name": "hub1", "dataplane": "tap"}]}},
             "nodes.hubs.0.dataplane: Input should be 'userspace', 'ebpf', 'kernel' or 'auto'",
         ),

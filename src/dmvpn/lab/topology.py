@@ -552,7 +552,12 @@ class Topology(_Strict):
                     f"{path}.dataplane: ebpf is not built for guests (its programs are "
                     "compiled for the host's kernel); use kernel, userspace or auto"
                 )
-            if self.dataplane_of(spec.name) != "kernel":
+            mine = self.dataplane_of(spec.name)
+            if mine == "ebpf" and (self.front_door_vrf or self.vrf_clouds):
+                # As for the topology's own `dataplane: ebpf` (below).
+                what = "front_door_vrf" if self.front_door_vrf else "vrf_clouds"
+                raise ValueError(f"{path}.dataplane: ebpf is not yet with {what}")
+            if mine != "kernel":
                 continue
             # What config.Interface refuses on the kernel plane, said here.
             if self.ipv6:
