@@ -553,8 +553,8 @@ class Topology(_Strict):
                     "compiled for the host's kernel); use kernel, userspace or auto"
                 )
             mine = self.dataplane_of(spec.name)
-            if mine == "ebpf" and (self.front_door_vrf or self.vrf_clouds):
-                # As for the topology's own `dataplane: ebpf` (below).
+            if plane == "ebpf" and (self.front_door_vrf or self.vrf_clouds):
+                # As for the topology's own `dataplane: ebpf` (refused below).
                 what = "front_door_vrf" if self.front_door_vrf else "vrf_clouds"
                 raise ValueError(f"{path}.dataplane: ebpf is not yet with {what}")
             if mine != "kernel":
