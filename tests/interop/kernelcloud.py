@@ -76,39 +76,57 @@ class Cloud:
 
 
 @contextmanager
-def kernel_cloud(topology: dict[str, Any], prefix: str) -> Iterator[Cloud]:
-    """The lab up, the guests (`kind: frr` nodes) booted with our daemon on
-    the kernel plane, the host's daemons started, every spoke registered."""
+def kernel_clouds(*labs: tuple[dict[str, Any], str]) -> Iterator[list[Cloud]]:
+    """Several labs (topology, prefix) up at once, their guests (`kind: vm`
+    nodes, or `kind: frr` ones) booted together with our daemon (on the
+    kernel plane unless the topology says otherwise), the host's
+    daemons started, every spoke registered. One boot for all: each guest is
+    one emulated CPU, so guests of different labs share the cores instead of
+    waiting for each other's boot (and Python imports) in turn."""
     assert shutil.which("qemu-system-x86_64"), "qemu-system-x86 missing"
-    lab = Lab(Topology.from_data(topology), prefix=prefix)
-    lab.up()
+    built: list[Lab] = []
     try:
-        runner = Runner(lab)
-        guests = DmvpnGuests(lab)
-        # The host's hubs first, the guests boot meanwhile, the host's spokes
-        # once every guest runs: a spoke whose hub is still starting under
-        # emulation would back off its registrations.
-        hubs = [p.name for p in lab.topology.hubs if p.name in runner.routers]
-        runner.start(hubs)
-        guests.start()
-        guests.wait_ready(timeout=240)
-        runner.start([r for r in runner.routers if r not in hubs])
-        c = Cloud(lab, runner, guests)
-        spokes = [p.name for p in lab.topology.spokes if p.name in guests.nodes]
-        c.wait(
-            "the kernel spokes to register",
-            lambda: all(guests.events(s, "nhs-up") for s in spokes),
-            timeout=60,
-        )
-        runner.wait_registered()
-        yield c
+        clouds, hubs = [], []
+        for topology, prefix in labs:
+            lab = Lab(Topology.from_data(topology), prefix=prefix)
+            built.append(lab)
+            lab.up()  # the next lab is built while this one's guests boot
+            c = Cloud(lab, Runner(lab), DmvpnGuests(lab))
+            clouds.append(c)
+            # The host's hubs first, the guests boot meanwhile, the host's
+            # spokes once every guest runs: a spoke whose hub is still
+            # starting under emulation would back off its registrations.
+            hubs.append([p.name for p in lab.topology.hubs if p.name in c.runner.routers])
+            c.runner.start(hubs[-1])
+            c.guests.start()
+        for c in clouds:
+            c.guests.wait_ready(timeout=300)
+        for c, h in zip(clouds, hubs, strict=True):
+            c.runner.start([r for r in c.runner.routers if r not in h])
+        for c in clouds:
+            spokes = [p.name for p in c.lab.topology.spokes if p.name in c.guests.nodes]
+            c.wait(
+                "the kernel spokes to register",
+                lambda: all(c.guests.events(s, "nhs-up") for s in spokes),  # noqa: B023
+                timeout=60,
+            )
+            c.runner.wait_registered()
+        yield clouds
     finally:
         keep = os.environ.get("DMVPN_INTEROP_KEEP")
-        if keep:  # for a post-mortem: the guests' consoles and daemons' logs
-            shutil.copytree(
-                lab.run_dir,
-                f"{keep}/{prefix}",
-                dirs_exist_ok=True,
-                ignore=shutil.ignore_patterns("*.sock"),
-            )
-        lab.down()
+        for lab in built:
+            if keep:  # for a post-mortem: the guests' consoles and daemons' logs
+                shutil.copytree(
+                    lab.run_dir,
+                    f"{keep}/{lab.prefix}",
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.sock"),
+                )
+            lab.down()
+
+
+@contextmanager
+def kernel_cloud(topology: dict[str, Any], prefix: str) -> Iterator[Cloud]:
+    """One lab as `kernel_clouds` brings it up."""
+    with kernel_clouds((topology, prefix)) as (cloud,):
+        yield cloud

@@ -1,42 +1,94 @@
 """Issue 15: our daemon on the kernel's own mGRE (`dataplane: kernel`), inside
-QEMU guests (this host has no ip_gre), in one phase 3 cloud with userspace
-nodes on the host side (dmvpn.lab.vmnode):
+QEMU guests (this host has no ip_gre), with userspace nodes on the host side
+(dmvpn.lab.vmnode), phase 3. Two labs, booted together (one boot of all
+three guests: each is one emulated CPU, so they share the cores instead of
+booting in turn):
+
+The spokes' lab (kernel spokes, a userspace hub):
 
     hub1    dmvpn, userspace (namespace)    spoke1  dmvpn, kernel (guest)
     spoke3  dmvpn, userspace (namespace)    spoke2  dmvpn, kernel (guest)
 
-One cloud for the module: booting guests costs seconds.
+The hub's lab (a kernel hub, userspace spokes):
+
+    hub1    dmvpn, kernel (guest)           spoke1, spoke2  dmvpn, userspace
+
+The kernel hub sees its hairpins without iptables (a filtered packet socket
+on the GRE device, dataplane/kernel.py) and replicates link multicast itself.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from .kernelcloud import Cloud, kernel_cloud
+from .kernelcloud import Cloud, kernel_clouds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, guest taps)")
 
-TOPOLOGY = {
+KERNEL_SPOKES = {
     "phase": 3,
     "holdtime": 60,
     "nodes": {
         "hubs": [{"name": "hub1"}],
         "spokes": [
-            {"name": "spoke1", "kind": "frr"},  # the lab's guest wiring; dmvpn runs in it
-            {"name": "spoke2", "kind": "frr"},
+            {"name": "spoke1", "kind": "vm"},  # our daemon in a guest, dataplane: kernel
+            {"name": "spoke2", "kind": "vm", "dataplane": "kernel"},
             {"name": "spoke3"},
         ],
     },
 }
 
 
+KERNEL_HUB = {
+    "phase": 3,
+    "holdtime": 60,
+    "nodes": {
+        "hubs": [{"name": "hub1", "kind": "vm"}],  # our daemon in a guest, dataplane: kernel
+        "spokes": [{"name": "spoke1"}, {"name": "spoke2"}],
+    },
+}
+
+# A UDP listener on spoke2's tunnel interface, joined to a group (host side).
+LISTEN = """
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"dmvpn0")
+s.bind(("239.1.1.1", 5000))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             socket.inet_aton("239.1.1.1") + socket.inet_aton("10.0.0.12"))
+print("listening", flush=True)
+s.settimeout(20)
+print(s.recv(100).decode(), flush=True)
+"""
+SEND = (
+    "python3 -S -c 'import socket,time; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
+    's.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_IF,socket.inet_aton("10.0.0.1")); '
+    '[(s.sendto(b"hello-from-the-kernel-hub",("239.1.1.1",5000)),time.sleep(0.3)) '
+    "for _ in range(5)]'"
+)
+
+
 @pytest.fixture(scope="module")
-def cloud() -> Iterator[Cloud]:
-    with kernel_cloud(TOPOLOGY, f"kdp{os.getpid() % 10000}-") as c:
-        yield c
+def clouds() -> Iterator[tuple[Cloud, Cloud]]:
+    tag = os.getpid() % 10000
+    with kernel_clouds((KERNEL_SPOKES, f"kdp{tag}-"), (KERNEL_HUB, f"kdh{tag}-")) as (s, h):
+        yield s, h
+
+
+@pytest.fixture
+def cloud(clouds: tuple[Cloud, Cloud]) -> Cloud:
+    """The spokes' lab: kernel spokes, a userspace hub."""
+    return clouds[0]
+
+
+@pytest.fixture
+def hub_cloud(clouds: tuple[Cloud, Cloud]) -> Cloud:
+    """The hub's lab: a kernel hub, userspace spokes."""
+    return clouds[1]
 
 
 def test_kernel_spokes_register_with_a_userspace_hub(cloud: Cloud) -> None:
@@ -93,3 +145,46 @@ def test_phase3_shortcuts_from_a_kernel_spoke(cloud: Cloud) -> None:
         lambda: cloud.shortcut_via("spoke2", "192.168.1.0/24") == "10.0.0.11",
     )
     assert cloud.ping("host1", host2)
+
+
+def test_kernel_hub_redirects_without_iptables(hub_cloud: Cloud) -> None:
+    # Userspace spokes registered with the kernel hub: its cache, and their
+    # bindings as the hub kernel's neighbour entries.
+    hub = hub_cloud.cache("hub1")
+    for n in (11, 12):
+        assert hub[f"10.0.0.{n}/32"]["nbma"] == f"172.30.0.{n}", hub
+        assert f"lladdr 172.30.0.{n} PERMANENT" in hub_cloud.neighbour("hub1", f"10.0.0.{n}")
+    assert "NFLOG" not in hub_cloud.sh("hub1", "iptables-save 2>/dev/null; nft list ruleset")
+    # spoke1 -> spoke2's LAN through the hub: the kernel forwards it back out
+    # of the GRE device, the capture socket sees the hairpin, the hub sends a
+    # Traffic Indication and the spokes resolve a shortcut.
+    assert hub_cloud.ping("host1", hub_cloud.lan_ip("host2"))
+    hub_cloud.wait(
+        "spoke1's shortcut to host2's LAN",
+        lambda: hub_cloud.shortcut_via("spoke1", "192.168.2.0/24") == "10.0.0.12",
+    )
+    kinds = [e["kind"] for e in hub_cloud.guests.events("hub1")]
+    assert "redirect" in kinds, kinds
+    assert hub_cloud.ping("host1", hub_cloud.lan_ip("host2"))
+
+
+def test_kernel_hub_replicates_link_multicast(hub_cloud: Cloud) -> None:
+    listener = hub_cloud.lab.popen(
+        "spoke2",
+        ["python3", "-S", "-c", LISTEN],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        assert listener.stdout.readline().strip() == "listening"
+        res = hub_cloud.guests.run("hub1", SEND)
+        assert res.returncode == 0, res.output
+        got = listener.stdout.readline().strip()
+        traffic = hub_cloud.guests.api("hub1", "/v1/nhrp/traffic")
+        link = hub_cloud.sh("hub1", "ip -s link show dmvpn0")
+        assert got == "hello-from-the-kernel-hub", (traffic, link)
+    finally:
+        listener.kill()
+        listener.wait()
+    assert "tx.multicast" in str(traffic), traffic

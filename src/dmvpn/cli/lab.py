@@ -38,6 +38,7 @@ from dmvpn.lab.routingd import RoutingDaemons
 from dmvpn.lab.runner import REGISTRATION_TIMEOUT, Runner, dmvpn_command
 from dmvpn.lab.text import summary, table_lines
 from dmvpn.lab.topology import VRF_CLOUDS
+from dmvpn.lab.vmnode import GUEST_SOCKET, DmvpnGuests
 
 __all__ = ["lab_group"]
 
@@ -100,16 +101,33 @@ def up_cmd(topology: Path | None, prefix: str, timeout: float) -> None:
         built.set()
         click.echo(f"built lab {prefix!r}: {summary(topo)}, {len(lab.namespaces)} namespaces")
         runner, frr = Runner(lab), FrrNodes(lab)
+        vms = DmvpnGuests(lab, [p.name for p in topo.vm_routers])
         if frr.nodes:
             # Booted first and in parallel: a guest takes seconds, a daemon less.
             click.echo(f"booting QEMU guests with FRR nhrpd on {', '.join(frr.nodes)}")
             frr.start()
+        # With vm nodes: the namespaces' hubs first, the guests meanwhile, the
+        # namespaces' spokes once the guests run (a spoke whose hub still starts
+        # under emulation would back off its registrations).
+        first = [p.name for p in topo.hubs if p.name in runner.routers] if vms.nodes else []
+        if vms.nodes:
+            runner.start(first)
+            click.echo(f"booting QEMU guests with dmvpn on {', '.join(vms.nodes)}")
+            vms.start()
+            took = vms.wait_ready(timeout=300)
+            click.echo(f"dmvpn running in guests on {', '.join(vms.nodes)} in {took:.1f} s")
         if runner.routers:
             click.echo(f"starting dmvpn on {', '.join(runner.routers)} (logs in {lab.run_dir}/)")
-            runner.start()
+            runner.start([r for r in runner.routers if r not in first])
         if frr.nodes:
             click.echo(f"nhrpd running on {', '.join(frr.nodes)} in {frr.wait_ready():.1f} s")
         took = wait_registered(runner, frr, timeout)
+        spokes = [p.name for p in topo.spokes if p.kind == "vm"]
+        took += runner.wait_for(
+            "every vm spoke to register",
+            lambda: all(vms.events(s, "nhs-up") for s in spokes),
+            timeout,
+        )
         if topo.routing.dynamic:
             # Routing daemons beside dmvpn (docs/ROUTING.md): over the tunnel, once it is up.
             RoutingDaemons(lab).start()
@@ -194,6 +212,14 @@ def _status_data(lab: Lab) -> dict[str, Any]:
             node["log"] = str(frr.dir(row["name"]) / "logs" / "nhrpd.log")
             node["console"] = str(frr.dir(row["name"]) / "console.log")
             node["socket"] = None
+        elif row["kind"] == "vm":
+            # Our daemon in a QEMU guest: its files on the guest's share.
+            work = DmvpnGuests(lab, [row["name"]]).dir(row["name"])
+            node["daemon"] = "running" if row["pids"] else "stopped"
+            node["config"] = str(work / "node.yaml")
+            node["log"] = str(work / "dmvpn.log")
+            node["console"] = str(work / "console.log")
+            node["socket"] = None  # in the guest: `lab show` reaches it
         else:
             name = row["name"]
             node["daemon"] = "running" if row["pids"] else "stopped"
@@ -384,15 +410,16 @@ def exec_cmd(prefix: str, vrf: int | None, node: str, command: tuple[str, ...]) 
         sys.exit(_run_inside(lab, _vrf_namespace(lab, node, vrf), argv))
     nats = {n.name for n in lab.topology.nat_routers}
     nats |= {a.name for a in lab.topology.access_routers}
-    if node != INET and node not in nats and lab.topology.plan(node).kind == "frr":
+    if node != INET and node not in nats and lab.topology.plan(node).kind != "dmvpn":
         # The namespace only bridges: the router is the guest.
         sys.exit(_run_in_guest(lab, node, shlex.join(argv)))
     sys.exit(_run_inside(lab, namespace, argv))
 
 
 def _run_in_guest(lab: Lab, node: str, script: str) -> int:
+    guests = DmvpnGuests(lab, [node]) if lab.topology.plan(node).kind == "vm" else FrrNodes(lab)
     try:
-        res = FrrNodes(lab).run(node, script, timeout=120)
+        res = guests.run(node, script, timeout=120)
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(res.output, nl=False)
@@ -425,6 +452,10 @@ def show_cmd(prefix: str, node: str, args: tuple[str, ...]) -> None:
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         sys.exit(_run_in_guest(lab, node, f"vtysh --vty_socket /run/frr -c {shlex.quote(command)}"))
+    if lab.topology.plan(node).kind == "vm":
+        # The same CLI in the guest (Python starts slowly there: seconds).
+        argv = [*dmvpn_command(), "show", *_after_dashes(args), "--socket", GUEST_SOCKET]
+        sys.exit(_run_in_guest(lab, node, shlex.join(argv)))
     if not _show_available():
         raise click.ClickException(
             "this dmvpn has no `show` command yet; try "

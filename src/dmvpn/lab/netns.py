@@ -292,8 +292,8 @@ class Lab:
                 ns,
             )
             self._ip("-n", upstream, "link", "set", port, "master", BRIDGE, "up")
-            if router.kind == "frr":
-                # The guest owns the addresses: the namespace only bridges.
+            if router.kind != "dmvpn":
+                # A guest (frr, vm) owns the addresses: the namespace only bridges.
                 self._bridge_tap(ns, FRR_NBMA_BRIDGE, NBMA_INTERFACE, FRR_NBMA_TAP)
                 continue
             self._ip("-n", ns, "addr", "add", str(router.nbma), "dev", NBMA_INTERFACE)
@@ -353,7 +353,7 @@ class Lab:
                 "netns",
                 host_ns,
             )
-            if spoke.kind == "frr":
+            if spoke.kind != "dmvpn":
                 self._bridge_tap(ns, FRR_LAN_BRIDGE, LAN_INTERFACE, FRR_LAN_TAP)
             else:
                 self._ip("-n", ns, "addr", "add", str(spoke.lan), "dev", LAN_INTERFACE)

@@ -27,9 +27,16 @@ routes a spoke's LAN to the spoke if it registers there, else to the hub
 below it whose region holds the spoke. Without `nhs`, spokes register with
 every hub and hubs with none (the default).
 
-A hub or spoke is `kind: dmvpn` (our daemon, the default) or `kind: frr`:
+A hub or spoke is `kind: dmvpn` (our daemon, the default), `kind: frr`:
 FRR's nhrpd on a kernel mGRE in a QEMU guest, configured from the same
-settings (`dmvpn.lab.frrconf`, `dmvpn.lab.frrnode`), for interop.
+settings (`dmvpn.lab.frrconf`, `dmvpn.lab.frrnode`), for interop, or
+`kind: vm`: our daemon in a QEMU guest (`dmvpn.lab.vmnode`), on the guest
+kernel's mGRE (`dataplane: kernel`) unless the node says otherwise. frr and
+vm nodes are "guests": the lab wires them alike (taps), and refuses for both
+what it builds for namespaces only (IPv6, NAT, access routers, IPsec, ...).
+
+`dataplane:` per node overrides the topology's for that dmvpn or vm node;
+frr nodes take none (nhrpd always uses the kernel's mGRE).
 
 Why one module of this length: the schema, its validation and the addressing
 plan derived from it are one concern (what the lab is), and each is small.
@@ -90,8 +97,13 @@ __all__ = [
 
 Role = Literal["hub", "spoke", "host"]
 # What runs on a router: our daemon in a namespace, or FRR's zebra + nhrpd on a
-# real kernel mGRE inside a QEMU guest (dmvpn.lab.frrnode), for interop.
-Kind = Literal["dmvpn", "frr"]
+# real kernel mGRE inside a QEMU guest (dmvpn.lab.frrnode), for interop, or
+# our daemon in a QEMU guest (dmvpn.lab.vmnode).
+Kind = Literal["dmvpn", "frr", "vm"]
+# A node's data plane (config.Interface.dataplane).
+DataPlaneName = Literal["userspace", "ebpf", "kernel", "auto"]
+# What a vm node runs on unless it says: the reason to boot a guest at all.
+VM_DATAPLANE = "kernel"
 
 DEFAULT_PREFIX = "dmvpn-"
 # The namespace holding the underlay bridge: the lab's "internet".
@@ -150,6 +162,8 @@ class HubSpec(_Strict):
 
     name: NodeName
     kind: Kind = "dmvpn"
+    # This node's data plane (dmvpn and vm nodes); None: the topology's.
+    dataplane: DataPlaneName | None = None
     nbma: IPv4Address | None = None  # underlay address
     tunnel: IPv4Address | None = None  # tunnel (protocol) address
     # Hierarchical hubs: the hubs this one registers with (a regional hub
@@ -162,6 +176,8 @@ class SpokeSpec(_Strict):
 
     name: NodeName
     kind: Kind = "dmvpn"
+    # This node's data plane (dmvpn and vm nodes); None: the topology's.
+    dataplane: DataPlaneName | None = None
     nbma: IPv4Address | None = None
     tunnel: IPv4Address | None = None
     lan: IPv4Network | None = None  # the spoke takes .1, its host .10
@@ -497,12 +513,15 @@ class Topology(_Strict):
             self._check_dual_cloud(order)
         if sites:
             self._check_sites(order)
-        if self.routing.dynamic and any(p.kind == "frr" for p in order):
+        self._check_dataplanes()
+        if self.routing.dynamic and any(p.kind != "dmvpn" for p in order):
             raise ValueError("routing: the lab runs routing daemons beside dmvpn nodes only")
         if self.front_door_vrf:
             # What the daemon does not do with a front-door VRF yet (config.py).
-            if any(p.kind == "frr" for p in order):
-                raise ValueError("front_door_vrf: dmvpn routers only (frr nodes run in guests)")
+            if any(p.kind != "dmvpn" for p in order):
+                raise ValueError(
+                    "front_door_vrf: dmvpn routers only (frr and vm nodes run in guests)"
+                )
             if self.dataplane == "ebpf":
                 raise ValueError("front_door_vrf: not yet with dataplane: ebpf")
         if self.vrf_clouds:
@@ -515,19 +534,64 @@ class Topology(_Strict):
                     ("dataplane: ebpf", self.dataplane == "ebpf"),
                     ("qos", bool(self.qos)),
                     ("spokes behind a lab NAT", any(p.nat for p in order)),
-                    ("frr nodes", any(p.kind == "frr" for p in order)),
+                    ("frr or vm nodes", any(p.kind != "dmvpn" for p in order)),
                 )
                 if on
             ]
             if clash:
                 raise ValueError(f"vrf_clouds: not with {', '.join(clash)}")
         self._check_hierarchy()
-        if self.ipsec_psk is not None and any(p.kind == "frr" for p in order):
+        guests = " and ".join(sorted({p.kind for p in order if p.kind != "dmvpn"}))
+        if self.ipsec_psk is not None and guests:
             raise ValueError(
-                "ipsec_psk: frr nodes run no strongSwan in the lab; "
+                f"ipsec_psk: {guests} nodes run no strongSwan in the lab; "
                 "use ipsec_psk with dmvpn nodes only"
             )
         return self
+
+    def _specs(self) -> list[tuple[str, HubSpec | SpokeSpec]]:
+        """Every router's spec with its path in the topology file."""
+        specs: list[tuple[str, HubSpec | SpokeSpec]] = [
+            (f"nodes.hubs.{i}", h) for i, h in enumerate(self.nodes.hubs)
+        ]
+        return specs + [(f"nodes.spokes.{i}", s) for i, s in enumerate(self.nodes.spokes)]
+
+    def _check_dataplanes(self) -> None:
+        """Per-node `dataplane:` where it can work (module docstring)."""
+        for path, spec in self._specs():
+            plane = spec.dataplane
+            if spec.kind == "frr" and plane is not None:
+                raise ValueError(
+                    f"{path}.dataplane: an frr node runs nhrpd on the guest kernel's mGRE; "
+                    "dataplane is for dmvpn and vm nodes"
+                )
+            if spec.kind == "vm" and plane == "ebpf":
+                raise ValueError(
+                    f"{path}.dataplane: ebpf is not built for guests (its programs are "
+                    "compiled for the host's kernel); use kernel, userspace or auto"
+                )
+            mine = self.dataplane_of(spec.name)
+            if plane == "ebpf" and (self.front_door_vrf or self.vrf_clouds):
+                # As for the topology's own `dataplane: ebpf` (refused below).
+                what = "front_door_vrf" if self.front_door_vrf else "vrf_clouds"
+                raise ValueError(f"{path}.dataplane: ebpf is not yet with {what}")
+            if mine != "kernel":
+                continue
+            # What config.Interface refuses on the kernel plane, said here.
+            if self.ipv6:
+                raise ValueError(f"{path}.dataplane: kernel does not do ipv6 yet")
+            if self.front_door_vrf:
+                raise ValueError(f"{path}.dataplane: kernel does not do front_door_vrf yet")
+
+    def dataplane_of(self, name: str) -> str | None:
+        """A dmvpn or vm router's data plane: its own `dataplane`, else for a
+        vm node `kernel`, else the topology's (None: the config's default)."""
+        spec = next((s for _, s in self._specs() if s.name == name), None)
+        if spec is None or spec.kind == "frr":
+            return None
+        if spec.dataplane is not None:
+            return spec.dataplane
+        return VM_DATAPLANE if spec.kind == "vm" else self.dataplane
 
     def _check_hierarchy(self) -> None:
         """`nhs:` names hubs, never the node itself, and hubs form no loop."""
@@ -553,7 +617,7 @@ class Topology(_Strict):
             why = "is built for one IPv4 cloud with static routing"
         elif any(s.site is not None for s in self.nodes.spokes):
             why = "is not yet combined with dual spoke sites (site:)"
-        elif any(p.kind == "frr" for p in self._plan.values()):
+        elif any(p.kind != "dmvpn" for p in self._plan.values()):
             why = "is for dmvpn nodes only"
         if why:
             raise ValueError(f"nhs (hierarchical hubs) {why}")
@@ -626,7 +690,7 @@ class Topology(_Strict):
             why = "needs at least two hubs (one per cloud)"
         elif self.phase == 2:
             why = "is for phases 1 and 3 (the summary via the hubs)"
-        elif self.ipv6 or self.routing.dynamic or any(p.kind == "frr" for p in order):
+        elif self.ipv6 or self.routing.dynamic or any(p.kind != "dmvpn" for p in order):
             why = "is built for IPv4, static routing and dmvpn nodes only"
         else:
             last = self.cloud_network(len(hubs) - 1)
@@ -716,8 +780,10 @@ class Topology(_Strict):
     def _plan6(self, plan: dict[str, NodePlan]) -> dict[str, NodePlan]:
         """The IPv6 addresses of a dual-stack lab, by the same numbers as IPv4
         (written in hex so that spoke1 is fd00::11 as it is 10.0.0.11)."""
-        if any(p.kind == "frr" for p in plan.values()):
-            raise ValueError("ipv6: the lab configures IPv6 on dmvpn nodes only, not on frr ones")
+        if any(p.kind != "dmvpn" for p in plan.values()):
+            raise ValueError(
+                "ipv6: the lab configures IPv6 on dmvpn nodes only, not in guests (frr, vm)"
+            )
         net, summary = self.tunnel_network6, self.lan_summary6
         if net.prefixlen > 120:
             raise ValueError(f"tunnel_network6 {net} is too small (at most /120)")
@@ -772,6 +838,11 @@ class Topology(_Strict):
     def dmvpn_routers(self) -> list[NodePlan]:
         """The routers that run `dmvpn run` in their namespace."""
         return [p for p in self.routers if p.kind == "dmvpn"]
+
+    @property
+    def vm_routers(self) -> list[NodePlan]:
+        """The `kind: vm` routers: our daemon in QEMU guests (dmvpn.lab.vmnode)."""
+        return [p for p in self.routers if p.kind == "vm"]
 
     @property
     def frr_routers(self) -> list[NodePlan]:
@@ -917,7 +988,7 @@ class Topology(_Strict):
                         "key": self.key,
                         **({"path_mtu_discovery": True} if self.path_mtu_discovery else {}),
                     },
-                    **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
+                    **({"dataplane": plane} if (plane := self.dataplane_of(name)) else {}),
                     **(
                         {"tcp_adjust_mss": self.tcp_adjust_mss}
                         if self.tcp_adjust_mss is not None
@@ -946,7 +1017,7 @@ class Topology(_Strict):
                 "name": TUNNEL_INTERFACE if me.role == "hub" else f"dmvpn{k}",
                 "address": f"{address}/{net.prefixlen}",
                 "tunnel": {"source": str(_ip(me.nbma)), "key": self.key + k},
-                **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
+                **({"dataplane": plane} if (plane := self.dataplane_of(me.name)) else {}),
                 "nhrp": {**copy.deepcopy(settings), "network_id": k + 1},
             }
 
@@ -982,7 +1053,7 @@ class Topology(_Strict):
                 "namespace": vrf_namespace(prefix, me.name, k),
                 "address": str(me.tunnel),
                 "tunnel": {"source": str(me.nbma.ip), "key": self.key + k - 1},
-                **({"dataplane": self.dataplane} if self.dataplane is not None else {}),
+                **({"dataplane": plane} if (plane := self.dataplane_of(me.name)) else {}),
                 "nhrp": {**copy.deepcopy(nhrp), "network_id": k},
                 "routes": copy.deepcopy(routes),
             }

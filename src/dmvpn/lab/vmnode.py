@@ -2,11 +2,13 @@
 
 The host kernel may lack ip_gre (this lab's does); a guest of the VM
 machinery (`dmvpn.lab.vm`) has Debian's kernel, which has it. `DmvpnGuests`
-boots one guest per router the topology marks `kind: frr` (the lab wires
-those to taps exactly as for nhrpd guests) and runs `dmvpn run` in it with
-the topology's own node config, with `dataplane:` as asked (`kernel` by
-default). The guest's root is the host's / read-only, so the daemon is this
-very installation (the interpreter and package the tests run with).
+boots one guest per router it is given (by default the topology's guests:
+`kind: vm`, which `dmvpn lab up` boots here, and `kind: frr`, whose wiring
+to taps is the same) and runs
+`dmvpn run` in it with the topology's own node config, with `dataplane:` as
+asked, else the node's (topology), else `kernel`. The guest's root is the
+host's / read-only, so the daemon is this very installation (the interpreter
+and package the tests run with).
 
 Files, in the lab's run directory (removed by `Lab.down`):
 
@@ -23,6 +25,7 @@ Show commands go to the daemon's API socket in the guest through curl
 
 from __future__ import annotations
 
+import compileall
 import json
 import shlex
 import sys
@@ -33,10 +36,13 @@ from typing import Any
 
 import yaml
 
+import dmvpn
+
 from .frrconf import GUEST_LAN, GUEST_NBMA
 from .guestkernel import GuestKernel, ensure_kernel
 from .netns import FRR_LAN_TAP, FRR_NBMA_TAP, Lab, LabError
 from .runner import dmvpn_command
+from .topology import VM_DATAPLANE
 from .vm import BOOT_TIMEOUT, GuestResult, GuestSpec, Nic, VirtualMachine
 
 __all__ = ["GUEST_SOCKET", "DmvpnGuests"]
@@ -64,6 +70,17 @@ def hidden_installation(prefix: Path, package: Path) -> list[Path]:
     return found
 
 
+def compile_package() -> None:
+    """Write this installation's missing or stale .pyc files, on the host.
+
+    A guest sees the host's / through 9p under a tmpfs overlay: it reuses
+    the host's __pycache__ where it is current, but compiles any module the
+    host never imported (the kernel plane, say) itself, under emulation, at
+    every boot of every guest. On the host this costs well under a second.
+    """
+    compileall.compile_dir(Path(dmvpn.__file__).parent, quiet=2)
+
+
 class DmvpnGuests:
     """Boots, talks to and stops the dmvpn guests of one lab."""
 
@@ -71,13 +88,12 @@ class DmvpnGuests:
         self,
         lab: Lab,
         nodes: Iterable[str] | None = None,
-        dataplane: str = "kernel",
+        dataplane: str | None = None,
         kernel: GuestKernel | None = None,
     ) -> None:
         self.lab = lab
-        self.nodes = (
-            list(nodes) if nodes is not None else [p.name for p in lab.topology.frr_routers]
-        )
+        guests = [p.name for p in lab.topology.routers if p.kind != "dmvpn"]
+        self.nodes = list(nodes) if nodes is not None else guests
         self.dataplane = dataplane
         self._kernel = kernel
         self.vms: dict[str, VirtualMachine] = {}
@@ -92,7 +108,8 @@ class DmvpnGuests:
     def config(self, node: str) -> dict[str, Any]:
         cfg = {**self.lab.topology.node_config(node), "socket": GUEST_SOCKET}
         for itf in cfg["interfaces"]:
-            itf["dataplane"] = self.dataplane
+            # Ours if given, else the topology's (a vm node's), else the kernel's.
+            itf["dataplane"] = self.dataplane or itf.get("dataplane") or VM_DATAPLANE
         return cfg
 
     def boot_script(self, node: str) -> str:
@@ -146,6 +163,8 @@ class DmvpnGuests:
         """Write each guest's files and boot it; no wait (see `wait_ready`)."""
         if self.nodes and self._kernel is None:
             self._kernel = ensure_kernel()  # once, before the guests start at once
+        if self.nodes:
+            compile_package()
         for node in self.nodes:
             work = self.dir(node)
             work.mkdir(parents=True, exist_ok=True)
