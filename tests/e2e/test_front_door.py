@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dmvpn.lab.netns import NBMA_INTERFACE, Lab
+from dmvpn.lab.runner import REGISTRATION_TIMEOUT
 from dmvpn.lab.topology import Topology
 
 from .test_cloud import DMVPN, Cloud
@@ -47,8 +48,14 @@ def front_door(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
         for plan in topo.routers:
             cloud.start(plan.name)
         spokes = [p.name for p in topo.spokes]
+        # The lab's own wait (REGISTRATION_TIMEOUT): the daemons start in
+        # parallel, and a spoke whose first attempts the hub missed is next
+        # tried at 7 and 15 s (NHRP's doubling backoff); 15 s fell one short
+        # once at load 10.
         cloud.wait(
-            "every spoke to register", lambda: all(cloud.events(s, "nhs-up") for s in spokes)
+            "every spoke to register",
+            lambda: all(cloud.events(s, "nhs-up") for s in spokes),
+            timeout=REGISTRATION_TIMEOUT,
         )
         return cloud
 
