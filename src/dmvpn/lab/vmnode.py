@@ -62,7 +62,7 @@ def hidden_installation(prefix: Path, package: Path) -> list[Path]:
     directory holding the `dmvpn` package) that the guest's tmpfs mounts
     would hide; outermost only."""
     found: list[Path] = []
-    for path in sorted({prefix.resolve(), package.resolve()}, key=lambda p: len(p.parts)):
+    for path in sorted({prefix.resolve(), package.resolve()}, key=lambda p: (len(p.parts), str(p))):
         if any(path.is_relative_to(m) for m in _MASKED) and not any(
             path.is_relative_to(f) for f in found
         ):
