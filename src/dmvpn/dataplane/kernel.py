@@ -51,6 +51,7 @@ from dmvpn.config import Interface
 from dmvpn.wire import Address
 
 from .forwarding import MAX_PEER_COUNTERS, PeerCounters
+from .mss import MssClamp
 from .neighbours import NeighbourWriter
 from .plane import DataPlane, DataPlaneError, DataPlaneHooks
 
@@ -241,6 +242,7 @@ class KernelDataPlane(DataPlane):
         self._came_from: dict[IPv4Address, IPv4Address] = {}
         self._stats: Counter[str] = Counter()
         self._peers: dict[IPv4Address, PeerCounters] = {}
+        self._mss: MssClamp | None = None
 
     # -- life -----------------------------------------------------------------
 
@@ -278,6 +280,14 @@ class KernelDataPlane(DataPlane):
             self.close()
             raise DataPlaneError(f"cannot open the sockets of {name}: {exc}") from None
         self._neighbours = NeighbourWriter(self._index, self.log)
+        if self.cfg.tcp_adjust_mss is not None:
+            # The same owned nftables table as on the TAP (mss.py): it
+            # matches the interface by name, whatever kind of device it is.
+            try:
+                self._mss = MssClamp(name, self.cfg.tcp_adjust_mss)
+            except OSError as exc:
+                self.close()
+                raise DataPlaneError(f"tcp_adjust_mss: {exc}") from None
 
     def _attach_filter(self) -> None:
         assert self._capture is not None
@@ -311,6 +321,9 @@ class KernelDataPlane(DataPlane):
     def close(self) -> None:
         if self._neighbours is not None:
             self._neighbours.close()
+        if self._mss is not None:
+            self._mss.release()
+            self._mss = None
         for sock in (self._nhrp, self._capture, self._misses):
             if sock is not None:
                 sock.close()
@@ -488,7 +501,12 @@ class KernelDataPlane(DataPlane):
 
     @property
     def stats(self) -> Mapping[str, int]:
-        return self._stats
+        if self._mss is None:
+            return self._stats
+        out = dict(self._stats)
+        for direction, n in self._mss.clamped().items():
+            out[f"tcp.mss_clamped.{direction}"] = n
+        return out
 
     @property
     def peers(self) -> Mapping[IPv4Address, PeerCounters]:
