@@ -50,6 +50,29 @@ def dmvpn_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from dmvpn.cli import main; sys.exit(main())"]
 
 
+def read_events(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The JSON records of a daemon's log (of one kind), oldest first.
+
+    Lines that are not JSON objects (a traceback) are skipped; a line being
+    written (no newline yet) is left for the next read; no log yet: none.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n") or not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (kind is None or record.get("kind") == kind):
+            out.append(record)
+    return out
+
+
 class Runner:
     """Starts, watches and reads the logs of the `dmvpn run` daemons of one lab."""
 
@@ -118,26 +141,8 @@ class Runner:
     # -- watching -------------------------------------------------------------
 
     def events(self, node: str, kind: str | None = None) -> list[dict[str, Any]]:
-        """The JSON records of the node's log (of one kind), oldest first.
-
-        Lines that are not JSON objects (a traceback) are skipped; a line being
-        written (no newline yet) is left for the next read.
-        """
-        try:
-            text = self.log_path(node).read_text(errors="replace")
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in text.splitlines(keepends=True):
-            if not line.endswith("\n") or not line.startswith("{"):
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and (kind is None or record.get("kind") == kind):
-                out.append(record)
-        return out
+        """The JSON records of the node's log (of one kind), oldest first."""
+        return read_events(self.log_path(node), kind)
 
     def log_tail(self, node: str, lines: int = 15) -> str:
         try:

@@ -41,7 +41,7 @@ import dmvpn
 from .frrconf import GUEST_LAN, GUEST_NBMA
 from .guestkernel import GuestKernel, ensure_kernel
 from .netns import FRR_LAN_TAP, FRR_NBMA_TAP, Lab, LabError
-from .runner import dmvpn_command
+from .runner import dmvpn_command, read_events
 from .topology import VM_DATAPLANE
 from .vm import BOOT_TIMEOUT, GuestResult, GuestSpec, Nic, VirtualMachine
 
@@ -214,15 +214,8 @@ class DmvpnGuests:
         return res.output
 
     def events(self, node: str, kind: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in (self.dir(node) / "dmvpn.log").read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and (kind is None or record.get("kind") == kind):
-                out.append(record)
-        return out
+        """The JSON records of the guest daemon's log (of one kind), oldest first."""
+        return read_events(self.dir(node) / "dmvpn.log", kind)
 
     def log_tail(self, node: str, lines: int = 15) -> str:
         try:
