@@ -52,7 +52,9 @@ c.close(); print({SIZE}, h.hexdigest(), flush=True)
 
 @pytest.fixture
 def cloud() -> Iterator[tuple[Lab, Topology]]:
-    topo = Topology.from_data({"phase": 3})
+    # Pinned: this tests the TAP's offloads (the userspace path), whatever
+    # the default data plane is.
+    topo = Topology.from_data({"phase": 3, "dataplane": "userspace"})
     lab = Lab(
         topo, prefix=f"dmo{os.getpid() % 100000}-", state_path=Path(tempfile.mkdtemp()) / "lab.json"
     )

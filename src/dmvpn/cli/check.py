@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
-from dmvpn.config import ConfigError, load_config
+from dmvpn.config import ConfigError, Interface, load_config
+
+# What an interface without `dataplane:` gets (config.Interface).
+DEFAULT_DATAPLANE = Interface.model_fields["dataplane"].default
 
 
 def report(path: Path, exc: ConfigError) -> None:
@@ -36,8 +39,8 @@ def check_cmd(config: Path) -> None:
         click.echo(
             f"{config}: ok: node {node.node}, {itf.name} {itf.address} "
             f"network-id {itf.nhrp.network_id}, {role}{dual}"
-            # The default (userspace) goes unsaid; eBPF and auto are news.
-            + (f", dataplane {itf.dataplane}" if itf.dataplane != "userspace" else "")
+            # The default data plane goes unsaid; any other choice is news.
+            + (f", dataplane {itf.dataplane}" if itf.dataplane != DEFAULT_DATAPLANE else "")
             + (f", tcp adjust-mss {itf.tcp_adjust_mss}" if itf.tcp_adjust_mss else "")
         )
     if node.ipsec is not None:
