@@ -105,6 +105,18 @@ interfaces:
 """
 
 
+def test_check_names_the_dataplane_only_when_not_the_default(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(IPSEC_BASE)
+    default = load_config(path).interfaces[0].dataplane
+    assert default == "userspace"  # issue 14 wants auto: see docs/ARCHITECTURE.md "Default."
+    res = CliRunner().invoke(main, ["check", str(path)])
+    assert res.exit_code == 0 and ", dataplane" not in res.output, res.output
+    path.write_text(IPSEC_BASE.replace("    address:", "    dataplane: auto\n    address:"))
+    res = CliRunner().invoke(main, ["check", str(path)])
+    assert res.exit_code == 0 and ", dataplane auto" in res.output, res.output
+
+
 def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
     path = tmp_path / "node.yaml"
     path.write_text(IPSEC_BASE + "ipsec:\n  psk: a-long-shared-secret\n  idle_timeout: 2m\n")
