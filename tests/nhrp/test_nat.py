@@ -249,3 +249,89 @@ def test_a_shortcut_in_use_purged_by_its_owner_is_resolved_again_at_once() -> No
         (A("192.168.2.0"), True)
     ]
     assert spoke.shortcuts() == []  # the old one is gone; data goes via the hub meanwhile
+
+
+def _natted_spoke() -> Engine:
+    """spoke 10.0.0.11 at inside 172.31.1.11, registered through a PAT whose
+    public address is 203.0.113.1 (the hub's NAT extension tells it so)."""
+    spoke = Engine(
+        EngineConfig(
+            protocol_address=A("10.0.0.11"),
+            nbma_address=A("172.31.1.11"),
+            nhs=(NhsConfig(HUB, HUB_NBMA),),
+        )
+    )
+    spoke.start(0.0)
+    hub = _hub()
+    for out in spoke.pop_outputs():
+        if isinstance(out, SendPacket):
+            hub.receive(out.data, A("203.0.113.1"), 0.0)
+    for out in hub.pop_outputs():
+        if isinstance(out, SendPacket):
+            spoke.receive(out.data, HUB_NBMA, 0.0)
+    assert spoke.registered
+    assert spoke.public_nbma == A("203.0.113.1")
+    return spoke
+
+
+def _resolution_failures(spoke: Engine) -> list[Event]:
+    return _events(spoke, EventKind.RESOLUTION_FAILED)
+
+
+def test_an_answer_naming_our_own_public_address_keeps_the_traffic_on_the_hub() -> None:
+    spoke = _natted_spoke()
+    # Phase 2: the hub answers from its binding of spoke 10.0.0.14, which
+    # registered through the same PAT.
+    request = _pending_request(spoke, "10.0.0.14")
+    reply = request.evolve(
+        type=PacketType.RESOLUTION_REPLY,
+        flags=request.flags | ResolutionFlag.A,
+        cies=(Cie(prefix_length=32, nbma=A("203.0.113.1"), protocol=A("10.0.0.14")),),
+    )
+    spoke.receive(reply.encode(), HUB_NBMA, 2.0)
+    assert _binding(spoke, "10.0.0.14") is None
+    assert spoke.stats["resolution.same_public_address"] == 1
+    (event,) = _resolution_failures(spoke)
+    assert "same NAT" in event.message
+    # Phase 3: the owner's answer, through the hub, names its inside address
+    # in the CIE and the shared public one in its NAT extension.
+    request = _pending_request(spoke, "192.168.4.10")
+    reply = request.evolve(
+        type=PacketType.RESOLUTION_REPLY,
+        flags=request.flags | ResolutionFlag.A,
+        cies=(Cie(prefix_length=24, nbma=A("172.31.1.14"), protocol=A("10.0.0.14")),),
+        extensions=(
+            NatAddressExtension(
+                cies=(Cie(prefix_length=32, nbma=A("203.0.113.1"), protocol=A("10.0.0.14")),)
+            ),
+            EndExtension(),
+        ),
+    )
+    spoke.receive(reply.encode(), HUB_NBMA, 3.0)
+    assert _binding(spoke, "10.0.0.14") is None
+    assert spoke.stats["resolution.same_public_address"] == 2
+    assert spoke.stats.get("shortcuts.installed", 0) == 0
+    # A peer behind another public address is bound as before.
+    request = _pending_request(spoke, "10.0.0.15")
+    reply = request.evolve(
+        type=PacketType.RESOLUTION_REPLY,
+        flags=request.flags | ResolutionFlag.A,
+        cies=(Cie(prefix_length=32, nbma=A("203.0.113.2"), protocol=A("10.0.0.15")),),
+    )
+    spoke.receive(reply.encode(), HUB_NBMA, 4.0)
+    assert _binding(spoke, "10.0.0.15") == A("203.0.113.2")
+    assert spoke.stats["resolution.same_public_address"] == 2
+
+
+def test_a_spoke_not_behind_nat_never_refuses_an_answer_for_its_address() -> None:
+    spoke = _spoke()
+    assert spoke.public_nbma is None
+    request = _pending_request(spoke, "10.0.0.12")
+    reply = request.evolve(
+        type=PacketType.RESOLUTION_REPLY,
+        flags=request.flags | ResolutionFlag.A,
+        cies=(Cie(prefix_length=32, nbma=A("198.51.100.12"), protocol=A("10.0.0.12")),),
+    )
+    spoke.receive(reply.encode(), HUB_NBMA, 2.0)
+    assert _binding(spoke, "10.0.0.12") == A("198.51.100.12")
+    assert spoke.stats.get("resolution.same_public_address", 0) == 0

@@ -193,6 +193,20 @@ class Resolver:
                     observed=address_text(src_nbma),
                 )
             nbma = src_nbma
+        if core.public_nbma is not None and nbma == core.public_nbma:
+            # The owner sits behind the same PAT as we do: our GRE to our
+            # own public address cannot come back in, and plain GRE from two
+            # inside hosts to one peer shares one NAT mapping (docs/NAT.md).
+            # Stay on the hub path. Cisco requires unique post-NAT addresses;
+            # nhrpd installs the shortcut and flaps (FRR issue 8308).
+            core.stats["resolution.same_public_address"] += 1
+            self._negative(
+                p.target,
+                now,
+                f"{address_text(next_hop)} is behind the same NAT "
+                f"(public address {address_text(nbma)})",
+            )
+            return True
         holding = cie.holding_time or cfg.holding_time
         flags = EntryFlag.AUTHORITATIVE if pkt.flags & ResolutionFlag.A else EntryFlag(0)
         if nbma != cie.nbma and cie.nbma:
