@@ -138,5 +138,11 @@ def test_lab_topology_turns_ipsec_on_for_every_dmvpn_router() -> None:
             }
         )
     assert info.value.problems == [
-        "ipsec_psk: frr nodes run no strongSwan in the lab; use ipsec_psk with dmvpn nodes only"
+        "ipsec_psk: frr nodes run no strongSwan in the lab; use ipsec_psk with dmvpn and vm "
+        "nodes only"
     ]
+    # vm nodes run our daemon, and it its own charon (kernel ESP in the guest).
+    vm = Topology.from_data(
+        {"ipsec_psk": "lab-psk-0123456789", "nodes": {"spokes": [{"name": "spoke1", "kind": "vm"}]}}
+    )
+    assert vm.node_config("spoke1")["ipsec"] == {"psk": "lab-psk-0123456789"}
