@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,7 +224,17 @@ _XFRM_STATE = re.compile(
 )
 
 
-def test_kernel_spokes_protect_gre_in_transport_mode(cloud: Cloud) -> None:
+# GRE from the guest's NBMA address to one no SA covers: the block policy
+# refuses it in the kernel (EPERM from xfrm_lookup), nothing leaves in clear.
+CLEAR_GRE = (
+    "python3 -S -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47); "
+    's.bind(("172.30.0.11", 0))\n'
+    'try:\n s.sendto(bytes(4), ("172.30.0.99", 0)); print("sent")\n'
+    "except OSError as e: print(e.errno)'"
+)
+
+
+def test_kernel_spokes_protect_gre_in_transport_mode(cloud: Cloud, tmp_path: Path) -> None:
     """Kernel spoke1 <-> kernel spoke2: an SA of the kernel's XFRM in
     transport mode, GRE between the NBMA addresses inside ESP with no IP
     header in between (what the underlay shows, decrypted by tshark with
@@ -238,6 +247,16 @@ def test_kernel_spokes_protect_gre_in_transport_mode(cloud: Cloud) -> None:
     assert view["esp"] == "kernel" and view["esp_mode"] == "transport", view
     # No libipsec device in the guest: ESP is the kernel's.
     assert "ipsec0" not in cloud.sh("spoke1", "ip -o link show")
+    # Mixed pair, kernel spoke1 <-> kernel-libipsec spoke3 (the shortcut of
+    # the test before): tunnel too.
+    assert cloud.ping("host1", cloud.lan_ip("host3"))
+    spoke3 = _sa(cloud, "spoke1", "172.30.0.13")
+    assert spoke3 is not None and spoke3["child"]["mode"] == "TUNNEL", spoke3
+    # No cleartext GRE: the block policies are in, and they refuse GRE to
+    # an NBMA address without an SA.
+    policies = cloud.sh("spoke1", "ip xfrm policy show")
+    assert policies.count("action block") == 2 and "proto gre" in policies, policies
+    assert cloud.guests.run("spoke1", CLEAR_GRE).output.strip() == "1", policies  # EPERM
     assert cloud.ping("host1", host2)
     cloud.wait(
         "spoke1's shortcut to host2's LAN",
@@ -249,8 +268,8 @@ def test_kernel_spokes_protect_gre_in_transport_mode(cloud: Cloud) -> None:
             (_sa(cloud, "spoke1", "172.30.0.12") or {}).get("child", {}).get("mode") == "TRANSPORT"
         ),
     )
-    pcap = Path(tempfile.mkdtemp(prefix="kxfrm-")) / "underlay.pcap"
-    errors = (pcap.parent / "tshark.err").open("w")
+    pcap = tmp_path / "underlay.pcap"
+    errors = (tmp_path / "tshark.err").open("w")
     tshark = cloud.lab.popen(
         "inet",
         ["tshark", "-q", "-i", "br0", "-f", "ip proto 50", "-w", str(pcap)],
