@@ -7,7 +7,14 @@ each: ping RTT host1 -> host2 across the spoke1-spoke2 shortcut and TCP
 throughput (iperf3) the same way. Under emulation absolute numbers mean
 little: compare the ratio kernel / userspace of the same run.
 
-    python bench/bench_kernel_plane.py [--seconds 5] [--pings 20]
+With `--ipsec` each plane is measured clear and protected (a PSK, the
+lab's `ipsec_psk`): the kernel plane's spokes use the guest kernel's ESP in
+transport mode between them, the userspace plane's kernel-libipsec (tunnel
+mode, userspace ESP in charon); the ratios protected / clear are the
+numbers to read.
+
+    python bench/bench_kernel_plane.py [--seconds 5] [--pings 20] [--ipsec]
+        [--planes kernel,userspace]
 
 Needs root (namespaces, taps), qemu-system-x86, iperf3.
 """
@@ -31,7 +38,7 @@ TOPOLOGY = {
     "holdtime": 600,
     "nodes": {
         "hubs": [{"name": "hub1"}],
-        "spokes": [{"name": "spoke1", "kind": "frr"}, {"name": "spoke2", "kind": "frr"}],
+        "spokes": [{"name": "spoke1", "kind": "vm"}, {"name": "spoke2", "kind": "vm"}],
     },
 }
 
@@ -44,8 +51,13 @@ def _wait(what: str, check: Any, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def measure(dataplane: str, seconds: int, pings: int) -> dict[str, float]:
-    lab = Lab(Topology.from_data(TOPOLOGY), prefix=f"bkp{os.getpid() % 1000}{dataplane[0]}-")
+PSK = "bench-psk-0123456789"
+
+
+def measure(dataplane: str, seconds: int, pings: int, ipsec: bool = False) -> dict[str, float]:
+    topology = {**TOPOLOGY, **({"ipsec_psk": PSK} if ipsec else {})}
+    tag = f"{dataplane[0]}{'p' if ipsec else 'c'}"
+    lab = Lab(Topology.from_data(topology), prefix=f"bkp{os.getpid() % 1000}{tag}-")
     lab.up()
     try:
         runner = Runner(lab)
@@ -81,7 +93,12 @@ def measure(dataplane: str, seconds: int, pings: int) -> dict[str, float]:
         )
         server.wait(timeout=30)
         tcp = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
-        return {"boot_s": boot, "rtt_ms": rtt, "tcp_mbit": tcp}
+        out = {"boot_s": boot, "rtt_ms": rtt, "tcp_mbit": tcp}
+        if ipsec:  # the SA the shortcut took, as charon agreed it
+            view = guests.api("spoke1", "/v1/ipsec")
+            modes = [p["child"]["mode"] for p in view["peers"] if p["remote"] == "172.30.0.12"]
+            print(f"{dataplane} spoke1 <-> spoke2 SA: {modes}", flush=True)
+        return out
     finally:
         lab.down()
 
@@ -90,18 +107,36 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--pings", type=int, default=20)
+    ap.add_argument("--ipsec", action="store_true", help="also measure each plane protected")
+    ap.add_argument("--planes", default="kernel,userspace")
     args = ap.parse_args()
-    results = {dp: measure(dp, args.seconds, args.pings) for dp in ("kernel", "userspace")}
-    for dp, r in results.items():
+    planes = args.planes.split(",")
+    runs = [(dp, False) for dp in planes] + ([(dp, True) for dp in planes] if args.ipsec else [])
+    results = {run: measure(run[0], args.seconds, args.pings, run[1]) for run in runs}
+    for (dp, sec), r in results.items():
         print(
-            f"{dp:9} ready {r['boot_s']:5.1f} s  rtt {r['rtt_ms']:6.2f} ms  "
-            f"tcp {r['tcp_mbit']:7.1f} Mbit/s"
+            f"{dp:9} {'ipsec' if sec else 'clear':5} ready {r['boot_s']:5.1f} s  "
+            f"rtt {r['rtt_ms']:6.2f} ms  tcp {r['tcp_mbit']:7.1f} Mbit/s"
         )
-    k, u = results["kernel"], results["userspace"]
-    print(
-        f"kernel/userspace: rtt {k['rtt_ms'] / u['rtt_ms']:.2f}, "
-        f"tcp {k['tcp_mbit'] / u['tcp_mbit']:.2f}"
-    )
+    if "kernel" in planes and "userspace" in planes:
+        k, u = results["kernel", False], results["userspace", False]
+        print(
+            f"kernel/userspace clear: rtt {k['rtt_ms'] / u['rtt_ms']:.2f}, "
+            f"tcp {k['tcp_mbit'] / u['tcp_mbit']:.2f}"
+        )
+    if args.ipsec:
+        for dp in planes:
+            c, p = results[dp, False], results[dp, True]
+            print(
+                f"{dp} protected/clear: rtt {p['rtt_ms'] / c['rtt_ms']:.2f}, "
+                f"tcp {p['tcp_mbit'] / c['tcp_mbit']:.2f}"
+            )
+        if "kernel" in planes and "userspace" in planes:
+            k, u = results["kernel", True], results["userspace", True]
+            print(
+                f"kernel ESP/libipsec protected: rtt {k['rtt_ms'] / u['rtt_ms']:.2f}, "
+                f"tcp {k['tcp_mbit'] / u['tcp_mbit']:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -390,10 +390,11 @@ class Ipsec(_Strict):
     identity: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     ike_proposals: Annotated[list[Proposal], Field(min_length=1)] = ["aes256gcm16-prfsha384-x25519"]
     esp_proposals: Annotated[list[Proposal], Field(min_length=1)] = ["aes256gcm16-x25519"]
-    # The userspace data plane (kernel-libipsec) does tunnel mode only
-    # (transport mode answers NO_PROPOSAL_CHOSEN, real-peers.md); transport
-    # is for the later kernel ESP data plane.
-    mode: Literal["tunnel", "transport"] = "tunnel"
+    # ESP mode. Default: transport on the kernel data plane (the kernel's
+    # XFRM; what Cisco spokes propose), tunnel on the userspace one
+    # (kernel-libipsec does tunnel mode only: transport answers
+    # NO_PROPOSAL_CHOSEN, real-peers.md). NodeConfig fills it in.
+    mode: Literal["tunnel", "transport"] | None = None
     ike_lifetime: Annotated[int, Field(ge=300, le=86400 * 7)] = 14400
     child_lifetime: Annotated[int, Field(ge=120, le=86400)] = 3600
     dpd_delay: Annotated[int, Field(ge=1, le=3600)] = 10
@@ -434,11 +435,6 @@ class Ipsec(_Strict):
         if self.run_dir is not None and Path("/run") in (self.run_dir, *self.run_dir.parents):
             # charon gets its own /run (a bind mount), which would hide it.
             raise ValueError("run_dir must not be under /run (charon's own /run hides it)")
-        if self.mode == "transport":
-            raise ValueError(
-                "mode: transport needs kernel ESP; the userspace data plane "
-                "(kernel-libipsec) does tunnel mode only"
-            )
         if self.ike_lifetime <= self.child_lifetime:
             raise ValueError("ike_lifetime must be longer than child_lifetime")
         return self
@@ -542,12 +538,24 @@ class NodeConfig(_Strict):
                     "with ipsec, every interface needs the same tunnel.namespace "
                     "(one charon, in the underlay's namespace)"
                 )
+            kernel = [itf.dataplane == "kernel" for itf in self.interfaces]
+            if any(kernel) and not all(kernel):
+                # One charon per node: kernel ESP (XFRM) or kernel-libipsec's
+                # device, not both.
+                raise ValueError(
+                    "with ipsec, every interface is on dataplane: kernel or none is "
+                    "(one charon: the kernel's ESP or kernel-libipsec)"
+                )
+            if self.ipsec.mode == "transport" and not all(kernel):
+                raise ValueError(
+                    "ipsec.mode: transport needs kernel ESP (dataplane: kernel); the "
+                    "userspace data plane (kernel-libipsec) does tunnel mode only"
+                )
+            if self.ipsec.mode is None:
+                mode = "transport" if all(kernel) else "tunnel"
+                # Frozen models: the resolved default is written once, here.
+                object.__setattr__(self, "ipsec", self.ipsec.model_copy(update={"mode": mode}))
             for i, itf in enumerate(self.interfaces):
-                if itf.dataplane == "kernel":
-                    raise ValueError(
-                        f"interfaces.{i}.dataplane: kernel does not carry IPsec yet "
-                        "(docs/IPSEC.md); use userspace or auto"
-                    )
                 if itf.dataplane == "ebpf":
                     # bpf_redirect bypasses xfrm: protected GRE would leave in clear.
                     raise ValueError(
@@ -586,6 +594,12 @@ class NodeConfig(_Strict):
                 )
             shaped[itf.tunnel.namespace] = i
         return self
+
+    @property
+    def kernel_esp(self) -> bool:
+        """IPsec through the kernel's XFRM (charon with kernel-netlink only):
+        the interfaces are on the kernel data plane."""
+        return self.ipsec is not None and all(i.dataplane == "kernel" for i in self.interfaces)
 
     def ipsec_identity(self) -> str | None:
         """Our IKE identity (see Ipsec.identity)."""

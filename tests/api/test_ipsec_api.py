@@ -37,6 +37,8 @@ def _sa_view(local: str, remote: str) -> dict[str, Any]:
             "restarts": 1,
         },
         "authentication": "certificate",
+        "esp": "kernel-libipsec",
+        "esp_mode": "tunnel",
         "identity": "10.0.0.11",
         "identity_binding": True,
         "stats": {"initiated": 1, "failed": 0, "torn_down": 0, "lost": 0},
@@ -125,6 +127,7 @@ def test_show_ipsec_text_and_json(spoke1: Served) -> None:
     text = out.output
     assert "charon: charon 5.9.8 (pid 4242), VICI /run/x/charon.vici, ready, restarts 1" in text
     assert "authentication: certificate, identity 10.0.0.11, identity binding on" in text
+    assert "ESP: kernel-libipsec, tunnel mode proposed" in text
     assert "IKE SA: ESTABLISHED, 10.0.0.11 <-> 10.0.0.1, AES_GCM_16-256" in text
     assert "Child SA: INSTALLED TUNNEL UDP-encap, AES_GCM_16-256, SPIs c1_i c2_o" in text
     assert "in  3 pkts 420 B, out 4 pkts 2.0 KB" in text

@@ -19,11 +19,13 @@ import yaml
 from dmvpn.config import ConfigError, parse_config
 from dmvpn.daemon.node import make_dataplane
 from dmvpn.dataplane.kernel import (
+    BLOCK_PRIORITY,
     ETH_P_IP,
     HEADERS,
     PACKET_OUTGOING,
     WHOLE,
     KernelDataPlane,
+    block_policy_commands,
     capture_filter,
     complete_udp_checksum,
     link_commands,
@@ -156,8 +158,39 @@ def test_config_refuses_what_the_kernel_plane_does_not_do_yet() -> None:
         parse_config(node(ipv6_address="fd00::11/64"))
     with pytest.raises(ConfigError, match=r"dataplane: kernel does not do tunnel\.namespace"):
         parse_config(node(tunnel={"source": "172.30.0.11", "namespace": "under"}))
-    with pytest.raises(ConfigError, match=r"interfaces\.0\.dataplane: kernel does not carry IPsec"):
-        parse_config({**node(), "ipsec": {"psk": "0123456789abcdef"}})
+    # IPsec needs the whole node on one ESP (one charon).
+    two = node()
+    two["interfaces"].append(
+        {
+            **two["interfaces"][0],
+            "name": "dmvpn1",
+            "address": "10.1.0.11/24",
+            "dataplane": "userspace",
+            "nhrp": {"network_id": 2},
+        }
+    )
+    with pytest.raises(ConfigError, match="every interface is on dataplane: kernel or none"):
+        parse_config({**two, "ipsec": {"psk": "0123456789abcdef"}})
+
+
+def test_kernel_plane_ipsec_defaults_to_transport_with_xfrm() -> None:
+    cfg = parse_config({**node(), "ipsec": {"psk": "0123456789abcdef"}})
+    assert cfg.kernel_esp and cfg.ipsec is not None and cfg.ipsec.mode == "transport"
+
+
+def test_block_policies_keep_cleartext_gre_of_the_nbma_address_in() -> None:
+    add = block_policy_commands(IPv4Address("172.30.0.11"))
+    assert add == [
+        ["ip", "xfrm", "policy", "add", "src", "172.30.0.11/32", "proto", "gre", "dir", "out",
+         "action", "block", "priority", str(BLOCK_PRIORITY)],
+        ["ip", "xfrm", "policy", "add", "dst", "172.30.0.11/32", "proto", "gre", "dir", "in",
+         "action", "block", "priority", str(BLOCK_PRIORITY)],
+    ]  # fmt: skip
+    # Deleted by the same selector (and direction), without action or priority.
+    assert [a[4:] for a in block_policy_commands(IPv4Address("172.30.0.11"), add=False)] == [
+        ["src", "172.30.0.11/32", "proto", "gre", "dir", "out"],
+        ["dst", "172.30.0.11/32", "proto", "gre", "dir", "in"],
+    ]
 
 
 def test_dataplane_kernel_makes_a_kernel_plane_without_touching_the_host() -> None:

@@ -20,8 +20,12 @@ on the GRE device, dataplane/kernel.py) and replicates link multicast itself.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +35,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespace
 
 KERNEL_SPOKES = {
     "phase": 3,
+    # IPsec everywhere: the kernel spokes' charon on the guest kernel's XFRM
+    # (transport mode between them), the host nodes' on kernel-libipsec
+    # (tunnel mode, which the mixed pairs settle on: docs/IPSEC.md).
+    "ipsec_psk": "lab-psk-0123456789",
     "holdtime": 60,
     "tcp_adjust_mss": 1360,  # on the kernel plane too (issue 19)
     "nodes": {
@@ -77,6 +85,7 @@ SEND = (
 def clouds() -> Iterator[tuple[Cloud, Cloud]]:
     tag = os.getpid() % 10000
     with kernel_clouds((KERNEL_SPOKES, f"kdp{tag}-"), (KERNEL_HUB, f"kdh{tag}-")) as (s, h):
+        # The shortcuts wait for the SAs (the gate holds NHRP meanwhile).
         yield s, h
 
 
@@ -196,3 +205,118 @@ def test_kernel_hub_replicates_link_multicast(hub_cloud: Cloud) -> None:
         listener.kill()
         listener.wait()
     assert "tx.multicast" in str(traffic), traffic
+
+
+def _sa(cloud: Cloud, node: str, remote: str) -> dict[str, Any] | None:
+    view = cloud.guests.api(node, "/v1/ipsec")
+    for peer in view["peers"]:
+        if peer["remote"] == remote and peer["state"] == "up" and peer["child"]:
+            return dict(peer)
+    return None
+
+
+# `ip xfrm state` of an AEAD SA: "src A dst B\n\tproto esp spi 0x.. reqid .. mode transport
+# ... aead rfc4106(gcm(aes)) 0xKEY 128".
+_XFRM_STATE = re.compile(
+    r"src (\S+) dst (\S+)\s+proto esp spi (0x[0-9a-f]+) .*?mode (\w+).*?"
+    r"aead rfc4106\(gcm\(aes\)\) (0x[0-9a-f]+) 128",
+    re.S,
+)
+
+
+# GRE from the guest's NBMA address to one no SA covers: the block policy
+# refuses it in the kernel (EPERM from xfrm_lookup), nothing leaves in clear.
+CLEAR_GRE = (
+    "python3 -S -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47); "
+    's.bind(("172.30.0.11", 0))\n'
+    'try:\n s.sendto(bytes(4), ("172.30.0.99", 0)); print("sent")\n'
+    "except OSError as e: print(e.errno)'"
+)
+
+
+def test_kernel_spokes_protect_gre_in_transport_mode(cloud: Cloud, tmp_path: Path) -> None:
+    """Kernel spoke1 <-> kernel spoke2: an SA of the kernel's XFRM in
+    transport mode, GRE between the NBMA addresses inside ESP with no IP
+    header in between (what the underlay shows, decrypted by tshark with
+    the keys of `ip xfrm state`); spoke1 <-> the userspace hub (kernel-libipsec)
+    settles on tunnel mode."""
+    host2 = cloud.lan_ip("host2")
+    hub = _sa(cloud, "spoke1", "172.30.0.1")
+    assert hub is not None and hub["child"]["mode"] == "TUNNEL", hub
+    view = cloud.guests.api("spoke1", "/v1/ipsec")
+    assert view["esp"] == "kernel" and view["esp_mode"] == "transport", view
+    # No libipsec device in the guest: ESP is the kernel's.
+    assert "ipsec0" not in cloud.sh("spoke1", "ip -o link show")
+    # Mixed pair, kernel spoke1 <-> kernel-libipsec spoke3 (the shortcut of
+    # the test before): tunnel too.
+    assert cloud.ping("host1", cloud.lan_ip("host3"))
+    spoke3 = _sa(cloud, "spoke1", "172.30.0.13")
+    assert spoke3 is not None and spoke3["child"]["mode"] == "TUNNEL", spoke3
+    # No cleartext GRE: the block policies are in, and they refuse GRE to
+    # an NBMA address without an SA.
+    policies = cloud.sh("spoke1", "ip xfrm policy show")
+    assert policies.count("action block") == 2 and "proto gre" in policies, policies
+    assert cloud.guests.run("spoke1", CLEAR_GRE).output.strip() == "1", policies  # EPERM
+    assert cloud.ping("host1", host2)
+    cloud.wait(
+        "spoke1's shortcut to host2's LAN",
+        lambda: cloud.shortcut_via("spoke1", "192.168.2.0/24") == "10.0.0.12",
+    )
+    cloud.wait(
+        "the transport-mode SA between the kernel spokes",
+        lambda: (
+            (_sa(cloud, "spoke1", "172.30.0.12") or {}).get("child", {}).get("mode") == "TRANSPORT"
+        ),
+    )
+    pcap = tmp_path / "underlay.pcap"
+    errors = (tmp_path / "tshark.err").open("w")
+    tshark = cloud.lab.popen(
+        "inet",
+        ["tshark", "-q", "-i", "br0", "-f", "ip proto 50", "-w", str(pcap)],
+        stdout=errors,
+        stderr=errors,
+    )
+    try:
+        time.sleep(2)  # tshark is listening
+        assert cloud.ping("host1", host2, count=5)
+        time.sleep(1)
+    finally:
+        tshark.terminate()
+        tshark.wait(timeout=10)
+        errors.close()
+    states = _XFRM_STATE.findall(cloud.sh("spoke1", "ip xfrm state"))
+    between = [s for s in states if {s[0], s[1]} == {"172.30.0.11", "172.30.0.12"}]
+    assert len(between) >= 2 and all(s[3] == "transport" for s in between), states
+    uat = [
+        f'"IPv4","{src}","{dst}","{spi}","AES-GCM with 16 octet ICV [RFC4106]","{key}","NULL",""'
+        for src, dst, spi, _, key in between
+    ]
+    args = ["-o", "esp.enable_encryption_decode:TRUE"]
+    for line in uat:
+        args += ["-o", f"uat:esp_sa:{line}"]
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), *args, "-T", "fields", "-e", "frame.protocols",
+         "-e", "ip.src", "-e", "ip.dst"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )  # fmt: skip
+    rows = [line.split("\t") for line in out.stdout.splitlines() if line]
+    assert rows, (out.stderr, pcap)
+    # Only ESP between the NBMA addresses on the wire; inside it GRE right
+    # away (transport mode: no second IP header), then the overlay's packet
+    # from host1 to host2.
+    host1 = cloud.lan_ip("host1")
+    for protocols, _, _ in rows:
+        assert protocols.startswith("eth:ethertype:ip:esp"), protocols
+    decrypted = [r for r in rows if ":esp:gre:ip:icmp" in r[0]]
+    assert len(decrypted) >= 10, rows  # 5 echoes and 5 replies
+    for protocols, srcs, dsts in decrypted:
+        assert ":esp:ip:" not in protocols, protocols
+        # Outer: the NBMA addresses; the IP header after GRE: the overlay's.
+        pair = (srcs.split(","), dsts.split(","))
+        assert pair in (
+            (["172.30.0.11", host1], ["172.30.0.12", host2]),
+            (["172.30.0.12", host2], ["172.30.0.11", host1]),
+        ), pair

@@ -8,6 +8,7 @@ from pathlib import Path
 from dmvpn.config import Ipsec, parse_config
 from dmvpn.daemon.reload import plan_reload
 from dmvpn.ipsec.settings import (
+    KERNEL_PLUGINS,
     PLUGINS,
     conn_name,
     peer_conn,
@@ -30,6 +31,35 @@ def test_strongswan_conf_keeps_everything_private() -> None:
     assert plugins.index("kernel-libipsec") < plugins.index("kernel-netlink")
     assert "fwmark = 0x42" in text and "fwmark = !0x42" in text
     assert "load_modular = no" in text
+
+
+def test_kernel_esp_leaves_kernel_libipsec_out() -> None:
+    run = Path("/var/lib/x")
+    text = strongswan_conf(run, run / "charon.vici", run / "charon.log", kernel_esp=True)
+    assert "kernel-libipsec" not in text and "kernel-libipsec" not in KERNEL_PLUGINS
+    assert f"load = {KERNEL_PLUGINS}" in text and "kernel-netlink" in KERNEL_PLUGINS.split()
+    assert "fwmark = 0x42" in text  # IKE still marked
+
+
+def test_transport_mode_on_the_kernel_plane_protects_gre_between_nbma_addresses() -> None:
+    node = parse_config(
+        {
+            "node": "n",
+            "interfaces": [
+                {
+                    "name": "gre1",
+                    "address": "10.0.0.11/24",
+                    "dataplane": "kernel",
+                    "tunnel": {"source": str(A)},
+                    "nhrp": {"network_id": 1},
+                }
+            ],
+            "ipsec": {"psk": "a-long-shared-secret"},
+        }
+    )
+    assert node.ipsec is not None
+    child = peer_conn(node.ipsec, A, B, None, {})[conn_name(B)]["children"]["gre"]
+    assert child["mode"] == "transport" and child["local_ts"] == ["172.30.0.11/32[gre]"]
 
 
 def test_peer_connection_protects_gre_only_between_nbma_addresses() -> None:
@@ -108,5 +138,11 @@ def test_lab_topology_turns_ipsec_on_for_every_dmvpn_router() -> None:
             }
         )
     assert info.value.problems == [
-        "ipsec_psk: frr nodes run no strongSwan in the lab; use ipsec_psk with dmvpn nodes only"
+        "ipsec_psk: frr nodes run no strongSwan in the lab; use ipsec_psk with dmvpn and vm "
+        "nodes only"
     ]
+    # vm nodes run our daemon, and it its own charon (kernel ESP in the guest).
+    vm = Topology.from_data(
+        {"ipsec_psk": "lab-psk-0123456789", "nodes": {"spokes": [{"name": "spoke1", "kind": "vm"}]}}
+    )
+    assert vm.node_config("spoke1")["ipsec"] == {"psk": "lab-psk-0123456789"}

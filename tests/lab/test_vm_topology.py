@@ -108,9 +108,10 @@ def test_frr_guests_keep_their_dmvpn_default_of_kernel() -> None:
         (
             {
                 "ipsec_psk": "lab-psk-0123456789",
-                "nodes": {"hubs": [{"name": "hub1", "kind": "vm"}]},
+                "nodes": {"hubs": [{"name": "hub1", "kind": "frr"}]},
             },
-            "ipsec_psk: vm nodes run no strongSwan in the lab; use ipsec_psk with dmvpn nodes only",
+            "ipsec_psk: frr nodes run no strongSwan in the lab; use ipsec_psk with dmvpn and vm "
+            "nodes only",
         ),
     ],
 )

@@ -147,8 +147,8 @@ def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
         ("{ca: ca.pem}", "ipsec: certificate authentication also needs certificate, private_key"),
         (
             "{psk: a-long-shared-secret, mode: transport}",
-            "ipsec: mode: transport needs kernel ESP; the userspace data plane (kernel-libipsec) "
-            "does tunnel mode only",
+            "(top level): ipsec.mode: transport needs kernel ESP (dataplane: kernel); the "
+            "userspace data plane (kernel-libipsec) does tunnel mode only",
         ),
         (
             "{psk: a-long-shared-secret, charon: external}",
@@ -178,6 +178,23 @@ def test_bad_ipsec_sections_name_field_and_reason(
 ) -> None:
     problems = _problems(tmp_path, IPSEC_BASE + f"ipsec: {section}\n")
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_ipsec_on_the_kernel_plane_takes_transport_mode(tmp_path: Path) -> None:
+    """On the kernel data plane charon uses the kernel's XFRM, and the mode
+    defaults to transport (what Cisco spokes propose); tunnel stays possible."""
+    path = tmp_path / "node.yaml"
+    kernel = IPSEC_BASE.replace("    tunnel:", "    dataplane: kernel\n    tunnel:", 1)
+    assert kernel != IPSEC_BASE
+    path.write_text(kernel + "ipsec:\n  psk: a-long-shared-secret\n")
+    config = load_config(path)
+    assert config.ipsec is not None and config.ipsec.mode == "transport"
+    assert config.kernel_esp
+    path.write_text(kernel + "ipsec:\n  psk: a-long-shared-secret\n  mode: tunnel\n")
+    config = load_config(path)
+    assert config.ipsec is not None and config.ipsec.mode == "tunnel" and config.kernel_esp
+    path.write_text(IPSEC_BASE + "ipsec:\n  psk: a-long-shared-secret\n")
+    assert not load_config(path).kernel_esp
 
 
 def test_ipsec_certificates_are_read_relative_to_the_file(tmp_path: Path) -> None:

@@ -456,6 +456,9 @@ def render_ipsec(data: dict[str, Any]) -> str:
         f"{data['identity'] or '(IKE address)'}, identity binding "
         f"{'on' if data['identity_binding'] else 'off'}\n",
     ]
+    if data.get("esp"):
+        # What this node proposes; each peer's child says what was agreed.
+        out.append(f"ESP: {data['esp']}, {data['esp_mode']} mode proposed\n")
     if not data["peers"]:
         out.append("no IPsec peers\n")
     for p in data["peers"]:

@@ -358,7 +358,7 @@ class InterfaceRuntime:
         try:
             self.dataplane.protect_path(device)
         except DataPlaneError as exc:
-            raise CharonError(f"{exc} (kernel-libipsec's device)") from None
+            raise CharonError(f"{exc} (where GRE meets the SAs)") from None
 
     def ipsec_up(self, peer: PeerSa) -> None:
         """The SA to peer.remote is up: what waited goes, its bindings are used."""

@@ -256,6 +256,7 @@ class Node:
                     on_down=self._ipsec_down,
                     on_restart=self._ipsec_restarted,
                     namespace=self.config.interfaces[0].tunnel.namespace,
+                    kernel_esp=self.config.kernel_esp,
                 )
                 api.ipsec = self.ipsec
                 await self.ipsec.start()

@@ -27,8 +27,10 @@ and the daemon only does what nhrpd does beside it:
   needs an iptables NFLOG rule for).
 
 Data is counted by the kernel (`ip -s link`), not per peer: `peers` holds
-NHRP and multicast only. Not yet: IPv6 overlays, a front-door VRF, IPsec
-(config refuses them), and use reports of shortcuts (they expire at their
+NHRP and multicast only. IPsec: charon with the kernel's XFRM (transport
+mode by default, docs/IPSEC.md), block policies keeping GRE in while an SA
+is negotiated. Not yet: IPv6 overlays, a front-door VRF (config refuses
+them), and use reports of shortcuts (they expire at their
 holding time and the next hairpin brings them back).
 """
 
@@ -57,6 +59,7 @@ from .plane import DataPlane, DataPlaneError, DataPlaneHooks
 
 __all__ = [
     "KernelDataPlane",
+    "block_policy_commands",
     "capture_filter",
     "complete_udp_checksum",
     "kernel_gre_unavailable",
@@ -205,6 +208,27 @@ def complete_udp_checksum(packet: bytes) -> bytes:
     return packet[:ihl] + bytes(udp)
 
 
+# Lowest precedence (highest number) for the block policies that keep
+# cleartext GRE in while an SA is negotiated; charon's own policies for an
+# SA (priorities near 2^18 for host selectors) win over them.
+BLOCK_PRIORITY = 0x7FFFFFFF
+
+
+def block_policy_commands(local: IPv4Address, add: bool = True) -> list[list[str]]:
+    """`ip xfrm policy` commands: no GRE from or to our NBMA address in clear
+    text, either way (charon's per-SA policies, of higher precedence, let
+    the protected GRE through). Without them the kernel plane would send GRE
+    to an NHS in clear while the SA to it is still being negotiated."""
+    out = []
+    for direction, sel in (("out", "src"), ("in", "dst")):
+        argv = ["ip", "xfrm", "policy", "add" if add else "delete"]
+        argv += [sel, f"{local}/32", "proto", "gre", "dir", direction]
+        if add:
+            argv += ["action", "block", "priority", str(BLOCK_PRIORITY)]
+        out.append(argv)
+    return out
+
+
 def kernel_gre_unavailable() -> str | None:
     """Why the kernel plane cannot run here (None: ip_gre is loaded or loads)."""
     if os.geteuid() != 0:
@@ -243,6 +267,7 @@ class KernelDataPlane(DataPlane):
         self._stats: Counter[str] = Counter()
         self._peers: dict[IPv4Address, PeerCounters] = {}
         self._mss: MssClamp | None = None
+        self._blocked = False  # our XFRM block policies are in place
 
     # -- life -----------------------------------------------------------------
 
@@ -328,6 +353,8 @@ class KernelDataPlane(DataPlane):
             if sock is not None:
                 sock.close()
         self._nhrp = self._capture = self._misses = None
+        if self._blocked:
+            self._unblock()
         if self._created:
             self._remove_link()
 
@@ -495,7 +522,25 @@ class KernelDataPlane(DataPlane):
             self._attach_filter()
 
     def protect_path(self, device: str) -> None:
-        raise DataPlaneError("the kernel data plane does not carry IPsec yet (docs/IPSEC.md)")
+        """IPsec through the kernel's XFRM (no device: `device` is
+        kernel-libipsec's): block policies keep GRE from and to our NBMA
+        address in clear text out, and charon's per-SA policies let the
+        protected GRE through."""
+        if self._blocked:
+            return
+        source = self.cfg.tunnel.source
+        for argv in block_policy_commands(source):
+            res = subprocess.run(argv, capture_output=True, text=True, check=False)
+            # Another interface on the same source already placed them.
+            if res.returncode != 0 and "File exists" not in res.stderr:
+                self._unblock()
+                raise DataPlaneError(f"`{' '.join(argv)}` failed: {res.stderr.strip()}")
+        self._blocked = True
+
+    def _unblock(self) -> None:
+        for argv in block_policy_commands(self.cfg.tunnel.source, add=False):
+            subprocess.run(argv, capture_output=True, check=False)
+        self._blocked = False
 
     # -- what happened ------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class ManagedCharon:
         run_dir: Path | None,
         device_mtu: int = 1400,
         namespace: str | None = None,
+        kernel_esp: bool = False,
     ) -> None:
         # Front-door VRF: charon (IKE, kernel-libipsec's device and routes)
         # runs in the underlay namespace, where the GRE socket is.
@@ -63,6 +64,7 @@ class ManagedCharon:
         self.log_path = self.dir / "charon.log"
         self.conf = self.dir / "strongswan.conf"
         self.device_mtu = device_mtu
+        self.kernel_esp = kernel_esp  # XFRM, not kernel-libipsec
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
         self.hold: IkeHold | None = None
@@ -86,7 +88,9 @@ class ManagedCharon:
             except OSError as exc:
                 self.hold_error = str(exc)
         self.conf.write_text(
-            strongswan_conf(self.dir, self.vici_socket, self.log_path, self.device_mtu)
+            strongswan_conf(
+                self.dir, self.vici_socket, self.log_path, self.device_mtu, self.kernel_esp
+            )
         )
         self.vici_socket.unlink(missing_ok=True)
         (self.dir / "run" / "charon.pid").unlink(missing_ok=True)

@@ -503,12 +503,14 @@ class IpsecManager:
         charon: CharonProcess | None = None,
         namespace: str | None = None,
         initiate_defer: float = INITIATE_DEFER,
+        kernel_esp: bool = False,
     ) -> None:
         """`session` (VICI sessions) and `charon` (the managed charon, when
         the config says `managed`) replace the real ones in tests;
         `namespace` is the underlay's (front-door VRF), where charon runs."""
         self.cfg = cfg
         self.initiate_defer = initiate_defer
+        self.kernel_esp = kernel_esp
         self.node = node
         self.identity = identity
         self.locals = list(local_addresses)
@@ -522,7 +524,7 @@ class IpsecManager:
             self.charon = (
                 charon
                 if charon is not None
-                else ManagedCharon(node, cfg.run_dir, namespace=namespace)
+                else ManagedCharon(node, cfg.run_dir, namespace=namespace, kernel_esp=kernel_esp)
             )
         sock = self.charon.vici_socket if self.charon else cfg.vici_socket
         assert sock is not None  # the config requires it for an external charon
@@ -1024,6 +1026,9 @@ class IpsecManager:
                 "restarts": self.restarts,
             },
             "authentication": "certificate" if self.cfg.uses_certificates else "psk",
+            # What this node proposes; each SA's child says what was agreed.
+            "esp": "kernel" if self.kernel_esp else "kernel-libipsec",
+            "esp_mode": self.cfg.mode,
             "identity": self.identity,
             "identity_binding": self.cfg.binding_on,
             "stats": dict(self.stats),

@@ -3,7 +3,9 @@ connections and credentials. Pure functions of the node config, so they are
 tested without a charon.
 
 Data plane: kernel-libipsec (userspace ESP on a TUN device), which does
-tunnel mode only and always encapsulates ESP in UDP 4500 (real-peers.md).
+tunnel mode only and always encapsulates ESP in UDP 4500 (real-peers.md);
+or, on the kernel data plane, the kernel's XFRM (kernel-netlink alone),
+transport mode by default.
 Only GRE between the two NBMA addresses is protected:
 ``local_ts = A/32[gre]``, ``remote_ts`` any GRE address, narrowed by IKE to
 the peer's one address (behind NAT its inside address: natmap.py).
@@ -25,19 +27,39 @@ RESPONDER = "dmvpn-any"
 CHILD = "gre"
 # The responder template's remote selector (see _conn).
 ANY_GRE = "0.0.0.0/0[gre]"
-# Plugins, in load order: kernel-libipsec must come before kernel-netlink.
-PLUGINS = (
+_CRYPTO = (
     "random nonce openssl pem x509 pubkey pkcs1 pkcs8 hmac sha1 sha2 aes gcm kdf "
-    "curve25519 constraints revocation kernel-libipsec kernel-netlink socket-default vici"
+    "curve25519 constraints revocation"
 )
+# Plugins, in load order: kernel-libipsec must come before kernel-netlink.
+PLUGINS = f"{_CRYPTO} kernel-libipsec kernel-netlink socket-default vici"
+# The kernel's ESP: kernel-netlink installs SAs and policies in XFRM.
+KERNEL_PLUGINS = f"{_CRYPTO} kernel-netlink socket-default vici"
 
 
-def strongswan_conf(run_dir: Path, vici_socket: Path, log: Path, device_mtu: int = 1400) -> str:
-    """A strongswan.conf for one private charon: everything under run_dir."""
+def strongswan_conf(
+    run_dir: Path,
+    vici_socket: Path,
+    log: Path,
+    device_mtu: int = 1400,
+    kernel_esp: bool = False,
+) -> str:
+    """A strongswan.conf for one private charon: everything under run_dir.
+    `kernel_esp`: the kernel's XFRM instead of kernel-libipsec."""
+    plugins = KERNEL_PLUGINS if kernel_esp else PLUGINS
+    libipsec = (
+        ""
+        if kernel_esp
+        else f"""    kernel-libipsec {{
+      allow_peer_ts = yes
+      mtu = {device_mtu}
+    }}
+"""
+    )
     return f"""# written by dmvpn for a private charon; not for editing
 charon {{
   load_modular = no
-  load = {PLUGINS}
+  load = {plugins}
   # A peer that does not answer: give up after about 15 s, the manager retries.
   retransmit_tries = 3
   retransmit_timeout = 2.0
@@ -60,11 +82,7 @@ charon {{
     vici {{
       socket = unix://{vici_socket}
     }}
-    kernel-libipsec {{
-      allow_peer_ts = yes
-      mtu = {device_mtu}
-    }}
-    socket-default {{
+{libipsec}    socket-default {{
       fwmark = {IKE_FWMARK:#x}
     }}
     kernel-netlink {{
@@ -110,7 +128,9 @@ def _conn(
         # whose selector is another single address without NAT between us
         # (natmap.selector_problem).
         "remote_ts": [ANY_GRE],
-        "mode": cfg.mode,
+        # Unset only outside a NodeConfig (which fills it in): tunnel, what
+        # both ESPs do.
+        "mode": cfg.mode or "tunnel",
         "esp_proposals": list(cfg.esp_proposals),
         "rekey_time": f"{cfg.child_lifetime}s",
         "life_time": f"{cfg.child_lifetime * 11 // 10}s",

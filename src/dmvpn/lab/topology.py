@@ -541,11 +541,12 @@ class Topology(_Strict):
             if clash:
                 raise ValueError(f"vrf_clouds: not with {', '.join(clash)}")
         self._check_hierarchy()
-        guests = " and ".join(sorted({p.kind for p in order if p.kind != "dmvpn"}))
+        # `vm` nodes run our daemon, which runs its own charon in the guest.
+        guests = " and ".join(sorted({p.kind for p in order if p.kind not in ("dmvpn", "vm")}))
         if self.ipsec_psk is not None and guests:
             raise ValueError(
                 f"ipsec_psk: {guests} nodes run no strongSwan in the lab; "
-                "use ipsec_psk with dmvpn nodes only"
+                "use ipsec_psk with dmvpn and vm nodes only"
             )
         return self
 

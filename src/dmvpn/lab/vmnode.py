@@ -121,7 +121,7 @@ class DmvpnGuests:
             for i, path in enumerate(self.hidden)
         ]
         lines += [
-            "modprobe -a ip_gre tun",
+            "modprobe -a ip_gre tun esp4 xfrm_user",  # esp4, xfrm_user: charon's kernel ESP
             "ip -batch - <<'EOB'",
             f"addr add {plan.nbma} dev {GUEST_NBMA}",
             f"link set {GUEST_NBMA} up",
