@@ -28,6 +28,7 @@ from dmvpn.ipsec.charon import CharonError
 from dmvpn.nhrp.client import NhsState
 from dmvpn.nsenter import entered
 
+from . import gcpolicy
 from .interface import InterfaceRuntime, Log
 from .liveness import LivenessProber, Reach
 from .reload import plan_reload
@@ -311,9 +312,11 @@ class Node:
                             self.log("vrrp-error", f"{v.interface}: no VRRP group {v.vrid}: {exc}")
                             continue
                         self.vrrp.append(router)
+                    gc_thresholds = gcpolicy.settle()
                     self.log(
                         "running",
                         f"node {self.config.node} up with {len(self.interfaces)} interface(s)",
+                        gc_thresholds=list(gc_thresholds),
                     )
                     await stop.wait()
                     self.log("stopping", "deregistering and removing interfaces")

@@ -7,16 +7,40 @@ from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, TypeAlias
 
-from dmvpn.wire import Address, NhrpPacket, address_text
+from dmvpn.wire import Address, NhrpPacket, address_text, decode_nhrp
 
 
-@dataclass(frozen=True, slots=True)
 class SendPacket:
-    """Send ``data`` (the encoded ``packet``) as GRE/NHRP to NBMA address ``nbma``."""
+    """Send ``data`` (the encoded ``packet``) as GRE/NHRP to NBMA address ``nbma``.
 
-    nbma: Address
-    packet: NhrpPacket
-    data: bytes
+    A plain class, not a dataclass: one is made per packet a hub sends, and
+    the fast refresh path (engine) has only the bytes, so ``packet`` is
+    decoded from them on first read (the daemon reads only ``data``)."""
+
+    __slots__ = ("_packet", "data", "nbma")
+    __match_args__ = ("nbma", "packet", "data")
+
+    def __init__(self, nbma: Address, packet: NhrpPacket | None, data: bytes) -> None:
+        self.nbma = nbma
+        self._packet = packet
+        self.data = data
+
+    @property
+    def packet(self) -> NhrpPacket:
+        if self._packet is None:
+            self._packet = decode_nhrp(self.data)
+        return self._packet
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SendPacket):
+            return NotImplemented
+        return self.nbma == other.nbma and self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash((self.nbma, self.data))
+
+    def __repr__(self) -> str:
+        return f"SendPacket(nbma={self.nbma!r}, data={self.data!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,10 @@ class Server:
         self.core = core
         self.purges = purges
         self.redirects = PerKeyInterval(core.config.redirect_interval)
+        # The entry the last _register made or renewed (SUCCESS), and, after
+        # on_registration_request, the one its answered request bound alone.
+        self._bound: CacheEntry | None = None
+        self.refreshable: CacheEntry | None = None
 
     # ------------------------------------------------------------ registration
 
@@ -72,10 +76,13 @@ class Server:
         host = host_length(pkt.src_proto)
         group = self._group(pkt, src_nbma)
         answers: list[Cie] = []
+        self._bound = None
+        self.refreshable = None
         for cie in pkt.cies or (Cie(prefix_length=host, holding_time=cfg.holding_time),):
             proto = cie.protocol if cie.protocol else pkt.src_proto
             code = self._register(pkt, cie, proto, src_nbma, natted, unique, group, now)
             answers.append(cie if cie.code == code else replace(cie, code=code))
+        bound = self._bound if len(answers) == 1 else None
         nat_cies: tuple[Cie, ...] | None = None
         request_nat = pkt.extension(NatAddressExtension)
         if isinstance(request_nat, NatAddressExtension):
@@ -91,7 +98,13 @@ class Server:
             cies=tuple(answers),
             extensions=reply_extensions(cfg, pkt, self_cie(cfg, core.nbma), nat_cies=nat_cies),
         )
-        core.send(src_nbma, reply, now)
+        self._bound = None
+        if core.send(src_nbma, reply, now) and len(answers) == 1 and bound is not None:
+            # One binding made or renewed, answered: the engine may answer
+            # the same request again from these bytes (Engine._fast_refresh).
+            self.refreshable = bound
+        else:
+            self.refreshable = None
 
     def _group(self, pkt: NhrpPacket, src_nbma: Address) -> str | None:
         """The NHRP group the registration names (Cisco per-tunnel QoS). A
@@ -183,6 +196,7 @@ class Server:
         if existing is not None and existing.type == EntryType.DYNAMIC:
             entry.created = existing.created if existing.nbma == observed else now
         old = core.install(entry)
+        self._bound = entry
         if old is None or old.nbma != observed or old.group != group:
             core.outputs.append(PeerGroup(proto, observed, group))
         if old is not None and old.nbma != observed:
