@@ -26,6 +26,8 @@ from dmvpn.lab.frrconf import FRR_LOGS
 from dmvpn.lab.frrnode import FrrNodes, nhs_in_cache, wait_registered
 from dmvpn.lab.runner import Runner
 
+from ..capture import flush
+
 DMVPN = str(Path(sys.executable).with_name("dmvpn"))
 
 
@@ -160,6 +162,7 @@ class Cloud:
             stderr=errors,
         )
         self.wait("the capture to start", lambda: self.pcap.exists() and self.pcap.stat().st_size)
+        flush(self.lab, self.pcap)  # capturing from here on
 
     def stop_capture(self) -> None:
         if self.capture is not None and self.capture.poll() is None:
@@ -169,6 +172,7 @@ class Cloud:
     def check_capture(self) -> dict[str, set[str]]:
         """Every NHRP packet decodes and re-encodes exactly (ours) and dissects
         cleanly (tshark); returns NBMA source -> NHRP types sent."""
+        flush(self.lab, self.pcap)  # nothing sent so far is left in the ring
         self.stop_capture()
         decoded = subprocess.run(
             [DMVPN, "decode", "--json", "--nhrp-only", str(self.pcap)],
