@@ -188,6 +188,7 @@ class Interface(_Strict):
     # `userspace` (TAP + raw GRE, any Linux), `ebpf` (the same, with bound
     # peers' unicast encapsulated by tc programs in the kernel; an error if
     # they cannot load), `auto` (eBPF when it loads, else userspace; IPsec:
+    # the kernel plane with the kernel's ESP where the host has both, else
     # userspace); `kernel` (the kernel's own mGRE device, where ip_gre
     # exists: dataplane/kernel.py; `auto` prefers it when ip_gre loads).
     dataplane: Literal["userspace", "ebpf", "kernel", "auto"] = "userspace"
@@ -393,7 +394,8 @@ class Ipsec(_Strict):
     # ESP mode. Default: transport on the kernel data plane (the kernel's
     # XFRM; what Cisco spokes propose), tunnel on the userspace one
     # (kernel-libipsec does tunnel mode only: transport answers
-    # NO_PROPOSAL_CHOSEN, real-peers.md). NodeConfig fills it in.
+    # NO_PROPOSAL_CHOSEN, real-peers.md). NodeConfig fills it in (with
+    # `dataplane: auto`, the daemon at start: NodeConfig.with_planes).
     mode: Literal["tunnel", "transport"] | None = None
     ike_lifetime: Annotated[int, Field(ge=300, le=86400 * 7)] = 14400
     child_lifetime: Annotated[int, Field(ge=120, le=86400)] = 3600
@@ -546,12 +548,15 @@ class NodeConfig(_Strict):
                     "with ipsec, every interface is on dataplane: kernel or none is "
                     "(one charon: the kernel's ESP or kernel-libipsec)"
                 )
-            if self.ipsec.mode == "transport" and not all(kernel):
+            auto = [itf.dataplane == "auto" for itf in self.interfaces]
+            if self.ipsec.mode == "transport" and not (all(kernel) or all(auto)):
                 raise ValueError(
-                    "ipsec.mode: transport needs kernel ESP (dataplane: kernel); the "
-                    "userspace data plane (kernel-libipsec) does tunnel mode only"
+                    "ipsec.mode: transport needs kernel ESP (dataplane: kernel, or auto "
+                    "where the host has ip_gre and ESP); the userspace data plane "
+                    "(kernel-libipsec) does tunnel mode only"
                 )
-            if self.ipsec.mode is None:
+            if self.ipsec.mode is None and not all(auto):
+                # `auto` everywhere: the daemon decides at start (with_planes).
                 mode = "transport" if all(kernel) else "tunnel"
                 # Frozen models: the resolved default is written once, here.
                 object.__setattr__(self, "ipsec", self.ipsec.model_copy(update={"mode": mode}))
@@ -594,6 +599,30 @@ class NodeConfig(_Strict):
                 )
             shaped[itf.tunnel.namespace] = i
         return self
+
+    def with_planes(self, kernel: bool) -> NodeConfig:
+        """With ipsec and `dataplane: auto` on every interface, the node
+        decides once, for all of them, since one charon serves the node with
+        either the kernel's ESP or kernel-libipsec: `kernel` (the daemon
+        found ip_gre and ESP, and every interface fits the kernel plane)
+        puts each on the kernel plane, ESP in transport mode unless
+        `ipsec.mode` says; otherwise they stay `auto` (the userspace plane,
+        as IPsec keeps eBPF off) in tunnel mode. Anything else: unchanged."""
+        ipsec = self.ipsec
+        if ipsec is None or not all(i.dataplane == "auto" for i in self.interfaces):
+            return self
+        if not kernel and ipsec.mode == "transport":
+            raise ValueError(
+                "ipsec.mode: transport needs kernel ESP, and dataplane: auto did not find "
+                "it here (the userspace data plane's kernel-libipsec does tunnel mode only)"
+            )
+        mode = ipsec.mode or ("transport" if kernel else "tunnel")
+        interfaces = [
+            i.model_copy(update={"dataplane": "kernel"}) if kernel else i for i in self.interfaces
+        ]
+        return self.model_copy(
+            update={"interfaces": interfaces, "ipsec": ipsec.model_copy(update={"mode": mode})}
+        )
 
     @property
     def kernel_esp(self) -> bool:

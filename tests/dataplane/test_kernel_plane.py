@@ -235,10 +235,41 @@ def test_auto_prefers_the_kernel_plane_only_where_it_fits(monkeypatch: pytest.Mo
     cfg = parse_config(node(dataplane="auto")).interfaces[0]
     plane = make_dataplane(cfg, None, log)  # type: ignore[arg-type]
     assert isinstance(plane, KernelDataPlane) and "kernel data plane" in logs[-1]
-    # IPsec (not carried yet) and no ip_gre: not the kernel plane.
+    # IPsec (decided for the whole node: kernel_with_ipsec) and no ip_gre:
+    # not the kernel plane here.
     assert not isinstance(make_dataplane(cfg, None, log, ipsec=True), KernelDataPlane)  # type: ignore[arg-type]
     monkeypatch.setattr(node_module, "kernel_gre_unavailable", lambda: "no ip_gre")
     assert not isinstance(make_dataplane(cfg, None, log), KernelDataPlane)  # type: ignore[arg-type]
+
+
+def test_auto_with_ipsec_takes_the_kernel_plane_and_esp_only_with_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dmvpn.daemon import node as node_module
+
+    logs: list[str] = []
+    log = lambda kind, msg: logs.append(msg)  # noqa: E731
+    config = parse_config({**node(dataplane="auto"), "ipsec": {"psk": "0123456789abcdef"}})
+    monkeypatch.setattr(node_module, "kernel_gre_unavailable", lambda: None)
+    monkeypatch.setattr(node_module, "kernel_esp_unavailable", lambda: None)
+    assert node_module.kernel_with_ipsec(config, log)
+    assert logs[-1] == "kernel data plane with the kernel's ESP (ip_gre, esp4, XFRM)"
+    # This host's case: XFRM but no esp4. Userspace and kernel-libipsec.
+    monkeypatch.setattr(node_module, "kernel_esp_unavailable", lambda: "no esp4 module")
+    assert not node_module.kernel_with_ipsec(config, log)
+    assert logs[-1] == "userspace data plane with kernel-libipsec (no esp4 module)"
+    monkeypatch.setattr(node_module, "kernel_esp_unavailable", lambda: None)
+    v6 = parse_config(
+        {**node(dataplane="auto", ipv6_address="fd00::11/64"), "ipsec": {"psk": "0123456789abcdef"}}
+    )
+    assert not node_module.kernel_with_ipsec(v6, log)
+    assert "has ipv6_address, which the kernel plane does not do yet" in logs[-1]
+    # Not all auto (or no IPsec): nothing decided at node level, nothing logged.
+    count = len(logs)
+    userspace = parse_config({**node(), "ipsec": {"psk": "0123456789abcdef"}})
+    assert not node_module.kernel_with_ipsec(userspace, log)
+    assert not node_module.kernel_with_ipsec(parse_config(node(dataplane="auto")), log)
+    assert len(logs) == count
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a network namespace)")

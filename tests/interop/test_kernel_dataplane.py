@@ -44,7 +44,10 @@ KERNEL_SPOKES = {
     "nodes": {
         "hubs": [{"name": "hub1"}],
         "spokes": [
-            {"name": "spoke1", "kind": "vm"},  # our daemon in a guest, dataplane: kernel
+            # Our daemon in guests: spoke1 with `auto`, which with IPsec takes
+            # the kernel plane and the kernel's ESP where the guest has both
+            # (its /v1/ipsec below says esp kernel, transport); spoke2 named.
+            {"name": "spoke1", "kind": "vm", "dataplane": "auto"},
             {"name": "spoke2", "kind": "vm", "dataplane": "kernel"},
             {"name": "spoke3"},
         ],

@@ -147,8 +147,9 @@ def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
         ("{ca: ca.pem}", "ipsec: certificate authentication also needs certificate, private_key"),
         (
             "{psk: a-long-shared-secret, mode: transport}",
-            "(top level): ipsec.mode: transport needs kernel ESP (dataplane: kernel); the "
-            "userspace data plane (kernel-libipsec) does tunnel mode only",
+            "(top level): ipsec.mode: transport needs kernel ESP (dataplane: kernel, or auto "
+            "where the host has ip_gre and ESP); the userspace data plane (kernel-libipsec) "
+            "does tunnel mode only",
         ),
         (
             "{psk: a-long-shared-secret, charon: external}",
@@ -380,3 +381,32 @@ def test_tcp_adjust_mss_must_fit_the_tunnel(tmp_path: Path, setting: str, expect
     assert load_config(ok).interfaces[0].tcp_adjust_mss == 1360
     res = CliRunner().invoke(main, ["check", str(ok)])
     assert res.exit_code == 0 and ", tcp adjust-mss 1360" in res.output, res.output
+
+
+def test_ipsec_with_auto_everywhere_is_decided_by_the_node(tmp_path: Path) -> None:
+    """`dataplane: auto` with IPsec: the mode is left to the daemon, which
+    puts every interface on the kernel plane with transport-mode kernel ESP
+    where the host has ip_gre and ESP, else keeps auto (userspace, tunnel)."""
+    path = tmp_path / "node.yaml"
+    auto = IPSEC_BASE.replace("    tunnel:", "    dataplane: auto\n    tunnel:", 1)
+    path.write_text(auto + "ipsec:\n  psk: a-long-shared-secret\n")
+    config = load_config(path)
+    assert config.ipsec is not None and config.ipsec.mode is None and not config.kernel_esp
+    res = CliRunner().invoke(main, ["check", str(path)])
+    assert res.exit_code == 0 and "transport mode with kernel ESP where the host" in res.output
+    kernel = config.with_planes(kernel=True)
+    assert [i.dataplane for i in kernel.interfaces] == ["kernel"] and kernel.kernel_esp
+    assert kernel.ipsec is not None and kernel.ipsec.mode == "transport"
+    userspace = config.with_planes(kernel=False)
+    assert [i.dataplane for i in userspace.interfaces] == ["auto"] and not userspace.kernel_esp
+    assert userspace.ipsec is not None and userspace.ipsec.mode == "tunnel"
+    # An explicit mode is kept; transport without kernel ESP is refused, named.
+    path.write_text(auto + "ipsec:\n  psk: a-long-shared-secret\n  mode: transport\n")
+    config = load_config(path)
+    assert config.with_planes(kernel=True).ipsec.mode == "transport"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match=r"ipsec\.mode: transport needs kernel ESP"):
+        config.with_planes(kernel=False)
+    # Without ipsec, or with another plane named, nothing is decided here.
+    path.write_text(IPSEC_BASE + "ipsec:\n  psk: a-long-shared-secret\n")
+    plain = load_config(path)
+    assert plain.with_planes(kernel=True) is plain

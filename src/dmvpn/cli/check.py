@@ -46,8 +46,15 @@ def check_cmd(config: Path) -> None:
     if node.ipsec is not None:
         sec = node.ipsec
         auth = "certificates" if sec.uses_certificates else "pre-shared key"
+        # dataplane: auto with IPsec is decided by the daemon on its host.
+        mode = (
+            f"{sec.mode} mode"
+            if sec.mode
+            else "transport mode with kernel ESP where the host has ip_gre and ESP, "
+            "else tunnel mode"
+        )
         click.echo(
-            f"{config}: ok: ipsec {auth}, charon {sec.charon}, {sec.mode} mode, "
+            f"{config}: ok: ipsec {auth}, charon {sec.charon}, {mode}, "
             f"IKE {' '.join(sec.ike_proposals)}, ESP {' '.join(sec.esp_proposals)}, "
             f"identity binding {'on' if sec.binding_on else 'off'}"
         )

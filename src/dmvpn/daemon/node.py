@@ -20,7 +20,11 @@ from pyroute2 import IPRoute
 from dmvpn.api.server import ApiError, ApiServer, default_socket_path
 from dmvpn.config import ConfigError, Interface, NodeConfig, load_config
 from dmvpn.dataplane.ebpf import EbpfDataPlane, ebpf_unavailable
-from dmvpn.dataplane.kernel import KernelDataPlane, kernel_gre_unavailable
+from dmvpn.dataplane.kernel import (
+    KernelDataPlane,
+    kernel_esp_unavailable,
+    kernel_gre_unavailable,
+)
 from dmvpn.dataplane.plane import DataPlane, DataPlaneError
 from dmvpn.dataplane.userspace import UserspaceDataPlane
 from dmvpn.ipsec import IpsecManager, PeerSa
@@ -66,12 +70,42 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
     return UserspaceDataPlane(cfg, ipr, log)
 
 
+def _kernel_lacks(cfg: Interface) -> str | None:
+    """What this interface asks that the kernel plane does not do yet
+    (dataplane/kernel.py), or None."""
+    if cfg.ipv6_address is not None:
+        return "ipv6_address"
+    if cfg.tunnel.namespace is not None:
+        return "tunnel.namespace"
+    return None
+
+
 def _kernel_fits(cfg: Interface, ipsec: bool) -> bool:
-    """`auto` takes the kernel's mGRE where ip_gre loads and nothing the
-    kernel plane lacks yet is asked for (dataplane/kernel.py)."""
-    if ipsec or cfg.ipv6_address is not None or cfg.tunnel.namespace is not None:
+    """`auto` without IPsec takes the kernel's mGRE where ip_gre loads and
+    nothing the kernel plane lacks yet is asked for. (With IPsec the node
+    decides for all its interfaces at once: `kernel_with_ipsec`.)"""
+    if ipsec or _kernel_lacks(cfg) is not None:
         return False
     return kernel_gre_unavailable() is None
+
+
+def kernel_with_ipsec(config: NodeConfig, log: Log) -> bool:
+    """With IPsec and `dataplane: auto` everywhere: whether the node runs on
+    the kernel plane with the kernel's ESP (XFRM, transport mode by default)
+    rather than the userspace plane with kernel-libipsec. One charon serves
+    every interface, so it is all or none; the log says which and why."""
+    if config.ipsec is None or not all(i.dataplane == "auto" for i in config.interfaces):
+        return False
+    why = kernel_gre_unavailable() or kernel_esp_unavailable()
+    for itf in config.interfaces:
+        lacks = _kernel_lacks(itf)
+        if why is None and lacks is not None:
+            why = f"{itf.name} has {lacks}, which the kernel plane does not do yet"
+    if why is None:
+        log("dataplane", "kernel data plane with the kernel's ESP (ip_gre, esp4, XFRM)")
+        return True
+    log("dataplane", f"userspace data plane with kernel-libipsec ({why})")
+    return False
 
 
 class Logger:
@@ -108,6 +142,7 @@ class Node:
         # dual spoke site), and the LAN gateways (`vrrp:`).
         self.hop_probers: list[LivenessProber] = []
         self.vrrp: list[VrrpRouter] = []
+        self._kernel_ipsec = False  # `auto` with IPsec took the kernel plane (run)
 
     def nhs_states(self) -> list[Any]:
         """Every NHS of every interface and family (for tracked routes)."""
@@ -207,6 +242,11 @@ class Node:
             for problem in exc.problems:
                 self.log("reload-refused", f"{self.path}: {problem}")
             return
+        try:
+            new = new.with_planes(self._kernel_ipsec)
+        except ValueError as exc:
+            self.log("reload-refused", f"{self.path}: {exc}")
+            return
         plan = plan_reload(self.config, new)
         if not plan.ok:
             for why in plan.refused:
@@ -226,6 +266,14 @@ class Node:
         )
 
     async def run(self) -> None:
+        # `auto` with IPsec is decided once, here, before charon is set up
+        # for one kind of ESP or the other; a reload is held to the choice.
+        self._kernel_ipsec = kernel_with_ipsec(self.config, self.log)
+        try:
+            self.config = self.config.with_planes(self._kernel_ipsec)
+        except ValueError as exc:
+            self.log("config-error", str(exc))
+            raise SystemExit(1) from None
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -58,11 +58,14 @@ from .mss import MssClamp
 from .neighbours import NeighbourWriter
 from .plane import DataPlane, DataPlaneError, DataPlaneHooks
 
+_NETLINK_XFRM = 6  # linux/netlink.h
+
 __all__ = [
     "KernelDataPlane",
     "block_policy_commands",
     "capture_filter",
     "complete_udp_checksum",
+    "kernel_esp_unavailable",
     "kernel_gre_unavailable",
     "link_commands",
     "neighbour_misses",
@@ -234,6 +237,20 @@ def block_policy_commands(local: IPv4Address, add: bool = True) -> list[list[str
     return out
 
 
+def _module_loads(name: str) -> bool:
+    """Whether the kernel module ``name`` is loaded, built in, or loads now."""
+    if Path("/sys/module", name).exists():
+        return True
+    builtin = Path("/lib/modules", os.uname().release, "modules.builtin")
+    if builtin.exists() and f"/{name}.ko" in builtin.read_text():
+        return True
+    modprobe = shutil.which("modprobe")
+    if modprobe is None:
+        return False
+    subprocess.run([modprobe, "-q", name], capture_output=True, check=False, timeout=10)
+    return Path("/sys/module", name).exists()
+
+
 def kernel_gre_unavailable() -> str | None:
     """Why the kernel plane cannot run here (None: ip_gre is loaded or loads)."""
     if os.geteuid() != 0:
@@ -242,12 +259,24 @@ def kernel_gre_unavailable() -> str | None:
         return None
     if shutil.which("ip") is None:
         return "ip (iproute2) not found"
-    modprobe = shutil.which("modprobe")
-    if modprobe is not None:
-        subprocess.run([modprobe, "-q", "ip_gre"], capture_output=True, check=False, timeout=10)
-        if Path("/sys/module/ip_gre").exists():
-            return None
+    if _module_loads("ip_gre"):
+        return None
     return "the kernel has no ip_gre module"
+
+
+def kernel_esp_unavailable() -> str | None:
+    """Why charon cannot use the kernel's ESP here (None: XFRM's netlink
+    family opens and esp4 is there or loads). A host may have XFRM without
+    ESP (this project's CI machines do: real-peers.md)."""
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_XFRM).close()
+    except OSError:
+        return "the kernel has no XFRM netlink (xfrm_user)"
+    if _module_loads("esp4"):
+        return None
+    return "the kernel has no esp4 module"
 
 
 class KernelDataPlane(DataPlane):
