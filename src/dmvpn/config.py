@@ -391,11 +391,19 @@ class Ipsec(_Strict):
     identity: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     ike_proposals: Annotated[list[Proposal], Field(min_length=1)] = ["aes256gcm16-prfsha384-x25519"]
     esp_proposals: Annotated[list[Proposal], Field(min_length=1)] = ["aes256gcm16-x25519"]
-    # ESP mode. Default: transport on the kernel data plane (the kernel's
-    # XFRM; what Cisco spokes propose), tunnel on the userspace one
-    # (kernel-libipsec does tunnel mode only: transport answers
-    # NO_PROPOSAL_CHOSEN, real-peers.md). NodeConfig fills it in (with
-    # `dataplane: auto`, the daemon at start: NodeConfig.with_planes).
+    # Who does ESP. `kernel`: the kernel's XFRM (charon with kernel-netlink
+    # only), needed by `dataplane: kernel`, possible on the userspace plane
+    # too (its raw GRE leaves through the IP stack, where XFRM applies).
+    # `libipsec`: charon's kernel-libipsec, userspace ESP on a TUN device,
+    # tunnel mode only, any Linux. `auto`: the kernel's where the host has
+    # XFRM and esp4, else libipsec, decided by the daemon at start (an
+    # external charon: libipsec, as its operator configured it).
+    esp: Literal["auto", "kernel", "libipsec"] = "auto"
+    # ESP mode. Default: transport with the kernel's ESP (what Cisco spokes
+    # propose), tunnel with kernel-libipsec (it does tunnel mode only:
+    # transport answers NO_PROPOSAL_CHOSEN, real-peers.md). NodeConfig fills
+    # it in where the config decides ESP, else the daemon at start
+    # (NodeConfig.resolved).
     mode: Literal["tunnel", "transport"] | None = None
     ike_lifetime: Annotated[int, Field(ge=300, le=86400 * 7)] = 14400
     child_lifetime: Annotated[int, Field(ge=120, le=86400)] = 3600
@@ -548,16 +556,22 @@ class NodeConfig(_Strict):
                     "with ipsec, every interface is on dataplane: kernel or none is "
                     "(one charon: the kernel's ESP or kernel-libipsec)"
                 )
-            auto = [itf.dataplane == "auto" for itf in self.interfaces]
-            if self.ipsec.mode == "transport" and not (all(kernel) or all(auto)):
+            esp = self.ipsec.esp
+            if self.ipsec.charon == "external" and esp == "auto":
+                esp = "libipsec"  # what its operator configured (Ipsec.charon)
+            if any(kernel) and esp == "libipsec":
                 raise ValueError(
-                    "ipsec.mode: transport needs kernel ESP (dataplane: kernel, or auto "
-                    "where the host has ip_gre and ESP); the userspace data plane "
-                    "(kernel-libipsec) does tunnel mode only"
+                    "ipsec.esp: libipsec cannot protect dataplane: kernel (the kernel's "
+                    "mGRE needs the kernel's ESP)"
                 )
-            if self.ipsec.mode is None and not all(auto):
-                # `auto` everywhere: the daemon decides at start (with_planes).
-                mode = "transport" if all(kernel) else "tunnel"
+            if self.ipsec.mode == "transport" and esp == "libipsec":
+                raise ValueError(
+                    "ipsec.mode: transport needs the kernel's ESP; kernel-libipsec "
+                    "(ipsec.esp: libipsec) does tunnel mode only"
+                )
+            if self.ipsec.mode is None and (esp != "auto" or all(kernel)):
+                # Otherwise the daemon decides at start (NodeConfig.resolved).
+                mode = "transport" if esp == "kernel" or all(kernel) else "tunnel"
                 # Frozen models: the resolved default is written once, here.
                 object.__setattr__(self, "ipsec", self.ipsec.model_copy(update={"mode": mode}))
             for i, itf in enumerate(self.interfaces):
@@ -600,35 +614,45 @@ class NodeConfig(_Strict):
             shaped[itf.tunnel.namespace] = i
         return self
 
-    def with_planes(self, kernel: bool) -> NodeConfig:
-        """With ipsec and `dataplane: auto` on every interface, the node
-        decides once, for all of them, since one charon serves the node with
-        either the kernel's ESP or kernel-libipsec: `kernel` (the daemon
-        found ip_gre and ESP, and every interface fits the kernel plane)
-        puts each on the kernel plane, ESP in transport mode unless
-        `ipsec.mode` says; otherwise they stay `auto` (the userspace plane,
-        as IPsec keeps eBPF off) in tunnel mode. Anything else: unchanged."""
+    def resolved(self, kernel_esp: bool, kernel_plane: bool) -> NodeConfig:
+        """The config as the daemon runs it, once it has looked at its host
+        (daemon/node.py `decide_ipsec`): with ipsec, ESP is the kernel's
+        (`kernel_esp`) or kernel-libipsec's, and the mode defaults to
+        transport or tunnel accordingly; `kernel_plane` puts interfaces on
+        `dataplane: auto` on the kernel plane (only with the kernel's ESP:
+        one charon serves the node). ValueError: the config asks what the
+        host lacks. Without ipsec: unchanged."""
         ipsec = self.ipsec
-        if ipsec is None or not all(i.dataplane == "auto" for i in self.interfaces):
+        if ipsec is None:
             return self
-        if not kernel and ipsec.mode == "transport":
+        if not kernel_esp and ipsec.mode == "transport":
             raise ValueError(
-                "ipsec.mode: transport needs kernel ESP, and dataplane: auto did not find "
-                "it here (the userspace data plane's kernel-libipsec does tunnel mode only)"
+                "ipsec.mode: transport needs the kernel's ESP, which this host lacks "
+                "(kernel-libipsec does tunnel mode only)"
             )
-        mode = ipsec.mode or ("transport" if kernel else "tunnel")
+        mode = ipsec.mode or ("transport" if kernel_esp else "tunnel")
+        esp = "kernel" if kernel_esp else "libipsec"
         interfaces = [
-            i.model_copy(update={"dataplane": "kernel"}) if kernel else i for i in self.interfaces
+            i.model_copy(update={"dataplane": "kernel"})
+            if kernel_plane and kernel_esp and i.dataplane == "auto"
+            else i
+            for i in self.interfaces
         ]
         return self.model_copy(
-            update={"interfaces": interfaces, "ipsec": ipsec.model_copy(update={"mode": mode})}
+            update={
+                "interfaces": interfaces,
+                "ipsec": ipsec.model_copy(update={"mode": mode, "esp": esp}),
+            }
         )
 
     @property
     def kernel_esp(self) -> bool:
         """IPsec through the kernel's XFRM (charon with kernel-netlink only):
-        the interfaces are on the kernel data plane."""
-        return self.ipsec is not None and all(i.dataplane == "kernel" for i in self.interfaces)
+        `ipsec.esp: kernel` (as the daemon resolves `auto`), or the
+        interfaces on the kernel data plane."""
+        if self.ipsec is None:
+            return False
+        return self.ipsec.esp == "kernel" or all(i.dataplane == "kernel" for i in self.interfaces)
 
     def ipsec_identity(self) -> str | None:
         """Our IKE identity (see Ipsec.identity)."""

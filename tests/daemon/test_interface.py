@@ -153,6 +153,7 @@ class FakeIpr:
 class FakeIpsec:
     def __init__(self) -> None:
         self.cfg = SimpleNamespace(binding_on=False, device="ipsec0")
+        self.kernel_esp = False  # kernel-libipsec: GRE bound to its device
         self.calls: list[tuple[str, IPv4Address]] = []
 
     def touch(self, local: IPv4Address, remote: IPv4Address) -> None:

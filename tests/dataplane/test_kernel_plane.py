@@ -19,13 +19,11 @@ import yaml
 from dmvpn.config import ConfigError, parse_config
 from dmvpn.daemon.node import make_dataplane
 from dmvpn.dataplane.kernel import (
-    BLOCK_PRIORITY,
     ETH_P_IP,
     HEADERS,
     PACKET_OUTGOING,
     WHOLE,
     KernelDataPlane,
-    block_policy_commands,
     capture_filter,
     complete_udp_checksum,
     link_commands,
@@ -33,6 +31,7 @@ from dmvpn.dataplane.kernel import (
     sysctls,
 )
 from dmvpn.dataplane.neighbours import _lladdr, neigh_message
+from dmvpn.dataplane.xfrmblock import BLOCK_PRIORITY, block_policy_commands
 
 
 def node(**itf: Any) -> dict[str, Any]:
@@ -242,33 +241,56 @@ def test_auto_prefers_the_kernel_plane_only_where_it_fits(monkeypatch: pytest.Mo
     assert not isinstance(make_dataplane(cfg, None, log), KernelDataPlane)  # type: ignore[arg-type]
 
 
-def test_auto_with_ipsec_takes_the_kernel_plane_and_esp_only_with_both(
+def test_ipsec_takes_the_kernel_esp_and_auto_the_kernel_plane_where_the_host_has_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dmvpn.daemon import node as node_module
 
-    logs: list[str] = []
-    log = lambda kind, msg: logs.append(msg)  # noqa: E731
-    config = parse_config({**node(dataplane="auto"), "ipsec": {"psk": "0123456789abcdef"}})
+    logs: list[tuple[str, str]] = []
+    log = lambda kind, msg: logs.append((kind, msg))  # noqa: E731
+    psk = {"ipsec": {"psk": "0123456789abcdef"}}
+    auto = parse_config({**node(dataplane="auto"), **psk})
+    decide = node_module.decide_ipsec
     monkeypatch.setattr(node_module, "kernel_gre_unavailable", lambda: None)
     monkeypatch.setattr(node_module, "kernel_esp_unavailable", lambda: None)
-    assert node_module.kernel_with_ipsec(config, log)
-    assert logs[-1] == "kernel data plane with the kernel's ESP (ip_gre, esp4, XFRM)"
-    # This host's case: XFRM but no esp4. Userspace and kernel-libipsec.
+    assert decide(auto, log) == (True, True)
+    assert logs[-2:] == [
+        ("ipsec-esp", "ESP by the kernel (XFRM, esp4)"),
+        ("dataplane", "kernel data plane with the kernel's ESP (ip_gre, esp4, XFRM)"),
+    ]
+    # The userspace plane named: the kernel's ESP all the same.
+    userspace = parse_config({**node(dataplane="userspace"), **psk})
+    assert decide(userspace, log) == (True, False)
+    # No ip_gre: the userspace plane, still with the kernel's ESP.
+    monkeypatch.setattr(node_module, "kernel_gre_unavailable", lambda: "no ip_gre")
+    assert decide(auto, log) == (True, False)
+    assert logs[-1] == ("dataplane", "userspace data plane with the kernel's ESP (no ip_gre)")
+    monkeypatch.setattr(node_module, "kernel_gre_unavailable", lambda: None)
+    v6 = parse_config({**node(dataplane="auto", ipv6_address="fd00::11/64"), **psk})
+    assert decide(v6, log) == (True, False)
+    assert "has ipv6_address, which the kernel plane does not do yet" in logs[-1][1]
+    # This project's CI hosts: XFRM but no esp4. kernel-libipsec, userspace.
     monkeypatch.setattr(node_module, "kernel_esp_unavailable", lambda: "no esp4 module")
-    assert not node_module.kernel_with_ipsec(config, log)
-    assert logs[-1] == "userspace data plane with kernel-libipsec (no esp4 module)"
+    assert decide(auto, log) == (False, False)
+    assert logs[-2:] == [
+        ("ipsec-esp", "ESP by kernel-libipsec in charon (no esp4 module)"),
+        ("dataplane", "userspace data plane with kernel-libipsec (no kernel ESP for it)"),
+    ]
+    # What the config asks for and the host lacks: refused, named.
+    kernel = parse_config({**node(dataplane="kernel"), **psk})
+    with pytest.raises(ValueError, match="dataplane: kernel with ipsec needs the kernel's ESP"):
+        decide(kernel, log)
+    esp = {"psk": "0123456789abcdef", "esp": "kernel"}
+    forced = parse_config({**node(dataplane="userspace"), "ipsec": esp})
+    with pytest.raises(ValueError, match=r"ipsec\.esp: kernel needs the kernel's ESP: no esp4"):
+        decide(forced, log)
+    # esp: libipsec is not probed; no IPsec: nothing decided, nothing logged.
     monkeypatch.setattr(node_module, "kernel_esp_unavailable", lambda: None)
-    v6 = parse_config(
-        {**node(dataplane="auto", ipv6_address="fd00::11/64"), "ipsec": {"psk": "0123456789abcdef"}}
-    )
-    assert not node_module.kernel_with_ipsec(v6, log)
-    assert "has ipv6_address, which the kernel plane does not do yet" in logs[-1]
-    # Not all auto (or no IPsec): nothing decided at node level, nothing logged.
+    esp = {"psk": "0123456789abcdef", "esp": "libipsec"}
+    libipsec = parse_config({**node(dataplane="userspace"), "ipsec": esp})
+    assert decide(libipsec, log) == (False, False)
     count = len(logs)
-    userspace = parse_config({**node(), "ipsec": {"psk": "0123456789abcdef"}})
-    assert not node_module.kernel_with_ipsec(userspace, log)
-    assert not node_module.kernel_with_ipsec(parse_config(node(dataplane="auto")), log)
+    assert decide(parse_config(node(dataplane="auto")), log) == (False, False)
     assert len(logs) == count
 
 

@@ -4,10 +4,12 @@ protected by stock strongSwan (issue 15).
     hub1    frr guest: FRR nhrpd on the kernel's mGRE, strongSwan with the
             kernel's ESP answering for GRE from any peer in transport mode
     spoke1  vm guest: our daemon, `dataplane: auto` (kernel plane, kernel ESP)
+    spoke2  vm guest: our daemon, `dataplane: userspace` with the kernel's ESP
+            (raw GRE through the IP stack, where XFRM applies)
 
-Both in QEMU guests with Debian's kernel. Our spoke proposes transport mode
-(its default on the kernel plane), strongSwan accepts it, nhrpd registers
-the spoke over the SA; the underlay carries IKE and ESP only, and the ESP
+All in QEMU guests with Debian's kernel. Our spokes propose transport mode
+(the default with the kernel's ESP), strongSwan accepts it, nhrpd registers
+them over the SAs; the underlay carries IKE and ESP only, and the ESP
 payload is GRE with no inner IP header (tshark, keys from `ip xfrm state`).
 nhrpd's own `tunnel protection` needs a strongSwan with events Debian's
 lacks (real-peers.md); a policy-based responder is what its docs suggest.
@@ -40,7 +42,10 @@ TOPOLOGY = {
     "holdtime": 30,
     "nodes": {
         "hubs": [{"name": "hub1", "kind": "frr"}],
-        "spokes": [{"name": "spoke1", "kind": "vm", "dataplane": "auto"}],
+        "spokes": [
+            {"name": "spoke1", "kind": "vm", "dataplane": "auto"},
+            {"name": "spoke2", "kind": "vm", "dataplane": "userspace"},
+        ],
     },
 }
 TRANSPORT_SWANCTL = GUEST_SWANCTL.replace("mode = tunnel", "mode = transport")
@@ -69,8 +74,8 @@ class Cloud:
         assert res.returncode == 0, res.output
         return res.output
 
-    def spoke(self, script: str) -> str:
-        res = self.guests.run("spoke1", script, timeout=60)
+    def spoke(self, script: str, node: str = "spoke1") -> str:
+        res = self.guests.run(node, script, timeout=60)
         assert res.returncode == 0, res.output
         return res.output
 
@@ -80,6 +85,7 @@ class Cloud:
             if time.monotonic() > deadline:
                 pytest.fail(
                     f"timed out waiting for {what}\n--- spoke1:\n{self.guests.log_tail('spoke1')}"
+                    f"\n--- spoke2:\n{self.guests.log_tail('spoke2')}"
                     f"\n--- hub1 charon:\n{self.hub('tail -n 20 /run/out/charon.log')}"
                 )
             time.sleep(0.5)
@@ -92,7 +98,7 @@ def cloud() -> Iterator[Cloud]:
     lab = Lab(Topology.from_data(TOPOLOGY), prefix=f"tpn{os.getpid() % 10000}-")
     lab.up()
     frr = FrrNodes(lab)
-    guests = IpsecGuests(lab, nodes=["spoke1"])
+    guests = IpsecGuests(lab, nodes=["spoke1", "spoke2"])
     try:
         frr.start()
         guests.start()  # both guests boot at once
@@ -111,26 +117,41 @@ def cloud() -> Iterator[Cloud]:
         lab.down()
 
 
-def test_our_kernel_spoke_registers_with_nhrpd_over_a_transport_mode_sa(
-    cloud: Cloud, tmp_path: Path
-) -> None:
+PLANES = {
     # auto took the kernel plane and the kernel's ESP in the guest.
-    assert any(
-        e["message"] == "kernel data plane with the kernel's ESP (ip_gre, esp4, XFRM)"
-        for e in cloud.guests.events("spoke1", "dataplane")
-    ), cloud.guests.log_tail("spoke1")
-    cloud.wait("spoke1 to register with nhrpd", lambda: cloud.guests.events("spoke1", "nhs-up"))
-    view = cloud.guests.api("spoke1", "/v1/ipsec")
+    "spoke1": ("dataplane", "kernel data plane with the kernel's ESP (ip_gre, esp4, XFRM)"),
+    # The userspace plane named: its raw GRE through the kernel's ESP.
+    "spoke2": ("ipsec-esp", "ESP by the kernel (XFRM, esp4)"),
+}
+
+
+@pytest.mark.parametrize("spoke", ["spoke1", "spoke2"])
+def test_our_spoke_registers_with_nhrpd_over_a_transport_mode_sa(
+    cloud: Cloud, tmp_path: Path, spoke: str
+) -> None:
+    kind, message = PLANES[spoke]
+    assert any(e["message"] == message for e in cloud.guests.events(spoke, kind)), (
+        cloud.guests.log_tail(spoke)
+    )
+    nbma, tunnel = {"spoke1": ("172.30.0.11", "10.0.0.11"), "spoke2": ("172.30.0.12", "10.0.0.12")}[
+        spoke
+    ]
+    cloud.wait(f"{spoke} to register with nhrpd", lambda: cloud.guests.events(spoke, "nhs-up"))
+    view = cloud.guests.api(spoke, "/v1/ipsec")
     assert view["esp"] == "kernel" and view["esp_mode"] == "transport", view
     peer = next(p for p in view["peers"] if p["remote"] == "172.30.0.1")
     assert peer["state"] == "up" and peer["child"]["mode"] == "TRANSPORT", peer
+    if spoke == "spoke2":  # no kernel-libipsec device: the kernel's ESP
+        assert "ipsec0" not in cloud.spoke("ip -o link show", spoke)
+        policies = cloud.spoke("ip xfrm policy show", spoke)
+        assert policies.count("action block") == 2 and "proto gre" in policies, policies
     # strongSwan's side: the same SA, transport, kernel ESP (no UDP: no NAT).
     sas = cloud.hub("swanctl --list-sas --uri unix:///run/charon.vici")
     assert "INSTALLED, TRANSPORT, ESP:AES_GCM_16-256" in sas, sas
-    assert "172.30.0.1/32[gre]" in sas and "172.30.0.11/32[gre]" in sas, sas
+    assert "172.30.0.1/32[gre]" in sas and f"{nbma}/32[gre]" in sas, sas
     cache = cloud.hub("vtysh --vty_socket /run/frr -c 'show ip nhrp cache'")
     assert any(
-        line.split()[1:4] == ["dynamic", "10.0.0.11", "172.30.0.11"]
+        line.split()[1:4] == ["dynamic", tunnel, nbma]
         for line in cache.splitlines()
         if len(line.split()) > 3
     ), cache
@@ -145,14 +166,24 @@ def test_our_kernel_spoke_registers_with_nhrpd_over_a_transport_mode_sa(
     try:
         cloud.wait("the capture to start", lambda: pcap.exists() and pcap.stat().st_size)
         flush(cloud.lab, pcap)
-        ping = cloud.guests.run("spoke1", "ping -c 3 -i 0.3 -W 2 10.0.0.1", timeout=30)
+        ping = cloud.guests.run(spoke, "ping -c 3 -i 0.3 -W 2 10.0.0.1", timeout=30)
         assert ping.returncode == 0, ping.output
         flush(cloud.lab, pcap)
     finally:
         tshark.terminate()
         tshark.wait(timeout=10)
-    states = XFRM_STATE.findall(cloud.spoke("ip xfrm state"))
-    assert len(states) >= 2 and all(s[3] == "transport" for s in states), states
+    if spoke == "spoke2":
+        # The guest's ip_gre answered the GRE our raw socket read with ICMP
+        # port unreachable; the plane's filter kept that off the wire
+        # (dataplane/greicmp.py), as the capture checks below.
+        traffic = cloud.guests.api(spoke, "/v1/nhrp/traffic")["interfaces"][0]["dataplane"]
+        assert traffic.get("gre.ip_gre_icmp_dropped", 0) > 0, traffic
+    states = [
+        st
+        for st in XFRM_STATE.findall(cloud.spoke("ip xfrm state", spoke))
+        if {st[0], st[1]} == {nbma, "172.30.0.1"}
+    ]
+    assert len(states) >= 2 and all(st[3] == "transport" for st in states), states
     args = ["-o", "esp.enable_encryption_decode:TRUE"]
     for src, dst, spi, _mode, key in states:
         args += [
@@ -161,7 +192,7 @@ def test_our_kernel_spoke_registers_with_nhrpd_over_a_transport_mode_sa(
             f'"AES-GCM with 16 octet ICV [RFC4106]","{key}","NULL",""',
         ]
     out = subprocess.run(
-        ["tshark", "-r", str(pcap), *args, "-Y", "ip.addr == 172.30.0.11",
+        ["tshark", "-r", str(pcap), *args, "-Y", f"ip.addr == {nbma}",
          "-T", "fields", "-e", "frame.protocols", "-e", "ip.src", "-e", "ip.dst"],
         capture_output=True,
         text=True,
@@ -179,6 +210,6 @@ def test_our_kernel_spoke_registers_with_nhrpd_over_a_transport_mode_sa(
     for protocols, srcs, dsts in decrypted:
         assert ":esp:ip:" not in protocols, protocols
         assert (srcs.split(","), dsts.split(",")) in (
-            (["172.30.0.11", "10.0.0.11"], ["172.30.0.1", "10.0.0.1"]),
-            (["172.30.0.1", "10.0.0.1"], ["172.30.0.11", "10.0.0.11"]),
+            ([nbma, tunnel], ["172.30.0.1", "10.0.0.1"]),
+            (["172.30.0.1", "10.0.0.1"], [nbma, tunnel]),
         ), (srcs, dsts)

@@ -124,15 +124,17 @@ def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
     assert sec is not None and not sec.uses_certificates
     assert sec.ike_proposals == ["aes256gcm16-prfsha384-x25519"]
     assert sec.esp_proposals == ["aes256gcm16-x25519"]
-    assert (sec.mode, sec.charon, sec.idle_timeout, sec.binding_on) == (
-        "tunnel",
+    # ESP and with it the mode are the daemon's to decide on its host.
+    assert (sec.esp, sec.mode, sec.charon, sec.idle_timeout, sec.binding_on) == (
+        "auto",
+        None,
         "managed",
         120,
         False,
     )
     res = CliRunner().invoke(main, ["check", str(path)])
     assert res.exit_code == 0, res.output
-    assert "ipsec pre-shared key, charon managed, tunnel mode" in res.output
+    assert "ipsec pre-shared key, charon managed, transport mode with kernel ESP" in res.output
 
 
 @pytest.mark.parametrize(
@@ -146,11 +148,11 @@ def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
         ),
         ("{ca: ca.pem}", "ipsec: certificate authentication also needs certificate, private_key"),
         (
-            "{psk: a-long-shared-secret, mode: transport}",
-            "(top level): ipsec.mode: transport needs kernel ESP (dataplane: kernel, or auto "
-            "where the host has ip_gre and ESP); the userspace data plane (kernel-libipsec) "
-            "does tunnel mode only",
+            "{psk: a-long-shared-secret, mode: transport, esp: libipsec}",
+            "(top level): ipsec.mode: transport needs the kernel's ESP; kernel-libipsec "
+            "(ipsec.esp: libipsec) does tunnel mode only",
         ),
+        ("{psk: a-long-shared-secret, esp: xfrm}", "ipsec.esp: Input should be 'auto'"),
         (
             "{psk: a-long-shared-secret, charon: external}",
             "ipsec: charon: external needs vici_socket (the running charon's socket)",
@@ -383,10 +385,11 @@ def test_tcp_adjust_mss_must_fit_the_tunnel(tmp_path: Path, setting: str, expect
     assert res.exit_code == 0 and ", tcp adjust-mss 1360" in res.output, res.output
 
 
-def test_ipsec_with_auto_everywhere_is_decided_by_the_node(tmp_path: Path) -> None:
-    """`dataplane: auto` with IPsec: the mode is left to the daemon, which
-    puts every interface on the kernel plane with transport-mode kernel ESP
-    where the host has ip_gre and ESP, else keeps auto (userspace, tunnel)."""
+def test_ipsec_esp_and_auto_planes_are_resolved_by_the_node(tmp_path: Path) -> None:
+    """`ipsec.esp: auto` (the default): the daemon picks the kernel's ESP
+    where the host has it (transport by default) or kernel-libipsec (tunnel);
+    `dataplane: auto` interfaces go on the kernel plane only with the
+    kernel's ESP."""
     path = tmp_path / "node.yaml"
     auto = IPSEC_BASE.replace("    tunnel:", "    dataplane: auto\n    tunnel:", 1)
     path.write_text(auto + "ipsec:\n  psk: a-long-shared-secret\n")
@@ -394,19 +397,37 @@ def test_ipsec_with_auto_everywhere_is_decided_by_the_node(tmp_path: Path) -> No
     assert config.ipsec is not None and config.ipsec.mode is None and not config.kernel_esp
     res = CliRunner().invoke(main, ["check", str(path)])
     assert res.exit_code == 0 and "transport mode with kernel ESP where the host" in res.output
-    kernel = config.with_planes(kernel=True)
+    kernel = config.resolved(kernel_esp=True, kernel_plane=True)
     assert [i.dataplane for i in kernel.interfaces] == ["kernel"] and kernel.kernel_esp
-    assert kernel.ipsec is not None and kernel.ipsec.mode == "transport"
-    userspace = config.with_planes(kernel=False)
-    assert [i.dataplane for i in userspace.interfaces] == ["auto"] and not userspace.kernel_esp
-    assert userspace.ipsec is not None and userspace.ipsec.mode == "tunnel"
-    # An explicit mode is kept; transport without kernel ESP is refused, named.
+    assert kernel.ipsec is not None and (kernel.ipsec.esp, kernel.ipsec.mode) == (
+        "kernel",
+        "transport",
+    )
+    # The kernel's ESP on the userspace plane (no ip_gre, say).
+    userspace_esp = config.resolved(kernel_esp=True, kernel_plane=False)
+    assert [i.dataplane for i in userspace_esp.interfaces] == ["auto"]
+    assert userspace_esp.kernel_esp and userspace_esp.ipsec.mode == "transport"  # type: ignore[union-attr]
+    libipsec = config.resolved(kernel_esp=False, kernel_plane=False)
+    assert [i.dataplane for i in libipsec.interfaces] == ["auto"] and not libipsec.kernel_esp
+    assert libipsec.ipsec is not None and (libipsec.ipsec.esp, libipsec.ipsec.mode) == (
+        "libipsec",
+        "tunnel",
+    )
+    # An explicit mode is kept; transport without the kernel's ESP is refused, named.
     path.write_text(auto + "ipsec:\n  psk: a-long-shared-secret\n  mode: transport\n")
     config = load_config(path)
-    assert config.with_planes(kernel=True).ipsec.mode == "transport"  # type: ignore[union-attr]
-    with pytest.raises(ValueError, match=r"ipsec\.mode: transport needs kernel ESP"):
-        config.with_planes(kernel=False)
-    # Without ipsec, or with another plane named, nothing is decided here.
-    path.write_text(IPSEC_BASE + "ipsec:\n  psk: a-long-shared-secret\n")
+    assert config.resolved(True, True).ipsec.mode == "transport"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match=r"ipsec\.mode: transport needs the kernel's ESP"):
+        config.resolved(kernel_esp=False, kernel_plane=False)
+    # esp: libipsec decides in the config: tunnel; and cannot serve the kernel plane.
+    path.write_text(IPSEC_BASE + "ipsec:\n  psk: a-long-shared-secret\n  esp: libipsec\n")
+    assert load_config(path).ipsec.mode == "tunnel"  # type: ignore[union-attr]
+    kernel_plane = IPSEC_BASE.replace("    tunnel:", "    dataplane: kernel\n    tunnel:", 1)
+    problems = _problems(
+        tmp_path, kernel_plane + "ipsec: {psk: a-long-shared-secret, esp: libipsec}\n"
+    )
+    assert any("ipsec.esp: libipsec cannot protect dataplane: kernel" in p for p in problems)
+    # Without ipsec nothing is resolved.
+    path.write_text(auto)
     plain = load_config(path)
-    assert plain.with_planes(kernel=True) is plain
+    assert plain.resolved(True, True) is plain

@@ -353,8 +353,10 @@ class InterfaceRuntime:
         return ec
 
     def protect_path(self) -> None:
-        """GRE only where the SAs apply (kernel-libipsec's device)."""
-        device = self._ipsec().cfg.device
+        """GRE only where the SAs apply: kernel-libipsec's device, or past
+        XFRM block policies with the kernel's ESP."""
+        ipsec = self._ipsec()
+        device = None if ipsec.kernel_esp else ipsec.cfg.device
         try:
             self.dataplane.protect_path(device)
         except DataPlaneError as exc:

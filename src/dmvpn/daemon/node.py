@@ -89,23 +89,46 @@ def _kernel_fits(cfg: Interface, ipsec: bool) -> bool:
     return kernel_gre_unavailable() is None
 
 
-def kernel_with_ipsec(config: NodeConfig, log: Log) -> bool:
-    """With IPsec and `dataplane: auto` everywhere: whether the node runs on
-    the kernel plane with the kernel's ESP (XFRM, transport mode by default)
-    rather than the userspace plane with kernel-libipsec. One charon serves
-    every interface, so it is all or none; the log says which and why."""
-    if config.ipsec is None or not all(i.dataplane == "auto" for i in config.interfaces):
-        return False
-    why = kernel_gre_unavailable() or kernel_esp_unavailable()
+def decide_ipsec(config: NodeConfig, log: Log) -> tuple[bool, bool]:
+    """With IPsec, what the host gives (kernel ESP, kernel plane): the
+    kernel's ESP where `ipsec.esp` allows and XFRM and esp4 are there, else
+    kernel-libipsec; and interfaces on `dataplane: auto` go on the kernel
+    plane where the kernel's ESP is used, ip_gre loads and none of them asks
+    what the plane does not do yet. One charon serves the node, so both are
+    decided for all interfaces at once; the log says which and why.
+    ValueError: the config asks for the kernel's ESP and the host lacks it."""
+    sec = config.ipsec
+    if sec is None:
+        return False, False
+    planes = {i.dataplane for i in config.interfaces}
+    needs_kernel = sec.esp == "kernel" or planes == {"kernel"}
+    if sec.esp == "libipsec" or (sec.esp == "auto" and sec.charon == "external"):
+        esp_why: str | None = "ipsec.esp: libipsec" if sec.esp == "libipsec" else "external charon"
+    else:
+        esp_why = kernel_esp_unavailable()
+    if esp_why is not None and needs_kernel:
+        field = "ipsec.esp: kernel" if sec.esp == "kernel" else "dataplane: kernel with ipsec"
+        raise ValueError(f"{field} needs the kernel's ESP: {esp_why}")
+    kernel_esp = esp_why is None
+    log(
+        "ipsec-esp",
+        "ESP by the kernel (XFRM, esp4)"
+        if kernel_esp
+        else f"ESP by kernel-libipsec in charon ({esp_why})",
+    )
+    if planes != {"auto"}:
+        return kernel_esp, False
+    why = "no kernel ESP for it" if not kernel_esp else kernel_gre_unavailable()
     for itf in config.interfaces:
         lacks = _kernel_lacks(itf)
         if why is None and lacks is not None:
             why = f"{itf.name} has {lacks}, which the kernel plane does not do yet"
     if why is None:
         log("dataplane", "kernel data plane with the kernel's ESP (ip_gre, esp4, XFRM)")
-        return True
-    log("dataplane", f"userspace data plane with kernel-libipsec ({why})")
-    return False
+        return kernel_esp, True
+    esp = "the kernel's ESP" if kernel_esp else "kernel-libipsec"
+    log("dataplane", f"userspace data plane with {esp} ({why})")
+    return kernel_esp, False
 
 
 class Logger:
@@ -142,7 +165,7 @@ class Node:
         # dual spoke site), and the LAN gateways (`vrrp:`).
         self.hop_probers: list[LivenessProber] = []
         self.vrrp: list[VrrpRouter] = []
-        self._kernel_ipsec = False  # `auto` with IPsec took the kernel plane (run)
+        self._decided = (False, False)  # IPsec: kernel ESP, kernel plane (run)
 
     def nhs_states(self) -> list[Any]:
         """Every NHS of every interface and family (for tracked routes)."""
@@ -243,7 +266,7 @@ class Node:
                 self.log("reload-refused", f"{self.path}: {problem}")
             return
         try:
-            new = new.with_planes(self._kernel_ipsec)
+            new = new.resolved(*self._decided)
         except ValueError as exc:
             self.log("reload-refused", f"{self.path}: {exc}")
             return
@@ -266,11 +289,11 @@ class Node:
         )
 
     async def run(self) -> None:
-        # `auto` with IPsec is decided once, here, before charon is set up
-        # for one kind of ESP or the other; a reload is held to the choice.
-        self._kernel_ipsec = kernel_with_ipsec(self.config, self.log)
+        # IPsec's ESP, and `auto` with IPsec, are decided once, here, before
+        # charon is set up for one or the other; a reload is held to them.
         try:
-            self.config = self.config.with_planes(self._kernel_ipsec)
+            self._decided = decide_ipsec(self.config, self.log)
+            self.config = self.config.resolved(*self._decided)
         except ValueError as exc:
             self.log("config-error", str(exc))
             raise SystemExit(1) from None

@@ -462,7 +462,7 @@ class EbpfDataPlane(UserspaceDataPlane):
         super().set_redirect(on)
         self._write_config()
 
-    def protect_path(self, device: str) -> None:
+    def protect_path(self, device: str | None) -> None:
         """IPsec: bpf_redirect would bypass xfrm, so the programs pass
         everything from now on (config refuses `ebpf` with ipsec; `auto`
         picks userspace: this is the belt to those braces)."""

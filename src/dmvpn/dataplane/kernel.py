@@ -57,12 +57,12 @@ from .forwarding import MAX_PEER_COUNTERS, PeerCounters
 from .mss import MssClamp
 from .neighbours import NeighbourWriter
 from .plane import DataPlane, DataPlaneError, DataPlaneHooks
+from .xfrmblock import XfrmBlock
 
 _NETLINK_XFRM = 6  # linux/netlink.h
 
 __all__ = [
     "KernelDataPlane",
-    "block_policy_commands",
     "capture_filter",
     "complete_udp_checksum",
     "kernel_esp_unavailable",
@@ -216,27 +216,6 @@ def complete_udp_checksum(packet: bytes) -> bytes:
     return packet[:ihl] + bytes(udp)
 
 
-# Lowest precedence (highest number) for the block policies that keep
-# cleartext GRE in while an SA is negotiated; charon's own policies for an
-# SA (priorities near 2^18 for host selectors) win over them.
-BLOCK_PRIORITY = 0x7FFFFFFF
-
-
-def block_policy_commands(local: IPv4Address, add: bool = True) -> list[list[str]]:
-    """`ip xfrm policy` commands: no GRE from or to our NBMA address in clear
-    text, either way (charon's per-SA policies, of higher precedence, let
-    the protected GRE through). Without them the kernel plane would send GRE
-    to an NHS in clear while the SA to it is still being negotiated."""
-    out = []
-    for direction, sel in (("out", "src"), ("in", "dst")):
-        argv = ["ip", "xfrm", "policy", "add" if add else "delete"]
-        argv += [sel, f"{local}/32", "proto", "gre", "dir", direction]
-        if add:
-            argv += ["action", "block", "priority", str(BLOCK_PRIORITY)]
-        out.append(argv)
-    return out
-
-
 def _module_loads(name: str) -> bool:
     """Whether the kernel module ``name`` is loaded, built in, or loads now."""
     if Path("/sys/module", name).exists():
@@ -303,7 +282,7 @@ class KernelDataPlane(DataPlane):
         self._stats: Counter[str] = Counter()
         self._peers: dict[IPv4Address, PeerCounters] = {}
         self._mss: MssClamp | None = None
-        self._blocked = False  # our XFRM block policies are in place
+        self._block = XfrmBlock(cfg.tunnel.source)  # IPsec: no cleartext GRE
 
     # -- life -----------------------------------------------------------------
 
@@ -389,8 +368,8 @@ class KernelDataPlane(DataPlane):
             if sock is not None:
                 sock.close()
         self._nhrp = self._capture = self._misses = None
-        if self._blocked:
-            self._unblock()
+        if self._block.placed:
+            self._block.remove()
         if self._created:
             self._remove_link()
 
@@ -568,26 +547,11 @@ class KernelDataPlane(DataPlane):
         if self._capture is not None:
             self._attach_filter()
 
-    def protect_path(self, device: str) -> None:
-        """IPsec through the kernel's XFRM (no device: `device` is
-        kernel-libipsec's): block policies keep GRE from and to our NBMA
-        address in clear text out, and charon's per-SA policies let the
-        protected GRE through."""
-        if self._blocked:
-            return
-        source = self.cfg.tunnel.source
-        for argv in block_policy_commands(source):
-            res = subprocess.run(argv, capture_output=True, text=True, check=False)
-            # Another interface on the same source already placed them.
-            if res.returncode != 0 and "File exists" not in res.stderr:
-                self._unblock()
-                raise DataPlaneError(f"`{' '.join(argv)}` failed: {res.stderr.strip()}")
-        self._blocked = True
-
-    def _unblock(self) -> None:
-        for argv in block_policy_commands(self.cfg.tunnel.source, add=False):
-            subprocess.run(argv, capture_output=True, check=False)
-        self._blocked = False
+    def protect_path(self, device: str | None) -> None:
+        """IPsec through the kernel's XFRM (`device`, kernel-libipsec's,
+        does not apply here): block policies keep GRE from and to our NBMA
+        address in clear text out (dataplane/xfrmblock.py)."""
+        self._block.place()
 
     # -- what happened ------------------------------------------------------------
 

@@ -121,9 +121,11 @@ class DataPlane(ABC):
         the cloud (`hairpin`), whatever fast path it would take otherwise."""
 
     @abstractmethod
-    def protect_path(self, device: str) -> None:
-        """IPsec: GRE may leave and arrive only through `device`, where the
-        SAs apply (DataPlaneError if it cannot)."""
+    def protect_path(self, device: str | None) -> None:
+        """IPsec: GRE may leave and arrive only where the SAs apply:
+        through `device` (kernel-libipsec's), or with None (the kernel's
+        ESP) past XFRM block policies that keep cleartext GRE off the wire
+        (DataPlaneError if it cannot)."""
 
     # -- what happened ---------------------------------------------------------
 

@@ -27,11 +27,13 @@ from dmvpn.wire.ethernet import mac_text
 
 from .devices import DfGreSocket, GreSocket, IcmpSender, Tap
 from .forwarding import Forwarder, PeerCounters, nbma_mac
+from .greicmp import GreIcmpFilter, ip_gre_loaded
 from .mss import MssClamp
 from .neighbours import NeighbourWriter
 from .plane import DataPlane, DataPlaneError, DataPlaneHooks
 from .pmtu import PathMtuCache
 from .pump import BATCH, Pump, fastpath
+from .xfrmblock import XfrmBlock
 
 __all__ = ["UserspaceDataPlane"]
 
@@ -55,6 +57,8 @@ class UserspaceDataPlane(DataPlane):
         self._pump: Pump | None = None
         self._neighbours: NeighbourWriter | None = None
         self._mss: MssClamp | None = None
+        self._block: XfrmBlock | None = None  # IPsec with the kernel's ESP
+        self._quiet: GreIcmpFilter | None = None  # ip_gre's ICMP (greicmp.py)
         # Path MTU discovery (tunnel.path_mtu_discovery, pmtu.py).
         self._df: DfGreSocket | None = None
         self._icmp: IcmpSender | None = None
@@ -113,6 +117,12 @@ class UserspaceDataPlane(DataPlane):
                 self._tap.close()  # the interface goes: nothing half-made stays
                 self._gre.close()
                 raise DataPlaneError(f"tcp_adjust_mss: {exc}") from None
+        if ip_gre_loaded():
+            try:
+                with entered(cfg.tunnel.namespace):  # beside the GRE socket
+                    self._quiet = GreIcmpFilter(cfg.name)
+            except OSError as exc:  # not fatal: ICMP leaks, as without the filter
+                self.log("dataplane", f"{cfg.name}: cannot filter ip_gre's ICMP: {exc}")
         if cfg.tunnel.path_mtu_discovery:
             with entered(cfg.tunnel.namespace):  # beside the GRE socket
                 self._df = DfGreSocket(cfg.tunnel.source)
@@ -190,6 +200,11 @@ class UserspaceDataPlane(DataPlane):
             self._loop.remove_reader(self._gre.fileno())
 
     def close(self) -> None:
+        if self._block is not None and self._block.placed:
+            self._block.remove()
+        if self._quiet is not None:
+            self._quiet.release()
+            self._quiet = None
         if self._neighbours is not None:
             self._neighbours.close()  # what is queued goes with the interface
         if self._mss is not None:
@@ -317,11 +332,18 @@ class UserspaceDataPlane(DataPlane):
             self.stop()  # a hub that starts redirecting must see every packet
             self.start(loop)
 
-    def protect_path(self, device: str) -> None:
+    def protect_path(self, device: str | None) -> None:
         """GRE only through kernel-libipsec's TUN device: what we send to a
         peer without an SA dies there (no policy), and cleartext GRE arriving
-        on the underlay never reaches this socket."""
+        on the underlay never reaches this socket. No device: the kernel's
+        ESP, where raw GRE leaves through the IP stack and XFRM applies;
+        block policies keep it from leaving or arriving in clear."""
         assert self._gre is not None
+        if device is None:
+            if self._block is None:
+                self._block = XfrmBlock(self.cfg.tunnel.source, self.cfg.tunnel.namespace)
+            self._block.place()
+            return
         try:
             self._gre.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         except OSError as exc:
@@ -331,11 +353,14 @@ class UserspaceDataPlane(DataPlane):
 
     @property
     def stats(self) -> Mapping[str, int]:
-        if self._mss is None:
+        if self._mss is None and self._quiet is None:
             return self.forwarder.stats
         out = dict(self.forwarder.stats)
-        for direction, n in self._mss.clamped().items():
-            out[f"tcp.mss_clamped.{direction}"] = n
+        if self._mss is not None:
+            for direction, n in self._mss.clamped().items():
+                out[f"tcp.mss_clamped.{direction}"] = n
+        if self._quiet is not None and (dropped := self._quiet.dropped()) is not None:
+            out["gre.ip_gre_icmp_dropped"] = dropped
         return out
 
     @property
