@@ -234,7 +234,7 @@ def test_auto_prefers_the_kernel_plane_only_where_it_fits(monkeypatch: pytest.Mo
     cfg = parse_config(node(dataplane="auto")).interfaces[0]
     plane = make_dataplane(cfg, None, log)  # type: ignore[arg-type]
     assert isinstance(plane, KernelDataPlane) and "kernel data plane" in logs[-1]
-    # IPsec (decided for the whole node: kernel_with_ipsec) and no ip_gre:
+    # IPsec (decided for the whole node: decide_ipsec) and no ip_gre:
     # not the kernel plane here.
     assert not isinstance(make_dataplane(cfg, None, log, ipsec=True), KernelDataPlane)  # type: ignore[arg-type]
     monkeypatch.setattr(node_module, "kernel_gre_unavailable", lambda: "no ip_gre")

@@ -83,7 +83,7 @@ def _kernel_lacks(cfg: Interface) -> str | None:
 def _kernel_fits(cfg: Interface, ipsec: bool) -> bool:
     """`auto` without IPsec takes the kernel's mGRE where ip_gre loads and
     nothing the kernel plane lacks yet is asked for. (With IPsec the node
-    decides for all its interfaces at once: `kernel_with_ipsec`.)"""
+    decides for all its interfaces at once: `decide_ipsec`.)"""
     if ipsec or _kernel_lacks(cfg) is not None:
         return False
     return kernel_gre_unavailable() is None
