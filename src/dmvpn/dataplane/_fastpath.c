@@ -52,7 +52,7 @@ typedef struct {
 
 /* One pump's state: every pump (one per DMVPN interface) has its own. */
 typedef struct {
-    int tap, sock, punt, vnet, ghl;
+    int tap, sock, punt, vnet, ghl, mtu;
     long long key;
     unsigned char mac[6];
     pstat pt[PUMP_PEERS];
@@ -360,6 +360,40 @@ static int gro_add(pump_t *P, pstat *p, const unsigned char *in, size_t n) {
     return 1;
 }
 
+/* A TCP/IPv4 packet from the cloud longer than the TAP's MTU: a super-packet
+ * the underlay's kernel merged (GRO for GRE, where its gre module is loaded)
+ * and our raw socket read as one (see segment.py). Written with a
+ * virtio_net_hdr that has the kernel cut it to the MTU, as gro_flush does for
+ * our own merges; the stale TCP checksum becomes the pseudo-header sum. */
+static int gro_super(pump_t *P, const struct sockaddr_in *from, unsigned char *in, size_t n) {
+    if (!P->vnet || n < 41 || in[0] != 0x45 || in[9] != 6 || get16(in + 2) != n ||
+        (get16(in + 6) & 0x3fff) != 0)
+        return 0;
+    int thl = (in[32] >> 4) * 4;
+    int mss = P->mtu - 20 - thl;
+    if (thl < 20 || (size_t)20 + thl >= n || mss < 8) return 0;
+    gro_flush(P); /* keep the order within the flow */
+    ip_csum(in, 20);
+    uint16_t c = fold(pseudo(in, n - 20));
+    memcpy(in + 36, &c, 2);
+    struct virtio_net_hdr vh = {0};
+    vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    vh.gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
+    vh.hdr_len = (uint16_t)(14 + 20 + thl);
+    vh.gso_size = (uint16_t)mss;
+    vh.csum_start = 34;
+    vh.csum_offset = 16;
+    unsigned char eth[14];
+    memcpy(eth, P->mac, 6);
+    eth[6] = 0x02;
+    eth[7] = 0x00;
+    memcpy(eth + 8, &from->sin_addr, 4);
+    eth[12] = 0x08;
+    eth[13] = 0x00;
+    tap_write(P, &vh, eth, in, n);
+    return 1;
+}
+
 static void gre_in(pump_t *P, unsigned char *b, size_t n, const struct sockaddr_in *from) {
     int ghl = P->ghl;
     if (n < 24) return;
@@ -377,6 +411,7 @@ static void gre_in(pump_t *P, unsigned char *b, size_t n, const struct sockaddr_
         p->rxp++;
         p->rxb += n - ihl;
         p->used = 1;
+        if (P->mtu > 0 && ilen > (size_t)P->mtu && gro_super(P, from, inner, ilen)) return;
         if (P->vnet && gro_add(P, p, inner, ilen)) return;
         gro_flush(P); /* keep the order within the flow */
         unsigned char eth[14];
@@ -435,7 +470,7 @@ static void pump_loop(pump_t *P, int stop) {
     flush_stats(P);
 }
 
-/* pump(tap_fd, sock_fd, key or -1, local_mac, punt_fd, stop_fd, vnet_hdr=False):
+/* pump(tap_fd, sock_fd, key or -1, local_mac, punt_fd, stop_fd, vnet_hdr=False, mtu=0):
  * the data plane loop on a thread of its own, without the GIL. Plain unicast
  * IPv4 goes straight through both ways; everything else is passed to Python
  * over punt_fd (a SOCK_SEQPACKET socket) as one message: 'T' + frame (from
@@ -443,16 +478,17 @@ static void pump_loop(pump_t *P, int stop) {
  * (from the socket). Per-peer totals go the same way every 0.1 s as 'S' +
  * records of nbma (4), tx packets, tx bytes, rx packets, rx bytes (4 x
  * uint64) and the last inner destination sent to that peer (4). vnet_hdr:
- * the TAP was opened with IFF_VNET_HDR (offloads, see above). Returns when
+ * the TAP was opened with IFF_VNET_HDR (offloads, see above); mtu: the
+ * TAP's, above which a TCP packet from the cloud is cut (0: never). Returns when
  * stop_fd is readable. */
 static PyObject *pump(PyObject *self, PyObject *args) {
     (void)self;
-    int tap, sock, punt, stop, vnet = 0;
+    int tap, sock, punt, stop, vnet = 0, mtu = 0;
     long long key;
     const char *mac;
     Py_ssize_t maclen;
-    if (!PyArg_ParseTuple(args, "iiLy#ii|p", &tap, &sock, &key, &mac, &maclen, &punt, &stop,
-                          &vnet))
+    if (!PyArg_ParseTuple(args, "iiLy#ii|pi", &tap, &sock, &key, &mac, &maclen, &punt, &stop,
+                          &vnet, &mtu))
         return NULL;
     if (maclen != 6) {
         PyErr_SetString(PyExc_ValueError, "local_mac must be 6 bytes");
@@ -464,6 +500,7 @@ static PyObject *pump(PyObject *self, PyObject *args) {
     P->sock = sock;
     P->punt = punt;
     P->vnet = vnet;
+    P->mtu = mtu;
     P->key = key;
     P->ghl = key >= 0 ? 8 : 4;
     memcpy(P->mac, mac, 6);

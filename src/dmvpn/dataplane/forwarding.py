@@ -25,6 +25,7 @@ from dmvpn.wire import Address, ArpOp, ArpPacket, DecodeError, GrePacket, decode
 from . import nd
 from .nd import ETH_IPV6
 from .pmtu import IPV4_MIN, IPV6_MIN, PathMtuCache, frag_needed, packet_too_big, wants_df
+from .segment import split_tcp4
 
 ETH_IPV4 = b"\x08\x00"
 ETH_ARP = b"\x08\x06"
@@ -131,8 +132,12 @@ class Forwarder:
         path_mtu: PathMtuCache | None = None,
         send_gre_df: Callable[[IPv4Address, bytes], int] | None = None,
         send_icmp: Callable[[IPv4Address | IPv6Address, bytes], None] | None = None,
+        mtu: int = 1400,
     ) -> None:
         self.engine = engine
+        # The TAP's MTU: a TCP packet from the cloud longer than it is an
+        # underlay GRO super-packet, cut to fit (segment.py).
+        self.mtu = mtu
         self.tunnel_address = tunnel_address
         # None: IPv4-only overlay, every IPv6 frame from the kernel is dropped.
         self.tunnel_address6 = tunnel_address6
@@ -539,7 +544,14 @@ class Forwarder:
             )
         else:
             eth_dst = self.local_mac
-        self.write_tap(eth_dst + nbma_mac(src) + ETH_IPV4 + inner)
+        head = eth_dst + nbma_mac(src) + ETH_IPV4
+        if len(inner) > self.mtu and (pieces := split_tcp4(inner, self.mtu)) is not None:
+            # A GRO super-packet from the underlay's kernel (segment.py).
+            self.stats["rx.gro_split"] += 1
+            for piece in pieces:
+                self.write_tap(head + piece)
+        else:
+            self.write_tap(head + inner)
         self.stats["rx.data"] += 1
 
     def _remember_source(self, source: IPv4Address | IPv6Address, nbma: IPv4Address) -> None:

@@ -78,6 +78,7 @@ class Pump:
             self._punt_w.fileno(),
             self._stop_r,
             self.tap.vnet_hdr,
+            self.forwarder.mtu,
         )
         self._thread = threading.Thread(
             target=fastpath.pump, args=args, daemon=True, name=f"pump-{name}"

@@ -140,6 +140,7 @@ class UserspaceDataPlane(DataPlane):
             path_mtu=self.path_mtu,
             send_gre_df=self._send_df if self._df is not None else None,
             send_icmp=self._icmp.send if self._icmp is not None else None,
+            mtu=cfg.mtu,
         )
 
     def _ipv6_sysctls(self) -> None:
