@@ -22,6 +22,9 @@ Measured per spoke count (--spokes, e.g. 1000 10000 50000), plain and with
 2. Refreshes: registered spokes register again at a paced rate, stepped up
    (--rates) for --seconds each; per rate: answered fraction, p50/p99 of the
    request-to-reply time. The highest rate with >= 99% answered is reported.
+   Per step and for the storm, the hub's CPU time (user + system, from
+   /proc): CPU microseconds per request, which a shared machine's load
+   does not change the way it changes rates and latencies.
 3. RSS of the hub after the refreshes (and how many it answered in total).
 4. SIGTERM with N registered: seconds until the process has exited.
 
@@ -397,6 +400,13 @@ class Hub:
                     return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
+    def cpu_s(self) -> float:
+        """CPU seconds the hub has used (user + system): what a step cost it,
+        whatever share of its core it got on a shared machine."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def terminate(self, limit: float = 60.0) -> float | None:
         """SIGTERM; seconds to exit (None: killed after `limit`)."""
         t0 = time.monotonic()
@@ -463,6 +473,7 @@ def storm(gen: Generator, packets: list[bytes], hub: Hub, limit: float) -> dict[
     probe = ApiProbe(hub.sock)
     probe.start()
     time.sleep(0.2)
+    cpu0 = hub.cpu_s()
     t0 = time.monotonic()
     sent = 0
     # Retransmission queue: (due, idx); checked in order of the first pass.
@@ -502,6 +513,7 @@ def storm(gen: Generator, packets: list[bytes], hub: Hub, limit: float) -> dict[
             quiet_since = time.monotonic()
         time.sleep(0.01)
     backlog = max(0.0, quiet_since - t0 - took)
+    cpu = hub.cpu_s() - cpu0
     api = probe.stop()
     retransmitted = sum(1 for a in attempts if a > 1)
     first = sorted(first_pass_answers)
@@ -518,11 +530,15 @@ def storm(gen: Generator, packets: list[bytes], hub: Hub, limit: float) -> dict[
         "backlog_seconds": round(backlog, 2),
         "late_replies": late,
         "api": api,
+        # Hub CPU for the storm and its backlog; per request the hub read
+        # (first registrations and the copies, answered from the last reply).
+        "hub_cpu_s": round(cpu, 2),
+        "hub_cpu_us_per_request": round(cpu / sent * 1e6, 1) if sent else None,
     }
 
 
 def refresh_step(
-    gen: Generator, packets: list[bytes], rate: float, seconds: float, start: int
+    gen: Generator, packets: list[bytes], rate: float, seconds: float, start: int, hub: Hub
 ) -> dict[str, Any]:
     """Registered spokes refresh at `rate`/s for `seconds` (round robin from `start`)."""
     n = len(packets)
@@ -536,6 +552,7 @@ def refresh_step(
             lat.append(now - sent_at[idx])
 
     total = int(rate * seconds)
+    cpu0 = hub.cpu_s()
     t0 = time.monotonic()
     k = 0
     while k < total:
@@ -557,6 +574,7 @@ def refresh_step(
     while time.monotonic() < grace and len(lat) < total:
         gen.drain(on_reply)
         time.sleep(0.002)
+    cpu = hub.cpu_s() - cpu0
     lat.sort()
     return {
         "rate": rate,
@@ -566,6 +584,10 @@ def refresh_step(
         "answered_pct": round(100 * len(lat) / total, 2),
         "p50_ms": round(pct(lat, 50) * 1000, 2) if lat else None,
         "p99_ms": round(pct(lat, 99) * 1000, 2) if lat else None,
+        # Hub CPU per refresh sent (all of them reach it): its cost per
+        # refresh, comparable across runs on a shared machine.
+        "hub_cpu_s": round(cpu, 2),
+        "hub_cpu_us_per_refresh": round(cpu / total * 1e6, 1),
     }
 
 
@@ -588,7 +610,7 @@ def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str,
                 steps = []
                 total_refreshes = 0
                 for rate in args.rates:
-                    step = refresh_step(gen, packets[0], rate, args.seconds, 0)
+                    step = refresh_step(gen, packets[0], rate, args.seconds, 0, hub)
                     total_refreshes += step["sent"]
                     steps.append(step)
                     print(json.dumps(step), file=sys.stderr, flush=True)
@@ -599,7 +621,7 @@ def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str,
                     # --soak refreshes at --soak-rate (answered fraction too).
                     rss0 = hub.rss_mb()
                     soak = refresh_step(
-                        gen, packets[0], args.soak_rate, args.soak / args.soak_rate, 0
+                        gen, packets[0], args.soak_rate, args.soak / args.soak_rate, 0, hub
                     )
                     total_refreshes += soak["sent"]
                     soak.update(rss_before_mb=round(rss0, 1), rss_after_mb=round(hub.rss_mb(), 1))
