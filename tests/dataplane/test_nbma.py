@@ -38,6 +38,9 @@ def test_one_object_per_source_text_or_packed_bytes() -> None:
     b = table(bytes([198, 18, 0, 1]))
     assert b == a and table(bytes([198, 18, 0, 1])) is b
     assert table("198.18.0.2") == IPv4Address("198.18.0.2") and len(table) == 3
+    text = "".join(["198.18.", "0.9"])
+    assert str(table(text)) is text  # one string per peer, the key's
+    assert str(table(bytes([198, 18, 0, 9]))) == text and str(NbmaAddress(int(a))) == str(a)
 
 
 def test_a_flood_of_sources_only_empties_the_table() -> None:

@@ -33,7 +33,10 @@ class NbmaAddress(IPv4Address):
     def __init__(self, address: str | bytes | int) -> None:
         super().__init__(address)
         self._hash = IPv4Address.__hash__(self)
-        self._text = IPv4Address.__str__(self)
+        text = IPv4Address.__str__(self)
+        # The socket's own text when it is the canonical one (it is): one
+        # string per peer, shared with NbmaAddresses' key.
+        self._text: str = address if isinstance(address, str) and address == text else text
 
     def __hash__(self) -> int:
         return self._hash
