@@ -25,6 +25,8 @@ Measured per spoke count (--spokes, e.g. 1000 10000 50000), plain and with
    Per step and for the storm, the hub's CPU time (user + system, from
    /proc): CPU microseconds per request, which a shared machine's load
    does not change the way it changes rates and latencies.
+   Then new registrations (--new-rates, --new-seconds each): spokes the hub
+   has not seen register at a paced rate (answered, latency, CPU).
 3. RSS of the hub after the refreshes (and how many it answered in total).
 4. SIGTERM with N registered: seconds until the process has exited.
 
@@ -538,9 +540,17 @@ def storm(gen: Generator, packets: list[bytes], hub: Hub, limit: float) -> dict[
 
 
 def refresh_step(
-    gen: Generator, packets: list[bytes], rate: float, seconds: float, start: int, hub: Hub
+    gen: Generator,
+    packets: list[bytes],
+    rate: float,
+    seconds: float,
+    start: int,
+    hub: Hub,
+    kind: str = "refresh",
 ) -> dict[str, Any]:
-    """Registered spokes refresh at `rate`/s for `seconds` (round robin from `start`)."""
+    """Registered spokes refresh at `rate`/s for `seconds` (round robin from
+    `start`); with kind "new", spokes from `start` on register for the
+    first time (the caller gives spokes the hub has not seen)."""
     n = len(packets)
     sent_at = gen.sent_at
     lat: list[float] = []
@@ -587,15 +597,21 @@ def refresh_step(
         # Hub CPU per refresh sent (all of them reach it): its cost per
         # refresh, comparable across runs on a shared machine.
         "hub_cpu_s": round(cpu, 2),
-        "hub_cpu_us_per_refresh": round(cpu / total * 1e6, 1),
+        f"hub_cpu_us_per_{kind}": round(cpu / total * 1e6, 1),
     }
 
 
 def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str, Any]:
     rounds = 1
-    packets = build_packets(spokes, rounds)
+    # Spokes the hub has never seen, for the new-registration steps (the
+    # /16 of spoke addresses holds 65,534).
+    fresh = sum(int(r * args.new_seconds) for r in args.new_rates)
+    if spokes + fresh > 65000:
+        raise SystemExit(f"--new-rates: {spokes} + {fresh} spokes do not fit in 198.18.0.0/16")
+    everyone = build_packets(spokes + fresh, rounds)
+    packets = [row[:spokes] for row in everyone]
     lab_up()
-    gen = Generator(spokes)
+    gen = Generator(spokes + fresh)
     result: dict[str, Any] = {"spokes": spokes, "multicast": multicast}
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-") as tmp:
         hub = Hub(Path(tmp), multicast, args.src, args.hub_core, args.profile)
@@ -628,6 +644,18 @@ def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str,
                     result["soak"] = soak
                     print(json.dumps(soak), file=sys.stderr, flush=True)
                 result["refresh"] = steps
+                # New registrations, paced: spokes never seen before register
+                # at --new-rates per second for --new-seconds each.
+                new_steps = []
+                start = spokes
+                for rate in args.new_rates:
+                    step = refresh_step(
+                        gen, everyone[0], rate, args.new_seconds, start, hub, kind="new"
+                    )
+                    start += step["sent"]
+                    new_steps.append(step)
+                    print(json.dumps(step), file=sys.stderr, flush=True)
+                result["new_registrations"] = new_steps
                 ok = [s for s in steps if s["answered_pct"] >= 99]
                 result["refresh_max_99"] = max((s["rate"] for s in ok), default=None)
                 result["refreshes_sent"] = total_refreshes
@@ -661,6 +689,8 @@ def main() -> int:
     p.add_argument("--gen-core", type=int, default=1)
     p.add_argument("--src", type=Path, help="run the hub from this src tree (PYTHONPATH)")
     p.add_argument("--profile", type=Path, help="cProfile the hub into this file (one run)")
+    p.add_argument("--new-rates", type=float, nargs="*", default=[], help="new spokes/s steps")
+    p.add_argument("--new-seconds", type=float, default=1.0)
     p.add_argument("--soak", type=int, default=0, help="then N refreshes (RSS before/after)")
     p.add_argument("--soak-rate", type=float, default=8000.0)
     args = p.parse_args()
