@@ -22,6 +22,11 @@ Measured per spoke count (--spokes, e.g. 1000 10000 50000), plain and with
 2. Refreshes: registered spokes register again at a paced rate, stepped up
    (--rates) for --seconds each; per rate: answered fraction, p50/p99 of the
    request-to-reply time. The highest rate with >= 99% answered is reported.
+   Per step and for the storm, the hub's CPU time (user + system, from
+   /proc): CPU microseconds per request, which a shared machine's load
+   does not change the way it changes rates and latencies.
+   Then new registrations (--new-rates, --new-seconds each): spokes the hub
+   has not seen register at a paced rate (answered, latency, CPU).
 3. RSS of the hub after the refreshes (and how many it answered in total).
 4. SIGTERM with N registered: seconds until the process has exited.
 
@@ -397,6 +402,13 @@ class Hub:
                     return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
+    def cpu_s(self) -> float:
+        """CPU seconds the hub has used (user + system): what a step cost it,
+        whatever share of its core it got on a shared machine."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def terminate(self, limit: float = 60.0) -> float | None:
         """SIGTERM; seconds to exit (None: killed after `limit`)."""
         t0 = time.monotonic()
@@ -463,6 +475,7 @@ def storm(gen: Generator, packets: list[bytes], hub: Hub, limit: float) -> dict[
     probe = ApiProbe(hub.sock)
     probe.start()
     time.sleep(0.2)
+    cpu0 = hub.cpu_s()
     t0 = time.monotonic()
     sent = 0
     # Retransmission queue: (due, idx); checked in order of the first pass.
@@ -502,6 +515,7 @@ def storm(gen: Generator, packets: list[bytes], hub: Hub, limit: float) -> dict[
             quiet_since = time.monotonic()
         time.sleep(0.01)
     backlog = max(0.0, quiet_since - t0 - took)
+    cpu = hub.cpu_s() - cpu0
     api = probe.stop()
     retransmitted = sum(1 for a in attempts if a > 1)
     first = sorted(first_pass_answers)
@@ -518,13 +532,25 @@ def storm(gen: Generator, packets: list[bytes], hub: Hub, limit: float) -> dict[
         "backlog_seconds": round(backlog, 2),
         "late_replies": late,
         "api": api,
+        # Hub CPU for the storm and its backlog; per request the hub read
+        # (first registrations and the copies, answered from the last reply).
+        "hub_cpu_s": round(cpu, 2),
+        "hub_cpu_us_per_request": round(cpu / sent * 1e6, 1) if sent else None,
     }
 
 
 def refresh_step(
-    gen: Generator, packets: list[bytes], rate: float, seconds: float, start: int
+    gen: Generator,
+    packets: list[bytes],
+    rate: float,
+    seconds: float,
+    start: int,
+    hub: Hub,
+    kind: str = "refresh",
 ) -> dict[str, Any]:
-    """Registered spokes refresh at `rate`/s for `seconds` (round robin from `start`)."""
+    """Registered spokes refresh at `rate`/s for `seconds` (round robin from
+    `start`); with kind "new", spokes from `start` on register for the
+    first time (the caller gives spokes the hub has not seen)."""
     n = len(packets)
     sent_at = gen.sent_at
     lat: list[float] = []
@@ -536,6 +562,7 @@ def refresh_step(
             lat.append(now - sent_at[idx])
 
     total = int(rate * seconds)
+    cpu0 = hub.cpu_s()
     t0 = time.monotonic()
     k = 0
     while k < total:
@@ -557,6 +584,7 @@ def refresh_step(
     while time.monotonic() < grace and len(lat) < total:
         gen.drain(on_reply)
         time.sleep(0.002)
+    cpu = hub.cpu_s() - cpu0
     lat.sort()
     return {
         "rate": rate,
@@ -566,14 +594,24 @@ def refresh_step(
         "answered_pct": round(100 * len(lat) / total, 2),
         "p50_ms": round(pct(lat, 50) * 1000, 2) if lat else None,
         "p99_ms": round(pct(lat, 99) * 1000, 2) if lat else None,
+        # Hub CPU per refresh sent (all of them reach it): its cost per
+        # refresh, comparable across runs on a shared machine.
+        "hub_cpu_s": round(cpu, 2),
+        f"hub_cpu_us_per_{kind}": round(cpu / total * 1e6, 1),
     }
 
 
 def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str, Any]:
     rounds = 1
-    packets = build_packets(spokes, rounds)
+    # Spokes the hub has never seen, for the new-registration steps (the
+    # /16 of spoke addresses holds 65,534).
+    fresh = sum(int(r * args.new_seconds) for r in args.new_rates)
+    if spokes + fresh > 65000:
+        raise SystemExit(f"--new-rates: {spokes} + {fresh} spokes do not fit in 198.18.0.0/16")
+    everyone = build_packets(spokes + fresh, rounds)
+    packets = [row[:spokes] for row in everyone]
     lab_up()
-    gen = Generator(spokes)
+    gen = Generator(spokes + fresh)
     result: dict[str, Any] = {"spokes": spokes, "multicast": multicast}
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-") as tmp:
         hub = Hub(Path(tmp), multicast, args.src, args.hub_core, args.profile)
@@ -588,7 +626,7 @@ def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str,
                 steps = []
                 total_refreshes = 0
                 for rate in args.rates:
-                    step = refresh_step(gen, packets[0], rate, args.seconds, 0)
+                    step = refresh_step(gen, packets[0], rate, args.seconds, 0, hub)
                     total_refreshes += step["sent"]
                     steps.append(step)
                     print(json.dumps(step), file=sys.stderr, flush=True)
@@ -599,13 +637,25 @@ def run_one(args: argparse.Namespace, spokes: int, multicast: bool) -> dict[str,
                     # --soak refreshes at --soak-rate (answered fraction too).
                     rss0 = hub.rss_mb()
                     soak = refresh_step(
-                        gen, packets[0], args.soak_rate, args.soak / args.soak_rate, 0
+                        gen, packets[0], args.soak_rate, args.soak / args.soak_rate, 0, hub
                     )
                     total_refreshes += soak["sent"]
                     soak.update(rss_before_mb=round(rss0, 1), rss_after_mb=round(hub.rss_mb(), 1))
                     result["soak"] = soak
                     print(json.dumps(soak), file=sys.stderr, flush=True)
                 result["refresh"] = steps
+                # New registrations, paced: spokes never seen before register
+                # at --new-rates per second for --new-seconds each.
+                new_steps = []
+                start = spokes
+                for rate in args.new_rates:
+                    step = refresh_step(
+                        gen, everyone[0], rate, args.new_seconds, start, hub, kind="new"
+                    )
+                    start += step["sent"]
+                    new_steps.append(step)
+                    print(json.dumps(step), file=sys.stderr, flush=True)
+                result["new_registrations"] = new_steps
                 ok = [s for s in steps if s["answered_pct"] >= 99]
                 result["refresh_max_99"] = max((s["rate"] for s in ok), default=None)
                 result["refreshes_sent"] = total_refreshes
@@ -639,6 +689,8 @@ def main() -> int:
     p.add_argument("--gen-core", type=int, default=1)
     p.add_argument("--src", type=Path, help="run the hub from this src tree (PYTHONPATH)")
     p.add_argument("--profile", type=Path, help="cProfile the hub into this file (one run)")
+    p.add_argument("--new-rates", type=float, nargs="*", default=[], help="new spokes/s steps")
+    p.add_argument("--new-seconds", type=float, default=1.0)
     p.add_argument("--soak", type=int, default=0, help="then N refreshes (RSS before/after)")
     p.add_argument("--soak-rate", type=float, default=8000.0)
     args = p.parse_args()

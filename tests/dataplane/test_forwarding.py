@@ -10,6 +10,7 @@ from dmvpn.dataplane.nd import link_local_nbma
 from dmvpn.wire import (
     ArpOp,
     ArpPacket,
+    DecodeError,
     GrePacket,
     IPv4Header,
     IPv6Header,
@@ -118,6 +119,53 @@ def test_gre_in_becomes_frames_nhrp_goes_to_the_engine_foreign_keys_dropped() ->
     fw.from_gre(GrePacket(0x0800, packet, key=7).encode(), PEER, 0.0)
     fw.from_gre(GrePacket(0x0800, packet).encode(), PEER, 0.0)
     assert fw.stats["rx.foreign_key"] == 2 and len(tap) == 2
+
+
+def test_nhrp_in_every_gre_form_is_taken_as_decode_gre_takes_it() -> None:
+    """The forwarder reads its own NHRP header without decoding it (issue
+    20); every other form goes through decode_gre. Both must agree: same
+    payload to the engine, same drops, for keyed and key-less clouds."""
+    nhrp = b"\x00\x01\x08\x00" + bytes(range(40))
+    forms = [
+        GrePacket(0x2001, nhrp, key=42).encode(),
+        GrePacket(0x2001, nhrp, key=42, checksum=True).encode(),
+        GrePacket(0x2001, nhrp, key=42, sequence=9).encode(),
+        GrePacket(0x2001, nhrp, key=43).encode(),
+        GrePacket(0x2001, nhrp, key=42 << 8).encode(),
+        GrePacket(0x2001, nhrp).encode(),
+        GrePacket(0x2001, nhrp, checksum=True).encode(),
+        GrePacket(0x2001, b"", key=42).encode(),
+        GrePacket(0x2001, b"", key=42).encode()[:6],
+        GrePacket(0x2001, b"").encode(),
+        GrePacket(0x2001, b"").encode()[:3],
+        b"\x20\x01\x20\x01" + nhrp,  # version 1 (PPTP)
+        b"\x20\x80\x20\x01" + (42).to_bytes(4, "big") + nhrp,  # reserved bit
+        b"\xb0\x00\x20\x01\x00\x00\x00\x00" + (42).to_bytes(4, "big") + nhrp,  # bad checksum
+    ]
+    for key in (42, None):
+        for data in forms:
+            engine = FakeEngine()
+            fw = Forwarder(
+                engine=engine,
+                tunnel_address=A("10.0.0.11"),
+                local_mac=LOCAL_MAC,
+                key=key,
+                send_gre=lambda n, d: None,
+                write_tap=lambda f: None,
+            )
+            fw.from_gre(data, PEER, 0.0)
+            try:
+                gre = decode_gre(data)
+            except DecodeError:
+                assert engine.calls == [] and fw.stats["rx.bad_gre"] == 1, data.hex()
+                assert PEER not in fw.peers
+                continue
+            if gre.key != key:
+                assert engine.calls == [] and fw.stats["rx.foreign_key"] == 1, data.hex()
+                assert PEER not in fw.peers
+                continue
+            assert engine.calls == [("receive", gre.payload, PEER)], (key, data.hex())
+            assert fw.stats["rx.nhrp"] == 1 and fw.peers[PEER].rx_bytes == len(data)
 
 
 def test_hub_reports_hairpinned_traffic() -> None:

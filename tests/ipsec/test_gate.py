@@ -38,6 +38,27 @@ def test_without_ipsec_everything_passes_straight_through() -> None:
     assert gate.stats == {"held": 0, "held_dropped": 0, "deferred": 0, "resent": 0}
 
 
+def test_passthrough_only_when_nothing_can_be_held_or_resent() -> None:
+    """The daemon skips gate.receive/send when `passthrough` (issue 20): it
+    must hold only where they would say Deliver/Transmit for every peer."""
+    gate = IpsecGate(protected=False)
+    assert gate.passthrough
+    for peer in (PEER, OTHER, IPv6Address("2001:db8::1")):
+        assert gate.receive(b"in", peer, 1.0) == [Deliver(b"in", peer, 1.0)]
+        assert gate.send(peer, b"out") == [Transmit(peer, b"out")]  # type: ignore[arg-type]
+    assert gate.passthrough
+    protected = IpsecGate(protected=True)
+    assert not protected.passthrough  # PEER's NHRP waits for its SA
+    protected.send(PEER, _nhrp(PacketType.REGISTRATION_REQUEST, 3))
+    protected.sa_up(PEER, 1.0)
+    protected.sa_up(OTHER, 1.0)
+    assert not protected.passthrough  # a third peer's would wait still
+    # Unprotected, but a copy waiting to be resent (not reachable from the
+    # daemon, which never makes SAs without IPsec): not passthrough either.
+    gate.resend[PEER] = ([2.0], [(b"x", None)])
+    assert not gate.passthrough
+
+
 def test_nhrp_to_a_peer_waits_for_its_sa_and_goes_in_order() -> None:
     gate = IpsecGate(protected=True)
     assert gate.send(PEER, b"one") == [Touch(PEER)]

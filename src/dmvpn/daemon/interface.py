@@ -379,7 +379,10 @@ class InterfaceRuntime:
     # ------------------------------------------------------------ data plane hooks
 
     def receive(self, data: bytes, src_nbma: Address, now: float) -> None:
-        self._perform(self.gate.receive(data, src_nbma, now))
+        if self.gate.passthrough:  # what gate.receive would say, without the list
+            self.hooks.receive(data, src_nbma, now)
+        else:
+            self._perform(self.gate.receive(data, src_nbma, now))
 
     def next_hop_unbound(self, next_hop: Address, now: float) -> None:
         self.hooks.next_hop_unbound(next_hop, now)
@@ -424,7 +427,10 @@ class InterfaceRuntime:
     # The underlay is IPv4: an output naming another NBMA family has nowhere to go.
     def _send(self, out: SendPacket) -> None:
         if isinstance(out.nbma, IPv4Address):
-            self._perform(self.gate.send(out.nbma, out.data))
+            if self.gate.passthrough:  # gate.send's [Transmit], without the list
+                self.dataplane.send_nhrp(out.nbma, out.data)
+            else:
+                self._perform(self.gate.send(out.nbma, out.data))
 
     def _bind(self, out: BindingAdded) -> None:
         if isinstance(out.nbma, IPv4Address):

@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
+from .nbma import NbmaAddresses
+
 _TUNSETIFF = 0x400454CA
 _TUNSETOFFLOAD = 0x400454D0
 _IFF_TAP = 0x0002
@@ -124,6 +126,8 @@ class GreSocket:
         # instead of dropping it, even where its ICMP would be filtered.
         self.sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
         self.source = source
+        # A peer's address is parsed once, not per packet (nbma.py).
+        self.nbma = NbmaAddresses()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -134,7 +138,7 @@ class GreSocket:
         except BlockingIOError:
             return None
         ihl = (data[0] & 0x0F) * 4 if data else 0
-        return data[ihl:], IPv4Address(addr[0])
+        return data[ihl:], self.nbma(addr[0])
 
     def send(self, nbma: IPv4Address, gre: bytes) -> None:
         try:

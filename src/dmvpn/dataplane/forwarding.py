@@ -509,30 +509,38 @@ class Forwarder:
 
     def from_gre(self, data: bytes, src: IPv4Address, now: float) -> None:
         """``data`` is the GRE packet (outer IP header already removed)."""
-        try:
-            gre = decode_gre(data)
-        except DecodeError:
-            self.stats["rx.bad_gre"] += 1
-            return
-        if gre.key != self.key:
-            # Another cloud on the same NBMA address: not ours.
-            self.stats["rx.foreign_key"] += 1
-            return
+        nhrp_header = self._gre_nhrp_header
+        if data[: len(nhrp_header)] == nhrp_header:
+            # The header we send ourselves (our key, no checksum or
+            # sequence): what decode_gre would make of it, without a
+            # GrePacket per packet (a hub's refreshes, issue 20).
+            protocol, payload = GRE_NHRP, data[len(nhrp_header) :]
+        else:
+            try:
+                gre = decode_gre(data)
+            except DecodeError:
+                self.stats["rx.bad_gre"] += 1
+                return
+            if gre.key != self.key:
+                # Another cloud on the same NBMA address: not ours.
+                self.stats["rx.foreign_key"] += 1
+                return
+            protocol, payload = gre.protocol, gre.payload
         peer = self.peers.get(src) or self._new_peer(src)
         if peer is not None:
             peer.rx_packets += 1
             peer.rx_bytes += len(data)
-        if gre.protocol == GRE_NHRP:
+        if protocol == GRE_NHRP:
             self.stats["rx.nhrp"] += 1
-            self.engine.receive(gre.payload, src, now)
+            self.engine.receive(payload, src, now)
             return
-        if gre.protocol == GRE_IPV6 and self.tunnel_address6 is not None:
-            self._ipv6_from_gre(gre.payload, src)
+        if protocol == GRE_IPV6 and self.tunnel_address6 is not None:
+            self._ipv6_from_gre(payload, src)
             return
-        if gre.protocol != GRE_IPV4 or len(gre.payload) < 20:
+        if protocol != GRE_IPV4 or len(payload) < 20:
             self.stats["rx.unsupported"] += 1
             return
-        inner = gre.payload
+        inner = payload
         dst = inner[16:20]
         if self.redirect:
             self._remember_source(IPv4Address(inner[12:16]), src)

@@ -23,7 +23,6 @@ import os
 import socket
 import struct
 import threading
-from ipaddress import IPv4Address
 from types import ModuleType
 
 from .devices import MAX_FRAME, RCVBUF, GreSocket, Tap
@@ -113,7 +112,7 @@ class Pump:
             if tag == b"T":
                 fw.from_tap(msg[1:], now)
             elif tag == b"G":
-                fw.from_gre(msg[5:], IPv4Address(msg[1:5]), now)
+                fw.from_gre(msg[5:], self.gre.nbma(msg[1:5]), now)
             elif tag == b"S":
                 for off in range(1, len(msg) - _RECORD + 1, _RECORD):
                     nbma = msg[off : off + 4]

@@ -158,6 +158,13 @@ class IpsecGate:
         # For `show ipsec` and metrics (names unchanged since they were the daemon's).
         self.stats: dict[str, int] = {"held": 0, "held_dropped": 0, "deferred": 0, "resent": 0}
 
+    @property
+    def passthrough(self) -> bool:
+        """Nothing is protected, held or waiting to be resent: `receive` is
+        [Deliver] and `send` [Transmit] for every peer, so the host may take
+        its per-packet path without the action lists (a hub's refreshes)."""
+        return not self.protected and not self.resend
+
     def is_up(self, nbma: Address) -> bool:
         # Only IPv4 NBMA addresses are protected (the underlay is IPv4).
         return not self.protected or not isinstance(nbma, IPv4Address) or nbma in self.up
