@@ -21,7 +21,7 @@ from dmvpn.api.server import ApiError, ApiServer, default_socket_path
 from dmvpn.config import ConfigError, Interface, NodeConfig, load_config
 from dmvpn.dataplane.ebpf import EbpfDataPlane, ebpf_unavailable
 from dmvpn.dataplane.kernel import KernelDataPlane, kernel_gre_unavailable
-from dmvpn.dataplane.plane import DataPlane, DataPlaneError
+from dmvpn.dataplane.plane import DataPlane, DataPlaneError, ipv4_only
 from dmvpn.dataplane.userspace import UserspaceDataPlane
 from dmvpn.ipsec import IpsecManager, PeerSa
 from dmvpn.ipsec.charon import CharonError
@@ -251,7 +251,7 @@ class Node:
                     self.config.ipsec,
                     self.config.node,
                     self.config.ipsec_identity(),
-                    list(dict.fromkeys(i.tunnel.source for i in self.config.interfaces)),
+                    list(dict.fromkeys(ipv4_only(i.tunnel.source) for i in self.config.interfaces)),
                     self.log,
                     on_up=self._ipsec_up,
                     on_down=self._ipsec_down,

@@ -1,5 +1,5 @@
 """The file descriptors of the userspace data plane: a TAP device (the
-DMVPN interface) and a raw IPv4 protocol-47 socket (GRE on the NBMA side);
+DMVPN interface) and a raw IPv4 or IPv6 protocol-47 socket (GRE on the NBMA side);
 with path MTU discovery (pmtu.py) a second GRE socket that sends with DF and
 reads back path MTU errors, and raw ICMP sockets that answer inner senders."""
 
@@ -38,6 +38,7 @@ _SO_RCVBUFFORCE = 33
 RCVBUF = 48 << 20
 # linux/in.h, linux/errqueue.h, linux/filter.h, linux/icmp.h, linux/icmpv6.h
 _IP_MTU_DISCOVER, _IP_RECVERR = 10, 11
+_IPV6_MTU_DISCOVER = 23  # linux/in6.h; IPV6_PMTUDISC_DONT is 0 as for IPv4
 _IP_PMTUDISC_DONT, _IP_PMTUDISC_PROBE = 0, 3
 _SO_EE_ORIGIN_LOCAL, _SO_EE_ORIGIN_ICMP = 1, 2
 _EXTENDED_ERR = struct.Struct("=IBBBBII")
@@ -103,12 +104,17 @@ class Tap:
 
 
 class GreSocket:
-    """Raw GRE over IPv4. Received data starts with the outer IPv4 header.
-    Keeping it open also stops the kernel answering GRE with ICMP
-    protocol-unreachable (real-peers.md)."""
+    """Raw GRE over IPv4, or over IPv6 when ``source`` is IPv6 (an AF_INET6
+    raw socket of protocol 47: no ip6_gre module needed). `recv` hands out
+    the GRE packet (the IPv4 header is stripped here; an IPv6 raw socket
+    never shows its header) and the sender. Keeping it open also stops the
+    kernel answering GRE with ICMP protocol-unreachable (real-peers.md)."""
 
-    def __init__(self, source: IPv4Address) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+    def __init__(self, source: IPv4Address | IPv6Address) -> None:
+        self.v6 = isinstance(source, IPv6Address)
+        self.sock = socket.socket(
+            socket.AF_INET6 if self.v6 else socket.AF_INET, socket.SOCK_RAW, 47
+        )
         self.sock.setblocking(False)
         self.sock.bind((str(source), 0))
         try:
@@ -119,24 +125,32 @@ class GreSocket:
             self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        # No DF on the outer header, ever (Cisco's default without `tunnel
-        # path-mtu-discovery`): a smaller link on the way fragments GRE
-        # instead of dropping it, even where its ICMP would be filtered.
-        self.sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
+        if self.v6:
+            # IPv6 routers never fragment: what exceeds the path MTU is
+            # fragmented here, by the sender (the kernel), rather than
+            # refused (Cisco's default without path MTU discovery).
+            self.sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IP_PMTUDISC_DONT)
+        else:
+            # No DF on the outer header, ever (Cisco's default without `tunnel
+            # path-mtu-discovery`): a smaller link on the way fragments GRE
+            # instead of dropping it, even where its ICMP would be filtered.
+            self.sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
         self.source = source
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def recv(self) -> tuple[bytes, IPv4Address] | None:
+    def recv(self) -> tuple[bytes, IPv4Address | IPv6Address] | None:
         try:
             data, addr = self.sock.recvfrom(MAX_FRAME)
         except BlockingIOError:
             return None
+        if self.v6:
+            return data, IPv6Address(addr[0].split("%", 1)[0])
         ihl = (data[0] & 0x0F) * 4 if data else 0
         return data[ihl:], IPv4Address(addr[0])
 
-    def send(self, nbma: IPv4Address, gre: bytes) -> None:
+    def send(self, nbma: IPv4Address | IPv6Address, gre: bytes) -> None:
         try:
             self.sock.sendto(gre, (str(nbma), 0))
         except OSError:

@@ -55,8 +55,9 @@ from dmvpn.wire import Address
 
 from .forwarding import MAX_PEER_COUNTERS, PeerCounters
 from .mss import MssClamp
+from .nbma import Nbma
 from .neighbours import NeighbourWriter
-from .plane import DataPlane, DataPlaneError, DataPlaneHooks
+from .plane import DataPlane, DataPlaneError, DataPlaneHooks, ipv4_only
 
 __all__ = [
     "KernelDataPlane",
@@ -267,12 +268,12 @@ class KernelDataPlane(DataPlane):
         # they are bound (a kernel miss before the resolution completed).
         self._via_nhs: set[IPv4Address] = set()
         self._nhs: list[IPv4Address] = []
-        self._multicast: Collection[IPv4Address] = ()
+        self._multicast: Collection[Nbma] = ()
         self._came_from: dict[IPv4Address, IPv4Address] = {}
         # sll_addr bytes -> NBMA address (the NHRP reader's parse cache).
         self._nbma_of: dict[bytes, IPv4Address] = {}
         self._stats: Counter[str] = Counter()
-        self._peers: dict[IPv4Address, PeerCounters] = {}
+        self._peers: dict[Nbma, PeerCounters] = {}
         self._mss: MssClamp | None = None
         self._blocked = False  # our XFRM block policies are in place
 
@@ -442,7 +443,7 @@ class KernelDataPlane(DataPlane):
             except OSError:
                 self._stats["tx.multicast_errors"] += 1
                 continue
-            self._count(nbma, tx=len(packet))
+            self._count(ipv4_only(nbma), tx=len(packet))
         self._stats["tx.multicast"] += 1
 
     def _on_misses(self) -> None:
@@ -494,7 +495,8 @@ class KernelDataPlane(DataPlane):
 
     # -- the daemon's decisions -------------------------------------------------
 
-    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+    def bind(self, protocol: Address, nbma: Nbma) -> None:
+        nbma = ipv4_only(nbma)
         self._bindings[protocol] = nbma
         if isinstance(protocol, IPv4Address):
             self._via_nhs.discard(protocol)
@@ -508,12 +510,13 @@ class KernelDataPlane(DataPlane):
             self._neighbour(protocol, None)
 
     @property
-    def bindings(self) -> Mapping[Address, IPv4Address]:
+    def bindings(self) -> Mapping[Address, Nbma]:
         return self._bindings
 
-    def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
+    def send_nhrp(self, nbma: Nbma, data: bytes) -> None:
         if self._nhrp is None:
             return
+        nbma = ipv4_only(nbma)
         try:
             self._nhrp.sendto(data, (self.cfg.name, ETH_P_NHRP, 0, 0, nbma.packed))
         except OSError as exc:
@@ -523,15 +526,15 @@ class KernelDataPlane(DataPlane):
         self._stats["tx.nhrp"] += 1
         self._count(nbma, tx=len(data))
 
-    def set_nhs(self, nbmas: list[IPv4Address]) -> None:
-        self._nhs = list(nbmas)
+    def set_nhs(self, nbmas: list[Nbma]) -> None:
+        self._nhs = [ipv4_only(n) for n in nbmas]
         # Entries waiting on a resolution follow the preferred NHS.
         for addr in self._via_nhs:
             self._neighbour(addr, self._nhs[0] if self._nhs else None)
         if not self._nhs:
             self._via_nhs.clear()
 
-    def set_multicast(self, nbmas: Collection[IPv4Address]) -> None:
+    def set_multicast(self, nbmas: Collection[Nbma]) -> None:
         self._multicast = nbmas  # live (plane.py)
 
     def set_redirect(self, on: bool) -> None:
@@ -546,7 +549,7 @@ class KernelDataPlane(DataPlane):
         protected GRE through."""
         if self._blocked:
             return
-        source = self.cfg.tunnel.source
+        source = ipv4_only(self.cfg.tunnel.source)
         for argv in block_policy_commands(source):
             res = subprocess.run(argv, capture_output=True, text=True, check=False)
             # Another interface on the same source already placed them.
@@ -556,7 +559,7 @@ class KernelDataPlane(DataPlane):
         self._blocked = True
 
     def _unblock(self) -> None:
-        for argv in block_policy_commands(self.cfg.tunnel.source, add=False):
+        for argv in block_policy_commands(ipv4_only(self.cfg.tunnel.source), add=False):
             subprocess.run(argv, capture_output=True, check=False)
         self._blocked = False
 
@@ -572,5 +575,5 @@ class KernelDataPlane(DataPlane):
         return out
 
     @property
-    def peers(self) -> Mapping[IPv4Address, PeerCounters]:
+    def peers(self) -> Mapping[Nbma, PeerCounters]:
         return self._peers
