@@ -45,6 +45,10 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
         return EbpfDataPlane(cfg, ipr, log, required=True)
     if cfg.dataplane == "kernel":
         return KernelDataPlane(cfg, ipr, log)
+    if cfg.dataplane == "auto" and cfg.underlay_ipv6:
+        # Only the userspace plane carries GRE over IPv6 (config.py refuses the others).
+        log("dataplane", f"{cfg.name}: userspace data plane (IPv6 underlay)")
+        return UserspaceDataPlane(cfg, ipr, log)
     if cfg.dataplane == "auto" and _kernel_fits(cfg, ipsec):
         log("dataplane", f"{cfg.name}: kernel data plane (ip_gre)")
         return KernelDataPlane(cfg, ipr, log)
