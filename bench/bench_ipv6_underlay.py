@@ -14,8 +14,8 @@ Three phase 3 labs are up at once, the same cloud on different underlays:
 
 For each, after host1 -> host2's shortcut is up: round-trip time (ping
 host1 -> host2, the median of 50) and TCP throughput (iperf3 host1 ->
-host2), the labs taken in turn round after round so that load drifts
-alike for all.
+host2), the labs taken in turn round after round (each round starting
+with the next lab) so that load drifts alike for all.
 
 Run: sudo python bench/bench_ipv6_underlay.py [--seconds 5] [--rounds 2]
 """
@@ -74,8 +74,12 @@ def main() -> None:
         time.sleep(1)
         tcp: dict[str, list[float]] = {name: [] for name in labs}
         rtt: dict[str, list[float]] = {name: [] for name in labs}
-        for _ in range(args.rounds):
-            for name, lab in labs.items():
+        names = list(labs)
+        for r in range(args.rounds):
+            # Each round starts with another lab: a load change mid-round
+            # does not always fall on the same one.
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                lab = labs[name]
                 rtt[name] += rtts(lab, "host1", dst)
                 tcp[name].append(round(iperf(lab, "host2", "host1", dst, args.seconds), 1))
         result["tcp_mbit"] = tcp
