@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from dmvpn.config import parse_config
+from dmvpn.lab.text import summary
 from dmvpn.lab.topology import Topology, TopologyError
 
 
@@ -33,12 +34,14 @@ def test_ipv6_underlay_plan_and_node_configs() -> None:
     }
     hub = parse_config(topo.node_config("hub1")).interfaces[0]
     assert hub.tunnel.source == IPv6Address("fd30::1") and hub.is_hub
+    assert summary(topo).endswith("holdtime 60 s, IPv6 underlay (GRE over IPv6)")
 
 
 def test_ipv4_underlay_is_unchanged() -> None:
     topo = Topology.default()
     assert topo.plan("spoke1").nbma6 is None
     assert topo.node_config("spoke1")["interfaces"][0]["tunnel"]["source"] == "172.30.0.11"
+    assert summary(topo).endswith("holdtime 60 s")
 
 
 @pytest.mark.parametrize(
