@@ -159,3 +159,22 @@ def test_tap_macs_for_ipv6_nbma_map_back_and_through_link_local() -> None:
     # The kernel's EUI-64 link-local address for that MAC (U/L bit flipped).
     eui = bytes([mac[0] ^ 2]) + mac[1:3] + b"\xff\xfe" + mac[3:]
     assert nd.link_local_nbma(IPv6Address(b"\xfe\x80" + bytes(6) + eui)) == SPOKE
+
+
+def test_show_dmvpn_puts_a_long_ipv6_nbma_address_on_its_own_line() -> None:
+    from dmvpn.cli.show import render_dmvpn
+
+    entry = {"tunnel_address": "10.0.0.12", "state": "UP", "updn": "00:00:05", "attrb": "D"}
+    peers = [
+        {"entry_count": 1, "nbma": "2001:db8:30::112", "entries": [entry]},
+        {
+            "entry_count": 1,
+            "nbma": "fd30::13",
+            "entries": [entry | {"tunnel_address": "10.0.0.13"}],
+        },
+    ]
+    itf = {"interface": "dmvpn0", "family": 4, "type": "hub", "peer_count": 2, "peers": peers}
+    lines = render_dmvpn({"interfaces": [itf]}).splitlines()
+    at = lines.index("     1 2001:db8:30::112")
+    assert lines[at + 1] == "                             10.0.0.12    UP 00:00:05     D"
+    assert lines[at + 2] == "     1 fd30::13              10.0.0.13    UP 00:00:05     D"
