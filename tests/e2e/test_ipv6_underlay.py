@@ -106,6 +106,31 @@ def test_phase3_cloud_over_ipv6_underlay(tmp_path: Path, overlay6: bool) -> None
                 timeout=20,
             )
             assert _hops(cloud, "host1", host2v6, v6=True) == ["fd00:1::1", "fd00::12", host2v6]
+        if not overlay6:
+            # spoke1's IPv6 underlay address changes (a new prefix or lease):
+            # the daemon follows it, registers anew, and the shortcut comes
+            # back to the new address.
+            cloud.sh("spoke1", "ip", "addr", "del", "fd30::11/64", "dev", "nbma0")
+            cloud.sh("spoke1", "ip", "addr", "add", "fd30::111/64", "dev", "nbma0", "nodad")
+            cloud.wait(
+                "hub1 to bind spoke1 at fd30::111",
+                lambda: any(
+                    e.get("nbma") == "fd30::111" for e in cloud.events("hub1", "registered")
+                ),
+            )
+            (moved,) = cloud.events("spoke1", "underlay-moved")
+            assert (moved["old"], moved["new"]) == ("fd30::11", "fd30::111")
+            cloud.wait("spoke2 to purge the old address", lambda: cloud.events("spoke2", "purged"))
+            lab.exec("host2", ["ping", "-c", "3", "-i", "0.3", "-W", "1", "192.168.1.10"])
+            cloud.wait(
+                "spoke2's shortcut to spoke1's new address",
+                lambda: any(
+                    e.get("nbma") == "fd30::111" for e in cloud.events("spoke2", "shortcut")
+                ),
+                timeout=30,
+            )
+            back = lab.exec("host2", ["ping", "-c", "3", "-i", "0.2", "-W", "1", "192.168.1.10"])
+            assert back.returncode == 0, back.stdout
         time.sleep(4.5)  # a registration refresh (holding time 12 s / 3)
         for node in ("hub1", *spokes):
             sock = str(tmp_path / f"{node}.sock")

@@ -228,9 +228,6 @@ class InterfaceRuntime:
         if not self.follow_underlay:
             return
         source = self.cfg.tunnel.source
-        if not isinstance(source, IPv4Address):
-            self.log("underlay", "not following underlay address changes: IPv6 underlay")
-            return
         # The underlay is the daemon's own namespace (or tunnel.namespace's
         # socket): watched from home, not from the VRF.
         self._underlay = UnderlayWatch(self.underlay_ipr, self.loop, source, self.move)
@@ -250,7 +247,7 @@ class InterfaceRuntime:
         self.apply()
         self._start_liveness()
 
-    def move(self, source: IPv4Address) -> None:
+    def move(self, source: IPv4Address | IPv6Address) -> None:
         """Our underlay address changed (UnderlayWatch): GRE from the new
         one, register anew at once, and purge the direct peers that still
         send to the old one (Engine.set_nbma)."""
