@@ -16,12 +16,22 @@ from ipaddress import (
     IPv6Address,
     IPv6Interface,
     IPv6Network,
+    ip_address,
 )
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dmvpn.nhrp import EngineConfig, NhsConfig, StaticMap
 from dmvpn.nsenter import NETNS_DIR
@@ -30,6 +40,26 @@ from dmvpn.wire import group_problem
 
 # A network namespace name (`ip netns add NAME`): a file under /run/netns.
 NamespaceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+def _nbma(value: object) -> IPv4Address | IPv6Address:
+    if isinstance(value, IPv4Address | IPv6Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address")
+    try:
+        return ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+# An NBMA (underlay) address of either family; one validator, so that an
+# error names the field and not each member of a union.
+NbmaAddress = Annotated[
+    IPv4Address | IPv6Address,
+    PlainValidator(_nbma),
+    PlainSerializer(str, return_type=str, when_used="json"),
+]
 
 # Linux VRF devices (`ip link add NAME type vrf table N`) would give the
 # `vrf:` keys a meaning; this kernel has none, so they are refused with this
@@ -49,7 +79,11 @@ class _Strict(BaseModel):
 class Tunnel(_Strict):
     """`tunnel source` (the NBMA address) and `tunnel key`."""
 
-    source: IPv4Address
+    # The NBMA address; its family is the interface's underlay family: GRE
+    # over IPv4 or, for an IPv6 address, GRE over IPv6 (NHRP ar$afn 2;
+    # docs/ARCHITECTURE.md "IPv6 underlay"). Every NHS and map `nbma` of the
+    # interface must be of the same family.
+    source: NbmaAddress
     key: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
     # Front-door VRF (Cisco `tunnel vrf`): the network namespace holding the
     # underlay (`source` and its routes); GRE is sent and received there, the
@@ -70,7 +104,7 @@ class Nhs(_Strict):
     IPv6 ADDRESS is `ipv6 nhrp nhs` (registered by the IPv6 engine)."""
 
     address: IPv4Address | IPv6Address
-    nbma: IPv4Address
+    nbma: NbmaAddress
     priority: Annotated[int, Field(ge=0, le=255)] = 0
 
 
@@ -78,7 +112,7 @@ class Map(_Strict):
     """`ip nhrp map ADDRESS NBMA` (or `ipv6 nhrp map`): a static binding."""
 
     address: IPv4Address | IPv6Address
-    nbma: IPv4Address
+    nbma: NbmaAddress
 
 
 class NhsLiveness(_Strict):
@@ -101,7 +135,7 @@ class Nhrp(_Strict):
     map: list[Map] = []
     # `ip nhrp map multicast dynamic|nhs|NBMA`: where broadcast and multicast
     # frames are replicated.
-    map_multicast: list[Literal["dynamic", "nhs"] | IPv4Address] = []
+    map_multicast: list[Literal["dynamic", "nhs"] | IPv4Address | IPv6Address] = []
     redirect: bool = False
     shortcut: bool = False
     registration_no_unique: bool = False
@@ -242,6 +276,7 @@ class Interface(_Strict):
                     raise ValueError(
                         f"dataplane: kernel does not do {field} yet; use userspace or auto"
                     )
+        self._underlay_family()
         if self.qos is not None:
             if not self.is_hub:
                 raise ValueError("qos: per-tunnel QoS shapes what an NHS sends; this is a spoke")
@@ -289,6 +324,50 @@ class Interface(_Strict):
                     f"routes.{i}.via: nhs, but this interface has no IPv{route.prefix.version} NHS"
                 )
         return self
+
+    @property
+    def underlay_ipv6(self) -> bool:
+        """GRE over IPv6: the NBMA address (tunnel.source) is IPv6."""
+        return isinstance(self.tunnel.source, IPv6Address)
+
+    def _underlay_family(self) -> None:
+        """One underlay family per interface (tunnel.source's), and only
+        where the data plane and features carry it: the userspace data plane
+        (raw AF_INET6 GRE sockets); not yet the eBPF and kernel planes, path
+        MTU discovery or per-tunnel QoS."""
+        src = self.tunnel.source
+        fam = f"IPv{src.version}"
+        nbmas: list[tuple[str, IPv4Address | IPv6Address]] = [
+            (f"nhrp.nhs.{i}.nbma", n.nbma) for i, n in enumerate(self.nhrp.nhs)
+        ]
+        nbmas += [(f"nhrp.map.{i}.nbma", m.nbma) for i, m in enumerate(self.nhrp.map)]
+        nbmas += [
+            (f"nhrp.map_multicast.{i}", m)
+            for i, m in enumerate(self.nhrp.map_multicast)
+            if not isinstance(m, str)
+        ]
+        for where, nbma in nbmas:
+            if nbma.version != src.version:
+                raise ValueError(
+                    f"{where} {nbma} is IPv{nbma.version} but "
+                    f"tunnel.source {src} is {fam}: one underlay family per interface"
+                )
+        if not self.underlay_ipv6:
+            return
+        if self.dataplane in ("ebpf", "kernel"):
+            raise ValueError(
+                f"dataplane: {self.dataplane} does not do an IPv6 underlay (tunnel.source "
+                f"{src}) yet; use userspace or auto"
+            )
+        if self.tunnel.path_mtu_discovery:
+            raise ValueError(
+                f"tunnel.path_mtu_discovery is IPv4 only for now; tunnel.source {src} is IPv6"
+            )
+        if self.qos is not None:
+            raise ValueError(
+                f"qos: per-tunnel QoS classifies IPv4 underlay addresses only; "
+                f"tunnel.source {src} is IPv6"
+            )
 
     def _family(
         self, where: str, addr: IPv4Address | IPv6Address
@@ -575,6 +654,11 @@ class NodeConfig(_Strict):
                 # Frozen models: the resolved default is written once, here.
                 object.__setattr__(self, "ipsec", self.ipsec.model_copy(update={"mode": mode}))
             for i, itf in enumerate(self.interfaces):
+                if itf.underlay_ipv6:
+                    raise ValueError(
+                        f"interfaces.{i}.tunnel.source: IPsec over an IPv6 underlay is not "
+                        "done yet (GRE over IPv6 runs in clear)"
+                    )
                 if itf.dataplane == "ebpf":
                     # bpf_redirect bypasses xfrm: protected GRE would leave in clear.
                     raise ValueError(
@@ -587,7 +671,7 @@ class NodeConfig(_Strict):
         # One GRE socket per interface sees every GRE packet of its underlay
         # namespace and keeps those of its key: two interfaces with the same
         # key on the same source could not tell their packets apart.
-        seen: dict[tuple[str | None, IPv4Address, int | None], int] = {}
+        seen: dict[tuple[str | None, IPv4Address | IPv6Address, int | None], int] = {}
         for i, itf in enumerate(self.interfaces):
             where = (itf.tunnel.namespace, itf.tunnel.source, itf.tunnel.key)
             if where in seen:

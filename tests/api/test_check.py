@@ -27,3 +27,8 @@ def test_check_names_the_ipv6_address_and_nhses() -> None:
     assert "dmvpn0 10.0.0.1/24 network-id 1, hub (NHS), IPv6 fd00::1/64\n" in hub
     # An IPv4-only interface reads as before.
     assert _check("spoke.yaml").endswith("network-id 1, spoke of 1 NHS\n")
+
+
+def test_check_says_gre_over_ipv6() -> None:
+    out = _check("spoke-ipv6-underlay.yaml")
+    assert out.endswith("spoke of 1 NHS, GRE over IPv6 from 2001:db8:30::11\n"), out

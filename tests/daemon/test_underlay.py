@@ -25,3 +25,14 @@ def test_nothing_changes_between_the_old_lease_and_the_new_one() -> None:
     assert pick_source(OLD, 2, [(1, A("127.0.0.1"), 254), (2, A("169.254.1.1"), 253)]) == (None, 2)
     # Never seen on any device: no guess at another device's address.
     assert pick_source(OLD, None, [(3, A("10.9.9.9"), 0)]) == (None, None)
+
+
+def test_an_ipv6_underlay_moves_to_the_new_global_address() -> None:
+    from ipaddress import IPv6Address as B
+
+    old = B("fd30::11")
+    rows = [(1, B("::1"), 254), (2, B("fe80::400:1ff:fe02:304"), 253), (2, B("fd30::111"), 0)]
+    assert pick_source(old, 2, rows) == (B("fd30::111"), 2)
+    assert pick_source(old, 2, [*rows[:2], (2, old, 0)]) == (None, 2)
+    # Only the link-local address left: no move.
+    assert pick_source(old, 2, rows[:2]) == (None, 2)

@@ -42,6 +42,7 @@ def check_cmd(config: Path) -> None:
             # The default data plane goes unsaid; any other choice is news.
             + (f", dataplane {itf.dataplane}" if itf.dataplane != DEFAULT_DATAPLANE else "")
             + (f", tcp adjust-mss {itf.tcp_adjust_mss}" if itf.tcp_adjust_mss else "")
+            + (f", GRE over IPv6 from {itf.tunnel.source}" if itf.underlay_ipv6 else "")
         )
     if node.ipsec is not None:
         sec = node.ipsec

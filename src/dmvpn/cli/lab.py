@@ -233,6 +233,7 @@ def _status_data(lab: Lab) -> dict[str, Any]:
         "phase": topo.phase,
         "holdtime": topo.holdtime,
         "key": topo.key,
+        "underlay": topo.underlay,
         "state_file": str(lab.state_path),
         "run_dir": str(lab.run_dir),
         "nodes": nodes,

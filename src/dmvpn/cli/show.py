@@ -272,7 +272,12 @@ Legend: Attrb --> S - Static, D - Dynamic, I - Incomplete
 
 
 def _row(n: str, nbma: str, tunnel: str, state: str, updn: str, attrb: str) -> str:
-    return f"{n:>6} {nbma:<15} {tunnel:>15} {state:>5} {updn:>8} {attrb:>5}".rstrip() + "\n"
+    head = ""
+    if len(nbma) > 15:
+        # An IPv6 NBMA address (IPv6 underlay) wider than its column: on a
+        # line of its own, the entry below it, as Cisco prints them.
+        head, n, nbma = f"{n:>6} {nbma}\n", "", ""
+    return head + f"{n:>6} {nbma:<15} {tunnel:>15} {state:>5} {updn:>8} {attrb:>5}".rstrip() + "\n"
 
 
 def render_dmvpn(data: dict[str, Any]) -> str:

@@ -29,8 +29,9 @@ from typing import Any, Protocol, TypeVar
 from pyroute2 import IPRoute
 
 from dmvpn.config import Interface
-from dmvpn.dataplane.forwarding import FamilyDispatch, nbma_mac
-from dmvpn.dataplane.plane import DataPlane, DataPlaneError
+from dmvpn.dataplane.forwarding import FamilyDispatch
+from dmvpn.dataplane.nbmamac import Nbma, nbma_mac
+from dmvpn.dataplane.plane import DataPlane, DataPlaneError, ipv4_only
 from dmvpn.ipsec import IpsecManager, PeerSa
 from dmvpn.ipsec.charon import CharonError
 from dmvpn.ipsec.gate import (
@@ -129,7 +130,7 @@ class InterfaceRuntime:
         self.nhs_listeners: list[Callable[[], None]] = []
         self.liveness: LivenessProber | None = None  # nhrp.nhs_liveness
         self.liveness6: LivenessProber | None = None  # the same for IPv6 NHSes
-        self._nhs_order: list[IPv4Address] = []  # NBMA addresses, the via-the-hub one first
+        self._nhs_order: list[Nbma] = []  # NBMA addresses, the via-the-hub one first
         # Per-tunnel QoS (hub with `qos:`): made in open(), fed PeerGroup
         # and BindingRemoved.
         self.qos: QosShaper | None = None
@@ -151,7 +152,7 @@ class InterfaceRuntime:
         self._actions: dict[type, Callable[[Any], None]] = {
             Transmit: lambda a: self.dataplane.send_nhrp(a.nbma, a.data),
             Deliver: lambda a: self.hooks.receive(a.data, a.src_nbma, a.now),
-            Touch: lambda a: self._ipsec().touch(self.cfg.tunnel.source, a.nbma),
+            Touch: lambda a: self._ipsec().touch(ipv4_only(self.cfg.tunnel.source), a.nbma),
             Bind: lambda a: self._use_binding(a.binding),
             Unbind: lambda a: self._drop_binding(a.binding),
             Route: lambda a: self._route("replace", a.shortcut, a.announce),
@@ -226,11 +227,10 @@ class InterfaceRuntime:
             self._start()
         if not self.follow_underlay:
             return
+        source = self.cfg.tunnel.source
         # The underlay is the daemon's own namespace (or tunnel.namespace's
         # socket): watched from home, not from the VRF.
-        self._underlay = UnderlayWatch(
-            self.underlay_ipr, self.loop, self.cfg.tunnel.source, self.move
-        )
+        self._underlay = UnderlayWatch(self.underlay_ipr, self.loop, source, self.move)
         try:
             self._underlay.attach()
         except OSError as exc:
@@ -247,7 +247,7 @@ class InterfaceRuntime:
         self.apply()
         self._start_liveness()
 
-    def move(self, source: IPv4Address) -> None:
+    def move(self, source: IPv4Address | IPv6Address) -> None:
         """Our underlay address changed (UnderlayWatch): GRE from the new
         one, register anew at once, and purge the direct peers that still
         send to the old one (Engine.set_nbma)."""
@@ -424,16 +424,17 @@ class InterfaceRuntime:
         for action in actions:
             self._actions[type(action)](action)
 
-    # The underlay is IPv4: an output naming another NBMA family has nowhere to go.
+    # An output naming no address (raw bytes) has nowhere to go; the engine
+    # drops packets of the other NBMA family (nhrp/family.py).
     def _send(self, out: SendPacket) -> None:
-        if isinstance(out.nbma, IPv4Address):
+        if isinstance(out.nbma, IPv4Address | IPv6Address):
             if self.gate.passthrough:  # gate.send's [Transmit], without the list
                 self.dataplane.send_nhrp(out.nbma, out.data)
             else:
                 self._perform(self.gate.send(out.nbma, out.data))
 
     def _bind(self, out: BindingAdded) -> None:
-        if isinstance(out.nbma, IPv4Address):
+        if isinstance(out.nbma, IPv4Address | IPv6Address):
             self._perform(self.gate.bind(out))
 
     def _unbind(self, out: BindingRemoved) -> None:
@@ -454,7 +455,7 @@ class InterfaceRuntime:
                 group=out.group,
             )
 
-    def _underlay_device(self, nbma: IPv4Address) -> str | None:
+    def _underlay_device(self, nbma: Nbma) -> str | None:
         """The device the kernel routes ``nbma`` through (the underlay egress),
         asked in the underlay namespace with a front-door VRF."""
         if self.cfg.tunnel.namespace is not None:
@@ -477,9 +478,9 @@ class InterfaceRuntime:
         if self.ipsec is None or not isinstance(out.nbma, IPv4Address):
             return  # no IPsec: bindings are used at once
         if isinstance(out, ProtectPeer):
-            self.ipsec.want(self.cfg.tunnel.source, out.nbma)
+            self.ipsec.want(ipv4_only(self.cfg.tunnel.source), out.nbma)
         else:
-            self.ipsec.release(self.cfg.tunnel.source, out.nbma)
+            self.ipsec.release(ipv4_only(self.cfg.tunnel.source), out.nbma)
 
     def _event(self, out: Event) -> None:
         if out.kind in (EventKind.NHS_UP, EventKind.NHS_DOWN, EventKind.NHS_STANDBY):
@@ -503,7 +504,9 @@ class InterfaceRuntime:
         such traffic to a dead hub until the entry aged out (issue 12)."""
         states = [s for e in self.engines for s in e.nhs_states()]
         order = sorted(states, key=lambda s: (s.state is not NhsState.UP, s.priority))
-        nbmas = list(dict.fromkeys(s.nbma for s in order if isinstance(s.nbma, IPv4Address)))
+        nbmas: list[Nbma] = list(
+            dict.fromkeys(s.nbma for s in order if isinstance(s.nbma, IPv4Address | IPv6Address))
+        )
         old = self._nhs_order
         if not nbmas or nbmas == old:
             return
@@ -512,7 +515,7 @@ class InterfaceRuntime:
         if old and old[0] != nbmas[0]:
             self._flush_via(old[0])
 
-    def _flush_via(self, nbma: IPv4Address) -> None:
+    def _flush_via(self, nbma: Nbma) -> None:
         mac = ":".join(f"{b:02x}" for b in nbma_mac(nbma))
         try:
             for msg in self.ipr.get_neighbours(ifindex=self.dataplane.index):
@@ -533,7 +536,7 @@ class InterfaceRuntime:
             listener(self.cfg.name, out)
 
     def _use_binding(self, out: BindingAdded) -> None:
-        assert isinstance(out.nbma, IPv4Address)
+        assert isinstance(out.nbma, IPv4Address | IPv6Address)
         self.dataplane.bind(out.protocol, out.nbma)
         if out.type == "cached" and self.engine.public_nbma is not None:
             # After the data plane's neighbour write (queued with call_soon,
@@ -612,7 +615,7 @@ def multicast_items(cfg: Interface) -> list[Item]:
             items.append("dynamic")
         elif item == "nhs":
             items.append(tuple(n.nbma for n in sorted(cfg.nhrp.nhs, key=lambda n: n.priority)))
-        elif isinstance(item, IPv4Address):
+        elif isinstance(item, IPv4Address | IPv6Address):
             items.append((item,))
     return items
 

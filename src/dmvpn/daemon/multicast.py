@@ -17,24 +17,24 @@ order; dynamic peers in the order they registered; no address twice.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
 from dmvpn.wire import Address
 
 __all__ = ["MulticastTargets"]
 
-Item = Literal["dynamic"] | tuple[IPv4Address, ...]
+Item = Literal["dynamic"] | tuple[IPv4Address | IPv6Address, ...]
 
 
 class MulticastTargets:
     def __init__(self, items: Sequence[Item] = ()) -> None:
         self._items: list[Item] = []
-        self._fixed: set[IPv4Address] = set()
+        self._fixed: set[IPv4Address | IPv6Address] = set()
         self.dynamic_on = False
         # NBMA -> dynamic bindings to it; protocol -> NBMA of its dynamic binding.
-        self._dynamic: dict[IPv4Address, int] = {}
-        self._bound: dict[Address, IPv4Address] = {}
+        self._dynamic: dict[IPv4Address | IPv6Address, int] = {}
+        self._bound: dict[Address, IPv4Address | IPv6Address] = {}
         self._overlap = 0  # dynamic peers that are configured too (counted once)
         self.configure(items)
 
@@ -48,7 +48,7 @@ class MulticastTargets:
 
     # ------------------------------------------------------------ bindings
 
-    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+    def bind(self, protocol: Address, nbma: IPv4Address | IPv6Address) -> None:
         """A dynamic binding is in use: its peer gets replicated copies."""
         old = self._bound.get(protocol)
         if old == nbma:
@@ -67,7 +67,7 @@ class MulticastTargets:
         if nbma is not None:
             self._release(nbma)
 
-    def _release(self, nbma: IPv4Address) -> None:
+    def _release(self, nbma: IPv4Address | IPv6Address) -> None:
         n = self._dynamic.get(nbma, 0)
         if n > 1:
             self._dynamic[nbma] = n - 1
@@ -82,8 +82,8 @@ class MulticastTargets:
 
     # ------------------------------------------------------------ the collection
 
-    def __iter__(self) -> Iterator[IPv4Address]:
-        seen: set[IPv4Address] = set()  # the configured few only
+    def __iter__(self) -> Iterator[IPv4Address | IPv6Address]:
+        seen: set[IPv4Address | IPv6Address] = set()  # the configured few only
         for item in self._items:
             if item == "dynamic":
                 fixed = self._fixed

@@ -25,7 +25,7 @@ from dmvpn.dataplane.kernel import (
     kernel_esp_unavailable,
     kernel_gre_unavailable,
 )
-from dmvpn.dataplane.plane import DataPlane, DataPlaneError
+from dmvpn.dataplane.plane import DataPlane, DataPlaneError, ipv4_only
 from dmvpn.dataplane.userspace import UserspaceDataPlane
 from dmvpn.ipsec import IpsecManager, PeerSa
 from dmvpn.ipsec.charon import CharonError
@@ -49,6 +49,10 @@ def make_dataplane(cfg: Interface, ipr: IPRoute, log: Log, ipsec: bool = False) 
         return EbpfDataPlane(cfg, ipr, log, required=True)
     if cfg.dataplane == "kernel":
         return KernelDataPlane(cfg, ipr, log)
+    if cfg.dataplane == "auto" and cfg.underlay_ipv6:
+        # Only the userspace plane carries GRE over IPv6 (config.py refuses the others).
+        log("dataplane", f"{cfg.name}: userspace data plane (IPv6 underlay)")
+        return UserspaceDataPlane(cfg, ipr, log)
     if cfg.dataplane == "auto" and _kernel_fits(cfg, ipsec):
         log("dataplane", f"{cfg.name}: kernel data plane (ip_gre)")
         return KernelDataPlane(cfg, ipr, log)
@@ -322,7 +326,7 @@ class Node:
                     self.config.ipsec,
                     self.config.node,
                     self.config.ipsec_identity(),
-                    list(dict.fromkeys(i.tunnel.source for i in self.config.interfaces)),
+                    list(dict.fromkeys(ipv4_only(i.tunnel.source) for i in self.config.interfaces)),
                     self.log,
                     on_up=self._ipsec_up,
                     on_down=self._ipsec_down,

@@ -2,9 +2,14 @@
 re-dialled uplink): the tunnel source goes, another address appears on the
 same device, and the interface moves to it (docs/NAT.md).
 
-An IPv4 address-event monitor (netlink, RTMGRP_IPV4_IFADDR) on the event
-loop; each burst of events triggers one check against an address dump. The
-decision is `pick_source()`, a pure function tested without root.
+An address-event monitor (netlink, RTMGRP_IPV4_IFADDR or, for an IPv6
+underlay, RTMGRP_IPV6_IFADDR) on the event loop; each burst of events
+triggers one check against an address dump of the source's family. The
+decision is `pick_source()`, a pure function tested without root. IPv6
+addresses that cannot or should not carry the tunnel are left out of the
+dump: tentative (DAD running: not bindable yet; the event when DAD ends
+triggers another check), DAD-failed, deprecated and temporary (privacy)
+ones.
 """
 
 from __future__ import annotations
@@ -12,19 +17,24 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyroute2 import IPRoute
 
 __all__ = ["UnderlayWatch", "pick_source"]
 
 _RTMGRP_IPV4_IFADDR = 0x10
+_RTMGRP_IPV6_IFADDR = 0x100
 _RT_SCOPE_UNIVERSE = 0
+# linux/if_addr.h: IFA_F_TEMPORARY, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE
+_IFA_F_UNUSABLE = 0x01 | 0x08 | 0x20 | 0x40
+
+Source = IPv4Address | IPv6Address
 
 
 def pick_source(
-    current: IPv4Address, device: int | None, addresses: Iterable[tuple[int, IPv4Address, int]]
-) -> tuple[IPv4Address | None, int | None]:
+    current: Source, device: int | None, addresses: Iterable[tuple[int, Source, int]]
+) -> tuple[Source | None, int | None]:
     """(new source or None, the device holding the source) from the host's
     (device index, address, scope) list. The source stays while any device
     holds it; once gone, the first global address left on its device takes
@@ -46,8 +56,8 @@ class UnderlayWatch:
         self,
         ipr: IPRoute,
         loop: asyncio.AbstractEventLoop,
-        source: IPv4Address,
-        on_change: Callable[[IPv4Address], None],
+        source: Source,
+        on_change: Callable[[Source], None],
     ) -> None:
         self.ipr, self.loop, self.source, self.on_change = ipr, loop, source, on_change
         self.device: int | None = None
@@ -56,7 +66,8 @@ class UnderlayWatch:
     def attach(self) -> None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         sock.setblocking(False)
-        sock.bind((0, _RTMGRP_IPV4_IFADDR))
+        v6 = isinstance(self.source, IPv6Address)
+        sock.bind((0, _RTMGRP_IPV6_IFADDR if v6 else _RTMGRP_IPV4_IFADDR))
         self._sock = sock
         self.loop.add_reader(sock.fileno(), self._readable)
         self.check()
@@ -79,11 +90,18 @@ class UnderlayWatch:
         self.check()
 
     def check(self) -> None:
-        rows = []
-        for msg in self.ipr.get_addr(family=socket.AF_INET):
-            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if addr:
-                rows.append((int(msg["index"]), IPv4Address(addr), int(msg["scope"])))
+        rows: list[tuple[int, Source, int]] = []
+        if isinstance(self.source, IPv6Address):
+            for msg in self.ipr.get_addr(family=socket.AF_INET6):
+                addr = msg.get_attr("IFA_ADDRESS")
+                flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+                if addr and not flags & _IFA_F_UNUSABLE:
+                    rows.append((int(msg["index"]), IPv6Address(addr), int(msg["scope"])))
+        else:
+            for msg in self.ipr.get_addr(family=socket.AF_INET):
+                addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                if addr:
+                    rows.append((int(msg["index"]), IPv4Address(addr), int(msg["scope"])))
         new, self.device = pick_source(self.source, self.device, rows)
         if new is not None and new != self.source:
             self.source = new

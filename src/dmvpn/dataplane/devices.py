@@ -1,5 +1,5 @@
 """The file descriptors of the userspace data plane: a TAP device (the
-DMVPN interface) and a raw IPv4 protocol-47 socket (GRE on the NBMA side);
+DMVPN interface) and a raw IPv4 or IPv6 protocol-47 socket (GRE on the NBMA side);
 with path MTU discovery (pmtu.py) a second GRE socket that sends with DF and
 reads back path MTU errors, and raw ICMP sockets that answer inner senders."""
 
@@ -40,12 +40,14 @@ _SO_RCVBUFFORCE = 33
 RCVBUF = 48 << 20
 # linux/in.h, linux/errqueue.h, linux/filter.h, linux/icmp.h, linux/icmpv6.h
 _IP_MTU_DISCOVER, _IP_RECVERR = 10, 11
+_IPV6_MTU_DISCOVER = 23  # linux/in6.h; IPV6_PMTUDISC_DONT is 0 as for IPv4
 _IP_PMTUDISC_DONT, _IP_PMTUDISC_PROBE = 0, 3
 _SO_EE_ORIGIN_LOCAL, _SO_EE_ORIGIN_ICMP = 1, 2
 _EXTENDED_ERR = struct.Struct("=IBBBBII")
 _SO_ATTACH_FILTER = 26
 _SOL_RAW, _ICMP_FILTER, _ICMP6_FILTER = 255, 1, 1
 _EMSGSIZE = 90
+_PEER_CACHE = 65536
 
 
 class Tap:
@@ -105,12 +107,17 @@ class Tap:
 
 
 class GreSocket:
-    """Raw GRE over IPv4. Received data starts with the outer IPv4 header.
-    Keeping it open also stops the kernel answering GRE with ICMP
-    protocol-unreachable (real-peers.md)."""
+    """Raw GRE over IPv4, or over IPv6 when ``source`` is IPv6 (an AF_INET6
+    raw socket of protocol 47: no ip6_gre module needed). `recv` hands out
+    the GRE packet (the IPv4 header is stripped here; an IPv6 raw socket
+    never shows its header) and the sender. Keeping it open also stops the
+    kernel answering GRE with ICMP protocol-unreachable (real-peers.md)."""
 
-    def __init__(self, source: IPv4Address) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+    def __init__(self, source: IPv4Address | IPv6Address) -> None:
+        self.v6 = isinstance(source, IPv6Address)
+        self.sock = socket.socket(
+            socket.AF_INET6 if self.v6 else socket.AF_INET, socket.SOCK_RAW, 47
+        )
         self.sock.setblocking(False)
         self.sock.bind((str(source), 0))
         try:
@@ -121,28 +128,52 @@ class GreSocket:
             self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        # No DF on the outer header, ever (Cisco's default without `tunnel
-        # path-mtu-discovery`): a smaller link on the way fragments GRE
-        # instead of dropping it, even where its ICMP would be filtered.
-        self.sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
+        if self.v6:
+            # IPv6 routers never fragment: what exceeds the path MTU is
+            # fragmented here, by the sender (the kernel), rather than
+            # refused (Cisco's default without path MTU discovery).
+            self.sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IP_PMTUDISC_DONT)
+        else:
+            # No DF on the outer header, ever (Cisco's default without `tunnel
+            # path-mtu-discovery`): a smaller link on the way fragments GRE
+            # instead of dropping it, even where its ICMP would be filtered.
+            self.sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
         self.source = source
-        # A peer's address is parsed once, not per packet (nbma.py).
+        # A peer's address is parsed once, not per packet: IPv4 as an
+        # NbmaAddress caching its hash and text (nbma.py); IPv6 here, with
+        # the text each send needs (str() of an IPv6Address costs ~10 us,
+        # parsing ~5 us). Bounded: a flood of spoofed sources only empties them.
         self.nbma = NbmaAddresses()
+        self._sockaddr: dict[IPv4Address | IPv6Address, tuple[str, int]] = {}
+        self._peer: dict[str, IPv6Address] = {}
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def recv(self) -> tuple[bytes, IPv4Address] | None:
+    def recv(self) -> tuple[bytes, IPv4Address | IPv6Address] | None:
         try:
             data, addr = self.sock.recvfrom(MAX_FRAME)
         except BlockingIOError:
             return None
+        text = addr[0]
+        if self.v6:
+            peer = self._peer.get(text)
+            if peer is None:
+                if len(self._peer) >= _PEER_CACHE:
+                    self._peer.clear()
+                peer = self._peer[text] = IPv6Address(text.split("%", 1)[0])
+            return data, peer
         ihl = (data[0] & 0x0F) * 4 if data else 0
-        return data[ihl:], self.nbma(addr[0])
+        return data[ihl:], self.nbma(text)
 
-    def send(self, nbma: IPv4Address, gre: bytes) -> None:
+    def send(self, nbma: IPv4Address | IPv6Address, gre: bytes) -> None:
+        to = self._sockaddr.get(nbma)
+        if to is None:
+            if len(self._sockaddr) >= _PEER_CACHE:
+                self._sockaddr.clear()
+            to = self._sockaddr[nbma] = (str(nbma), 0)
         try:
-            self.sock.sendto(gre, (str(nbma), 0))
+            self.sock.sendto(gre, to)
         except OSError:
             pass  # unreachable peer: NHRP retransmissions and counters cover it
 

@@ -44,8 +44,9 @@ from dmvpn.config import Interface
 from dmvpn.wire import Address
 
 from . import bpfsys
-from .forwarding import USE_REPORT_INTERVAL, PeerCounters, nbma_mac
-from .plane import DataPlaneError, DataPlaneHooks
+from .forwarding import USE_REPORT_INTERVAL, PeerCounters
+from .nbmamac import Nbma, nbma_mac
+from .plane import DataPlaneError, DataPlaneHooks, ipv4_only
 from .userspace import Log, UserspaceDataPlane
 
 __all__ = [
@@ -216,14 +217,14 @@ class EbpfDataPlane(UserspaceDataPlane):
         self._protected = False
         # NBMA -> what the programs counted (last read), and what peers no
         # longer in the map had counted before they left it.
-        self._fast: dict[IPv4Address, FastCounters] = {}
-        self._retired: dict[IPv4Address, FastCounters] = {}
+        self._fast: dict[Nbma, FastCounters] = {}
+        self._retired: dict[Nbma, FastCounters] = {}
         # NBMA -> the transmit count last reported as use (binding_used).
-        self._reported: dict[IPv4Address, int] = {}
+        self._reported: dict[Nbma, int] = {}
         self._poll: TimerHandle | None = None
         self._probe: socket.socket | None = None
-        self._probed: dict[IPv4Address, float] = {}  # NBMA -> when last probed
-        self._backoff: dict[IPv4Address, float] = {}  # NBMA -> seconds to the next probe
+        self._probed: dict[Nbma, float] = {}  # NBMA -> when last probed
+        self._backoff: dict[Nbma, float] = {}  # NBMA -> seconds to the next probe
         self._seq = 0
 
     @property
@@ -247,7 +248,7 @@ class EbpfDataPlane(UserspaceDataPlane):
         self.log("dataplane", f"{self.cfg.name}: eBPF fast path attached")
 
     def _attach(self) -> None:
-        source = self.cfg.tunnel.source
+        source = ipv4_only(self.cfg.tunnel.source)
         underlay = self._underlay(source)
         mtu = self.ipr.get_links(underlay)[0].get_attr("IFLA_MTU")
         obj = build_object()
@@ -287,7 +288,10 @@ class EbpfDataPlane(UserspaceDataPlane):
         on = not (self.redirect or self._protected)
         flags = (CFG_ON if on else 0) | (CFG_IPV6 if self.cfg.ipv6_address is not None else 0)
         value = pack_config(
-            local=self.cfg.tunnel.source, key=self.cfg.tunnel.key, flags=flags, **self._config
+            local=ipv4_only(self.cfg.tunnel.source),
+            key=self.cfg.tunnel.key,
+            flags=flags,
+            **self._config,
         )
         self._config_map.update(b"\x00\x00\x00\x00", value)
 
@@ -304,7 +308,7 @@ class EbpfDataPlane(UserspaceDataPlane):
             self._loaded = None
         self._peers_map = self._config_map = None
 
-    def move_source(self, source: IPv4Address) -> None:
+    def move_source(self, source: Nbma) -> None:
         # The tc programs hold the source in their config map, and sit on
         # the device that held it: not followed yet.
         raise DataPlaneError("the eBPF data plane cannot change its tunnel source yet")
@@ -334,7 +338,7 @@ class EbpfDataPlane(UserspaceDataPlane):
         if self._peers_map is not None:
             self._fast = {IPv4Address(k): unpack_peer(v) for k, v in self._peers_map.items()}
 
-    def _used(self) -> set[IPv4Address]:
+    def _used(self) -> set[Nbma]:
         """The peers the programs sent to since the last call."""
         used = set()
         for nbma, c in self._fast.items():
@@ -386,10 +390,10 @@ class EbpfDataPlane(UserspaceDataPlane):
             except OSError:
                 pass  # no route yet: the next round tries again
 
-    def fast_peers(self) -> dict[IPv4Address, FastCounters]:
+    def fast_peers(self) -> dict[Nbma, FastCounters]:
         """Per NBMA peer, what the programs carried (current and retired)."""
         self._read_counters()
-        out: dict[IPv4Address, FastCounters] = {}
+        out: dict[Nbma, FastCounters] = {}
         for table in (self._retired, self._fast):
             for nbma, c in table.items():
                 out.setdefault(nbma, FastCounters()).add(c)
@@ -409,10 +413,10 @@ class EbpfDataPlane(UserspaceDataPlane):
         return out
 
     @property
-    def peers(self) -> Mapping[IPv4Address, PeerCounters]:
+    def peers(self) -> Mapping[Nbma, PeerCounters]:
         """The userspace counters plus the programs' (what the peer exchanged)."""
         fast = self.fast_peers()
-        out: dict[IPv4Address, PeerCounters] = {}
+        out: dict[Nbma, PeerCounters] = {}
         for nbma in {*super().peers, *fast}:
             merged = out[nbma] = PeerCounters()
             slow = super().peers.get(nbma)
@@ -430,7 +434,8 @@ class EbpfDataPlane(UserspaceDataPlane):
 
     # -- the daemon's decisions ------------------------------------------------
 
-    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+    def bind(self, protocol: Address, nbma: Nbma) -> None:
+        nbma = ipv4_only(nbma)
         old = self.bindings.get(protocol)
         super().bind(protocol, nbma)
         if old is not None and old != nbma:
@@ -445,7 +450,7 @@ class EbpfDataPlane(UserspaceDataPlane):
         if nbma is not None:
             self._forget(nbma)
 
-    def _forget(self, nbma: IPv4Address) -> None:
+    def _forget(self, nbma: Nbma) -> None:
         """Out of the fast path once no binding names it; keep its counts."""
         if self._peers_map is None or self.forwarder.nbma_bound(nbma):
             return

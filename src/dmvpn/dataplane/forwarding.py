@@ -2,12 +2,13 @@
 
 The DMVPN interface is a TAP device: to the kernel a broadcast Ethernet
 segment. Every peer appears on it with a link-layer address derived from its
-NBMA address (02:00 + the four IPv4 bytes), so a frame's destination MAC
-names the NBMA address to send it to, with no per-packet table lookup beyond
-a dict. ARP for a tunnel address is answered from NHRP: the peer's MAC when
-the address is bound; the NHS's MAC while it is not (Cisco's temporary
-entry: traffic goes via the hub), and a gratuitous ARP moves the kernel's
-neighbour entry once the binding arrives. IPv6 (a dual-stack overlay) is
+NBMA address (02:00 + the four IPv4 bytes; for an IPv6 underlay 06:00 + a
+digest, nbma.py), so a frame's destination MAC names the NBMA address to
+send it to, with no per-packet table lookup beyond a dict. ARP for a tunnel
+address is answered from NHRP: the peer's MAC when the address is bound;
+the NHS's MAC while it is not (Cisco's temporary entry: traffic goes via
+the hub), and a gratuitous ARP moves the kernel's neighbour entry once the
+binding arrives. IPv6 (a dual-stack overlay) is
 carried the same way, GRE protocol type 0x86DD, with Neighbor Discovery in
 place of ARP (nd.py). The I/O (TAP, raw GRE socket) is injected, so this
 runs the same in tests and in the daemon.
@@ -23,6 +24,7 @@ from typing import Protocol
 from dmvpn.wire import Address, ArpOp, ArpPacket, DecodeError, GrePacket, decode_arp, decode_gre
 
 from . import nd
+from .nbmamac import Nbma, mac_nbma, nbma_mac
 from .nd import ETH_IPV6
 from .pmtu import IPV4_MIN, IPV6_MIN, PathMtuCache, frag_needed, packet_too_big, wants_df
 from .segment import split_tcp4
@@ -44,18 +46,6 @@ MAX_PEER_COUNTERS = 65536
 # keep a router from becoming an ICMP flood.
 ICMP_PER_SECOND = 100
 EMSGSIZE = 90
-
-
-def nbma_mac(nbma: IPv4Address) -> bytes:
-    """The link-layer address a peer has on the TAP: locally administered,
-    unicast, and the NBMA address itself, so no table maps it back."""
-    return b"\x02\x00" + nbma.packed
-
-
-def mac_nbma(mac: bytes) -> IPv4Address | None:
-    if mac[:2] != b"\x02\x00":
-        return None
-    return IPv4Address(mac[2:])
 
 
 class PeerCounters:
@@ -125,7 +115,7 @@ class Forwarder:
         tunnel_address: IPv4Address,
         local_mac: bytes,
         key: int | None,
-        send_gre: Callable[[IPv4Address, bytes], None],
+        send_gre: Callable[[Nbma, bytes], None],
         write_tap: Callable[[bytes], None],
         redirect: bool = False,
         tunnel_address6: IPv6Address | None = None,
@@ -147,18 +137,18 @@ class Forwarder:
         self.write_tap = write_tap
         self.redirect = redirect
         # protocol address -> NBMA, mirrored from the engine's bindings.
-        self.bindings: dict[Address, IPv4Address] = {}
+        self.bindings: dict[Address, Nbma] = {}
         # NBMA -> bindings naming it: "is this peer still bound?" in O(1)
         # (a hub unbinding 50,000 spokes must not scan the others each time).
-        self._bound_nbma: Counter[IPv4Address] = Counter()
-        self.nhs: list[IPv4Address] = []  # NHS NBMA addresses, preferred first
+        self._bound_nbma: Counter[Nbma] = Counter()
+        self.nhs: list[Nbma] = []  # NHS NBMA addresses, preferred first
         # The `map multicast` set, resolved: a live collection (plane.py).
-        self.multicast: Collection[IPv4Address] = []
+        self.multicast: Collection[Nbma] = []
         # Inner source address -> the peer it last came from (hub hairpin).
-        self._came_from: dict[IPv4Address | IPv6Address, IPv4Address] = {}
-        self._last_use: dict[IPv4Address, float] = {}  # peers beyond MAX_PEER_COUNTERS
+        self._came_from: dict[IPv4Address | IPv6Address, Nbma] = {}
+        self._last_use: dict[Nbma, float] = {}  # peers beyond MAX_PEER_COUNTERS
         self.stats: Counter[str] = Counter()
-        self.peers: dict[IPv4Address, PeerCounters] = {}
+        self.peers: dict[Nbma, PeerCounters] = {}
         self._gre_header = GrePacket(GRE_IPV4, b"", key=key).encode()
         self._gre_nhrp_header = GrePacket(GRE_NHRP, b"", key=key).encode()
         self._gre6_header = GrePacket(GRE_IPV6, b"", key=key).encode()
@@ -171,7 +161,7 @@ class Forwarder:
 
     # ------------------------------------------------------------ NHRP out
 
-    def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
+    def send_nhrp(self, nbma: Nbma, data: bytes) -> None:
         gre = self._gre_nhrp_header + data
         self.send_gre(nbma, gre)
         self.stats["tx.nhrp"] += 1
@@ -180,7 +170,7 @@ class Forwarder:
             peer.tx_packets += 1
             peer.tx_bytes += len(gre)
 
-    def _new_peer(self, nbma: IPv4Address) -> PeerCounters | None:
+    def _new_peer(self, nbma: Nbma) -> PeerCounters | None:
         if len(self.peers) >= MAX_PEER_COUNTERS:
             self.stats["peers.untracked"] += 1
             return None
@@ -189,7 +179,7 @@ class Forwarder:
 
     # ------------------------------------------------------------ bindings
 
-    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+    def bind(self, protocol: Address, nbma: Nbma) -> None:
         old = self.bindings.get(protocol)
         if old != nbma:
             if old is not None:
@@ -213,14 +203,14 @@ class Forwarder:
         if old is not None:
             self._release_nbma(old)
 
-    def _release_nbma(self, nbma: IPv4Address) -> None:
+    def _release_nbma(self, nbma: Nbma) -> None:
         n = self._bound_nbma[nbma]
         if n <= 1:
             del self._bound_nbma[nbma]
         else:
             self._bound_nbma[nbma] = n - 1
 
-    def nbma_bound(self, nbma: IPv4Address) -> bool:
+    def nbma_bound(self, nbma: Nbma) -> bool:
         """Whether any binding names the peer at `nbma`."""
         return nbma in self._bound_nbma
 
@@ -281,7 +271,8 @@ class Forwarder:
                 # sender should talk to the destination directly (phase 3).
                 self.engine.hairpin(payload, came, now)
         data = header + payload
-        if self.path_mtu is not None and wants_df(payload):
+        if self.path_mtu is not None and isinstance(nbma, IPv4Address) and wants_df(payload):
+            # (IPv4 underlay only: config refuses path MTU discovery over IPv6.)
             if not self._send_df(nbma, header, payload, now):
                 return
         else:
@@ -365,9 +356,7 @@ class Forwarder:
             return
         self.stats["pmtu.learned.icmp"] += 1
 
-    def _sent_data(
-        self, nbma: IPv4Address, packets: int, size: int, dst: bytes, now: float
-    ) -> None:
+    def _sent_data(self, nbma: Nbma, packets: int, size: int, dst: bytes, now: float) -> None:
         """Count data sent to a peer and, at most once a second per peer,
         tell the engine the binding is in use (shortcut refresh)."""
         self.stats["tx.data"] += packets
@@ -429,7 +418,7 @@ class Forwarder:
         target = ns.target
         if target == self.tunnel_address6:
             return
-        nbma: IPv4Address | None = nd.link_local_nbma(target)
+        nbma: Nbma | None = nd.link_local_nbma(target)
         if nbma is not None:
             self.stats["nd.link_local"] += 1
         elif target.is_link_local or target.is_multicast:
@@ -507,7 +496,7 @@ class Forwarder:
 
     # ------------------------------------------------------------ GRE -> TAP
 
-    def from_gre(self, data: bytes, src: IPv4Address, now: float) -> None:
+    def from_gre(self, data: bytes, src: Nbma, now: float) -> None:
         """``data`` is the GRE packet (outer IP header already removed)."""
         nhrp_header = self._gre_nhrp_header
         if data[: len(nhrp_header)] == nhrp_header:
@@ -562,14 +551,14 @@ class Forwarder:
             self.write_tap(head + inner)
         self.stats["rx.data"] += 1
 
-    def _remember_source(self, source: IPv4Address | IPv6Address, nbma: IPv4Address) -> None:
+    def _remember_source(self, source: IPv4Address | IPv6Address, nbma: Nbma) -> None:
         """Which peer a source's traffic arrives from (hairpin detection on a
         redirecting hub); bounded, a flood of sources only resets it."""
         self._came_from[source] = nbma
         if len(self._came_from) > 65536:
             self._came_from.clear()
 
-    def _ipv6_from_gre(self, inner: bytes, src: IPv4Address) -> None:
+    def _ipv6_from_gre(self, inner: bytes, src: Nbma) -> None:
         if len(inner) < 40 or inner[0] >> 4 != 6:
             self.stats["rx.unsupported"] += 1
             return

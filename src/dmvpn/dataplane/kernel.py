@@ -55,8 +55,9 @@ from dmvpn.wire import Address
 
 from .forwarding import MAX_PEER_COUNTERS, PeerCounters
 from .mss import MssClamp
+from .nbmamac import Nbma
 from .neighbours import NeighbourWriter
-from .plane import DataPlane, DataPlaneError, DataPlaneHooks
+from .plane import DataPlane, DataPlaneError, DataPlaneHooks, ipv4_only
 from .xfrmblock import XfrmBlock
 
 _NETLINK_XFRM = 6  # linux/netlink.h
@@ -275,14 +276,14 @@ class KernelDataPlane(DataPlane):
         # they are bound (a kernel miss before the resolution completed).
         self._via_nhs: set[IPv4Address] = set()
         self._nhs: list[IPv4Address] = []
-        self._multicast: Collection[IPv4Address] = ()
+        self._multicast: Collection[Nbma] = ()
         self._came_from: dict[IPv4Address, IPv4Address] = {}
         # sll_addr bytes -> NBMA address (the NHRP reader's parse cache).
         self._nbma_of: dict[bytes, IPv4Address] = {}
         self._stats: Counter[str] = Counter()
-        self._peers: dict[IPv4Address, PeerCounters] = {}
+        self._peers: dict[Nbma, PeerCounters] = {}
         self._mss: MssClamp | None = None
-        self._block = XfrmBlock(cfg.tunnel.source)  # IPsec: no cleartext GRE
+        self._block = XfrmBlock(ipv4_only(cfg.tunnel.source))  # IPsec: no cleartext GRE
 
     # -- life -----------------------------------------------------------------
 
@@ -450,7 +451,7 @@ class KernelDataPlane(DataPlane):
             except OSError:
                 self._stats["tx.multicast_errors"] += 1
                 continue
-            self._count(nbma, tx=len(packet))
+            self._count(ipv4_only(nbma), tx=len(packet))
         self._stats["tx.multicast"] += 1
 
     def _on_misses(self) -> None:
@@ -502,7 +503,8 @@ class KernelDataPlane(DataPlane):
 
     # -- the daemon's decisions -------------------------------------------------
 
-    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+    def bind(self, protocol: Address, nbma: Nbma) -> None:
+        nbma = ipv4_only(nbma)
         self._bindings[protocol] = nbma
         if isinstance(protocol, IPv4Address):
             self._via_nhs.discard(protocol)
@@ -516,12 +518,13 @@ class KernelDataPlane(DataPlane):
             self._neighbour(protocol, None)
 
     @property
-    def bindings(self) -> Mapping[Address, IPv4Address]:
+    def bindings(self) -> Mapping[Address, Nbma]:
         return self._bindings
 
-    def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
+    def send_nhrp(self, nbma: Nbma, data: bytes) -> None:
         if self._nhrp is None:
             return
+        nbma = ipv4_only(nbma)
         try:
             self._nhrp.sendto(data, (self.cfg.name, ETH_P_NHRP, 0, 0, nbma.packed))
         except OSError as exc:
@@ -531,15 +534,15 @@ class KernelDataPlane(DataPlane):
         self._stats["tx.nhrp"] += 1
         self._count(nbma, tx=len(data))
 
-    def set_nhs(self, nbmas: list[IPv4Address]) -> None:
-        self._nhs = list(nbmas)
+    def set_nhs(self, nbmas: list[Nbma]) -> None:
+        self._nhs = [ipv4_only(n) for n in nbmas]
         # Entries waiting on a resolution follow the preferred NHS.
         for addr in self._via_nhs:
             self._neighbour(addr, self._nhs[0] if self._nhs else None)
         if not self._nhs:
             self._via_nhs.clear()
 
-    def set_multicast(self, nbmas: Collection[IPv4Address]) -> None:
+    def set_multicast(self, nbmas: Collection[Nbma]) -> None:
         self._multicast = nbmas  # live (plane.py)
 
     def set_redirect(self, on: bool) -> None:
@@ -565,5 +568,5 @@ class KernelDataPlane(DataPlane):
         return out
 
     @property
-    def peers(self) -> Mapping[IPv4Address, PeerCounters]:
+    def peers(self) -> Mapping[Nbma, PeerCounters]:
         return self._peers

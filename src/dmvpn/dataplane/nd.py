@@ -16,6 +16,8 @@ from typing import Final
 
 from dmvpn.wire import internet_checksum
 
+from .nbmamac import Nbma, mac_nbma
+
 ETH_IPV6: Final = b"\x86\xdd"
 NEXT_ICMPV6: Final = 58
 # ICMPv6 types (RFC 4861 section 4, RFC 3810 MLDv2, RFC 2710 MLDv1).
@@ -103,13 +105,17 @@ def multicast_mac(dst: bytes) -> bytes:
     return b"\x33\x33" + dst[12:16]
 
 
-def link_local_nbma(addr: IPv6Address) -> IPv4Address | None:
+def link_local_nbma(addr: IPv6Address) -> Nbma | None:
     """The NBMA address behind a peer's link-local address. Peers' MACs are
     02:00 + NBMA (forwarding.nbma_mac), so the kernel's EUI-64 link-local
     address (RFC 4291 2.5.1: U/L bit flipped, ff:fe in the middle) is
     fe80::0:NNff:feNN:NNNN and names the NBMA address without NHRP, which
     only carries the global tunnel addresses (OSPFv3 hellos come from these)."""
     b = addr.packed
-    if b[:8] != b"\xfe\x80" + bytes(6) or b[8:10] != b"\x00\x00" or b[11:13] != b"\xff\xfe":
+    if b[:8] != b"\xfe\x80" + bytes(6) or b[11:13] != b"\xff\xfe":
         return None
-    return IPv4Address(b[10:11] + b[13:16])
+    if b[8:10] == b"\x00\x00":
+        return IPv4Address(b[10:11] + b[13:16])
+    if b[8:10] == b"\x04\x00":  # 06:00 + digest: an IPv6 underlay peer (nbma.py)
+        return mac_nbma(b"\x06\x00" + b[10:11] + b[13:16])
+    return None

@@ -24,12 +24,28 @@ from typing import Protocol
 from dmvpn.wire import Address
 
 from .forwarding import EngineHooks, PeerCounters
+from .nbmamac import Nbma
 
-__all__ = ["DataPlane", "DataPlaneCounters", "DataPlaneError", "DataPlaneHooks"]
+__all__ = [
+    "DataPlane",
+    "DataPlaneCounters",
+    "DataPlaneError",
+    "DataPlaneHooks",
+    "Nbma",
+    "ipv4_only",
+]
 
 
 class DataPlaneError(Exception):
     """A data plane cannot do what was asked; the message says why."""
+
+
+def ipv4_only(nbma: Nbma) -> IPv4Address:
+    """For the planes that carry GRE over IPv4 only (eBPF, kernel): config
+    refuses an IPv6 underlay for them, so this raising is a bug."""
+    if not isinstance(nbma, IPv4Address):
+        raise DataPlaneError(f"NBMA address {nbma}: this data plane does GRE over IPv4 only")
+    return nbma
 
 
 class DataPlaneHooks(EngineHooks, Protocol):
@@ -46,7 +62,7 @@ class DataPlaneCounters(Protocol):
     @property
     def stats(self) -> Mapping[str, int]: ...
     @property
-    def peers(self) -> Mapping[IPv4Address, PeerCounters]: ...
+    def peers(self) -> Mapping[Nbma, PeerCounters]: ...
 
 
 class DataPlane(ABC):
@@ -78,7 +94,7 @@ class DataPlane(ABC):
     # -- the daemon's decisions ----------------------------------------------
 
     @abstractmethod
-    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+    def bind(self, protocol: Address, nbma: Nbma) -> None:
         """Traffic for tunnel address `protocol` goes to `nbma` (and the
         kernel's neighbour table says so, where the interface has one)."""
 
@@ -93,24 +109,24 @@ class DataPlane(ABC):
 
     @property
     @abstractmethod
-    def bindings(self) -> Mapping[Address, IPv4Address]:
+    def bindings(self) -> Mapping[Address, Nbma]:
         """Tunnel address -> NBMA address, as bound now."""
 
     @abstractmethod
-    def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
+    def send_nhrp(self, nbma: Nbma, data: bytes) -> None:
         """One NHRP packet (GRE protocol 0x2001) to a peer."""
 
     @abstractmethod
-    def set_nhs(self, nbmas: list[IPv4Address]) -> None:
+    def set_nhs(self, nbmas: list[Nbma]) -> None:
         """The NHSes' NBMA addresses, preferred first (unbound traffic goes there)."""
 
-    def move_source(self, source: IPv4Address) -> None:
+    def move_source(self, source: Nbma) -> None:
         """Our underlay address changed: send and receive GRE on `source`.
         DataPlaneError when this data plane cannot (the node must restart)."""
         raise DataPlaneError(f"{type(self).__name__} cannot change its tunnel source")
 
     @abstractmethod
-    def set_multicast(self, nbmas: Collection[IPv4Address]) -> None:
+    def set_multicast(self, nbmas: Collection[Nbma]) -> None:
         """Where link multicast and broadcast are replicated (`map multicast`):
         a live collection the daemon keeps current as peers bind and unbind
         (daemon/multicast.py), kept by reference, never copied."""
@@ -136,5 +152,5 @@ class DataPlane(ABC):
 
     @property
     @abstractmethod
-    def peers(self) -> Mapping[IPv4Address, PeerCounters]:
+    def peers(self) -> Mapping[Nbma, PeerCounters]:
         """Per NBMA peer: packets and bytes each way."""

@@ -26,11 +26,12 @@ from dmvpn.wire import Address
 from dmvpn.wire.ethernet import mac_text
 
 from .devices import DfGreSocket, GreSocket, IcmpSender, Tap
-from .forwarding import Forwarder, PeerCounters, nbma_mac
+from .forwarding import Forwarder, PeerCounters
 from .greicmp import GreIcmpFilter, ip_gre_loaded
 from .mss import MssClamp
+from .nbmamac import Nbma, nbma_mac
 from .neighbours import NeighbourWriter
-from .plane import DataPlane, DataPlaneError, DataPlaneHooks
+from .plane import DataPlane, DataPlaneError, DataPlaneHooks, ipv4_only
 from .pmtu import PathMtuCache
 from .pump import BATCH, Pump, fastpath
 from .xfrmblock import XfrmBlock
@@ -71,7 +72,7 @@ class UserspaceDataPlane(DataPlane):
         self._hooks = hooks
         # A TAP with a virtio_net_hdr lets the C pump take TSO/checksum
         # offloads (devices.py); only worth it where the pump will run.
-        pump = fastpath is not None and not self.redirect and not cfg.tunnel.path_mtu_discovery
+        pump = self._pump_fits(self.redirect)
         self._tap = Tap(cfg.name, vnet_hdr=pump)
         # Front-door VRF: the GRE socket lives in the underlay namespace.
         try:
@@ -125,7 +126,7 @@ class UserspaceDataPlane(DataPlane):
                 self.log("dataplane", f"{cfg.name}: cannot filter ip_gre's ICMP: {exc}")
         if cfg.tunnel.path_mtu_discovery:
             with entered(cfg.tunnel.namespace):  # beside the GRE socket
-                self._df = DfGreSocket(cfg.tunnel.source)
+                self._df = DfGreSocket(ipv4_only(cfg.tunnel.source))
             self._icmp = IcmpSender()
             self.path_mtu = PathMtuCache()
         self._forwarder = Forwarder(
@@ -160,6 +161,18 @@ class UserspaceDataPlane(DataPlane):
             except OSError as exc:
                 self.log("sysctl-error", f"{base / name}: {exc.strerror}")
 
+    def _pump_fits(self, redirect: bool) -> bool:
+        """The C pump: built, not a redirecting hub, no path MTU discovery
+        (DF decided by the forwarder), and an IPv4 underlay (it speaks GRE
+        over IPv4 and 02:00 MACs; over IPv6 the Python path carries all)."""
+        cfg = self.cfg
+        return (
+            fastpath is not None
+            and not redirect
+            and not cfg.tunnel.path_mtu_discovery
+            and not cfg.underlay_ipv6
+        )
+
     @property
     def index(self) -> int:
         return self._index
@@ -179,7 +192,7 @@ class UserspaceDataPlane(DataPlane):
         self._loop = loop
         if self._df is not None:
             loop.add_reader(self._df.fileno(), self._on_path_mtu_errors)
-        if fastpath is not None and not self.redirect and self._df is None:
+        if self._pump_fits(self.redirect):
             self._pump = Pump(self._tap, self._gre, self.cfg.tunnel.key, self.forwarder)
             self._pump.start(self.cfg.name)
             loop.add_reader(self._pump.fileno(), self._on_punt)
@@ -269,7 +282,7 @@ class UserspaceDataPlane(DataPlane):
 
     # -- the daemon's decisions -------------------------------------------------
 
-    def bind(self, protocol: Address, nbma: IPv4Address) -> None:
+    def bind(self, protocol: Address, nbma: Nbma) -> None:
         self.forwarder.bind(protocol, nbma)
         if self._on_link(protocol) and self._neighbours is not None:
             # Mirror the binding into the kernel's neighbour table (as nhrpd
@@ -295,13 +308,13 @@ class UserspaceDataPlane(DataPlane):
         return isinstance(protocol, IPv6Address) and v6 is not None and protocol in v6.network
 
     @property
-    def bindings(self) -> Mapping[Address, IPv4Address]:
+    def bindings(self) -> Mapping[Address, Nbma]:
         return self.forwarder.bindings
 
-    def send_nhrp(self, nbma: IPv4Address, data: bytes) -> None:
+    def send_nhrp(self, nbma: Nbma, data: bytes) -> None:
         self.forwarder.send_nhrp(nbma, data)
 
-    def move_source(self, source: IPv4Address) -> None:
+    def move_source(self, source: Nbma) -> None:
         # A raw socket may be bound again (raw_bind has no "already bound"
         # check): the same fd, so the pump and the loop's reader carry on.
         if self._gre is not None:
@@ -318,16 +331,16 @@ class UserspaceDataPlane(DataPlane):
             if self.path_mtu is not None:
                 self.path_mtu = self.forwarder.path_mtu = PathMtuCache()  # a new path
 
-    def set_nhs(self, nbmas: list[IPv4Address]) -> None:
+    def set_nhs(self, nbmas: list[Nbma]) -> None:
         self.forwarder.nhs = list(nbmas)
 
-    def set_multicast(self, nbmas: Collection[IPv4Address]) -> None:
+    def set_multicast(self, nbmas: Collection[Nbma]) -> None:
         self.forwarder.multicast = nbmas  # live: O(1) per binding (plane.py)
 
     def set_redirect(self, on: bool) -> None:
         self.forwarder.redirect = on
         self.redirect = on
-        wants_pump = fastpath is not None and not on and self._df is None
+        wants_pump = self._pump_fits(on)
         if self._loop is not None and wants_pump != (self._pump is not None):
             loop = self._loop
             self.stop()  # a hub that starts redirecting must see every packet
@@ -342,7 +355,9 @@ class UserspaceDataPlane(DataPlane):
         assert self._gre is not None
         if device is None:
             if self._block is None:
-                self._block = XfrmBlock(self.cfg.tunnel.source, self.cfg.tunnel.namespace)
+                self._block = XfrmBlock(
+                    ipv4_only(self.cfg.tunnel.source), self.cfg.tunnel.namespace
+                )
             self._block.place()
             return
         try:
@@ -365,5 +380,5 @@ class UserspaceDataPlane(DataPlane):
         return out
 
     @property
-    def peers(self) -> Mapping[IPv4Address, PeerCounters]:
+    def peers(self) -> Mapping[Nbma, PeerCounters]:
         return self.forwarder.peers

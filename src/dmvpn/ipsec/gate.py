@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TypeAlias
 
 from dmvpn.nhrp import BindingAdded, BindingRemoved, ShortcutAdded, ShortcutRemoved
@@ -62,7 +62,7 @@ Key: TypeAlias = tuple[PacketType, int]  # a request's type and request id
 class Transmit:
     """Send this NHRP packet to the peer now."""
 
-    nbma: IPv4Address
+    nbma: IPv4Address | IPv6Address
     data: bytes
 
 
@@ -166,14 +166,16 @@ class IpsecGate:
         return not self.protected and not self.resend
 
     def is_up(self, nbma: Address) -> bool:
-        # Only IPv4 NBMA addresses are protected (the underlay is IPv4).
+        # Only IPv4 NBMA addresses are protected (config refuses IPsec over
+        # an IPv6 underlay).
         return not self.protected or not isinstance(nbma, IPv4Address) or nbma in self.up
 
     # -- engine outputs ------------------------------------------------------
 
-    def send(self, nbma: IPv4Address, data: bytes) -> list[Action]:
+    def send(self, nbma: IPv4Address | IPv6Address, data: bytes) -> list[Action]:
         if self.is_up(nbma):
             return [Transmit(nbma, data)]
+        assert isinstance(nbma, IPv4Address)  # is_up: never held otherwise
         queue = self.held.setdefault(nbma, deque(maxlen=self.held_per_peer))
         if len(queue) == self.held_per_peer:
             self.stats["held_dropped"] += 1

@@ -267,6 +267,10 @@ class Lab:
             self._ip("netns", "add", ns)
             self._ip("-n", ns, "link", "set", "lo", "up")
         self._ip("-n", inet, "link", "add", BRIDGE, "type", "bridge")
+        if topo.underlay == "ipv6":
+            # Neighbour Discovery between the routers: the bridge floods
+            # multicast (no MLD querier in the lab for snooping to learn from).
+            self._ip("-n", inet, "link", "set", BRIDGE, "type", "bridge", "mcast_snooping", "0")
         self._ip("-n", inet, "link", "set", BRIDGE, "up")
         nat.build(self)
         access.build(self)
@@ -296,7 +300,11 @@ class Lab:
                 # A guest (frr, vm) owns the addresses: the namespace only bridges.
                 self._bridge_tap(ns, FRR_NBMA_BRIDGE, NBMA_INTERFACE, FRR_NBMA_TAP)
                 continue
-            self._ip("-n", ns, "addr", "add", str(router.nbma), "dev", NBMA_INTERFACE)
+            if router.nbma6 is not None:
+                # IPv6 underlay only; nodad: the daemon binds to it at once.
+                self._ip("-n", ns, "addr", "add", str(router.nbma6), "dev", NBMA_INTERFACE, "nodad")
+            else:
+                self._ip("-n", ns, "addr", "add", str(router.nbma), "dev", NBMA_INTERFACE)
             self._ip("-n", ns, "link", "set", NBMA_INTERFACE, "up")
             if router.nat:
                 nat.route_spoke(self, router)

@@ -13,6 +13,7 @@ def summary(topo: Topology) -> str:
     return (
         f"phase {topo.phase} DMVPN, {hubs} hub{'s' * (hubs != 1)}, "
         f"{spokes} spoke{'s' * (spokes != 1)}, holdtime {topo.holdtime} s"
+        + (", IPv6 underlay (GRE over IPv6)" if topo.underlay == "ipv6" else "")
     )
 
 

@@ -17,6 +17,13 @@ underlay, one NHRP instance per family):
     tunnel    fd00::/64           hub N = fd00::N, spoke N = fd00::1N (as for IPv4)
     LAN       spoke N: fd00:N::/64, the spoke at ::1, its host at ::10
 
+With `underlay: ipv6` the underlay is IPv6 only: every router's nbma0 has
+an IPv6 address and no IPv4 one, and the daemons run GRE over IPv6 with
+NHRP's IPv6 NBMA address family (docs/ARCHITECTURE.md, "IPv6 underlay"):
+
+    underlay  fd30::/64   hub N = fd30::N, spoke N = fd30::1N (the IPv4 plan's
+                          last octet written as hex digits: 172.30.0.11 -> fd30::11)
+
 Every IPv4 address can be overridden per node; the result is checked for
 clashes before anything is built.
 
@@ -234,6 +241,7 @@ class NodePlan:
     nat: str | None = None  # spokes behind a lab NAT router: its name
     access: str | None = None  # spokes with an access router: its name
     site: str | None = None  # dual spoke: the site shared with other spokes and their host
+    nbma6: IPv6Interface | None = None  # routers of an `underlay: ipv6` lab: the NBMA address
 
 
 class NodeDescription(TypedDict):
@@ -286,6 +294,10 @@ class Topology(_Strict):
     frr_root: Annotated[str, Field(pattern=r"^/")] = "/"
     # A dual-stack overlay (module docstring): IPv6 tunnel addresses and LANs.
     ipv6: bool = False
+    # The underlay's family (module docstring): `ipv6` gives every router an
+    # IPv6 NBMA address in underlay_network6 (and no IPv4 one): GRE over IPv6.
+    underlay: Literal["ipv4", "ipv6"] = "ipv4"
+    underlay_network6: IPv6Network = IPv6Network("fd30::/64")
     # Every dmvpn router's data plane (config.Interface.dataplane); None:
     # the config's default.
     dataplane: Literal["userspace", "ebpf", "auto"] | None = None
@@ -506,6 +518,8 @@ class Topology(_Strict):
                 )
         if self.ipv6:
             plan = self._plan6(plan)
+        if self.underlay == "ipv6":
+            plan = self._plan_underlay6(plan)
         # Hubs, then spokes, then hosts: the order `up()` builds and `describe()` lists.
         order = sorted(plan.values(), key=lambda p: ("hub", "spoke", "host").index(p.role))
         self._plan = {p.name: p for p in order}
@@ -549,6 +563,52 @@ class Topology(_Strict):
                 "use ipsec_psk with dmvpn and vm nodes only"
             )
         return self
+
+    def _plan_underlay6(self, plan: dict[str, NodePlan]) -> dict[str, NodePlan]:
+        """`underlay: ipv6`: each router's IPv6 NBMA address, from its IPv4
+        plan's host number written as hex digits (172.30.0.11 -> fd30::11);
+        and what the lab does not build over an IPv6 underlay, refused."""
+        net6 = self.underlay_network6
+        if net6.prefixlen > 64:
+            raise ValueError(f"underlay_network6 {net6}: at most a /64")
+        if self.underlay_network.prefixlen < 24:
+            raise ValueError(
+                "underlay: ipv6 derives addresses from a /24 or longer underlay_network"
+            )
+        unsupported = [
+            name
+            for name, on in (
+                ("ipsec_psk", self.ipsec_psk is not None),
+                ("dataplane: ebpf", self.dataplane == "ebpf"),
+                ("path_mtu_discovery", self.path_mtu_discovery),
+                ("qos", bool(self.qos)),
+                ("dual_cloud", self.dual_cloud),
+                ("vrf_clouds", self.vrf_clouds),
+                ("front_door_vrf", self.front_door_vrf),
+                ("spokes behind a lab NAT", any(p.nat for p in plan.values())),
+                ("access routers", any(p.access for p in plan.values())),
+                ("frr or vm nodes", any(p.kind != "dmvpn" for p in plan.values())),
+            )
+            if on
+        ]
+        if unsupported:
+            raise ValueError(f"underlay: ipv6 is not built with {', '.join(unsupported)} yet")
+        out = {}
+        for name, p in plan.items():
+            if p.nbma is not None:
+                host = int(p.nbma.ip) - int(self.underlay_network.network_address)
+                ip = net6[int(str(host), 16)]
+                p = _replace_plan(p, nbma6=IPv6Interface(f"{ip}/{net6.prefixlen}"))
+            out[name] = p
+        return out
+
+    def nbma_of(self, p: NodePlan) -> str:
+        """A router's NBMA address as its node config gives it (IPv6 with
+        `underlay: ipv6`)."""
+        if self.underlay == "ipv6":
+            assert p.nbma6 is not None
+            return str(p.nbma6.ip)
+        return str(_ip(p.nbma))
 
     def _specs(self) -> list[tuple[str, HubSpec | SpokeSpec]]:
         """Every router's spec with its path in the topology file."""
@@ -896,7 +956,7 @@ class Topology(_Strict):
                 # hub(s), which hold every other region's LANs.
                 nhrp["server"] = True
                 nhrp["nhs"] = [
-                    {"address": str(_ip(h.tunnel)), "nbma": str(_ip(h.nbma)), "priority": h.index}
+                    {"address": str(_ip(h.tunnel)), "nbma": self.nbma_of(h), "priority": h.index}
                     for h in parents
                 ]
                 up = "nhs" if len(parents) > 1 else str(_ip(parents[0].tunnel))
@@ -906,7 +966,7 @@ class Topology(_Strict):
         else:
             my_hubs = self.nhs_of(name)
             nhrp["nhs"] = [
-                {"address": str(_ip(h.tunnel)), "nbma": str(_ip(h.nbma)), "priority": h.index}
+                {"address": str(_ip(h.tunnel)), "nbma": self.nbma_of(h), "priority": h.index}
                 for h in my_hubs
             ]
             if self.ipv6:
@@ -914,7 +974,7 @@ class Topology(_Strict):
                 nhrp["nhs"] += [
                     {
                         "address": str(_ip6(h.tunnel6)),
-                        "nbma": str(_ip(h.nbma)),
+                        "nbma": self.nbma_of(h),
                         "priority": h.index,
                     }
                     for h in my_hubs
@@ -985,7 +1045,7 @@ class Topology(_Strict):
                     "address": str(me.tunnel),
                     **({"ipv6_address": str(me.tunnel6)} if me.tunnel6 is not None else {}),
                     "tunnel": {
-                        "source": str(me.nbma.ip),
+                        "source": self.nbma_of(me),
                         "key": self.key,
                         **({"path_mtu_discovery": True} if self.path_mtu_discovery else {}),
                     },
@@ -1094,6 +1154,8 @@ class Topology(_Strict):
                 namespace=namespace_name(prefix, p.name),
                 underlay=None
                 if p.nbma is None
+                else str(p.nbma6)
+                if p.nbma6 is not None
                 else str(p.nbma)
                 + (f" (in {underlay_namespace(prefix, p.name)})" if self.front_door_vrf else ""),
                 tunnel=None if p.tunnel is None else str(p.tunnel),

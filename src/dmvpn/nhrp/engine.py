@@ -37,6 +37,7 @@ from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, entry_order, h
 from .client import NhsClient, NhsStatus
 from .config import EngineConfig, NhsConfig
 from .core import Core
+from .family import nbma_family_mismatch
 from .outputs import EventKind, Output, SendPacket
 from .purge import Purges
 from .ratelimit import TokenBucket
@@ -400,6 +401,9 @@ class Engine:
         cfg = core.config
         t = pkt.type
         core.stats[f"rx.{t.name.lower()}"] += 1
+        if nbma_family_mismatch(pkt, src_nbma, core.nbma) is not None:
+            core.stats["rx.nbma_family_mismatch"] += 1  # family.py: never bound
+            return
         if pkt.version != 1:
             core.stats["rx.bad_version"] += 1
             self._server.send_error(pkt, src_nbma, ErrorCode.PROTOCOL_ERROR, 16, now)
