@@ -8,13 +8,14 @@ throughput (iperf3) the same way. Under emulation absolute numbers mean
 little: compare the ratio kernel / userspace of the same run.
 
 With `--ipsec` each plane is measured clear and protected (a PSK, the
-lab's `ipsec_psk`): the kernel plane's spokes use the guest kernel's ESP in
-transport mode between them, the userspace plane's kernel-libipsec (tunnel
-mode, userspace ESP in charon); the ratios protected / clear are the
-numbers to read.
+lab's `ipsec_psk`): by default both planes' spokes use the guest kernel's
+ESP (transport mode between them); `userspace:libipsec` names charon's
+kernel-libipsec instead (tunnel mode, userspace ESP); the ratios protected
+/ clear are the numbers to read. Each line also gives the two spokes'
+guest CPU seconds per GB received (TCG: read ratios).
 
     python bench/bench_kernel_plane.py [--seconds 5] [--pings 20] [--ipsec]
-        [--planes kernel,userspace]
+        [--planes kernel,userspace,userspace:libipsec]
 
 Needs root (namespaces, taps), qemu-system-x86, iperf3.
 """
@@ -54,15 +55,39 @@ def _wait(what: str, check: Any, timeout: float) -> None:
 PSK = "bench-psk-0123456789"
 
 
-def measure(dataplane: str, seconds: int, pings: int, ipsec: bool = False) -> dict[str, float]:
+def _guest_cpu(guests: DmvpnGuests, node: str) -> float:
+    """Busy CPU seconds of a guest so far (/proc/stat: all but idle and iowait)."""
+    fields = guests.run(node, "head -n 1 /proc/stat").output.split()[1:]
+    ticks = [int(f) for f in fields]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class _Guests(DmvpnGuests):
+    """The guests with `ipsec.esp` set (who does ESP: docs/IPSEC.md)."""
+
+    esp: str | None = None
+
+    def config(self, node: str) -> dict[str, Any]:
+        cfg = super().config(node)
+        if self.esp is not None and "ipsec" in cfg:
+            cfg["ipsec"] = {**cfg["ipsec"], "esp": self.esp}
+        return cfg
+
+
+def measure(plane: str, seconds: int, pings: int, ipsec: bool = False) -> dict[str, float]:
+    """``plane``: `kernel`, `userspace`, or either with `:kernel` or
+    `:libipsec` naming who does ESP (default: auto, the kernel's in guests)."""
+    dataplane, _, esp = plane.partition(":")
     topology = {**TOPOLOGY, **({"ipsec_psk": PSK} if ipsec else {})}
-    tag = f"{dataplane[0]}{'p' if ipsec else 'c'}"
+    tag = f"{dataplane[0]}{esp[:1]}{'p' if ipsec else 'c'}"
     lab = Lab(Topology.from_data(topology), prefix=f"bkp{os.getpid() % 1000}{tag}-")
     lab.up()
     try:
         runner = Runner(lab)
         runner.start()
-        guests = DmvpnGuests(lab, dataplane=dataplane)
+        guests = _Guests(lab, dataplane=dataplane)
+        guests.esp = esp or None
         guests.start()
         boot = guests.wait_ready(timeout=300)
         _wait("registration", lambda: all(guests.events(s, "nhs-up") for s in guests.nodes), 60)
@@ -84,6 +109,7 @@ def measure(dataplane: str, seconds: int, pings: int, ipsec: bool = False) -> di
         rtt = float(m.group(1)) if m else float("nan")
         server = lab.popen("host2", ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
         time.sleep(0.5)
+        before = {s: _guest_cpu(guests, s) for s in guests.nodes}
         res = lab.exec(
             "host1",
             ["iperf3", "-c", host2, "-t", str(seconds), "-J"],
@@ -91,13 +117,19 @@ def measure(dataplane: str, seconds: int, pings: int, ipsec: bool = False) -> di
             text=True,
             timeout=seconds + 60,
         )
+        after = {s: _guest_cpu(guests, s) for s in guests.nodes}
         server.wait(timeout=30)
-        tcp = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
-        out = {"boot_s": boot, "rtt_ms": rtt, "tcp_mbit": tcp}
+        end = json.loads(res.stdout)["end"]
+        tcp = end["sum_received"]["bits_per_second"] / 1e6
+        gb = end["sum_received"]["bytes"] / 1e9
+        # Busy CPU seconds of both spokes' guests (one vCPU each) over the
+        # transfer, per GB that arrived: the planes' cost, ESP's included.
+        busy = sum(after[s] - before[s] for s in guests.nodes)
+        out = {"boot_s": boot, "rtt_ms": rtt, "tcp_mbit": tcp, "cpu_s_per_gb": busy / gb}
         if ipsec:  # the SA the shortcut took, as charon agreed it
             view = guests.api("spoke1", "/v1/ipsec")
             modes = [p["child"]["mode"] for p in view["peers"] if p["remote"] == "172.30.0.12"]
-            print(f"{dataplane} spoke1 <-> spoke2 SA: {modes}", flush=True)
+            print(f"{plane} spoke1 <-> spoke2 SA: {modes}, ESP {view['esp']}", flush=True)
         return out
     finally:
         lab.down()
@@ -111,31 +143,37 @@ def main() -> None:
     ap.add_argument("--planes", default="kernel,userspace")
     args = ap.parse_args()
     planes = args.planes.split(",")
-    runs = [(dp, False) for dp in planes] + ([(dp, True) for dp in planes] if args.ipsec else [])
+    # Clear: once per plane (who would do ESP does not matter without it).
+    bases = list(dict.fromkeys(p.partition(":")[0] for p in planes))
+    runs = [(dp, False) for dp in bases] + ([(dp, True) for dp in planes] if args.ipsec else [])
     results = {run: measure(run[0], args.seconds, args.pings, run[1]) for run in runs}
     for (dp, sec), r in results.items():
         print(
-            f"{dp:9} {'ipsec' if sec else 'clear':5} ready {r['boot_s']:5.1f} s  "
-            f"rtt {r['rtt_ms']:6.2f} ms  tcp {r['tcp_mbit']:7.1f} Mbit/s"
+            f"{dp:18} {'ipsec' if sec else 'clear':5} ready {r['boot_s']:5.1f} s  "
+            f"rtt {r['rtt_ms']:6.2f} ms  tcp {r['tcp_mbit']:7.1f} Mbit/s  "
+            f"cpu {r['cpu_s_per_gb']:6.1f} s/GB"
         )
     if "kernel" in planes and "userspace" in planes:
         k, u = results["kernel", False], results["userspace", False]
         print(
             f"kernel/userspace clear: rtt {k['rtt_ms'] / u['rtt_ms']:.2f}, "
-            f"tcp {k['tcp_mbit'] / u['tcp_mbit']:.2f}"
+            f"tcp {k['tcp_mbit'] / u['tcp_mbit']:.2f}, "
+            f"cpu/GB {k['cpu_s_per_gb'] / u['cpu_s_per_gb']:.2f}"
         )
     if args.ipsec:
         for dp in planes:
-            c, p = results[dp, False], results[dp, True]
+            c, p = results[dp.partition(":")[0], False], results[dp, True]
             print(
                 f"{dp} protected/clear: rtt {p['rtt_ms'] / c['rtt_ms']:.2f}, "
-                f"tcp {p['tcp_mbit'] / c['tcp_mbit']:.2f}"
+                f"tcp {p['tcp_mbit'] / c['tcp_mbit']:.2f}, "
+                f"cpu/GB {p['cpu_s_per_gb'] / c['cpu_s_per_gb']:.2f}"
             )
         if "kernel" in planes and "userspace" in planes:
             k, u = results["kernel", True], results["userspace", True]
             print(
-                f"kernel ESP/libipsec protected: rtt {k['rtt_ms'] / u['rtt_ms']:.2f}, "
-                f"tcp {k['tcp_mbit'] / u['tcp_mbit']:.2f}"
+                f"kernel plane/userspace plane protected: rtt {k['rtt_ms'] / u['rtt_ms']:.2f}, "
+                f"tcp {k['tcp_mbit'] / u['tcp_mbit']:.2f}, "
+                f"cpu/GB {k['cpu_s_per_gb'] / u['cpu_s_per_gb']:.2f}"
             )
 
 
