@@ -71,10 +71,16 @@ def test_shortcut_across_regions(hierarchy: Cloud) -> None:
     cloud = hierarchy
     ip = {p.name: str(p.tunnel.ip) for p in cloud.topo.routers if p.tunnel}
     host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
-    # First through the hierarchy: spoke1, west, central, east, spoke2, host2
-    # (traceroute's probes leave together, before any shortcut exists).
+    # First through the hierarchy: spoke1, west, central, east, spoke2, host2.
+    # traceroute's probes leave together, but the first of them already
+    # brings the shortcut: on a loaded machine (CI, eBPF, 2026-12-06) a
+    # later probe took it while earlier ones went up the hierarchy
+    # ([west, central, host2]). So: up through west and central, then the
+    # rest of the hierarchy's path or the shortcut's, ending at host2.
     first = _hops(cloud, "host1", host2)
-    assert first[1:] == [ip["west"], ip["central"], ip["east"], ip["spoke2"], host2], first
+    up = [ip["west"], ip["central"], ip["east"], ip["spoke2"], host2]
+    assert first[1:3] == up[:2] and first[-1] == host2, first
+    assert set(first[1:]) <= set(up), first
     # The Resolution Request went up to central and down to spoke2, which
     # answered spoke1 directly: two hops now.
     later: list[str] = []
