@@ -134,7 +134,9 @@ def test_ipsec_psk_defaults_are_strong(tmp_path: Path) -> None:
     )
     res = CliRunner().invoke(main, ["check", str(path)])
     assert res.exit_code == 0, res.output
-    assert "ipsec pre-shared key, charon managed, transport mode with kernel ESP" in res.output
+    assert (
+        "ipsec pre-shared key, charon managed, transport mode with the kernel's ESP" in res.output
+    )
 
 
 @pytest.mark.parametrize(
@@ -396,7 +398,10 @@ def test_ipsec_esp_and_auto_planes_are_resolved_by_the_node(tmp_path: Path) -> N
     config = load_config(path)
     assert config.ipsec is not None and config.ipsec.mode is None and not config.kernel_esp
     res = CliRunner().invoke(main, ["check", str(path)])
-    assert res.exit_code == 0 and "transport mode with kernel ESP where the host" in res.output
+    assert (
+        res.exit_code == 0
+        and "transport mode with the kernel's ESP where the host has it, else tunnel" in res.output
+    )
     kernel = config.resolved(kernel_esp=True, kernel_plane=True)
     assert [i.dataplane for i in kernel.interfaces] == ["kernel"] and kernel.kernel_esp
     assert kernel.ipsec is not None and (kernel.ipsec.esp, kernel.ipsec.mode) == (

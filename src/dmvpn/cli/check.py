@@ -47,12 +47,11 @@ def check_cmd(config: Path) -> None:
     if node.ipsec is not None:
         sec = node.ipsec
         auth = "certificates" if sec.uses_certificates else "pre-shared key"
-        # dataplane: auto with IPsec is decided by the daemon on its host.
+        # ipsec.esp: auto (the default) is decided by the daemon on its host.
         mode = (
             f"{sec.mode} mode"
             if sec.mode
-            else "transport mode with kernel ESP where the host has ip_gre and ESP, "
-            "else tunnel mode"
+            else "transport mode with the kernel's ESP where the host has it, else tunnel mode"
         )
         click.echo(
             f"{config}: ok: ipsec {auth}, charon {sec.charon}, {mode}, "
