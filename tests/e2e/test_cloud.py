@@ -17,6 +17,8 @@ import yaml
 from dmvpn.lab.netns import Lab
 from dmvpn.lab.topology import Topology
 
+from ..capture import MARKER_SRC, flush
+
 DMVPN = str(Path(sys.executable).with_name("dmvpn"))
 
 pytestmark = pytest.mark.skipif(
@@ -224,10 +226,14 @@ def test_underlay_capture_decodes_cleanly(cloud_factory, tmp_path: Path) -> None
         stdout=errors,
         stderr=errors,
     )
-    time.sleep(1.5)  # tshark needs a moment before it captures
+    # Capturing once its marker is in the file (a fixed sleep once let the
+    # shortcut's exchange go by before tshark had started, CI 2026-12-06).
+    cloud.wait("tshark to start", lambda: pcap.exists() and pcap.stat().st_size > 0)
+    flush(cloud.lab, pcap)
     host2 = str(cloud.topo.plan("host2").lan.ip)  # type: ignore[union-attr]
     cloud.lab.exec("host1", ["ping", "-c", "3", "-i", "0.3", "-W", "1", host2])
     time.sleep(4.5)  # a registration refresh (holding time 12 s / 3)
+    flush(cloud.lab, pcap)
     tshark.terminate()
     tshark.wait(timeout=10)
     fields = subprocess.run(
@@ -243,6 +249,8 @@ def test_underlay_capture_decodes_cleanly(cloud_factory, tmp_path: Path) -> None
             "nhrp.hdr.op.type",
             "-o",
             "nhrp.auth_ext_has_addr:FALSE",
+            "-Y",
+            f"ip.src != {MARKER_SRC}",
         ],
         capture_output=True,
         text=True,
