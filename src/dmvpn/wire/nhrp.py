@@ -55,6 +55,43 @@ _ERROR = int(PacketType.ERROR_INDICATION)
 _TRAFFIC = int(PacketType.TRAFFIC_INDICATION)
 _SNAP_ZERO = bytes(5)
 
+# Decoded CIE lists and extension lists by their bytes (values are immutable,
+# so equal bytes may share one). The CIE of a Registration Request and the
+# extensions of every request of one cloud (empty responder and transit
+# records, the same password, the NHS in the NAT extension) are the same
+# bytes from every spoke: a hub decodes them once (issue 20). Bounded in
+# entries and key length; a miss decodes as before, errors included.
+_MEMO_MAX = 1024
+_MEMO_KEY_MAX = 256
+_CIES_MEMO: dict[bytes, tuple[Cie, ...]] = {}
+_EXTS_MEMO: dict[bytes, tuple[Extension, ...]] = {}
+
+
+def _decode_cies(data: bytes, start: int, end: int) -> tuple[Cie, ...]:
+    if end - start > _MEMO_KEY_MAX:
+        return decode_cies(data, start, end)
+    key = data[start:end]
+    cies = _CIES_MEMO.get(key)
+    if cies is None:
+        cies = decode_cies(data, start, end)
+        if len(_CIES_MEMO) >= _MEMO_MAX:
+            _CIES_MEMO.clear()
+        _CIES_MEMO[key] = cies
+    return cies
+
+
+def _decode_extensions(data: bytes, start: int, end: int) -> tuple[Extension, ...]:
+    if end - start > _MEMO_KEY_MAX:
+        return decode_extensions(data, start, end)
+    key = data[start:end]
+    exts = _EXTS_MEMO.get(key)
+    if exts is None:
+        exts = decode_extensions(data, start, end)
+        if len(_EXTS_MEMO) >= _MEMO_MAX:
+            _EXTS_MEMO.clear()
+        _EXTS_MEMO[key] = exts
+    return exts
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NhrpPacket:
@@ -266,10 +303,10 @@ def decode_nhrp(data: bytes, *, verify_checksum: bool = True) -> NhrpPacket:
     contents = b""
     if mandatory:
         if e < body_end:
-            cies = decode_cies(data, e, body_end)
+            cies = _decode_cies(data, e, body_end)
     else:
         contents = data[e:body_end]
-    exts = decode_extensions(data, extoff, pktsz) if extoff else ()
+    exts = _decode_extensions(data, extoff, pktsz) if extoff else ()
     is_error = optype == _ERROR
     # Field order of NhrpPacket, as declared above.
     return _make_packet(
