@@ -121,3 +121,25 @@ def test_a_packet_encodes_the_same_twice_and_as_a_copy(pkt: NhrpPacket) -> None:
     )
     assert copy.encode() == data
     assert decode_nhrp(data).encode() == data
+
+
+@settings(max_examples=200)
+@given(nhrp_packets(), nhrp_packets())
+def test_evolve_is_replace(pkt: NhrpPacket, other: NhrpPacket) -> None:
+    assert pkt.evolve() == pkt
+    names = ("type", "hop_count", "cies", "extensions", "src_nbma", "request_id", "flags")
+    changes = {name: getattr(other, name) for name in names}
+    assert pkt.evolve(**changes) == replace(pkt, **changes)  # type: ignore[arg-type]
+    for name in names:
+        one = {name: getattr(other, name)}
+        assert pkt.evolve(**one) == replace(pkt, **one)  # type: ignore[arg-type]
+
+
+def test_evolve_refuses_a_field_that_is_not_there() -> None:
+    pkt = _request(A("198.18.0.1"), 1)
+    try:
+        pkt.evolve(nonsense=1)
+    except TypeError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("evolve took an unknown field")

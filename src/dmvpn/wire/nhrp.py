@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import builtins
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from ._fast import fast_constructor
+from ._fast import fast_constructor, fast_evolve
 from .checksum import internet_checksum
 from .cie import Cie, decode_cies
 from .errors import DecodeError, EncodeError
@@ -131,10 +131,7 @@ class NhrpPacket:
     def evolve(self, **changes: object) -> NhrpPacket:
         """A copy with ``changes`` (like dataclasses.replace, five times
         faster: a hub builds every reply this way)."""
-        values = [changes.pop(f, getattr(self, f)) for f in _FIELDS]
-        if changes:
-            raise TypeError(f"NhrpPacket has no field {sorted(changes)[0]!r}")
-        packet: NhrpPacket = _make_packet(*values)
+        packet: NhrpPacket = _evolve_packet(self, **changes)
         return packet
 
     def extension(self, cls: builtins.type[Extension]) -> Extension | None:
@@ -240,7 +237,7 @@ class NhrpPacket:
 
 
 _make_packet = fast_constructor(NhrpPacket)
-_FIELDS = tuple(f.name for f in fields(NhrpPacket))
+_evolve_packet = fast_evolve(NhrpPacket)
 
 
 def decode_nhrp(data: bytes, *, verify_checksum: bool = True) -> NhrpPacket:
