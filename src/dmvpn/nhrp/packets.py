@@ -135,6 +135,17 @@ def request_extensions(
     return tuple(exts)
 
 
+# (request extensions, responder, NAT CIEs, config) by identity -> those four
+# and the reply's extensions: every spoke of a cloud sends the same extension
+# bytes, decoded once into one tuple (wire/nhrp.py), so a hub answers them
+# with one tuple too, which the codec encodes once. All immutable.
+_replies: dict[
+    tuple[int, int, int, int],
+    tuple[tuple[Extension, ...], Cie, tuple[Cie, ...] | None, EngineConfig, tuple[Extension, ...]],
+] = {}
+_REPLIES_MAX = 256
+
+
 def reply_extensions(
     config: EngineConfig,
     request: NhrpPacket,
@@ -145,9 +156,33 @@ def reply_extensions(
     """The request's extensions, answered (RFC 2332 5.3): the responder
     address filled in, transit records kept, authentication rebuilt, unknown
     non-compulsory ones returned as they came."""
+    exts = request.extensions
+    key = (id(exts), id(responder), id(nat_cies), id(config))
+    made = _replies.get(key)
+    if (
+        made is not None
+        and made[0] is exts
+        and made[1] is responder
+        and made[2] is nat_cies
+        and made[3] is config
+    ):
+        return made[4]
+    reply = _reply_extensions(config, exts, responder, nat_cies)
+    if len(_replies) >= _REPLIES_MAX:
+        _replies.clear()
+    _replies[key] = (exts, responder, nat_cies, config, reply)
+    return reply
+
+
+def _reply_extensions(
+    config: EngineConfig,
+    extensions: tuple[Extension, ...],
+    responder: Cie,
+    nat_cies: tuple[Cie, ...] | None,
+) -> tuple[Extension, ...]:
     out: list[Extension] = []
     seen_nat = False
-    for ext in request.extensions:
+    for ext in extensions:
         if isinstance(ext, ResponderAddressExtension):
             out.append(_responder_extension(responder, ext.compulsory))
         elif isinstance(ext, AuthenticationExtension | EndExtension):

@@ -65,6 +65,10 @@ _MEMO_MAX = 1024
 _MEMO_KEY_MAX = 256
 _CIES_MEMO: dict[bytes, tuple[Cie, ...]] = {}
 _EXTS_MEMO: dict[bytes, tuple[Extension, ...]] = {}
+# Encoded extension lists by identity: (the tuple, its bytes), the tuple held
+# so that its id stays its own (immutable: it encodes the same every time).
+# A hub answers every spoke of a cloud with one tuple (nhrp/packets.py).
+_EXTS_ENCODED: dict[int, tuple[tuple[Extension, ...], bytes]] = {}
 
 
 def _decode_cies(data: bytes, start: int, end: int) -> tuple[Cie, ...]:
@@ -207,9 +211,18 @@ class NhrpPacket:
                 )
                 out += self.contents
             extoff = 0
-            if self.extensions:
+            exts = self.extensions
+            if exts:
                 extoff = len(out)
-                encode_extensions(self.extensions, out)
+                known = _EXTS_ENCODED.get(id(exts))
+                if known is not None and known[0] is exts:
+                    out += known[1]
+                else:
+                    encode_extensions(exts, out)
+                    if len(out) - extoff <= _MEMO_KEY_MAX:
+                        if len(_EXTS_ENCODED) >= _MEMO_MAX:
+                            _EXTS_ENCODED.clear()
+                        _EXTS_ENCODED[id(exts)] = (exts, bytes(out[extoff:]))
             pktsz = len(out)
             if pktsz > 0xFFFF:
                 raise EncodeError(f"packet of {pktsz} bytes exceeds ar$pktsz")
