@@ -23,6 +23,11 @@ Measured, each against a baseline taken in the same run (compare ratios):
    traffic_seconds=10)`` for ``--sim-spokes`` N (target under 60 s at 10,000),
    against the same scenario with N/10 spokes; reported per spoke.
 
+   ``--auth SECRET``: hub and spokes with Cisco authentication (the packets
+   then carry it, 108 bytes). ``--nat``: every spoke behind a NAT of its
+   own (it claims 172.16.0.1 upwards, its packets come from 198.18.0.1
+   upwards), so the hub adds the spoke's post-NAT CIE to each reply.
+
 Run (one core):  taskset -c 1 python bench/bench_engine.py [--quick]
 Profile a part:  python bench/bench_engine.py --profile hub|refresh|sim
                  (cProfile top 15 by tottime on stderr, then the JSON)
@@ -53,6 +58,10 @@ HUB_TUNNEL = IPv4Address("10.0.0.1")
 HUB_NBMA = IPv4Address("192.0.2.1")
 FIRST_SPOKE_TUNNEL = IPv4Address("10.1.0.1")
 FIRST_SPOKE_NBMA = IPv4Address("198.18.0.1")  # RFC 2544 benchmarking range
+FIRST_SPOKE_INSIDE = IPv4Address("172.16.0.1")  # what a spoke behind NAT claims (--nat)
+# Set from the command line: the cloud's password (--auth) and NAT (--nat).
+AUTH: bytes | None = None
+NAT = False
 TICK = 0.001  # virtual seconds between packets: the default max-send refill rate
 
 
@@ -77,9 +86,10 @@ def rss_mb() -> float:
 def spoke_config(index: int) -> EngineConfig:
     return EngineConfig(
         protocol_address=FIRST_SPOKE_TUNNEL + index,
-        nbma_address=FIRST_SPOKE_NBMA + index,
+        nbma_address=(FIRST_SPOKE_INSIDE if NAT else FIRST_SPOKE_NBMA) + index,
         nhs=(NhsConfig(HUB_TUNNEL, HUB_NBMA),),
         request_id_start=index + 1,
+        authentication=AUTH,
     )
 
 
@@ -99,7 +109,10 @@ def build_workload(spokes: int) -> Workload:
     register: list[bytes] = []
     refresh: list[bytes] = []
     for i, nbma in enumerate(nbmas):
-        pkt = replace(template, src_nbma=nbma, src_proto=FIRST_SPOKE_TUNNEL + i, request_id=i + 1)
+        claimed = FIRST_SPOKE_INSIDE + i if NAT else nbma
+        pkt = replace(
+            template, src_nbma=claimed, src_proto=FIRST_SPOKE_TUNNEL + i, request_id=i + 1
+        )
         register.append(pkt.encode())
         refresh.append(replace(pkt, request_id=spokes + i + 1).encode())
     # The template trick must give exactly what a spoke engine would send.
@@ -109,7 +122,11 @@ def build_workload(spokes: int) -> Workload:
 
 
 def hub_engine() -> Engine:
-    hub = Engine(EngineConfig(protocol_address=HUB_TUNNEL, nbma_address=HUB_NBMA, server=True))
+    hub = Engine(
+        EngineConfig(
+            protocol_address=HUB_TUNNEL, nbma_address=HUB_NBMA, server=True, authentication=AUTH
+        )
+    )
     hub.events_enabled = False
     hub.start(0.0)
     hub.pop_outputs()
@@ -248,7 +265,12 @@ def main() -> None:
     ap.add_argument("--sim-spokes", type=int, default=10_000, help="spokes in the simulator")
     ap.add_argument("--quick", action="store_true", help="a small run: 5,000 and 500 spokes")
     ap.add_argument("--profile", choices=("hub", "refresh", "sim"), help="cProfile one part")
+    ap.add_argument("--auth", metavar="SECRET", help="Cisco authentication on hub and spokes")
+    ap.add_argument("--nat", action="store_true", help="every spoke behind a NAT of its own")
     args = ap.parse_args()
+    global AUTH, NAT
+    AUTH = args.auth.encode() if args.auth is not None else None
+    NAT = args.nat
     if args.quick:
         args.spokes, args.sim_spokes = 5_000, 500
     if args.spokes < 2 or args.sim_spokes < 2:

@@ -335,3 +335,30 @@ def test_a_spoke_not_behind_nat_never_refuses_an_answer_for_its_address() -> Non
     spoke.receive(reply.encode(), HUB_NBMA, 2.0)
     assert _binding(spoke, "10.0.0.12") == A("198.51.100.12")
     assert spoke.stats.get("resolution.same_public_address", 0) == 0
+
+
+def test_shared_public_address_is_found_among_many_spokes_behind_their_own_nat() -> None:
+    # Each spoke behind a NAT of its own: nothing shared, nothing reported
+    # (the hub looks only where a binding to that public address exists).
+    hub = _hub()
+    for n in range(1, 41):
+        _register(hub, f"10.0.1.{n}", f"172.31.0.{n}", f"203.0.113.{n}", float(n), n)
+    assert hub.stats.get("nat.shared_public_address", 0) == 0
+    assert _events(hub, EventKind.NAT_MISMATCH) == []
+    # A newcomer behind the PAT of the 30th: found, whatever its place.
+    _register(hub, "10.0.2.1", "172.31.9.1", "203.0.113.30", 50.0, 100)
+    (event,) = _events(hub, EventKind.NAT_MISMATCH)
+    assert event.details["problem"] == "shared_public_address"
+    assert event.details["other"] == "10.0.1.30"
+    assert hub.stats["nat.shared_public_address"] == 1
+    # Once the 30th moves elsewhere, the newcomer is still there: a third
+    # one at that address is counted (the address was reported already).
+    _register(hub, "10.0.1.30", "172.31.0.30", "203.0.113.130", 51.0, 101)
+    hub.pop_outputs()
+    _register(hub, "10.0.2.2", "172.31.9.2", "203.0.113.30", 52.0, 102)
+    assert hub.stats["nat.shared_public_address"] == 2
+    assert _binding(hub, "10.0.2.2") == A("203.0.113.30")
+    # Alone at a public address the 31st left: nothing shared.
+    _register(hub, "10.0.1.31", "172.31.0.31", "203.0.113.131", 53.0, 103)
+    _register(hub, "10.0.2.3", "172.31.9.3", "203.0.113.31", 54.0, 104)
+    assert hub.stats["nat.shared_public_address"] == 2

@@ -11,6 +11,7 @@ from dmvpn.wire import (
     Address,
     AuthenticationExtension,
     NhrpPacket,
+    PacketType,
     address_text,
 )
 
@@ -31,6 +32,9 @@ from .outputs import (
 from .ratelimit import TokenBucket
 from .routing import RoutingView, StaticRouting
 from .timers import ExpireTimer, TimerKey, Timers
+
+# Counter names per packet type, formatted once.
+_TX_STAT = {t: f"tx.{t.name.lower()}" for t in PacketType}
 
 
 class Core:
@@ -85,7 +89,7 @@ class Core:
             return False
         data = packet.encode()
         self.outputs.append(SendPacket(nbma, packet, data))
-        self.stats[f"tx.{packet.type.name.lower()}"] += 1
+        self.stats[_TX_STAT[packet.type]] += 1
         return True
 
     def schedule(self, when: float, key: TimerKey) -> None:
@@ -129,6 +133,11 @@ class Core:
         )
 
     # ------------------------------------------------------------ bindings
+
+    def peer_bound(self, nbma: Address) -> bool:
+        """Whether a bound host entry (static, dynamic, nhs, cached) has
+        NBMA address ``nbma``: the reference count behind ProtectPeer."""
+        return nbma in self._peer_refs
 
     def _ref_peer(self, nbma: Address) -> None:
         n = self._peer_refs.get(nbma, 0)

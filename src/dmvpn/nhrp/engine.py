@@ -63,6 +63,9 @@ _CLEARABLE = frozenset(
 _CHECKSUM = slice(12, 14)
 _REQUEST_ID = slice(24, 28)
 _REGISTRATION_REQUEST = int(PacketType.REGISTRATION_REQUEST)
+# Counter names per packet type, formatted once (an enum's name costs more
+# than the counting).
+_RX_STAT = {t: f"rx.{t.name.lower()}" for t in PacketType}
 
 
 class _Refresh:
@@ -400,7 +403,7 @@ class Engine:
         core = self._core
         cfg = core.config
         t = pkt.type
-        core.stats[f"rx.{t.name.lower()}"] += 1
+        core.stats[_RX_STAT[t]] += 1
         if nbma_family_mismatch(pkt, src_nbma, core.nbma) is not None:
             core.stats["rx.nbma_family_mismatch"] += 1  # family.py: never bound
             return

@@ -34,12 +34,40 @@ def protocol_type_of(addr: Address) -> int:
     return ProtocolType.IPV4 if isinstance(addr, IPv4Address) else ProtocolType.IPV6
 
 
+# Values every reply of a hub carries, made once: the same objects each time,
+# so the codec encodes them once too (wire/extensions.py). All immutable.
+_END = EndExtension()
+# (config, its authentication extensions), for the last config asked about.
+_auth_made: list[tuple[EngineConfig, tuple[Extension, ...]]] = []
+# (responder CIE, compulsory) -> (that CIE, its Responder Address extension).
+_responders: dict[tuple[int, bool], tuple[Cie, ResponderAddressExtension]] = {}
+_RESPONDERS_MAX = 64
+
+
 def auth_extensions(config: EngineConfig) -> tuple[Extension, ...]:
     # Cisco regenerates authentication at every hop, never copies it (frr
     # issues 16371, 16466): always our own password, or none.
-    if config.authentication is None:
-        return ()
-    return (AuthenticationExtension(data=config.authentication),)
+    if _auth_made and _auth_made[0][0] is config:
+        return _auth_made[0][1]
+    made: tuple[Extension, ...] = ()
+    if config.authentication is not None:
+        made = (AuthenticationExtension(data=config.authentication),)
+    _auth_made[:] = [(config, made)]
+    return made
+
+
+def _responder_extension(responder: Cie, compulsory: bool) -> ResponderAddressExtension:
+    """``ResponderAddressExtension(cies=(responder,), compulsory=...)``, the
+    same object for the same responder CIE object (a hub's is made once per
+    config, nhrp/server.py)."""
+    key = (id(responder), compulsory)
+    made = _responders.get(key)
+    if made is None or made[0] is not responder:
+        if len(_responders) >= _RESPONDERS_MAX:
+            _responders.clear()
+        made = (responder, ResponderAddressExtension(cies=(responder,), compulsory=compulsory))
+        _responders[key] = made
+    return made[1]
 
 
 def self_cie(
@@ -107,6 +135,17 @@ def request_extensions(
     return tuple(exts)
 
 
+# (request extensions, responder, NAT CIEs, config) by identity -> those four
+# and the reply's extensions: every spoke of a cloud sends the same extension
+# bytes, decoded once into one tuple (wire/nhrp.py), so a hub answers them
+# with one tuple too, which the codec encodes once. All immutable.
+_replies: dict[
+    tuple[int, int, int, int],
+    tuple[tuple[Extension, ...], Cie, tuple[Cie, ...] | None, EngineConfig, tuple[Extension, ...]],
+] = {}
+_REPLIES_MAX = 256
+
+
 def reply_extensions(
     config: EngineConfig,
     request: NhrpPacket,
@@ -117,11 +156,35 @@ def reply_extensions(
     """The request's extensions, answered (RFC 2332 5.3): the responder
     address filled in, transit records kept, authentication rebuilt, unknown
     non-compulsory ones returned as they came."""
+    exts = request.extensions
+    key = (id(exts), id(responder), id(nat_cies), id(config))
+    made = _replies.get(key)
+    if (
+        made is not None
+        and made[0] is exts
+        and made[1] is responder
+        and made[2] is nat_cies
+        and made[3] is config
+    ):
+        return made[4]
+    reply = _reply_extensions(config, exts, responder, nat_cies)
+    if len(_replies) >= _REPLIES_MAX:
+        _replies.clear()
+    _replies[key] = (exts, responder, nat_cies, config, reply)
+    return reply
+
+
+def _reply_extensions(
+    config: EngineConfig,
+    extensions: tuple[Extension, ...],
+    responder: Cie,
+    nat_cies: tuple[Cie, ...] | None,
+) -> tuple[Extension, ...]:
     out: list[Extension] = []
     seen_nat = False
-    for ext in request.extensions:
+    for ext in extensions:
         if isinstance(ext, ResponderAddressExtension):
-            out.append(ResponderAddressExtension(cies=(responder,), compulsory=ext.compulsory))
+            out.append(_responder_extension(responder, ext.compulsory))
         elif isinstance(ext, AuthenticationExtension | EndExtension):
             continue
         elif isinstance(ext, NatAddressExtension):
@@ -135,7 +198,7 @@ def reply_extensions(
     if nat_cies is not None and not seen_nat and config.nat_extension:
         out.append(NatAddressExtension(cies=nat_cies))
     out.extend(auth_extensions(config))
-    out.append(EndExtension())
+    out.append(_END)
     return tuple(out)
 
 

@@ -27,7 +27,8 @@ from dmvpn.wire import (
 )
 from dmvpn.wire.errors import DecodeError
 
-from .cache import BOUND_TYPES, CacheEntry, EntryFlag, EntryType, host_length
+from .cache import BOUND_TYPES, NO_FLAGS, CacheEntry, EntryFlag, EntryType, host_length
+from .config import EngineConfig
 from .core import Core
 from .outputs import EventKind, PeerGroup
 from .packets import (
@@ -44,6 +45,16 @@ from .routing import Network
 # Registrations may never displace configuration (nhrpd answers code 4).
 _PROTECTED = frozenset({EntryType.STATIC, EntryType.LOCAL, EntryType.NHS})
 
+# Plain ints and prebuilt flag values on the registration path (issue 20):
+# an IntFlag operation costs about a microsecond.
+_UNIQUE_BIT = int(RegistrationFlag.U)
+_ENTRY_FLAGS = {
+    (unique, natted): (EntryFlag.UNIQUE if unique else NO_FLAGS)
+    | (EntryFlag.NAT if natted else NO_FLAGS)
+    for unique in (False, True)
+    for natted in (False, True)
+}
+
 
 class Server:
     def __init__(self, core: Core, purges: Purges) -> None:
@@ -54,6 +65,8 @@ class Server:
         # on_registration_request, the one its answered request bound alone.
         self._bound: CacheEntry | None = None
         self.refreshable: CacheEntry | None = None
+        # (config, our NBMA, the responder CIE made from them): _responder().
+        self._responder_cie: tuple[EngineConfig, Address, Cie] | None = None
 
     # ------------------------------------------------------------ registration
 
@@ -72,7 +85,7 @@ class Server:
         # NAT: the claimed NBMA differs from where the packet came from; the
         # binding uses the observed (post-NAT) address (Cisco NAT extension).
         natted = bool(claimed) and claimed != src_nbma
-        unique = bool(pkt.flags & RegistrationFlag.U)
+        unique = bool(pkt.flags & _UNIQUE_BIT)
         host = host_length(pkt.src_proto)
         group = self._group(pkt, src_nbma)
         answers: list[Cie] = []
@@ -96,7 +109,7 @@ class Server:
             type=PacketType.REGISTRATION_REPLY,
             hop_count=255,
             cies=tuple(answers),
-            extensions=reply_extensions(cfg, pkt, self_cie(cfg, core.nbma), nat_cies=nat_cies),
+            extensions=reply_extensions(cfg, pkt, self._responder(), nat_cies=nat_cies),
         )
         self._bound = None
         if core.send(src_nbma, reply, now) and len(answers) == 1 and bound is not None:
@@ -105,6 +118,16 @@ class Server:
             self.refreshable = bound
         else:
             self.refreshable = None
+
+    def _responder(self) -> Cie:
+        """Our CIE as a registration reply's responder (``self_cie``), made
+        once per config and NBMA address: the same value every time."""
+        core = self.core
+        made = self._responder_cie
+        if made is None or made[0] is not core.config or made[1] is not core.nbma:
+            made = (core.config, core.nbma, self_cie(core.config, core.nbma))
+            self._responder_cie = made
+        return made[2]
 
     def _group(self, pkt: NhrpPacket, src_nbma: Address) -> str | None:
         """The NHRP group the registration names (Cisco per-tunnel QoS). A
@@ -175,11 +198,7 @@ class Server:
         if natted and (existing is None or existing.nbma != observed):
             self._check_shared_public(proto, observed, pkt.src_nbma)
         holding = cie.holding_time or cfg.holding_time
-        flags = EntryFlag(0)
-        if unique:
-            flags |= EntryFlag.UNIQUE
-        if natted:
-            flags |= EntryFlag.NAT
+        flags = _ENTRY_FLAGS[unique, natted]
         entry = CacheEntry(
             proto,
             EntryType.DYNAMIC,
@@ -255,7 +274,12 @@ class Server:
         them (docs/NAT.md); their bindings are left as they are (neither
         corrupts the other's), and the sharing is reported once."""
         core = self.core
-        for other in core.cache:
+        # Only a bound host entry (or a prefix entry) at ``observed`` can be
+        # the other spoke: without one (every spoke behind a NAT of its own)
+        # the host entries need no scan, which cost a NAT'ed registration
+        # O(cache) (2 ms at 20,000 spokes). The order searched is the same.
+        others = core.cache if core.peer_bound(observed) else core.cache.prefixes.values()
+        for other in others:
             if (
                 other.type == EntryType.DYNAMIC
                 and other.nbma == observed

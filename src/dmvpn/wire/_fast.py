@@ -29,3 +29,27 @@ def fast_constructor(cls: type[T]) -> Callable[..., T]:
     exec("\n".join(lines), namespace)  # generated from field names only
     make: Callable[..., T] = namespace["make"]
     return make
+
+
+def fast_evolve(cls: type[T]) -> Callable[..., T]:
+    """``evolve(obj, **changes) -> cls``: a copy of ``obj`` with ``changes``
+    (keyword-only; an unknown name is a TypeError), like
+    :func:`dataclasses.replace` without ``__init__``."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_keep": _KEEP}
+    params = ", ".join(f"{name}=_keep" for name in names)
+    lines = [f"def evolve(self, *, {params}):", "    o = _new(_cls)"]
+    for i, name in enumerate(names):
+        namespace[f"_set{i}"] = getattr(cls, name).__set__
+        lines.append(f"    _set{i}(o, self.{name} if {name} is _keep else {name})")
+    lines.append("    return o")
+    exec("\n".join(lines), namespace)  # generated from field names only
+    evolve: Callable[..., T] = namespace["evolve"]
+    return evolve
+
+
+class _Keep:
+    """The default of :func:`fast_evolve`'s keywords: the field as it is."""
+
+
+_KEEP = _Keep()

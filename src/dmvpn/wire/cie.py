@@ -46,6 +46,17 @@ class Cie:
     nbma_sub_e164: bool = False
 
     def encode_into(self, out: bytearray) -> None:
+        known = _ENCODED.get(id(self))
+        if known is not None and known[0] is self:
+            out += known[1]
+            return
+        start = len(out)
+        self._encode_into(out)
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.clear()
+        _ENCODED[id(self)] = (self, bytes(out[start:]))
+
+    def _encode_into(self, out: bytearray) -> None:
         nbma = address_bytes(self.nbma)
         proto = address_bytes(self.protocol)
         sub = self.nbma_sub
@@ -73,6 +84,12 @@ class Cie:
 
 
 _make_cie = fast_constructor(Cie)
+
+# Encoded bytes of CIEs by identity (see extensions._ENCODED): the CIE of a
+# Registration Request is decoded once per cloud (wire/nhrp.py) and answered
+# as it came. A CIE is at most 12 + 63 + 63 + 255 bytes.
+_ENCODED_MAX = 1024
+_ENCODED: dict[int, tuple[Cie, bytes]] = {}
 
 
 def decode_cies(data: bytes, start: int, end: int) -> tuple[Cie, ...]:

@@ -135,8 +135,22 @@ _CIE_EXTENSIONS: dict[
 _CIE_EXTENSION_CLASSES = frozenset(_CIE_EXTENSIONS.values())
 
 
+# Encoded bytes of extensions by identity: (the extension, its bytes), the
+# extension held so that its id stays its own. Values are immutable, so an
+# extension encodes the same every time; a hub's replies carry the same
+# objects over and over (the request's decoded once, wire/nhrp.py; its own
+# responder and authentication, nhrp/packets.py). Bounded in entries and size.
+_ENCODED_MAX = 1024
+_ENCODED_LEN_MAX = 256
+_ENCODED: dict[int, tuple[Extension, bytes]] = {}
+
+
 def encode_extensions(exts: tuple[Extension, ...], out: bytearray) -> None:
     for ext in exts:
+        known = _ENCODED.get(id(ext))
+        if known is not None and known[0] is ext:
+            out += known[1]
+            continue
         start = len(out)
         out += b"\x00\x00\x00\x00"  # type and length, filled in below
         if type(ext) in _CIE_EXTENSION_CLASSES:
@@ -160,6 +174,10 @@ def encode_extensions(exts: tuple[Extension, ...], out: bytearray) -> None:
         if length > 0xFFFF:
             raise EncodeError(f"extension type {ext.TYPE} is {length} bytes long")
         _EXT.pack_into(out, start, ext.TYPE | (EXT_COMPULSORY if ext.compulsory else 0), length)
+        if length <= _ENCODED_LEN_MAX:
+            if len(_ENCODED) >= _ENCODED_MAX:
+                _ENCODED.clear()
+            _ENCODED[id(ext)] = (ext, bytes(out[start:]))
 
 
 # Plain ints on the hot path: an IntEnum attribute lookup costs ~70 ns.

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import builtins
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from ._fast import fast_constructor
+from ._fast import fast_constructor, fast_evolve
 from .checksum import internet_checksum
 from .cie import Cie, decode_cies
 from .errors import DecodeError, EncodeError
@@ -54,6 +54,47 @@ _PURGE_REPLY = int(PacketType.PURGE_REPLY)
 _ERROR = int(PacketType.ERROR_INDICATION)
 _TRAFFIC = int(PacketType.TRAFFIC_INDICATION)
 _SNAP_ZERO = bytes(5)
+
+# Decoded CIE lists and extension lists by their bytes (values are immutable,
+# so equal bytes may share one). The CIE of a Registration Request and the
+# extensions of every request of one cloud (empty responder and transit
+# records, the same password, the NHS in the NAT extension) are the same
+# bytes from every spoke: a hub decodes them once (issue 20). Bounded in
+# entries and key length; a miss decodes as before, errors included.
+_MEMO_MAX = 1024
+_MEMO_KEY_MAX = 256
+_CIES_MEMO: dict[bytes, tuple[Cie, ...]] = {}
+_EXTS_MEMO: dict[bytes, tuple[Extension, ...]] = {}
+# Encoded extension lists by identity: (the tuple, its bytes), the tuple held
+# so that its id stays its own (immutable: it encodes the same every time).
+# A hub answers every spoke of a cloud with one tuple (nhrp/packets.py).
+_EXTS_ENCODED: dict[int, tuple[tuple[Extension, ...], bytes]] = {}
+
+
+def _decode_cies(data: bytes, start: int, end: int) -> tuple[Cie, ...]:
+    if end - start > _MEMO_KEY_MAX:
+        return decode_cies(data, start, end)
+    key = data[start:end]
+    cies = _CIES_MEMO.get(key)
+    if cies is None:
+        cies = decode_cies(data, start, end)
+        if len(_CIES_MEMO) >= _MEMO_MAX:
+            _CIES_MEMO.clear()
+        _CIES_MEMO[key] = cies
+    return cies
+
+
+def _decode_extensions(data: bytes, start: int, end: int) -> tuple[Extension, ...]:
+    if end - start > _MEMO_KEY_MAX:
+        return decode_extensions(data, start, end)
+    key = data[start:end]
+    exts = _EXTS_MEMO.get(key)
+    if exts is None:
+        exts = decode_extensions(data, start, end)
+        if len(_EXTS_MEMO) >= _MEMO_MAX:
+            _EXTS_MEMO.clear()
+        _EXTS_MEMO[key] = exts
+    return exts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,10 +135,7 @@ class NhrpPacket:
     def evolve(self, **changes: object) -> NhrpPacket:
         """A copy with ``changes`` (like dataclasses.replace, five times
         faster: a hub builds every reply this way)."""
-        values = [changes.pop(f, getattr(self, f)) for f in _FIELDS]
-        if changes:
-            raise TypeError(f"NhrpPacket has no field {sorted(changes)[0]!r}")
-        packet: NhrpPacket = _make_packet(*values)
+        packet: NhrpPacket = _evolve_packet(self, **changes)
         return packet
 
     def extension(self, cls: builtins.type[Extension]) -> Extension | None:
@@ -173,9 +211,18 @@ class NhrpPacket:
                 )
                 out += self.contents
             extoff = 0
-            if self.extensions:
+            exts = self.extensions
+            if exts:
                 extoff = len(out)
-                encode_extensions(self.extensions, out)
+                known = _EXTS_ENCODED.get(id(exts))
+                if known is not None and known[0] is exts:
+                    out += known[1]
+                else:
+                    encode_extensions(exts, out)
+                    if len(out) - extoff <= _MEMO_KEY_MAX:
+                        if len(_EXTS_ENCODED) >= _MEMO_MAX:
+                            _EXTS_ENCODED.clear()
+                        _EXTS_ENCODED[id(exts)] = (exts, bytes(out[extoff:]))
             pktsz = len(out)
             if pktsz > 0xFFFF:
                 raise EncodeError(f"packet of {pktsz} bytes exceeds ar$pktsz")
@@ -203,7 +250,7 @@ class NhrpPacket:
 
 
 _make_packet = fast_constructor(NhrpPacket)
-_FIELDS = tuple(f.name for f in fields(NhrpPacket))
+_evolve_packet = fast_evolve(NhrpPacket)
 
 
 def decode_nhrp(data: bytes, *, verify_checksum: bool = True) -> NhrpPacket:
@@ -266,10 +313,10 @@ def decode_nhrp(data: bytes, *, verify_checksum: bool = True) -> NhrpPacket:
     contents = b""
     if mandatory:
         if e < body_end:
-            cies = decode_cies(data, e, body_end)
+            cies = _decode_cies(data, e, body_end)
     else:
         contents = data[e:body_end]
-    exts = decode_extensions(data, extoff, pktsz) if extoff else ()
+    exts = _decode_extensions(data, extoff, pktsz) if extoff else ()
     is_error = optype == _ERROR
     # Field order of NhrpPacket, as declared above.
     return _make_packet(
