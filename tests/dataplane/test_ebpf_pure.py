@@ -49,9 +49,13 @@ def test_config_value_matches_struct_config() -> None:
     assert no_key[4:8] == bytes(4)
 
 
-def test_peer_value_is_five_counters() -> None:
-    c = unpack_peer(struct.pack("=QQQQQ", 1, 2, 3, 4, 5))
+def test_peer_value_is_five_counters_and_the_last_destination() -> None:
+    # struct peer in bpf/mgre.c: five __u64, then the inner IPv4 destination
+    # last sent (network order) and 4 bytes of padding.
+    value = struct.pack("=QQQQQ", 1, 2, 3, 4, 5) + bytes([192, 168, 2, 10]) + bytes(4)
+    c = unpack_peer(value)
     assert (c.tx_packets, c.tx_bytes, c.rx_packets, c.rx_bytes, c.capable_ns) == (1, 2, 3, 4, 5)
+    assert c.last_dst == bytes([192, 168, 2, 10])
 
 
 def test_probe_is_an_echo_request_with_a_valid_checksum() -> None:

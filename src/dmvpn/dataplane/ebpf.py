@@ -67,7 +67,7 @@ CFG_KEY = 2
 CFG_IPV6 = 4
 PROGRAMS = ["dmvpn_egress", "dmvpn_ingress"]
 MAPS = ["config", "peers"]
-PEER_VALUE = struct.Struct("=QQQQQ")  # struct peer
+PEER_VALUE = struct.Struct("=QQQQQ4s4x")  # struct peer
 CONFIG_VALUE = struct.Struct("=4s4sIIII6s2x")  # struct config
 CLANG_FLAGS = ["-O2", "-g", "-target", "bpf", "-Wall"]
 # IPv4 header + GRE header with a key: what encapsulation adds.
@@ -87,7 +87,7 @@ ICMP_FILTER = 1
 class FastCounters:
     """What the programs counted for one peer (a `struct peer`)."""
 
-    __slots__ = ("capable_ns", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
+    __slots__ = ("capable_ns", "last_dst", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
 
     def __init__(
         self,
@@ -96,11 +96,16 @@ class FastCounters:
         rx_packets: int = 0,
         rx_bytes: int = 0,
         capable_ns: int = 0,
+        last_dst: bytes = bytes(4),
     ) -> None:
         self.tx_packets, self.tx_bytes = tx_packets, tx_bytes
         self.rx_packets, self.rx_bytes = rx_packets, rx_bytes
         # CLOCK_MONOTONIC ns of the peer's last probe reply from its kernel.
         self.capable_ns = capable_ns
+        # The inner IPv4 destination last sent fast (zeros: none yet): the
+        # shortcut that carried it is the one in use, as the userspace path
+        # reports per packet.
+        self.last_dst = last_dst
 
     def add(self, other: FastCounters) -> None:
         self.tx_packets += other.tx_packets
@@ -357,10 +362,16 @@ class EbpfDataPlane(UserspaceDataPlane):
             return
         now = self._loop.time()
         # The programs count per peer, not per destination: every binding to
-        # a peer that carried data is in use (shortcut refresh, idle expiry).
+        # a peer that carried data is in use (shortcut refresh, idle expiry),
+        # and so is the entry covering the last destination sent to it (a
+        # phase 3 shortcut to a LAN prefix, as the userspace path reports).
         for protocol, nbma in list(self.bindings.items()):
             if nbma in used:
                 self._hooks.binding_used(protocol, now)
+        for nbma in used:
+            dst = self._fast[nbma].last_dst
+            if dst != bytes(4):
+                self._hooks.binding_used(IPv4Address(dst), now)
         self._hooks.batch_done()
 
     def _prove(self) -> None:

@@ -67,6 +67,9 @@ struct peer {
 	__u64 rx_packets;
 	__u64 rx_bytes;
 	__u64 capable_ns;       /* when the peer's kernel last answered a probe */
+	__u8 last_dst[4];       /* the inner IPv4 destination last sent (0: none):
+	                         * which shortcut carried it (use, refresh) */
+	__u8 pad[4];
 };
 
 struct {
@@ -131,6 +134,7 @@ int dmvpn_egress(struct __sk_buff *skb)
 	__u32 nbma, olen, segs;
 	__u16 proto;
 	__u8 next;
+	__u8 dst[4] = {};
 
 	if (!cfg)
 		return PASS;
@@ -155,7 +159,8 @@ int dmvpn_egress(struct __sk_buff *skb)
 	if (!skb->gso_size && skb->len - ETH_HLEN > cfg->max_inner)
 		return PASS;   /* would not fit: the kernel's fragmentation */
 	if (proto == ETH_P_IP) {
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + 9, &next, 1) < 0)
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 9, &next, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + 16, dst, 4) < 0)
 			return PASS;
 	} else {
 		next = IPPROTO_TCP;   /* IPv6 but ICMPv6: treat as possibly partial */
@@ -194,6 +199,7 @@ int dmvpn_egress(struct __sk_buff *skb)
 	segs = skb->gso_segs ? skb->gso_segs : 1;
 	__sync_fetch_and_add(&peer->tx_packets, segs);
 	__sync_fetch_and_add(&peer->tx_bytes, skb->len - ETH_HLEN - 20);
+	__builtin_memcpy(peer->last_dst, dst, 4);
 	return bpf_redirect_neigh(cfg->underlay_ifindex, 0, 0, 0);
 }
 
