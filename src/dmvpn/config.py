@@ -636,8 +636,10 @@ class NodeConfig(_Strict):
                     "(one charon: the kernel's ESP or kernel-libipsec)"
                 )
             esp = self.ipsec.esp
-            if self.ipsec.charon == "external" and esp == "auto":
-                esp = "libipsec"  # what its operator configured (Ipsec.charon)
+            if self.ipsec.charon == "external" and esp == "auto" and not all(kernel):
+                # What its operator configured it for (Ipsec.charon); on the
+                # kernel plane, the kernel's XFRM.
+                esp = "libipsec"
             if any(kernel) and esp == "libipsec":
                 raise ValueError(
                     "ipsec.esp: libipsec cannot protect dataplane: kernel (the kernel's "

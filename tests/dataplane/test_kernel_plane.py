@@ -284,6 +284,16 @@ def test_ipsec_takes_the_kernel_esp_and_auto_the_kernel_plane_where_the_host_has
     forced = parse_config({**node(dataplane="userspace"), "ipsec": esp})
     with pytest.raises(ValueError, match=r"ipsec\.esp: kernel needs the kernel's ESP: no esp4"):
         decide(forced, log)
+    # An external charon: libipsec as its operator set it up, but on the
+    # kernel plane the kernel's XFRM, as before ipsec.esp existed.
+    sock = {"psk": "0123456789abcdef", "charon": "external", "vici_socket": "/run/c.vici"}
+    ext_user = parse_config({**node(dataplane="userspace"), "ipsec": sock})
+    ext_kernel = parse_config({**node(dataplane="kernel"), "ipsec": sock})
+    monkeypatch.setattr(node_module, "kernel_esp_unavailable", lambda: None)
+    assert decide(ext_user, log) == (False, False)
+    assert decide(ext_kernel, log) == (True, False) and ext_kernel.kernel_esp
+    assert ext_kernel.ipsec is not None and ext_kernel.ipsec.mode == "transport"
+    assert ext_user.ipsec is not None and ext_user.ipsec.mode == "tunnel"
     # esp: libipsec is not probed; no IPsec: nothing decided, nothing logged.
     monkeypatch.setattr(node_module, "kernel_esp_unavailable", lambda: None)
     esp = {"psk": "0123456789abcdef", "esp": "libipsec"}

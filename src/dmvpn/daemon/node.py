@@ -106,7 +106,10 @@ def decide_ipsec(config: NodeConfig, log: Log) -> tuple[bool, bool]:
         return False, False
     planes = {i.dataplane for i in config.interfaces}
     needs_kernel = sec.esp == "kernel" or planes == {"kernel"}
-    if sec.esp == "libipsec" or (sec.esp == "auto" and sec.charon == "external"):
+    external = sec.esp == "auto" and sec.charon == "external" and planes != {"kernel"}
+    if sec.esp == "libipsec" or external:
+        # An external charon is taken as its operator configured it
+        # (kernel-libipsec), but on the kernel plane, which needs XFRM.
         esp_why: str | None = "ipsec.esp: libipsec" if sec.esp == "libipsec" else "external charon"
     else:
         esp_why = kernel_esp_unavailable()
