@@ -12,28 +12,13 @@ from dmvpn.dataplane.forwarding import BROADCAST, Forwarder
 from dmvpn.dataplane.nbmamac import nbma_mac
 from dmvpn.wire import ArpOp, ArpPacket, GrePacket, IPv4Header, decode_arp, decode_gre
 
+from .test_forwarding import FakeEngine
+
 A, B = IPv4Address, IPv6Address
 ME = B("2001:db8:30::11")
 HUB = B("2001:db8:30::1")
 PEER = B("2001:db8:30::12")
 LOCAL_MAC = nbma_mac(ME)
-
-
-class FakeEngine:
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-
-    def receive(self, data: bytes, src_nbma: Any, now: float) -> None:
-        self.calls.append(("receive", data, src_nbma))
-
-    def next_hop_unbound(self, next_hop: Any, now: float) -> None:
-        self.calls.append(("unbound", next_hop))
-
-    def hairpin(self, packet: bytes, from_nbma: Any, now: float) -> None:
-        self.calls.append(("hairpin", from_nbma))
-
-    def binding_used(self, addr: Any, now: float) -> None:
-        self.calls.append(("used", addr))
 
 
 def _forwarder(redirect: bool = False) -> tuple[Forwarder, FakeEngine, list[Any], list[bytes]]:

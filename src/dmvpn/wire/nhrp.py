@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import builtins
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ._fast import fast_constructor, fast_evolve
 from .checksum import internet_checksum
@@ -61,6 +63,7 @@ _SNAP_ZERO = bytes(5)
 # records, the same password, the NHS in the NAT extension) are the same
 # bytes from every spoke: a hub decodes them once (issue 20). Bounded in
 # entries and key length; a miss decodes as before, errors included.
+_T = TypeVar("_T")
 _MEMO_MAX = 1024
 _MEMO_KEY_MAX = 256
 _CIES_MEMO: dict[bytes, tuple[Cie, ...]] = {}
@@ -71,30 +74,32 @@ _EXTS_MEMO: dict[bytes, tuple[Extension, ...]] = {}
 _EXTS_ENCODED: dict[int, tuple[tuple[Extension, ...], bytes]] = {}
 
 
-def _decode_cies(data: bytes, start: int, end: int) -> tuple[Cie, ...]:
+def _memoised(
+    memo: dict[bytes, _T],
+    decode: Callable[[bytes, int, int], _T],
+    data: bytes,
+    start: int,
+    end: int,
+) -> _T:
+    """``decode(data, start, end)``, remembered in ``memo`` by those bytes."""
     if end - start > _MEMO_KEY_MAX:
-        return decode_cies(data, start, end)
+        return decode(data, start, end)
     key = data[start:end]
-    cies = _CIES_MEMO.get(key)
-    if cies is None:
-        cies = decode_cies(data, start, end)
-        if len(_CIES_MEMO) >= _MEMO_MAX:
-            _CIES_MEMO.clear()
-        _CIES_MEMO[key] = cies
-    return cies
+    found = memo.get(key)
+    if found is None:
+        found = decode(data, start, end)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[key] = found
+    return found
+
+
+def _decode_cies(data: bytes, start: int, end: int) -> tuple[Cie, ...]:
+    return _memoised(_CIES_MEMO, decode_cies, data, start, end)
 
 
 def _decode_extensions(data: bytes, start: int, end: int) -> tuple[Extension, ...]:
-    if end - start > _MEMO_KEY_MAX:
-        return decode_extensions(data, start, end)
-    key = data[start:end]
-    exts = _EXTS_MEMO.get(key)
-    if exts is None:
-        exts = decode_extensions(data, start, end)
-        if len(_EXTS_MEMO) >= _MEMO_MAX:
-            _EXTS_MEMO.clear()
-        _EXTS_MEMO[key] = exts
-    return exts
+    return _memoised(_EXTS_MEMO, decode_extensions, data, start, end)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
